@@ -1,0 +1,1 @@
+//! Flamegraphs (in progress).

@@ -1,0 +1,1 @@
+//! smolder (in progress).

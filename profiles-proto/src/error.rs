@@ -1,0 +1,35 @@
+//! The one error type of this crate: what went wrong decoding, validating or
+//! encoding a profile, worded for a user who holds the file.
+
+use crate::validate::ValidationError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("empty input")]
+    Empty,
+    #[error("not a profile: {0}")]
+    Unrecognized(String),
+    #[error("corrupt gzip stream: {0}")]
+    Gzip(std::io::Error),
+    #[error("decompressed size exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("malformed {format} protobuf: {source}")]
+    Protobuf {
+        format: &'static str,
+        source: prost::DecodeError,
+    },
+    #[error("malformed OTLP JSON: {0}")]
+    Json(String),
+    #[error("invalid OTLP profile: {0}")]
+    Invalid(#[from] ValidationError),
+    #[error("invalid pprof profile: {0}")]
+    InvalidPprof(String),
+    #[error("malformed folded stacks at line {line}: {problem}")]
+    Folded { line: usize, problem: String },
+    #[error("malformed perf script text: {0}")]
+    PerfScript(String),
+    #[error("cannot encode: {0}")]
+    Encode(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,299 @@
+//! Folded stacks (`root;caller;leaf COUNT`, one line a stack), the text
+//! format of Brendan Gregg's FlameGraph and inferno, in both directions.
+//!
+//! Frame annotations follow inferno: `_[k]` marks a kernel frame and `_[i]`
+//! a function inlined into the frame before it. Reading and writing with the
+//! default options is lossless for folded input: folded -> OTLP -> folded
+//! gives back the same lines in the same order (duplicates merged).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::builder::{
+    FrameType, LocationSpec, ProfileBuilder, ProfileConfig, ResourceId, SourceLine,
+};
+use crate::error::{Error, Result};
+use crate::otlp::profiles::v1development::ProfilesData;
+use crate::pprof::any_value_to_string;
+use crate::view::{sample_weight, ProfileView};
+
+const KERNEL_SUFFIX: &str = "_[k]";
+const INLINE_SUFFIX: &str = "_[i]";
+
+/// How a profile is folded into stacks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoldOptions {
+    /// A root frame per process: `name [pid]`.
+    pub process_roots: bool,
+    /// A frame per thread under the process: `name [tid]`.
+    pub thread_roots: bool,
+    /// Keep kernel frames.
+    pub kernel_frames: bool,
+    /// Keep inlined frames (otherwise only the function they were inlined into).
+    pub inlined_frames: bool,
+    /// Suffix kernel frames with `_[k]` and inlined frames with `_[i]`.
+    pub annotate: bool,
+    /// Fold only profiles of this sample type (`type/unit` or `type`);
+    /// `None` takes the type of the first profile.
+    pub sample_type: Option<String>,
+}
+
+impl Default for FoldOptions {
+    fn default() -> Self {
+        FoldOptions {
+            process_roots: false,
+            thread_roots: false,
+            kernel_frames: true,
+            inlined_frames: true,
+            annotate: true,
+            sample_type: None,
+        }
+    }
+}
+
+/// The folded stacks of `data`, merged, in order of first appearance.
+pub fn fold(data: &ProfilesData, options: &FoldOptions) -> Vec<(String, i64)> {
+    let view = ProfileView::new(data);
+    let wanted = options.sample_type.clone().or_else(|| {
+        view.profiles().next().map(|(_, p)| {
+            let (t, u) = view.value_type(p.sample_type.as_ref());
+            format!("{t}/{u}")
+        })
+    });
+    let mut order: Vec<(String, i64)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut line = String::new();
+    for (resource, profile) in view.profiles() {
+        let (t, u) = view.value_type(profile.sample_type.as_ref());
+        if let Some(w) = &wanted {
+            if *w != format!("{t}/{u}") && *w != t {
+                continue;
+            }
+        }
+        let process_root = options.process_roots.then(|| process_label(resource));
+        for sample in &profile.samples {
+            line.clear();
+            if let Some(root) = &process_root {
+                push_frame(&mut line, root);
+            }
+            if options.thread_roots {
+                let name = view
+                    .attribute(&sample.attribute_indices, "thread.name")
+                    .map(any_value_to_string);
+                let id = view
+                    .attribute(&sample.attribute_indices, "thread.id")
+                    .map(any_value_to_string);
+                push_frame(
+                    &mut line,
+                    &labelled(name.as_deref().unwrap_or("[unknown thread]"), id.as_deref()),
+                );
+            }
+            let locations: Vec<_> = view.stack(sample.stack_index).collect();
+            for location in locations.into_iter().rev() {
+                let kernel = view.frame_type(location) == FrameType::Kernel;
+                if kernel && !options.kernel_frames {
+                    continue;
+                }
+                let suffix = if kernel && options.annotate {
+                    KERNEL_SUFFIX
+                } else {
+                    ""
+                };
+                if location.lines.is_empty() {
+                    let name = match view.mapping_name(location) {
+                        Some(m) if !m.is_empty() => {
+                            let base = m.rsplit('/').next().unwrap_or(m);
+                            format!("[{base}+{:#x}]", location.address)
+                        }
+                        _ => format!("{:#x}", location.address),
+                    };
+                    push_frame(&mut line, &format!("{name}{suffix}"));
+                    continue;
+                }
+                for l in view.lines(location).rev() {
+                    if l.inlined && !options.inlined_frames {
+                        continue;
+                    }
+                    let name = if l.function.is_empty() {
+                        "[unknown]"
+                    } else {
+                        l.function
+                    };
+                    let suffix = if l.inlined && options.annotate {
+                        INLINE_SUFFIX
+                    } else {
+                        suffix
+                    };
+                    push_frame(&mut line, &format!("{name}{suffix}"));
+                }
+            }
+            if line.is_empty() {
+                continue;
+            }
+            let weight = sample_weight(sample);
+            match index.get(&line) {
+                Some(&i) => order[i].1 += weight,
+                None => {
+                    index.insert(line.clone(), order.len());
+                    order.push((line.clone(), weight));
+                }
+            }
+        }
+    }
+    order
+}
+
+/// `name [id]`, or just the name.
+fn labelled(name: &str, id: Option<&str>) -> String {
+    match id {
+        Some(id) => format!("{name} [{id}]"),
+        None => name.to_owned(),
+    }
+}
+
+fn process_label(resource: Option<&crate::otlp::resource::v1::Resource>) -> String {
+    let attr = |key: &str| -> Option<String> {
+        resource?
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .map(any_value_to_string)
+    };
+    let name = attr("process.executable.name")
+        .or_else(|| attr("service.name"))
+        .unwrap_or_else(|| "[unknown process]".into());
+    labelled(&name, attr("process.pid").as_deref())
+}
+
+/// Appends a frame, keeping the folded syntax intact: `;` separates frames
+/// and a newline ends the stack, so neither may appear inside a name.
+fn push_frame(line: &mut String, frame: &str) {
+    if !line.is_empty() {
+        line.push(';');
+    }
+    line.extend(frame.chars().map(|c| match c {
+        ';' => ':',
+        '\n' | '\r' => ' ',
+        c => c,
+    }));
+}
+
+/// Writes folded stacks as text, one `stack count` line each.
+pub fn write_folded(data: &ProfilesData, options: &FoldOptions) -> String {
+    let mut out = String::new();
+    for (stack, count) in fold(data, options) {
+        let _ = writeln!(out, "{stack} {count}");
+    }
+    out
+}
+
+/// Parses folded stacks into a profile with one resource. `_[k]` frames
+/// become kernel locations; `_[i]` frames become inlined lines of the
+/// location before them.
+pub fn read_folded(text: &str) -> Result<ProfilesData> {
+    let mut builder = ProfileBuilder::new(ProfileConfig {
+        sample_type: ("samples".into(), "count".into()),
+        period_type: ("cpu".into(), "nanoseconds".into()),
+        period: 0,
+        time_unix_nano: 0,
+        duration_nano: 0,
+    });
+    let resource = builder.resource(Vec::new());
+    add_folded(&mut builder, text, |_, _| (resource, Vec::new(), 0))?;
+    Ok(builder.finish())
+}
+
+/// Adds every line of folded `text` to `builder` and returns how many.
+/// `root` looks at the first frame of a line and returns the resource and
+/// sample attributes of the line, and how many leading frames it consumed.
+pub(crate) fn add_folded(
+    builder: &mut ProfileBuilder,
+    text: &str,
+    mut root: impl FnMut(&mut ProfileBuilder, &str) -> (ResourceId, Vec<i32>, usize),
+) -> Result<usize> {
+    let profile_type = builder.default_profile_type();
+    let mut added = 0;
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim_end();
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |problem: &str| Error::Folded {
+            line: n + 1,
+            problem: problem.to_owned(),
+        };
+        let (stack, count) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| bad("no sample count after the stack"))?;
+        let count: i64 = count
+            .parse()
+            .map_err(|_| bad(&format!("sample count {count:?} is not an integer")))?;
+        if stack.is_empty() {
+            return Err(bad("empty stack"));
+        }
+        let frames: Vec<&str> = stack.split(';').collect();
+        let (resource_id, attributes, skip) = root(builder, frames[0]);
+        let mut locations: Vec<LocationSpec> = Vec::new();
+        for frame in frames.iter().skip(skip) {
+            if let Some(name) = frame.strip_suffix(INLINE_SUFFIX) {
+                if let Some(caller) = locations.last_mut() {
+                    caller.lines.insert(0, SourceLine::function(name));
+                    continue;
+                }
+            }
+            let (name, frame_type) = match frame.strip_suffix(KERNEL_SUFFIX) {
+                Some(name) => (name, FrameType::Kernel),
+                None => (*frame, FrameType::Native),
+            };
+            locations.push(LocationSpec {
+                lines: vec![SourceLine::function(name)],
+                frame_type,
+                ..LocationSpec::default()
+            });
+        }
+        let indices: Vec<i32> = locations
+            .iter()
+            .rev()
+            .map(|l| builder.location(l))
+            .collect();
+        let stack = builder.stack(&indices);
+        builder.add_sample(resource_id, profile_type, stack, &attributes, count, None);
+        added += 1;
+    }
+    Ok(added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folded_round_trip_is_identical() {
+        let input = "main;work;leaf 10\nmain;other_[i];inl_[i] 3\nmain;read;sys_read_[k];vfs_read_[k] 7\nsolo 1\n";
+        let data = read_folded(input).unwrap();
+        crate::validate::validate(&data).unwrap();
+        assert_eq!(write_folded(&data, &FoldOptions::default()), input);
+    }
+
+    #[test]
+    fn duplicates_merge_and_options_filter() {
+        let data = read_folded("a;b 1\na;b 2\na;k_[k] 4\n").unwrap();
+        assert_eq!(
+            write_folded(&data, &FoldOptions::default()),
+            "a;b 3\na;k_[k] 4\n"
+        );
+        let no_kernel = FoldOptions {
+            kernel_frames: false,
+            ..FoldOptions::default()
+        };
+        assert_eq!(write_folded(&data, &no_kernel), "a;b 3\na 4\n");
+    }
+
+    #[test]
+    fn bad_lines_name_their_line_number() {
+        let err = read_folded("a;b 1\na;b x\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert!(read_folded("nocount\n").is_err());
+    }
+}

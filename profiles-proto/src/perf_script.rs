@@ -1,0 +1,116 @@
+//! `perf script` text in: collapsed by inferno's perf collapser (with PID
+//! and TID in the root frame), then read as folded stacks with one resource
+//! per process and `thread.id` / `thread.name` sample attributes.
+
+use std::collections::HashMap;
+
+use inferno::collapse::perf::{Folder, Options};
+use inferno::collapse::Collapse;
+
+use crate::builder::{int_value, key_value, string_value, ProfileBuilder, ProfileConfig};
+use crate::error::{Error, Result};
+use crate::folded::add_folded;
+use crate::otlp::profiles::v1development::ProfilesData;
+
+/// Splits inferno's root frame `comm-PID/TID` (spaces in comm became `_`).
+fn parse_root(frame: &str) -> Option<(&str, i64, i64)> {
+    let (comm, ids) = frame.rsplit_once('-')?;
+    let (pid, tid) = ids.split_once('/')?;
+    Some((comm, pid.parse().ok()?, tid.parse().ok()?))
+}
+
+pub fn read_perf_script(text: &[u8]) -> Result<ProfilesData> {
+    let mut options = Options::default();
+    options.include_tid = true;
+    options.annotate_kernel = true;
+    options.annotate_jit = true;
+    options.nthreads = 1;
+    let mut folded = Vec::new();
+    Folder::from(options)
+        .collapse(text, &mut folded)
+        .map_err(|e| Error::PerfScript(e.to_string()))?;
+    let folded = String::from_utf8_lossy(&folded);
+
+    // A process is named by the comm of its main thread (pid == tid) when
+    // it was sampled, otherwise by the first comm seen for it.
+    let mut process_names: HashMap<i64, &str> = HashMap::new();
+    for line in folded.lines() {
+        let root = line.split(';').next().unwrap_or("");
+        if let Some((comm, pid, tid)) = parse_root(root) {
+            let entry = process_names.entry(pid).or_insert(comm);
+            if pid == tid {
+                *entry = comm;
+            }
+        }
+    }
+    let mut builder = ProfileBuilder::new(ProfileConfig {
+        sample_type: ("samples".into(), "count".into()),
+        period_type: ("cpu".into(), "nanoseconds".into()),
+        period: 0,
+        time_unix_nano: 0,
+        duration_nano: 0,
+    });
+    let added = add_folded(&mut builder, &folded, |b, root| match parse_root(root) {
+        Some((comm, pid, tid)) => {
+            let name = process_names.get(&pid).copied().unwrap_or(comm);
+            let resource = b.resource(vec![
+                key_value("process.pid", int_value(pid)),
+                key_value("process.executable.name", string_value(name)),
+            ]);
+            let attrs = vec![
+                b.attribute("thread.id", int_value(tid), ""),
+                b.attribute("thread.name", string_value(comm), ""),
+            ];
+            (resource, attrs, 1)
+        }
+        None => (b.resource(Vec::new()), Vec::new(), 0),
+    })?;
+    if added == 0 {
+        return Err(Error::PerfScript("no samples with stacks found".into()));
+    }
+    Ok(builder.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::folded::{write_folded, FoldOptions};
+
+    const SCRIPT: &str = "\
+prog 1234/1234 [000] 100.000001: 10101010 cpu-clock:ppp: 
+\t    55555555a000 hot_leaf+0x10 (/tmp/prog)
+\t    55555555b000 main+0x20 (/tmp/prog)
+\tffffffff81000000 do_syscall_64+0x5 ([kernel.kallsyms])
+
+worker 1234/1240 [001] 100.000002: 10101010 cpu-clock:ppp: 
+\t    55555555a000 hot_leaf+0x10 (/tmp/prog)
+\t    55555555c000 thread_start+0x20 (/tmp/prog)
+
+";
+
+    #[test]
+    fn perf_script_becomes_processes_and_threads() {
+        let data = read_perf_script(SCRIPT.as_bytes()).unwrap();
+        crate::validate::validate(&data).unwrap();
+        assert_eq!(data.resource_profiles.len(), 1);
+        let options = FoldOptions {
+            process_roots: true,
+            thread_roots: true,
+            ..FoldOptions::default()
+        };
+        let folded = write_folded(&data, &options);
+        assert!(
+            folded.contains("prog [1234];prog [1234];do_syscall_64_[k];main;hot_leaf 1"),
+            "{folded}"
+        );
+        assert!(
+            folded.contains("prog [1234];worker [1240];thread_start;hot_leaf 1"),
+            "{folded}"
+        );
+    }
+
+    #[test]
+    fn text_without_stacks_is_an_error() {
+        assert!(read_perf_script(b"hello world\nthis is not perf\n").is_err());
+    }
+}
