@@ -1,1 +1,23 @@
-//! smolder (in progress).
+//! smolder: a continuous profiler for Linux that speaks OpenTelemetry
+//! Profiles.
+//!
+//! This crate is the front of the project: the `smolder` binary (feature
+//! `cli`, on by default) and, as the sampler, agent and in-process profiler
+//! land, their library APIs. Profiles are always the OTLP `ProfilesData` of
+//! [`profiles`]; flamegraphs come from [`flamegraph`] and symbols from
+//! [`symbolizer`].
+//!
+//! ```
+//! use smolder::profiles::{read_folded, write_profile, Format};
+//!
+//! let profile = read_folded("main;parse;lex 7\nmain;eval 3\n").unwrap();
+//! let mut svg = Vec::new();
+//! smolder::flamegraph::render(&profile, &Default::default(), &mut svg).unwrap();
+//! assert!(String::from_utf8(svg).unwrap().contains("parse"));
+//! let pprof = write_profile(&profile, Format::Pprof).unwrap();
+//! assert!(!pprof.is_empty());
+//! ```
+
+pub use smolder_flamegraph as flamegraph;
+pub use smolder_profiles_proto as profiles;
+pub use smolder_symbolizer as symbolizer;

@@ -1,1 +1,15 @@
-fn main() {}
+//! The `smolder` binary: parses the command line and reports any failure
+//! as one line on stderr with exit status 1.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    if let Err(err) = cli::run(cli) {
+        // `{:#}` prints the context chain on one line: "file: what is wrong".
+        eprintln!("smolder: error: {err:#}");
+        std::process::exit(1);
+    }
+}

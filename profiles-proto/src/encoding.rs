@@ -175,7 +175,7 @@ fn base64_to_hex(s: &str) -> Result<String> {
 
 fn hex_to_base64(s: &str) -> Result<String> {
     use base64::Engine;
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::Json(format!("id {s:?} is not hex")));
     }
     let bytes: Vec<u8> = (0..s.len())

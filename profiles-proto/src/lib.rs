@@ -33,6 +33,7 @@ mod encoding;
 mod error;
 pub mod folded;
 mod format;
+mod merge;
 mod perf_script;
 pub mod pprof;
 mod validate;
@@ -52,6 +53,7 @@ pub use encoding::{
 pub use error::{Error, Result};
 pub use folded::{fold, read_folded, write_folded, FoldOptions};
 pub use format::{detect, read_profile, write_profile, write_profile_gzip, Decoded, Format};
+pub use merge::{location_spec, merge};
 pub use perf_script::read_perf_script;
 pub use pprof::{decode_pprof, encode_pprof, from_pprof, to_pprof};
 pub use validate::{validate, ValidationError};

@@ -12,11 +12,44 @@ use crate::error::{Error, Result};
 use crate::folded::add_folded;
 use crate::otlp::profiles::v1development::ProfilesData;
 
-/// Splits inferno's root frame `comm-PID/TID` (spaces in comm became `_`).
-fn parse_root(frame: &str) -> Option<(&str, i64, i64)> {
+/// Splits inferno's root frame `comm-PID/TID` (`comm-?/TID` when perf
+/// printed only the thread id, as plain `perf script` does; `comm-PID`
+/// without `--tid`). Spaces in comm became `_`.
+fn parse_root(frame: &str) -> Option<(&str, Option<i64>, Option<i64>)> {
     let (comm, ids) = frame.rsplit_once('-')?;
-    let (pid, tid) = ids.split_once('/')?;
-    Some((comm, pid.parse().ok()?, tid.parse().ok()?))
+    let (pid, tid) = match ids.split_once('/') {
+        Some((pid, tid)) => (pid, Some(tid.parse().ok()?)),
+        None => (ids, None),
+    };
+    let pid = match pid {
+        "?" => None,
+        pid => Some(pid.parse().ok()?),
+    };
+    Some((comm, pid, tid))
+}
+
+/// What the values of a `perf script` profile measure. inferno weighs each
+/// sample by the event period when perf printed one (as FlameGraph does):
+/// nanoseconds of CPU for `cpu-clock`/`task-clock`, event counts otherwise.
+fn sample_type(text: &[u8]) -> (String, String) {
+    let head = String::from_utf8_lossy(&text[..text.len().min(64 * 1024)]);
+    let event_line = head
+        .lines()
+        .find(|l| !l.is_empty() && !l.starts_with(char::is_whitespace) && !l.starts_with('#'));
+    let mut fields = event_line
+        .and_then(|l| l.split(": ").nth(1))
+        .unwrap_or("")
+        .split_whitespace();
+    match (fields.next().map(|p| p.parse::<u64>()), fields.next()) {
+        (Some(Ok(_)), Some(event)) => {
+            let event = event.split(':').next().unwrap_or(event);
+            match event {
+                "cpu-clock" | "task-clock" => ("cpu".into(), "nanoseconds".into()),
+                other => (other.to_owned(), "count".into()),
+            }
+        }
+        _ => ("samples".into(), "count".into()),
+    }
 }
 
 pub fn read_perf_script(text: &[u8]) -> Result<ProfilesData> {
@@ -36,15 +69,15 @@ pub fn read_perf_script(text: &[u8]) -> Result<ProfilesData> {
     let mut process_names: HashMap<i64, &str> = HashMap::new();
     for line in folded.lines() {
         let root = line.split(';').next().unwrap_or("");
-        if let Some((comm, pid, tid)) = parse_root(root) {
+        if let Some((comm, Some(pid), tid)) = parse_root(root) {
             let entry = process_names.entry(pid).or_insert(comm);
-            if pid == tid {
+            if tid.is_none_or(|t| t == pid) {
                 *entry = comm;
             }
         }
     }
     let mut builder = ProfileBuilder::new(ProfileConfig {
-        sample_type: ("samples".into(), "count".into()),
+        sample_type: sample_type(text),
         period_type: ("cpu".into(), "nanoseconds".into()),
         period: 0,
         time_unix_nano: 0,
@@ -52,16 +85,19 @@ pub fn read_perf_script(text: &[u8]) -> Result<ProfilesData> {
     });
     let added = add_folded(&mut builder, &folded, |b, root| match parse_root(root) {
         Some((comm, pid, tid)) => {
-            let name = process_names.get(&pid).copied().unwrap_or(comm);
-            let resource = b.resource(vec![
-                key_value("process.pid", int_value(pid)),
-                key_value("process.executable.name", string_value(name)),
-            ]);
-            let attrs = vec![
-                b.attribute("thread.id", int_value(tid), ""),
-                b.attribute("thread.name", string_value(comm), ""),
-            ];
-            (resource, attrs, 1)
+            let mut resource = Vec::with_capacity(2);
+            if let Some(pid) = pid {
+                resource.push(key_value("process.pid", int_value(pid)));
+            }
+            let name = pid
+                .and_then(|p| process_names.get(&p).copied())
+                .unwrap_or(comm);
+            resource.push(key_value("process.executable.name", string_value(name)));
+            let mut attrs = vec![b.attribute("thread.name", string_value(comm), "")];
+            if let Some(tid) = tid {
+                attrs.push(b.attribute("thread.id", int_value(tid), ""));
+            }
+            (b.resource(resource), attrs, 1)
         }
         None => (b.resource(Vec::new()), Vec::new(), 0),
     })?;
@@ -100,13 +136,17 @@ worker 1234/1240 [001] 100.000002: 10101010 cpu-clock:ppp:
         };
         let folded = write_folded(&data, &options);
         assert!(
-            folded.contains("prog [1234];prog [1234];do_syscall_64_[k];main;hot_leaf 1"),
+            folded.contains("prog [1234];prog [1234];do_syscall_64_[k];main;hot_leaf 10101010\n"),
             "{folded}"
         );
         assert!(
-            folded.contains("prog [1234];worker [1240];thread_start;hot_leaf 1"),
+            folded.contains("prog [1234];worker [1240];thread_start;hot_leaf 10101010\n"),
             "{folded}"
         );
+        let view = crate::view::ProfileView::new(&data);
+        let (_, profile) = view.profiles().next().unwrap();
+        let unit = view.value_type(profile.sample_type.as_ref());
+        assert_eq!(unit, ("cpu".into(), "nanoseconds".into()));
     }
 
     #[test]

@@ -151,6 +151,7 @@ pub struct PprofFunction {
     pub start_line: i64,
 }
 
+const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
 const RESOURCE_PREFIXES: [&str; 5] = ["process.", "container.", "service.", "host.", "k8s."];
 
 fn is_resource_key(key: &str) -> bool {
@@ -222,6 +223,9 @@ pub fn to_pprof(data: &ProfilesData) -> PprofProfile {
             }
         })
         .collect();
+    // pprof has no frame types: kernel frames without a mapping get perf's
+    // `[kernel.kallsyms]` mapping, which the reader turns back into the type.
+    let kernel_mapping_id = mapping.len() as u64 + 1;
     let location: Vec<PprofLocation> = dict
         .location_table
         .iter()
@@ -232,15 +236,22 @@ pub fn to_pprof(data: &ProfilesData) -> PprofProfile {
                 let m = &mut mapping[l.mapping_index as usize - 1];
                 m.has_functions |= !l.lines.is_empty();
                 m.has_filenames |= l.lines.iter().any(|line| {
-                    view.string(dict.function_table[line.function_index as usize].filename_strindex)
-                        != ""
+                    !view
+                        .string(dict.function_table[line.function_index as usize].filename_strindex)
+                        .is_empty()
                 });
                 m.has_line_numbers |= l.lines.iter().any(|line| line.line != 0);
                 m.has_inline_frames |= l.lines.len() > 1;
             }
+            let kernel_without_mapping =
+                l.mapping_index == 0 && view.frame_type(l) == FrameType::Kernel;
             PprofLocation {
                 id: i as u64,
-                mapping_id: l.mapping_index as u64,
+                mapping_id: if kernel_without_mapping {
+                    kernel_mapping_id
+                } else {
+                    l.mapping_index as u64
+                },
                 address: l.address,
                 line: l
                     .lines
@@ -314,6 +325,14 @@ pub fn to_pprof(data: &ProfilesData) -> PprofProfile {
                 label: labels,
             });
         }
+    }
+    if location.iter().any(|l| l.mapping_id == kernel_mapping_id) {
+        mapping.push(PprofMapping {
+            id: kernel_mapping_id,
+            filename: strings.get(KERNEL_MAPPING),
+            has_functions: true,
+            ..PprofMapping::default()
+        });
     }
     let width = columns.len();
     for s in &mut sample {
@@ -531,6 +550,10 @@ pub fn from_pprof(p: &PprofProfile) -> Result<ProfilesData> {
         let kernel = mapping
             .as_ref()
             .is_some_and(|m| m.filename.starts_with("[kernel"));
+        // The synthetic mapping of `to_pprof` carries only the frame type.
+        let mapping = mapping.filter(|m| {
+            !(m.filename == KERNEL_MAPPING && m.memory_start == 0 && m.memory_limit == 0)
+        });
         let spec = LocationSpec {
             mapping,
             address: l.address,

@@ -1,1 +1,273 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by smolder's end-to-end tests: the `smolder` binary,
+//! external tools (which must be installed: `.ci/run` installs them, and a
+//! missing tool fails the test rather than skipping it), and fixtures
+//! compiled in the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `smolder` binary of this build profile, built once per test process.
+pub fn smolder_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .args(["build", "--quiet", "-p", "smolder", "--bin", "smolder"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the smolder binary failed");
+        profile_dir.join("smolder")
+    })
+}
+
+/// Runs `smolder` with `args`.
+pub fn smolder<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(smolder_bin())
+        .args(args)
+        .output()
+        .expect("run smolder")
+}
+
+/// Runs `smolder` and insists that it succeeds; returns its stderr.
+pub fn smolder_ok<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = smolder(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "smolder failed: {stderr}");
+    stderr
+}
+
+/// The path of an external tool; panics with an install hint when absent.
+pub fn require_tool(name: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{name}` is required by this test: install {package} (.ci/run does)")
+        })
+}
+
+/// Runs a command and returns its output, panicking with stderr on failure.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Compiles a C source into `dir/name` with gcc and `flags`.
+pub fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    require_tool("gcc", "gcc");
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).expect("write C source");
+    let bin = dir.join(name);
+    run_ok(
+        Command::new("gcc")
+            .args(flags)
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src),
+    );
+    bin
+}
+
+/// A C program whose CPU time splits about 60/30/10 over three leaf
+/// functions under a small call chain; `argv[1]` scales the work.
+pub const HOT_C: &str = r#"
+#include <stdlib.h>
+volatile unsigned long sink;
+__attribute__((noinline)) void hot_alpha(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+__attribute__((noinline)) void hot_beta(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+__attribute__((noinline)) void hot_gamma(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+__attribute__((noinline)) void dispatch(long n) { hot_alpha(6 * n); hot_beta(3 * n); hot_gamma(n); }
+__attribute__((noinline)) void run(long n) { for (int r = 0; r < 10; r++) dispatch(n / 10); }
+int main(int argc, char **argv) { run(argc > 1 ? atol(argv[1]) : 20000000); return 0; }
+"#;
+
+/// A profile that exercises every part of the model: two processes, named
+/// threads, mappings with build-ids, inlined frames with files and lines,
+/// kernel frames, and per-sample timestamps.
+pub fn rich_profile() -> smolder_profiles_proto::otlp::profiles::v1development::ProfilesData {
+    use smolder_profiles_proto::*;
+    let start = 1_700_000_000_000_000_000u64;
+    let mut b = ProfileBuilder::new(ProfileConfig::cpu(99, start, 10_000_000_000));
+    let cpu = b.default_profile_type();
+    let exe = MappingSpec {
+        memory_start: 0x5555_0000_0000,
+        memory_limit: 0x5555_0010_0000,
+        file_offset: 0,
+        filename: "/usr/bin/server".into(),
+        build_id: Some("0123456789abcdef0123456789abcdef01234567".into()),
+    };
+    let line = |f: &str, file: &str, n: i64| SourceLine {
+        function: f.into(),
+        file: file.into(),
+        line: n,
+        ..SourceLine::default()
+    };
+    let loc = |b: &mut ProfileBuilder, addr: u64, lines: Vec<SourceLine>, kind: FrameType| {
+        b.location(&LocationSpec {
+            mapping: (kind != FrameType::Kernel).then(|| exe.clone()),
+            address: addr,
+            lines,
+            frame_type: kind,
+        })
+    };
+    let main = loc(
+        &mut b,
+        0x5555_0000_1000,
+        vec![line("main", "src/main.c", 10)],
+        FrameType::Native,
+    );
+    let handle = loc(
+        &mut b,
+        0x5555_0000_2000,
+        vec![
+            line("parse_header", "src/http.h", 44),
+            line("handle_request", "src/server.c", 120),
+        ],
+        FrameType::Native,
+    );
+    let hash = loc(
+        &mut b,
+        0x5555_0000_3000,
+        vec![line("hash_bytes", "src/hash.c", 7)],
+        FrameType::Native,
+    );
+    let read = loc(
+        &mut b,
+        0x5555_0000_4000,
+        vec![line("read", "io/read.c", 3)],
+        FrameType::Native,
+    );
+    let ksys = loc(
+        &mut b,
+        0xffff_ffff_8100_0000,
+        vec![SourceLine::function("ksys_read")],
+        FrameType::Kernel,
+    );
+    let vfs = loc(
+        &mut b,
+        0xffff_ffff_8100_1000,
+        vec![SourceLine::function("vfs_read")],
+        FrameType::Kernel,
+    );
+    let stacks = [
+        b.stack(&[hash, handle, main]),
+        b.stack(&[handle, main]),
+        b.stack(&[vfs, ksys, read, handle, main]),
+    ];
+    for (pid, name) in [(100, "server"), (200, "worker-pool")] {
+        let process = b.resource(vec![
+            key_value("process.pid", int_value(pid)),
+            key_value("process.executable.name", string_value(name)),
+        ]);
+        for (t, thread) in ["main", "io"].iter().enumerate() {
+            let attrs = [
+                b.attribute("thread.id", int_value(pid + t as i64), ""),
+                b.attribute("thread.name", string_value(thread), ""),
+            ];
+            for (i, &stack) in stacks.iter().enumerate() {
+                for k in 0..(3 + i as u64 * 2 + t as u64) {
+                    b.add_sample(
+                        process,
+                        cpu,
+                        stack,
+                        &attrs,
+                        1,
+                        Some(start + k * 10_000_000 + i as u64),
+                    );
+                }
+            }
+        }
+    }
+    b.finish()
+}
+
+/// (resource attributes, sample attributes, frames leaf first as
+/// (function, file, line), weight).
+pub type CanonicalSample = (
+    Vec<(String, String)>,
+    Vec<(String, String)>,
+    Vec<(String, String, i64)>,
+    i64,
+);
+
+/// Every sample of a profile as (resource attributes, sample attributes,
+/// frames leaf first as (function, file, line), weight), sorted: two
+/// profiles with the same canonical samples hold the same information.
+pub fn canonical_samples(
+    data: &smolder_profiles_proto::otlp::profiles::v1development::ProfilesData,
+) -> Vec<CanonicalSample> {
+    use smolder_profiles_proto::{pprof::any_value_to_string, sample_weight, ProfileView};
+    let view = ProfileView::new(data);
+    let mut out = std::collections::BTreeMap::new();
+    for (resource, profile) in view.profiles() {
+        let mut rattrs: Vec<(String, String)> = resource
+            .map(|r| {
+                r.attributes
+                    .iter()
+                    .map(|kv| {
+                        (
+                            kv.key.clone(),
+                            kv.value
+                                .as_ref()
+                                .map(any_value_to_string)
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        rattrs.sort();
+        for s in &profile.samples {
+            let mut sattrs: Vec<(String, String)> = view
+                .attributes(&s.attribute_indices)
+                .map(|(k, v)| (k.to_owned(), any_value_to_string(v)))
+                .collect();
+            sattrs.sort();
+            let frames: Vec<(String, String, i64)> = view
+                .stack(s.stack_index)
+                .flat_map(|l| {
+                    view.lines(l)
+                        .map(|fl| (fl.function.to_owned(), fl.file.to_owned(), fl.line))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            *out.entry((rattrs.clone(), sattrs, frames)).or_insert(0) += sample_weight(s);
+        }
+    }
+    out.into_iter().map(|((r, s, f), w)| (r, s, f, w)).collect()
+}

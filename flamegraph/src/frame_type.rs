@@ -1,0 +1,147 @@
+//! What kind of code a frame is (native, kernel, inlined), read from the
+//! inferno annotations `fold` adds, and how the SVG shows it: a colour
+//! family per kind and a `class` attribute on the frame's `<g>`.
+
+use std::collections::BTreeSet;
+
+use inferno::flamegraph::color::{Color, PaletteMap};
+use inferno::flamegraph::FuncFrameAttrsMap;
+
+const KERNEL_SUFFIX: &str = "_[k]";
+const INLINE_SUFFIX: &str = "_[i]";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FrameKind {
+    Native,
+    Kernel,
+    Inlined,
+}
+
+impl FrameKind {
+    pub(crate) fn of(frame: &str) -> FrameKind {
+        if frame.ends_with(KERNEL_SUFFIX) {
+            FrameKind::Kernel
+        } else if frame.ends_with(INLINE_SUFFIX) {
+            FrameKind::Inlined
+        } else {
+            FrameKind::Native
+        }
+    }
+
+    /// A colour of this kind's family for `frame`, the same on every run.
+    /// The families are those of inferno's `java` palette (native red,
+    /// kernel orange, inlined aqua), without its guessing of Java and C++
+    /// from the name.
+    fn colour(self, frame: &str) -> Color {
+        let v = fnv1a(frame);
+        // Three fractions in [0, 1] from different bits of one hash.
+        let v1 = (v & 0xffff) as f32 / 65535.0;
+        let v2 = ((v >> 16) & 0xffff) as f32 / 65535.0;
+        let shade = |base: u8, range: f32, v: f32| base + (range * v) as u8;
+        match self {
+            FrameKind::Native => Color {
+                r: shade(200, 55.0, v1),
+                g: shade(50, 80.0, v2),
+                b: shade(50, 80.0, v2),
+            },
+            FrameKind::Kernel => Color {
+                r: shade(190, 65.0, v1),
+                g: shade(90, 65.0, v1),
+                b: 0,
+            },
+            FrameKind::Inlined => Color {
+                r: shade(50, 60.0, v1),
+                g: shade(165, 55.0, v1),
+                b: shade(165, 55.0, v1),
+            },
+        }
+    }
+
+    fn class(self) -> Option<&'static str> {
+        match self {
+            FrameKind::Native => None,
+            FrameKind::Kernel => Some("kernel"),
+            FrameKind::Inlined => Some("inlined"),
+        }
+    }
+}
+
+/// FNV-1a, as inferno's `deterministic` colouring uses: stable across runs
+/// and machines.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Every distinct frame of `stacks` (folded, `;`-separated).
+pub(crate) fn frames<'a>(stacks: impl Iterator<Item = &'a str>) -> BTreeSet<&'a str> {
+    stacks.flat_map(|stack| stack.split(';')).collect()
+}
+
+/// The colour of every frame by its kind.
+pub(crate) fn palette<'a>(frames: impl Iterator<Item = &'a str>) -> PaletteMap {
+    let mut map = PaletteMap::default();
+    for frame in frames {
+        map.insert(frame, FrameKind::of(frame).colour(frame));
+    }
+    map
+}
+
+/// `class="kernel"` / `class="inlined"` on the `<g>` of those frames.
+/// Inferno takes these only as nameattr text: `name<TAB>class=VALUE` lines.
+pub(crate) fn classes<'a>(frames: impl Iterator<Item = &'a str>) -> FuncFrameAttrsMap {
+    let mut text = String::new();
+    for frame in frames {
+        if let Some(class) = FrameKind::of(frame).class() {
+            // Names with tabs never get here (`stacks::sanitize`), so each
+            // line parses back to this frame.
+            text.push_str(frame);
+            text.push_str("\tclass=");
+            text.push_str(class);
+            text.push('\n');
+        }
+    }
+    // Reading from memory cannot fail; were it to, frames go unmarked.
+    FuncFrameAttrsMap::from_reader(text.as_bytes()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_come_from_annotations() {
+        assert_eq!(FrameKind::of("do_syscall_64_[k]"), FrameKind::Kernel);
+        assert_eq!(FrameKind::of("memcpy_[i]"), FrameKind::Inlined);
+        assert_eq!(FrameKind::of("Main.run"), FrameKind::Native);
+    }
+
+    #[test]
+    fn colours_stay_in_their_family_and_are_stable() {
+        for name in [
+            "a",
+            "main",
+            "std::io::Write::write_all",
+            "Py_Main",
+            "x.cold",
+        ] {
+            let native = FrameKind::Native.colour(name);
+            assert!(
+                native.r >= 200 && native.g == native.b,
+                "{name}: {native:?}"
+            );
+            let kernel = FrameKind::Kernel.colour(name);
+            assert!(
+                kernel.b == 0 && kernel.r - kernel.g == 100,
+                "{name}: {kernel:?}"
+            );
+            let inlined = FrameKind::Inlined.colour(name);
+            assert!(
+                inlined.g == inlined.b && inlined.r < inlined.g,
+                "{name}: {inlined:?}"
+            );
+            assert_eq!(FrameKind::Native.colour(name), native);
+        }
+    }
+}

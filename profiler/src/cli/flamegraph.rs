@@ -1,0 +1,106 @@
+//! `smolder flamegraph`: profile files to an SVG flamegraph, or a
+//! differential flamegraph of two profiles.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use smolder_flamegraph::{render, render_diff, FlamegraphOptions};
+use smolder_profiles_proto::merge;
+
+use super::io::{read_input, write_output_with};
+
+#[derive(Args, Debug)]
+pub struct FlamegraphArgs {
+    /// Input profiles (any format smolder reads, detected by content); several are merged
+    #[arg(required_unless_present = "diff")]
+    pub inputs: Vec<PathBuf>,
+    /// Differential flamegraph: BEFORE AFTER (red grew, blue shrank)
+    #[arg(long, num_args = 2, value_names = ["BEFORE", "AFTER"], conflicts_with = "inputs")]
+    pub diff: Option<Vec<PathBuf>>,
+    /// Scale BEFORE to AFTER's total before comparing (differential only)
+    #[arg(long, requires = "diff")]
+    pub normalize: bool,
+    /// Output SVG file (`-` for stdout)
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Title of the graph
+    #[arg(long, default_value = "smolder")]
+    pub title: String,
+    /// A root frame per process
+    #[arg(long)]
+    pub per_process: bool,
+    /// A frame per thread (under its process with --per-process)
+    #[arg(long)]
+    pub per_thread: bool,
+    /// Leave out kernel frames
+    #[arg(long)]
+    pub no_kernel: bool,
+    /// Leave out inlined frames (keep the function they were inlined into)
+    #[arg(long)]
+    pub no_inline: bool,
+    /// Icicle graph: roots at the top
+    #[arg(long, alias = "reverse")]
+    pub icicle: bool,
+    /// Use inferno's plain hot palette instead of colouring by frame type
+    #[arg(long)]
+    pub no_type_colors: bool,
+}
+
+impl FlamegraphArgs {
+    fn options(&self) -> FlamegraphOptions {
+        FlamegraphOptions {
+            title: self.title.clone(),
+            process_roots: self.per_process,
+            thread_roots: self.per_thread,
+            kernel_frames: !self.no_kernel,
+            inlined_frames: !self.no_inline,
+            icicle: self.icicle,
+            color_by_frame_type: !self.no_type_colors,
+            normalize: self.normalize,
+            ..FlamegraphOptions::default()
+        }
+    }
+}
+
+pub fn run(args: &FlamegraphArgs) -> Result<()> {
+    let options = args.options();
+    let out = &args.output;
+    if let Some(paths) = &args.diff {
+        let [before, after] = paths.as_slice() else {
+            bail!("--diff takes exactly two files: BEFORE AFTER");
+        };
+        let before_data = read_input(before)?.data;
+        let after_data = read_input(after)?.data;
+        let mut summary = None;
+        write_output_with(out, |w| {
+            summary = Some(
+                render_diff(&before_data, &after_data, &options, w)
+                    .context("cannot draw the differential flamegraph")?,
+            );
+            Ok(())
+        })?;
+        if let Some(s) = summary {
+            eprintln!("{} -> {}: {s}", before.display(), after.display());
+        }
+        return Ok(());
+    }
+    let decoded: Vec<_> = args
+        .inputs
+        .iter()
+        .map(|p| read_input(p))
+        .collect::<Result<_>>()?;
+    let data = match decoded.as_slice() {
+        [one] => one.data.clone(),
+        many => merge(many.iter().map(|d| &d.data)),
+    };
+    let mut summary = None;
+    write_output_with(out, |w| {
+        summary = Some(render(&data, &options, w).context("cannot draw the flamegraph")?);
+        Ok(())
+    })?;
+    if let Some(s) = summary {
+        eprintln!("wrote {}: {s}", out.display());
+    }
+    Ok(())
+}

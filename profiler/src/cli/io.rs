@@ -1,0 +1,103 @@
+//! Input and output files of the CLI: reading any profile format with a
+//! progress bar for large inputs, and writing outputs atomically so that a
+//! failed run never leaves a half-written file.
+
+use std::fs::File;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use smolder_profiles_proto::{read_profile, Decoded};
+
+/// Inputs above this size get a progress bar when stderr is a terminal.
+const PROGRESS_THRESHOLD: u64 = 4 << 20;
+
+/// Reads a whole input file (or standard input for `-`).
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading standard input")?;
+        return Ok(bytes);
+    }
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("no such file"),
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("permission denied"),
+        _ => anyhow::Error::new(e),
+    })?;
+    if meta.is_dir() {
+        bail!("is a directory, not a profile file");
+    }
+    let mut file = File::open(path).context("cannot open")?;
+    let size = meta.len();
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    if size > PROGRESS_THRESHOLD && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(size).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("reading {}", path.display()));
+        let mut chunk = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut chunk).context("read failed")?;
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&chunk[..n]);
+            bar.inc(n as u64);
+        }
+        bar.finish_and_clear();
+    } else {
+        file.read_to_end(&mut bytes).context("read failed")?;
+    }
+    Ok(bytes)
+}
+
+/// Reads and decodes a profile file; errors name the file.
+pub fn read_input(path: &Path) -> Result<Decoded> {
+    let name = path.display();
+    let bytes = read_bytes(path).with_context(|| format!("{name}"))?;
+    read_profile(&bytes).with_context(|| format!("{name}"))
+}
+
+/// Writes `bytes` to `path` atomically (a temporary file in the same
+/// directory, renamed into place), or to standard output for `-`.
+pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_output_with(path, |w| w.write_all(bytes).map_err(Into::into))
+}
+
+/// Like [`write_output`], for a writer callback; nothing appears at `path`
+/// unless the callback succeeds.
+pub fn write_output_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    if path == Path::new("-") {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        write(&mut lock)?;
+        return lock.flush().context("writing standard output");
+    }
+    let name = path.display();
+    let dir: PathBuf = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".smolder-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("{name}: cannot create a file in {}", dir.display()))?;
+    {
+        let mut buffered = std::io::BufWriter::new(tmp.as_file_mut());
+        write(&mut buffered).with_context(|| format!("{name}"))?;
+        buffered
+            .flush()
+            .with_context(|| format!("{name}: write failed"))?;
+    }
+    tmp.persist(path)
+        .with_context(|| format!("{name}: cannot move the output into place"))?;
+    Ok(())
+}

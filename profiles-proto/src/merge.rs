@@ -1,0 +1,181 @@
+//! `merge`: several profiles into one, re-interned into a single dictionary
+//! (resources with equal attributes become one, identical samples merge).
+
+use crate::builder::{
+    LocationSpec, MappingSpec, ProfileBuilder, ProfileConfig, SourceLine, BUILD_ID_KEY,
+};
+use crate::otlp::profiles::v1development::{Location, ProfilesData};
+use crate::pprof::any_value_to_string;
+use crate::view::ProfileView;
+
+/// Re-reads a location of `view` as the builder's input type.
+pub fn location_spec(view: &ProfileView<'_>, location: &Location) -> LocationSpec {
+    let dict = view.dictionary();
+    let mapping = usize::try_from(location.mapping_index)
+        .ok()
+        .filter(|&i| i > 0)
+        .and_then(|i| dict.mapping_table.get(i))
+        .map(|m| MappingSpec {
+            memory_start: m.memory_start,
+            memory_limit: m.memory_limit,
+            file_offset: m.file_offset,
+            filename: view.string(m.filename_strindex).to_owned(),
+            build_id: view
+                .attribute(&m.attribute_indices, BUILD_ID_KEY)
+                .map(any_value_to_string),
+        });
+    let lines = location
+        .lines
+        .iter()
+        .map(|line| {
+            let f = usize::try_from(line.function_index)
+                .ok()
+                .and_then(|i| dict.function_table.get(i))
+                .copied()
+                .unwrap_or_default();
+            SourceLine {
+                function: view.string(f.name_strindex).to_owned(),
+                system_name: view.string(f.system_name_strindex).to_owned(),
+                file: view.string(f.filename_strindex).to_owned(),
+                line: line.line,
+                column: line.column,
+            }
+        })
+        .collect();
+    LocationSpec {
+        mapping,
+        address: location.address,
+        lines,
+        frame_type: view.frame_type(location),
+    }
+}
+
+/// Merges `inputs` into one `ProfilesData`. Profiles of the same sample
+/// type, period type and period share a profile type; the time range
+/// becomes the union of the inputs' ranges.
+pub fn merge<'a>(inputs: impl IntoIterator<Item = &'a ProfilesData>) -> ProfilesData {
+    let mut builder: Option<ProfileBuilder> = None;
+    let mut types: Vec<(ProfileConfig, crate::builder::ProfileTypeId)> = Vec::new();
+    for data in inputs {
+        let view = ProfileView::new(data);
+        for (resource, profile) in view.profiles() {
+            let (sample_type, period_type) = (
+                view.value_type(profile.sample_type.as_ref()),
+                view.value_type(profile.period_type.as_ref()),
+            );
+            let config = ProfileConfig {
+                sample_type,
+                period_type,
+                period: profile.period,
+                time_unix_nano: profile.time_unix_nano,
+                duration_nano: profile.duration_nano,
+            };
+            let b = builder.get_or_insert_with(|| ProfileBuilder::new(config.clone()));
+            let same_kind = |c: &ProfileConfig| {
+                c.sample_type == config.sample_type
+                    && c.period_type == config.period_type
+                    && c.period == config.period
+            };
+            let type_id = match types.iter().position(|(c, _)| same_kind(c)) {
+                Some(i) => {
+                    let id = types[i].1;
+                    let merged = b.profile_config_mut(id);
+                    widen(merged, &config);
+                    types[i].0 = merged.clone();
+                    id
+                }
+                None if types.is_empty() => {
+                    types.push((config, b.default_profile_type()));
+                    types[0].1
+                }
+                None => {
+                    let id = b.add_profile_type(config.clone());
+                    types.push((config, id));
+                    id
+                }
+            };
+            let resource_id =
+                b.resource(resource.map(|r| r.attributes.clone()).unwrap_or_default());
+            for sample in &profile.samples {
+                let stack: Vec<i32> = view
+                    .stack(sample.stack_index)
+                    .map(|l| b.location(&location_spec(&view, l)))
+                    .collect();
+                let stack = b.stack(&stack);
+                let attrs: Vec<i32> = sample
+                    .attribute_indices
+                    .iter()
+                    .filter_map(|&i| {
+                        view.dictionary()
+                            .attribute_table
+                            .get(usize::try_from(i).ok()?)
+                    })
+                    .filter(|kv| kv.value.is_some())
+                    .map(|kv| {
+                        b.attribute(
+                            view.string(kv.key_strindex),
+                            kv.value.clone().unwrap_or_default(),
+                            view.string(kv.unit_strindex),
+                        )
+                    })
+                    .collect();
+                if sample.timestamps_unix_nano.is_empty() {
+                    b.add_sample(
+                        resource_id,
+                        type_id,
+                        stack,
+                        &attrs,
+                        sample.values.iter().sum(),
+                        None,
+                    );
+                } else {
+                    for (i, &ts) in sample.timestamps_unix_nano.iter().enumerate() {
+                        let value = sample.values.get(i).copied().unwrap_or(1);
+                        b.add_sample(resource_id, type_id, stack, &attrs, value, Some(ts));
+                    }
+                }
+            }
+        }
+    }
+    match builder {
+        Some(b) => b.finish(),
+        None => ProfilesData::default(),
+    }
+}
+
+/// Extends `into`'s time range to cover `other`'s.
+fn widen(into: &mut ProfileConfig, other: &ProfileConfig) {
+    if other.time_unix_nano == 0 {
+        return;
+    }
+    let end =
+        (into.time_unix_nano + into.duration_nano).max(other.time_unix_nano + other.duration_nano);
+    if into.time_unix_nano == 0 || other.time_unix_nano < into.time_unix_nano {
+        into.time_unix_nano = other.time_unix_nano;
+    }
+    into.duration_nano = end - into.time_unix_nano;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::folded::{read_folded, write_folded, FoldOptions};
+
+    #[test]
+    fn merging_sums_identical_stacks() {
+        let a = read_folded("main;f 2\nmain;g 1\n").unwrap();
+        let b = read_folded("main;f 3\nmain;h 4\n").unwrap();
+        let merged = merge([&a, &b]);
+        crate::validate::validate(&merged).unwrap();
+        assert_eq!(
+            write_folded(&merged, &FoldOptions::default()),
+            "main;f 5\nmain;g 1\nmain;h 4\n"
+        );
+    }
+
+    #[test]
+    fn merging_one_profile_keeps_it() {
+        let a = read_folded("main;f_[i] 2\nmain;k_[k] 1\n").unwrap();
+        assert_eq!(merge([&a]), a);
+    }
+}
