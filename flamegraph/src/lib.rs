@@ -32,7 +32,7 @@ use std::io::Write;
 use inferno::flamegraph::color::{BasicPalette, Palette, PaletteMap};
 use inferno::flamegraph::{from_lines, Direction, Options};
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
-use smolder_profiles_proto::{fold, FoldOptions};
+use smolder_profiles_proto::{fold, FoldOptions, ProfileView};
 
 pub use error::Error;
 
@@ -62,7 +62,10 @@ pub struct FlamegraphOptions {
     /// coloured by change.
     pub color_by_frame_type: bool,
     /// What the counts are, as the frame tooltips say: `main (3 samples, 100%)`.
-    pub count_name: String,
+    /// `None` names them after the unit of the profile's sample type:
+    /// `samples` for counts, `ns` for nanoseconds (e.g. `perf script` input
+    /// weighed by cpu-clock periods), else the unit itself.
+    pub count_name: Option<String>,
     /// Frames narrower than this percentage of the width are left out.
     pub min_width: f64,
     /// Draw only profiles of this sample type (`type/unit` or `type`);
@@ -87,7 +90,7 @@ impl Default for FlamegraphOptions {
             inlined_frames: true,
             icicle: false,
             color_by_frame_type: true,
-            count_name: "samples".to_owned(),
+            count_name: None,
             min_width: 0.1,
             sample_type: None,
             normalize: false,
@@ -112,11 +115,34 @@ impl FlamegraphOptions {
         }
     }
 
-    fn inferno<'a>(&self, palette: Option<&'a mut PaletteMap>) -> Options<'a> {
+    /// The count name to draw `data` with: the one given, or one derived
+    /// from the unit of the sample type drawn.
+    pub fn count_name_for(&self, data: &ProfilesData) -> String {
+        if let Some(name) = &self.count_name {
+            return name.clone();
+        }
+        let view = ProfileView::new(data);
+        let unit = view
+            .profiles()
+            .map(|(_, p)| view.value_type(p.sample_type.as_ref()))
+            .find(|(t, u)| {
+                self.sample_type
+                    .as_ref()
+                    .is_none_or(|want| want == t || *want == format!("{t}/{u}"))
+            })
+            .map(|(_, unit)| unit);
+        match unit.as_deref() {
+            None | Some("") | Some("count") => "samples".to_owned(),
+            Some("nanoseconds") => "ns".to_owned(),
+            Some(other) => other.to_owned(),
+        }
+    }
+
+    fn inferno<'a>(&self, count_name: &str, palette: Option<&'a mut PaletteMap>) -> Options<'a> {
         let mut options = Options::default();
         options.title = xml_text(&self.title);
         options.subtitle = self.subtitle.as_deref().map(xml_text);
-        options.count_name = xml_text(&self.count_name);
+        options.count_name = xml_text(count_name);
         options.min_width = self.min_width;
         options.direction = if self.icicle {
             Direction::Inverted
@@ -155,7 +181,7 @@ impl fmt::Display for DiffWidths {
 }
 
 /// What [`render`] drew.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RenderSummary {
     /// Distinct stacks.
     pub stacks: usize,
@@ -164,11 +190,17 @@ pub struct RenderSummary {
     /// Stacks left out because their count was negative (flamegraphs draw
     /// only positive counts; `render_diff` draws decreases).
     pub negative_stacks: usize,
+    /// What the counts are (`samples`, `ns`, …).
+    pub count_name: String,
 }
 
 impl fmt::Display for RenderSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} stacks, {} samples", self.stacks, self.samples)?;
+        write!(
+            f,
+            "{} stacks, {} {}",
+            self.stacks, self.samples, self.count_name
+        )?;
         if self.negative_stacks > 0 {
             write!(
                 f,
@@ -181,7 +213,7 @@ impl fmt::Display for RenderSummary {
 }
 
 /// What [`render_diff`] drew.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiffSummary {
     /// Distinct stacks of both profiles.
     pub stacks: usize,
@@ -191,14 +223,16 @@ pub struct DiffSummary {
     pub after_samples: u64,
     /// Stacks of either profile left out because their count was negative.
     pub negative_stacks: usize,
+    /// What the counts are (`samples`, `ns`, …).
+    pub count_name: String,
 }
 
 impl fmt::Display for DiffSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} stacks, {} -> {} samples",
-            self.stacks, self.before_samples, self.after_samples
+            "{} stacks, {} -> {} {}",
+            self.stacks, self.before_samples, self.after_samples, self.count_name
         )?;
         if self.negative_stacks > 0 {
             write!(
@@ -228,7 +262,8 @@ pub fn render(
     let mut palette = options
         .color_by_frame_type
         .then(|| frame_type::palette(frames.iter().copied()));
-    let mut inferno = options.inferno(palette.as_mut());
+    let count_name = options.count_name_for(data);
+    let mut inferno = options.inferno(&count_name, palette.as_mut());
     inferno.func_frameattrs = frame_type::classes(frames.iter().copied());
     let lines = stacks.lines();
     from_lines(&mut inferno, lines.iter().map(String::as_str), out).map_err(Error::Write)?;
@@ -236,6 +271,7 @@ pub fn render(
         stacks: stacks.counts.len(),
         samples: stacks.total,
         negative_stacks: stacks.negative,
+        count_name,
     })
 }
 
@@ -254,6 +290,7 @@ pub fn render_diff(
     options: &FlamegraphOptions,
     out: impl Write,
 ) -> Result<DiffSummary, Error> {
+    let count_name = options.count_name_for(after);
     let fold_options = options.fold_options();
     let before = Stacks::new(fold(before, &fold_options))?;
     let after = Stacks::new(fold(after, &fold_options))?;
@@ -272,7 +309,7 @@ pub fn render_diff(
         return Err(Error::EmptyWidths(options.diff_widths));
     }
     let frames = frame_type::frames(diff.counts.keys().map(String::as_str));
-    let mut inferno = options.inferno(None);
+    let mut inferno = options.inferno(&count_name, None);
     inferno.func_frameattrs = frame_type::classes(frames.iter().copied());
     // Inferno colours by `last count - first count`; with the columns
     // swapped, negating keeps red meaning "grew".
@@ -284,6 +321,7 @@ pub fn render_diff(
         before_samples: before_total,
         after_samples: after_total,
         negative_stacks: before.negative + after.negative,
+        count_name,
     })
 }
 
@@ -455,7 +493,7 @@ worker 1234/1240 [001] 100.000002: 10101010 cpu-clock:ppp:
         assert!(!plain.iter().any(|f| f.title.contains("[1234]")));
         assert!(frame(&plain, "thread_start")
             .title
-            .ends_with(" samples, 50.00%)"));
+            .ends_with(" ns, 50.00%)"));
 
         let per_process = draw(&FlamegraphOptions {
             process_roots: true,
@@ -463,7 +501,7 @@ worker 1234/1240 [001] 100.000002: 10101010 cpu-clock:ppp:
         });
         assert!(frame(&per_process, "prog [1234]")
             .title
-            .ends_with(" samples, 100.00%)"));
+            .ends_with(" ns, 100.00%)"));
         assert!(!has_frame(&per_process, "worker [1240]"));
 
         let per_thread = draw(&FlamegraphOptions {
@@ -472,11 +510,7 @@ worker 1234/1240 [001] 100.000002: 10101010 cpu-clock:ppp:
             ..FlamegraphOptions::default()
         });
         let worker = frame(&per_thread, "worker [1240]");
-        assert!(
-            worker.title.ends_with(" samples, 50.00%)"),
-            "{}",
-            worker.title
-        );
+        assert!(worker.title.ends_with(" ns, 50.00%)"), "{}", worker.title);
         // `prog [1234]` twice: the process, and above it its main thread,
         // level with the worker thread.
         let prog: Vec<f64> = per_thread

@@ -65,9 +65,9 @@ pub fn decode_binary(bytes: &[u8]) -> Result<ProfilesData> {
     } else {
         bytes
     };
-    let data = ProfilesData::decode(bytes).map_err(|source| Error::Protobuf {
+    let data = ProfilesData::decode(bytes).map_err(|error| Error::Protobuf {
         format: "OTLP",
-        source,
+        error,
     })?;
     validate(&data)?;
     Ok(data)
@@ -131,10 +131,10 @@ pub fn decode_json(bytes: &[u8]) -> Result<ProfilesData> {
         &DeserializeOptions::new().deny_unknown_fields(false),
     )
     .map_err(|e| Error::Json(e.to_string()))?;
-    let data = ProfilesData::decode(dynamic.encode_to_vec().as_slice()).map_err(|source| {
+    let data = ProfilesData::decode(dynamic.encode_to_vec().as_slice()).map_err(|error| {
         Error::Protobuf {
             format: "OTLP",
-            source,
+            error,
         }
     })?;
     validate(&data)?;

@@ -13,15 +13,17 @@ pub enum Error {
     Gzip(std::io::Error),
     #[error("decompressed size exceeds the limit of {limit} bytes")]
     TooLarge { limit: u64 },
-    #[error("malformed {format} protobuf: {source}")]
+    // The causes below are part of the message, not `#[source]`s, so that
+    // a context chain (anyhow's `{:#}`) prints each of them once.
+    #[error("malformed {format} protobuf: {error}")]
     Protobuf {
         format: &'static str,
-        source: prost::DecodeError,
+        error: prost::DecodeError,
     },
     #[error("malformed OTLP JSON: {0}")]
     Json(String),
     #[error("invalid OTLP profile: {0}")]
-    Invalid(#[from] ValidationError),
+    Invalid(ValidationError),
     #[error("invalid pprof profile: {0}")]
     InvalidPprof(String),
     #[error("malformed folded stacks at line {line}: {problem}")]
@@ -30,6 +32,12 @@ pub enum Error {
     PerfScript(String),
     #[error("cannot encode: {0}")]
     Encode(String),
+}
+
+impl From<ValidationError> for Error {
+    fn from(e: ValidationError) -> Self {
+        Error::Invalid(e)
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -413,9 +413,9 @@ pub fn decode_pprof(bytes: &[u8]) -> Result<ProfilesData> {
     } else {
         bytes
     };
-    let profile = PprofProfile::decode(bytes).map_err(|source| Error::Protobuf {
+    let profile = PprofProfile::decode(bytes).map_err(|error| Error::Protobuf {
         format: "pprof",
-        source,
+        error,
     })?;
     from_pprof(&profile)
 }
