@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod flamegraph;
 pub mod io;
+pub mod symbolize;
 
 use clap::{Parser, Subcommand};
 
@@ -22,11 +23,14 @@ pub enum Command {
     Flamegraph(flamegraph::FlamegraphArgs),
     /// Convert a profile file between OTLP binary, OTLP JSON, pprof and folded stacks
     Convert(convert::ConvertArgs),
+    /// Addresses of an ELF file, a process or the kernel to functions, files and lines
+    Symbolize(symbolize::SymbolizeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Flamegraph(args) => flamegraph::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Symbolize(args) => symbolize::run(&args),
     }
 }

@@ -1,0 +1,300 @@
+//! Symbolization benchmark: smolder against binutils `addr2line`,
+//! `llvm-symbolizer` and `blazesym`, on the same addresses of one binary, with
+//! inlined frames, file and line, and demangling on for all.
+//!
+//! Each contender runs in its own process so that its peak memory (max RSS)
+//! is its own. "Cold" is the first pass over the addresses in a fresh process
+//! (it includes opening and parsing the binary); "warm" is a second pass with
+//! everything cached. For the command-line tools, warm time is the difference
+//! between feeding the addresses twice and once.
+//!
+//! Usage: `smolder-bench-symbolize [BINARY] [--addresses N]`. Without a binary,
+//! the Rust test fixture of the symbolizer is built with `rustc -C
+//! opt-level=3 -g`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../symbolizer/tests/common/fixture.rs"
+);
+
+/// What one contender measured.
+struct Figures {
+    name: &'static str,
+    cold: Duration,
+    warm: Duration,
+    frames: usize,
+    max_rss_kib: i64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child") {
+        child(&args[2], Path::new(&args[3]), Path::new(&args[4]));
+        return;
+    }
+    let mut binary = None;
+    let mut count = 10_000usize;
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--addresses" => {
+                count = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--addresses N")
+            }
+            other => binary = Some(PathBuf::from(other)),
+        }
+    }
+    let work = std::env::temp_dir().join(format!("smolder-bench-symbolize-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("temp dir");
+    let binary = binary.unwrap_or_else(|| build_fixture(&work));
+    let addrs = spread_addresses(&binary, count);
+    let addr_file = work.join("addresses.txt");
+    let text: String = addrs.iter().map(|a| format!("{a:#x}\n")).collect();
+    std::fs::write(&addr_file, &text).expect("write addresses");
+    println!(
+        "binary {} ({} KiB), {} addresses",
+        binary.display(),
+        std::fs::metadata(&binary)
+            .map(|m| m.len() / 1024)
+            .unwrap_or(0),
+        addrs.len()
+    );
+
+    let mut results = Vec::new();
+    for name in ["smolder", "blazesym"] {
+        results.push(in_process(name, &binary, &addr_file));
+    }
+    results.push(command_line(
+        "binutils addr2line",
+        Command::new("addr2line")
+            .args(["-f", "-i", "-C", "-e"])
+            .arg(&binary),
+        &text,
+        |out| out.lines().count() / 2,
+    ));
+    results.push(command_line(
+        "llvm-symbolizer",
+        Command::new("llvm-symbolizer")
+            .arg("--obj")
+            .arg(&binary)
+            .arg("--inlining"),
+        &text,
+        |out| out.lines().filter(|l| !l.is_empty()).count() / 2,
+    ));
+    report(&results, addrs.len());
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+fn build_fixture(dir: &Path) -> PathBuf {
+    let out = dir.join("fixture-rs");
+    let status = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["-C", "opt-level=3", "-g", "--edition", "2021", "-o"])
+        .arg(&out)
+        .arg(FIXTURE)
+        .status()
+        .expect("rustc");
+    assert!(status.success(), "building the fixture failed");
+    out
+}
+
+/// `count` addresses spread evenly over the bytes of the sized functions.
+fn spread_addresses(bin: &Path, count: usize) -> Vec<u64> {
+    let out = Command::new("nm")
+        .args(["-S", "--defined-only"])
+        .arg(bin)
+        .output()
+        .expect("nm");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut funcs: Vec<(u64, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+            let size = u64::from_str_radix(it.next()?, 16).ok()?;
+            matches!(it.next()?, "t" | "T" | "W" | "w").then_some((addr, size))
+        })
+        .filter(|f| f.1 > 0)
+        .collect();
+    funcs.sort_unstable();
+    funcs.dedup_by_key(|f| f.0);
+    let total: u64 = funcs.iter().map(|f| f.1).sum();
+    let stride = (total / count as u64).max(1);
+    let mut out = Vec::with_capacity(count);
+    let mut skip = 0;
+    for (addr, size) in funcs {
+        let mut off = skip;
+        while off < size && out.len() < count {
+            out.push(addr + off);
+            off += stride;
+        }
+        skip = off - size;
+    }
+    out
+}
+
+/// Runs `--child name` and reads its figures and peak memory.
+fn in_process(name: &'static str, bin: &Path, addr_file: &Path) -> Figures {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut cmd = Command::new(exe);
+    cmd.arg("--child").arg(name).arg(bin).arg(addr_file);
+    let (out, rss) = run_measured(&mut cmd, "");
+    let mut f = out
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().unwrap_or(0));
+    let (cold, warm, frames) = (
+        f.next().unwrap_or(0),
+        f.next().unwrap_or(0),
+        f.next().unwrap_or(0),
+    );
+    Figures {
+        name,
+        cold: Duration::from_nanos(cold),
+        warm: Duration::from_nanos(warm),
+        frames: frames as usize,
+        max_rss_kib: rss,
+    }
+}
+
+/// The child side: symbolize twice in this process, print `cold warm frames`.
+fn child(name: &str, bin: &Path, addr_file: &Path) {
+    let text = std::fs::read_to_string(addr_file).expect("addresses");
+    let addrs: Vec<u64> = text
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.trim_start_matches("0x"), 16).ok())
+        .collect();
+    let mut times = Vec::new();
+    let mut frames = 0;
+    match name {
+        "smolder" => {
+            let s = smolder_symbolizer::Symbolizer::builder()
+                .demangle(std::env::var_os("BENCH_NO_DEMANGLE").is_none())
+                .build();
+            let src = smolder_symbolizer::Source::Elf {
+                path: bin,
+                addresses: smolder_symbolizer::AddressKind::VirtualAddress,
+            };
+            for _ in 0..2 {
+                let t = Instant::now();
+                let out = s.symbolize(&src, &addrs).expect("symbolize");
+                times.push(t.elapsed());
+                frames = out.iter().map(|r| r.frames.len().max(1)).sum();
+            }
+        }
+        "blazesym" => {
+            use blazesym::symbolize::{source, Input, Symbolized, Symbolizer};
+            let s = Symbolizer::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .enable_demangling(true)
+                .build();
+            let src = source::Source::Elf(source::Elf::new(bin));
+            for _ in 0..2 {
+                let t = Instant::now();
+                let out = s
+                    .symbolize(&src, Input::VirtOffset(&addrs))
+                    .expect("blazesym");
+                times.push(t.elapsed());
+                frames = out
+                    .iter()
+                    .map(|r| match r {
+                        Symbolized::Sym(sym) => 1 + sym.inlined.len(),
+                        _ => 1,
+                    })
+                    .sum();
+            }
+        }
+        other => panic!("unknown contender {other}"),
+    }
+    println!("{} {} {}", times[0].as_nanos(), times[1].as_nanos(), frames);
+}
+
+/// Times a command-line symbolizer fed the addresses once and twice.
+fn command_line(
+    name: &'static str,
+    cmd: &mut Command,
+    addrs: &str,
+    count_frames: impl Fn(&str) -> usize,
+) -> Figures {
+    let t = Instant::now();
+    let (out, rss) = run_measured(cmd, addrs);
+    let once = t.elapsed();
+    let t = Instant::now();
+    let (_, rss2) = run_measured(cmd, &addrs.repeat(2));
+    let twice = t.elapsed();
+    Figures {
+        name,
+        cold: once,
+        warm: twice.saturating_sub(once),
+        frames: count_frames(&out),
+        max_rss_kib: rss.max(rss2),
+    }
+}
+
+/// Runs `cmd` with `input` on stdin; returns stdout and the child's max RSS (KiB).
+// The child is reaped by `wait4`, which std's `wait` cannot do: it drops the rusage.
+#[allow(clippy::zombie_processes)]
+fn run_measured(cmd: &mut Command, input: &str) -> (String, i64) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read stdout");
+    let _ = writer.join();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child,
+    // which std has not reaped (we never call `wait` on it).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: valid pointers to locals.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid, "wait4 failed");
+    (out, usage.ru_maxrss)
+}
+
+fn report(results: &[Figures], n: usize) {
+    let rate = |d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    println!(
+        "\n{:<20} {:>10} {:>14} {:>10} {:>14} {:>10} {:>8}",
+        "tool", "cold ms", "cold addr/s", "warm ms", "warm addr/s", "peak MiB", "frames"
+    );
+    for r in results {
+        println!(
+            "{:<20} {:>10.1} {:>14.0} {:>10.1} {:>14.0} {:>10.1} {:>8}",
+            r.name,
+            r.cold.as_secs_f64() * 1e3,
+            rate(r.cold),
+            r.warm.as_secs_f64() * 1e3,
+            rate(r.warm),
+            r.max_rss_kib as f64 / 1024.0,
+            r.frames
+        );
+    }
+    let us = &results[0];
+    println!("\nratios (peer / smolder; above 1 means smolder is faster or smaller):");
+    for r in &results[1..] {
+        println!(
+            "{:<20} cold time {:>6.2}x   warm time {:>6.2}x   peak memory {:>6.2}x",
+            r.name,
+            r.cold.as_secs_f64() / us.cold.as_secs_f64().max(1e-9),
+            r.warm.as_secs_f64() / us.warm.as_secs_f64().max(1e-9),
+            r.max_rss_kib as f64 / us.max_rss_kib.max(1) as f64
+        );
+    }
+}

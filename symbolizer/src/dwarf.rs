@@ -1,0 +1,244 @@
+//! DWARF line and inline-function lookups through the `addr2line` crate.
+//!
+//! Owns the reader type (zero-copy slices of the mapped file, or owned bytes
+//! for compressed sections) and turns `addr2line` frames into [`Frame`]s.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use gimli::Reader as _;
+use object::{Object, ObjectSection};
+
+use crate::demangle::NameCache;
+use crate::elf::{Backing, ElfObject, Env};
+use crate::{Error, Frame};
+
+/// Bytes of one DWARF section: a range of the mapped file, or decompressed bytes.
+#[derive(Clone)]
+pub(crate) enum SectionBytes {
+    Mapped {
+        backing: Arc<Backing>,
+        start: usize,
+        end: usize,
+    },
+    Owned(Arc<[u8]>),
+}
+
+impl Deref for SectionBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            SectionBytes::Mapped {
+                backing,
+                start,
+                end,
+            } => backing.get(*start..*end).unwrap_or(&[]),
+            SectionBytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
+impl fmt::Debug for SectionBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SectionBytes({} bytes)", self.len())
+    }
+}
+
+// SAFETY: both variants deref to bytes owned by an `Arc` that is never mutated;
+// cloning the `Arc` does not move them (an `Mmap` or `Vec` buffer, or an
+// `Arc<[u8]>` allocation).
+unsafe impl gimli::StableDeref for SectionBytes {}
+// SAFETY: as above; a clone derefs to the same address.
+unsafe impl gimli::CloneStableDeref for SectionBytes {}
+
+pub(crate) type Reader = gimli::EndianReader<gimli::RunTimeEndian, SectionBytes>;
+
+/// A DWARF lookup context for one object (the binary or its debug file).
+pub(crate) struct DwarfInfo {
+    // `addr2line::Context` fills its caches through `&self` with cells that are
+    // not `Sync`; the mutex makes the context shareable between threads.
+    ctx: Mutex<addr2line::Context<Reader>>,
+    path: PathBuf,
+    /// Bytes of decompressed sections, held on the heap (not in the mapping).
+    pub(crate) owned_bytes: usize,
+}
+
+impl DwarfInfo {
+    /// Builds the context for `obj`'s DWARF, with `sup` as the supplementary
+    /// (`.gnu_debugaltlink`, dwz) file when there is one.
+    ///
+    /// Units that fail to parse are skipped (by `addr2line` too, silently);
+    /// the first such failure comes back beside the context so it is counted.
+    pub(crate) fn load(
+        obj: &ElfObject,
+        sup: Option<&Arc<ElfObject>>,
+    ) -> Result<(DwarfInfo, Option<Error>), Error> {
+        let (mut dwarf, mut owned) = load_sections(obj)?;
+        if let Some(sup) = sup {
+            let (sup_dwarf, sup_owned) = load_sections(sup)?;
+            dwarf.set_sup(sup_dwarf);
+            owned += sup_owned;
+        }
+        let broken = check_units(&dwarf).map(|source| Error::Dwarf {
+            path: obj.path.clone(),
+            source,
+        });
+        let ctx = addr2line::Context::from_dwarf(dwarf).map_err(|source| Error::Dwarf {
+            path: obj.path.clone(),
+            source,
+        })?;
+        let info = DwarfInfo {
+            ctx: Mutex::new(ctx),
+            path: obj.path.clone(),
+            owned_bytes: owned,
+        };
+        Ok((info, broken))
+    }
+
+    /// The frames for `vaddr`, innermost first. On broken DWARF, the frames
+    /// found before the error come back with it.
+    pub(crate) fn frames(
+        &self,
+        vaddr: u64,
+        env: &Env<'_>,
+        names: &NameCache,
+    ) -> Result<Vec<Frame>, (Vec<Frame>, Error)> {
+        let ctx = self
+            .ctx
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut frames = Vec::new();
+        let err = |frames, source| {
+            Err((
+                frames,
+                Error::Dwarf {
+                    path: self.path.clone(),
+                    source,
+                },
+            ))
+        };
+        let mut iter = match ctx.find_frames(vaddr).skip_all_loads() {
+            Ok(iter) => iter,
+            Err(e) => return err(frames, e),
+        };
+        loop {
+            let frame = match iter.next() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return err(mark_inlined(frames), e),
+            };
+            let function = match &frame.function {
+                // `EndianReader` slices borrow the pinned section bytes, so
+                // the name cache may key on their address.
+                Some(name) => match name.name.to_slice() {
+                    Ok(Cow::Borrowed(raw)) => Some(names.name(raw, env.demangle)),
+                    Ok(Cow::Owned(raw)) => Some(NameCache::uncached(&raw, env.demangle)),
+                    Err(e) => return err(mark_inlined(frames), e),
+                },
+                None => None,
+            };
+            let (file, line) = match &frame.location {
+                Some(loc) => (loc.file.map(str::to_owned), loc.line),
+                None => (None, None),
+            };
+            frames.push(Frame {
+                function,
+                file,
+                line,
+                inlined: false,
+            });
+        }
+        if frames.first().is_some_and(|f| f.file.is_none()) {
+            // No line row for the address: name the compilation unit instead,
+            // as binutils addr2line and llvm-symbolizer do.
+            let unit = ctx.find_dwarf_and_unit(vaddr).skip_all_loads();
+            if let Some(Ok(name)) = unit.and_then(|u| u.name.as_ref().map(|n| n.to_string_lossy()))
+            {
+                frames[0].file = Some(name.into_owned());
+            }
+        }
+        let mut frames = mark_inlined(frames);
+        if !env.inlined && frames.len() > 1 {
+            // Keep the real function, with the innermost file and line.
+            let innermost = frames.remove(0);
+            if let Some(mut outer) = frames.pop() {
+                outer.file = innermost.file;
+                outer.line = innermost.line;
+                outer.inlined = false;
+                frames = vec![outer];
+            }
+        }
+        Ok(frames)
+    }
+}
+
+/// The first error in the unit headers, abbreviations or root entries.
+fn check_units(dwarf: &gimli::Dwarf<Reader>) -> Option<gimli::Error> {
+    let mut headers = dwarf.units();
+    loop {
+        match headers.next() {
+            Ok(Some(header)) => {
+                if let Err(e) = dwarf.unit(header) {
+                    return Some(e);
+                }
+            }
+            Ok(None) => return None,
+            Err(e) => return Some(e),
+        }
+    }
+}
+
+/// All frames but the outermost are inlined into the next one.
+fn mark_inlined(mut frames: Vec<Frame>) -> Vec<Frame> {
+    let n = frames.len();
+    for (i, f) in frames.iter_mut().enumerate() {
+        f.inlined = i + 1 < n;
+    }
+    frames
+}
+
+/// Loads the DWARF sections of `obj`, decompressing `.zdebug_*` and
+/// `SHF_COMPRESSED` sections and borrowing the rest from the mapping.
+/// Returns the bytes decompressed too.
+fn load_sections(obj: &ElfObject) -> Result<(gimli::Dwarf<Reader>, usize), Error> {
+    let backing = obj.data();
+    let file = object::File::parse(&***backing).map_err(|e| Error::object(&obj.path, e))?;
+    let endian = if obj.little_endian() {
+        gimli::RunTimeEndian::Little
+    } else {
+        gimli::RunTimeEndian::Big
+    };
+    let base = backing.as_ptr() as usize;
+    let owned = std::cell::Cell::new(0usize);
+    let load = |id: gimli::SectionId| -> Result<Reader, Error> {
+        let Some(section) = file.section_by_name(id.name()) else {
+            return Ok(Reader::new(SectionBytes::Owned(Arc::from(&[][..])), endian));
+        };
+        let data = section
+            .uncompressed_data()
+            .map_err(|e| Error::object(&obj.path, format!("section {}: {e}", id.name())))?;
+        let bytes = match data {
+            Cow::Borrowed(slice) => {
+                let start = (slice.as_ptr() as usize).wrapping_sub(base);
+                match start.checked_add(slice.len()) {
+                    Some(end) if end <= backing.len() => SectionBytes::Mapped {
+                        backing: Arc::clone(backing),
+                        start,
+                        end,
+                    },
+                    _ => SectionBytes::Owned(Arc::from(slice)),
+                }
+            }
+            Cow::Owned(vec) => {
+                owned.set(owned.get() + vec.len());
+                SectionBytes::Owned(Arc::from(vec))
+            }
+        };
+        Ok(Reader::new(bytes, endian))
+    };
+    let dwarf = gimli::Dwarf::load(load)?;
+    Ok((dwarf, owned.get()))
+}

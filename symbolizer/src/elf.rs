@@ -1,0 +1,450 @@
+//! One ELF object held in memory: its bytes, identity (build-id, debug link),
+//! load segments, and — parsed lazily, on the first address that needs them —
+//! its symbol tables, DWARF and separate debug file.
+//!
+//! Owns the order in which names are looked up for an address: DWARF (own or
+//! from the debug file), then `.symtab` (own or the debug file's), then `.dynsym`.
+
+use std::fs::File;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use object::{Object, ObjectSection, ObjectSegment};
+
+use crate::demangle::NameCache;
+use crate::dwarf::DwarfInfo;
+use crate::stats::Counters;
+use crate::symtab::{SymbolTable, Which};
+use crate::{debugfile, Error, Frame};
+
+/// The bytes of an object: a read-only file mapping, or a copy (vDSO, tests).
+pub(crate) enum Backing {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Mapped(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
+impl Backing {
+    /// Maps `file` read-only.
+    pub(crate) fn map(file: &File, path: &Path) -> Result<Backing, Error> {
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len == 0 {
+            return Err(Error::object(path, "empty file"));
+        }
+        // SAFETY: the mapping is read-only and private. Another process shrinking
+        // the file while it is mapped would raise SIGBUS on access; binaries and
+        // debug files are replaced (new inode), not truncated in place, so this is
+        // the same bet every symbolizer (perf, gdb, blazesym) makes.
+        let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(path, e))?;
+        Ok(Backing::Mapped(map))
+    }
+}
+
+/// A `PT_LOAD` segment: how file offsets map to virtual addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LoadSegment {
+    pub(crate) vaddr: u64,
+    pub(crate) offset: u64,
+    pub(crate) filesz: u64,
+}
+
+/// What a lookup for one address drew its answer from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    Dwarf,
+    Symtab,
+    None,
+}
+
+/// What the lookup of one object needs to know about the symbolizer.
+pub(crate) struct Env<'a> {
+    pub(crate) debug_root: &'a Path,
+    pub(crate) counters: &'a Counters,
+    pub(crate) demangle: bool,
+    pub(crate) inlined: bool,
+}
+
+/// One parsed ELF object, shared through the cache.
+pub(crate) struct ElfObject {
+    /// Where the bytes were read from (may be under `/proc/PID/root` or `map_files`).
+    pub(crate) path: PathBuf,
+    /// The path its user knows it by (the `/proc/PID/maps` path), for debug-file search.
+    pub(crate) logical_path: PathBuf,
+    data: Arc<Backing>,
+    build_id: Option<Vec<u8>>,
+    debuglink: Option<(Vec<u8>, u32)>,
+    altlink: Option<(Vec<u8>, Vec<u8>)>,
+    loads: Vec<LoadSegment>,
+    has_debug_info: bool,
+    /// Code sections are `NOBITS`: a debug file, not a loadable binary.
+    debug_only: bool,
+    little_endian: bool,
+    /// True for a file found as another object's separate debug file.
+    is_debug_file: bool,
+    weight: AtomicUsize,
+    symtab: OnceLock<SymbolTable>,
+    dynsym: OnceLock<SymbolTable>,
+    debug_file: OnceLock<Option<Arc<ElfObject>>>,
+    dwarf: OnceLock<Option<DwarfInfo>>,
+    /// Demangled names, for this object and its debug file.
+    names: NameCache,
+}
+
+impl std::fmt::Debug for ElfObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElfObject")
+            .field("path", &self.path)
+            .field("build_id", &self.build_id_hex())
+            .field("loads", &self.loads)
+            .field("has_debug_info", &self.has_debug_info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ElfObject {
+    /// Maps and parses the headers of the file at `path`.
+    pub(crate) fn open(path: &Path, logical_path: &Path) -> Result<ElfObject, Error> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let backing = Backing::map(&file, path)?;
+        ElfObject::parse(Arc::new(backing), path, logical_path)
+    }
+
+    /// Parses the headers of an object held in `data`.
+    pub(crate) fn parse(
+        data: Arc<Backing>,
+        path: &Path,
+        logical_path: &Path,
+    ) -> Result<ElfObject, Error> {
+        let file = object::File::parse(&**data).map_err(|e| Error::object(path, e))?;
+        if file.format() != object::BinaryFormat::Elf {
+            return Err(Error::object(path, "not an ELF file"));
+        }
+        // A damaged note or link section loses that feature only, not the object.
+        let build_id = file
+            .build_id()
+            .ok()
+            .flatten()
+            .filter(|id| !id.is_empty())
+            .map(<[u8]>::to_vec);
+        let debuglink = file
+            .gnu_debuglink()
+            .ok()
+            .flatten()
+            .map(|(name, crc)| (name.to_vec(), crc));
+        let altlink = file
+            .gnu_debugaltlink()
+            .ok()
+            .flatten()
+            .map(|(name, id)| (name.to_vec(), id.to_vec()));
+        let loads = file
+            .segments()
+            .map(|seg| {
+                let (offset, filesz) = seg.file_range();
+                LoadSegment {
+                    vaddr: seg.address(),
+                    offset,
+                    filesz,
+                }
+            })
+            .collect();
+        let has_debug_info = file
+            .section_by_name(".debug_info")
+            .is_some_and(|s| s.file_range().is_some_and(|(_, size)| size > 0));
+        let debug_only = file
+            .section_by_name(".text")
+            .is_some_and(|s| s.file_range().is_none());
+        let little_endian = file.is_little_endian();
+        let weight = data.len();
+        Ok(ElfObject {
+            path: path.to_owned(),
+            logical_path: logical_path.to_owned(),
+            data,
+            build_id,
+            debuglink,
+            altlink,
+            loads,
+            has_debug_info,
+            debug_only,
+            little_endian,
+            is_debug_file: false,
+            weight: AtomicUsize::new(weight),
+            symtab: OnceLock::new(),
+            dynsym: OnceLock::new(),
+            debug_file: OnceLock::new(),
+            dwarf: OnceLock::new(),
+            names: NameCache::default(),
+        })
+    }
+
+    pub(crate) fn into_debug_file(mut self) -> ElfObject {
+        self.is_debug_file = true;
+        self
+    }
+
+    pub(crate) fn data(&self) -> &Arc<Backing> {
+        &self.data
+    }
+
+    pub(crate) fn build_id(&self) -> Option<&[u8]> {
+        self.build_id.as_deref()
+    }
+
+    pub(crate) fn build_id_hex(&self) -> Option<String> {
+        self.build_id.as_deref().map(hex)
+    }
+
+    pub(crate) fn debuglink(&self) -> Option<(&[u8], u32)> {
+        self.debuglink.as_ref().map(|(n, c)| (n.as_slice(), *c))
+    }
+
+    pub(crate) fn altlink(&self) -> Option<(&[u8], &[u8])> {
+        self.altlink
+            .as_ref()
+            .map(|(n, id)| (n.as_slice(), id.as_slice()))
+    }
+
+    pub(crate) fn little_endian(&self) -> bool {
+        self.little_endian
+    }
+
+    /// Estimated bytes this object keeps alive (file bytes plus lazily built parts).
+    pub(crate) fn weight(&self) -> usize {
+        self.weight.load(Ordering::Relaxed) + self.names.heap_bytes()
+    }
+
+    fn add_weight(&self, bytes: usize) {
+        self.weight.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The virtual address that file offset `offset` is loaded at.
+    pub(crate) fn file_offset_to_vaddr(&self, offset: u64) -> Option<u64> {
+        if self.debug_only {
+            return None;
+        }
+        if self.loads.is_empty() {
+            // Relocatable objects have no segments; their addresses are offsets.
+            return Some(offset);
+        }
+        self.loads
+            .iter()
+            .find(|s| offset >= s.offset && offset - s.offset < s.filesz)
+            .map(|s| s.vaddr.wrapping_add(offset - s.offset))
+    }
+
+    /// False for a debug-only file (`objcopy --only-keep-debug`), whose
+    /// segments no longer say where their bytes were in the original file.
+    pub(crate) fn can_translate_offsets(&self) -> bool {
+        !self.debug_only
+    }
+
+    /// The file offset that holds the byte at virtual address `vaddr`.
+    pub(crate) fn vaddr_to_file_offset(&self, vaddr: u64) -> Option<u64> {
+        if self.debug_only {
+            return None;
+        }
+        if self.loads.is_empty() {
+            return Some(vaddr);
+        }
+        self.loads
+            .iter()
+            .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz)
+            .map(|s| s.offset + (vaddr - s.vaddr))
+    }
+
+    fn symbols(&self, which: Which, env: &Env<'_>) -> &SymbolTable {
+        let cell = match which {
+            Which::Symtab => &self.symtab,
+            Which::Dynsym => &self.dynsym,
+        };
+        cell.get_or_init(|| {
+            let table = match object::File::parse(&**self.data) {
+                Ok(file) => SymbolTable::read(&file, &self.data, which),
+                Err(e) => {
+                    env.counters.error(&Error::object(&self.path, e));
+                    SymbolTable::default()
+                }
+            };
+            if which == Which::Symtab {
+                Counters::bump(&env.counters.symtabs_parsed);
+            }
+            self.add_weight(table.heap_bytes());
+            table
+        })
+    }
+
+    /// The separate debug file, searched for once.
+    fn debug_file(&self, env: &Env<'_>) -> Option<&Arc<ElfObject>> {
+        if self.is_debug_file {
+            return None;
+        }
+        self.debug_file
+            .get_or_init(|| {
+                let found = debugfile::find(self, env)?;
+                Counters::bump(&env.counters.debug_files_found);
+                self.add_weight(found.weight());
+                Some(Arc::new(found))
+            })
+            .as_ref()
+    }
+
+    /// The DWARF for this object: its own, or its debug file's.
+    fn dwarf(&self, env: &Env<'_>) -> Option<&DwarfInfo> {
+        if !self.has_debug_info {
+            return self.debug_file(env)?.dwarf(env);
+        }
+        self.dwarf
+            .get_or_init(|| {
+                let sup = self
+                    .altlink()
+                    .and_then(|link| debugfile::find_alt(self, link, env));
+                match DwarfInfo::load(self, sup.as_ref()) {
+                    Ok((info, broken)) => {
+                        Counters::bump(&env.counters.dwarf_parsed);
+                        self.add_weight(info.owned_bytes);
+                        if let Some(e) = broken {
+                            env.counters.error(&e);
+                        }
+                        Some(info)
+                    }
+                    Err(e) => {
+                        env.counters.error(&e);
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    /// The symbol containing `vaddr`, from `.symtab` (own, then the debug
+    /// file's) and then `.dynsym`: its name and, when `STT_FILE` says, its file.
+    pub(crate) fn symbol(&self, vaddr: u64, env: &Env<'_>) -> Option<(String, Option<String>)> {
+        let found = |hit: crate::symtab::SymbolHit<'_>| {
+            let file = hit.file.map(|f| String::from_utf8_lossy(f).into_owned());
+            (self.names.name(hit.name, env.demangle), file)
+        };
+        if let Some(hit) = self.symbols(Which::Symtab, env).lookup(vaddr, &self.data) {
+            return Some(found(hit));
+        }
+        if let Some(debug) = self.debug_file(env) {
+            let table = debug.symbols(Which::Symtab, env);
+            if let Some(hit) = table.lookup(vaddr, &debug.data) {
+                return Some(found(hit));
+            }
+        }
+        let dynsym = self.symbols(Which::Dynsym, env);
+        dynsym.lookup(vaddr, &self.data).map(found)
+    }
+
+    /// The frames for virtual address `vaddr`, innermost first.
+    pub(crate) fn lookup(&self, vaddr: u64, env: &Env<'_>) -> (Vec<Frame>, Resolution) {
+        let mut frames = match self.dwarf(env) {
+            Some(dwarf) => match dwarf.frames(vaddr, env, &self.names) {
+                Ok(frames) => frames,
+                Err((frames, e)) => {
+                    env.counters.error(&e);
+                    frames
+                }
+            },
+            None => Vec::new(),
+        };
+        let dwarf_named = frames.last().is_some_and(|f| f.function.is_some());
+        if dwarf_named {
+            return (frames, Resolution::Dwarf);
+        }
+        match self.symbol(vaddr, env) {
+            Some((name, file)) => {
+                match frames.last_mut() {
+                    Some(outer) => outer.function = Some(name),
+                    None => frames.push(Frame {
+                        function: Some(name),
+                        file,
+                        line: None,
+                        inlined: false,
+                    }),
+                }
+                (frames, Resolution::Symtab)
+            }
+            None => (frames, Resolution::None),
+        }
+    }
+
+    /// Addresses worth probing: symbol starts and the entry point (fuzzing, tests).
+    pub(crate) fn probe_addresses(&self, env: &Env<'_>) -> Vec<u64> {
+        let mut out: Vec<u64> = self.symbols(Which::Symtab, env).addresses().collect();
+        out.extend(self.symbols(Which::Dynsym, env).addresses());
+        out.extend(self.loads.iter().map(|s| s.vaddr));
+        out
+    }
+
+    pub(crate) fn symbol_count(&self, env: &Env<'_>) -> usize {
+        self.symbols(Which::Symtab, env).len() + self.symbols(Which::Dynsym, env).len()
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Bytes of a hex string, or `None` if it is not an even number of hex digits.
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.is_empty() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+        assert_eq!(unhex("00ab7f"), Some(vec![0x00, 0xab, 0x7f]));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex(""), None);
+    }
+
+    #[test]
+    fn garbage_is_an_object_error_not_a_panic() {
+        let data = Arc::new(Backing::Owned(b"\x7fELF\x02\x01\x01garbage".to_vec()));
+        let err = ElfObject::parse(data, Path::new("x"), Path::new("x")).unwrap_err();
+        assert!(matches!(err, Error::Object { .. }), "{err}");
+    }
+
+    #[test]
+    fn own_executable_translates_offsets_both_ways() {
+        let exe = std::env::current_exe().unwrap();
+        let obj = ElfObject::open(&exe, &exe).unwrap();
+        assert!(!obj.loads.is_empty());
+        for seg in &obj.loads {
+            if seg.filesz == 0 {
+                continue;
+            }
+            let off = seg.offset + seg.filesz / 2;
+            let vaddr = obj.file_offset_to_vaddr(off).unwrap();
+            assert_eq!(obj.vaddr_to_file_offset(vaddr), Some(off));
+        }
+    }
+}

@@ -1,0 +1,583 @@
+//! The [`Symbolizer`] front door: dispatches each [`Source`] to the object
+//! cache, the process reader, perf maps or kallsyms, and assembles
+//! [`Symbolized`] results. Owns the configuration and the counters.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cache::{FileIdentity, ObjectCache};
+use crate::elf::{unhex, ElfObject, Env, Resolution};
+use crate::kernel::KernelSymbols;
+use crate::perfmap::PerfMap;
+use crate::process::{self, MapEntry, MappingKind};
+use crate::stats::Counters;
+use crate::{debugfile, AddressKind, Error, Frame, ModuleInfo, Source, Stats, Symbolized};
+
+/// How long kallsyms is trusted before it is read again (modules come and go).
+const KALLSYMS_TTL: Duration = Duration::from_secs(60);
+/// Perf maps kept parsed at once; beyond that the oldest are forgotten.
+const PERF_MAPS_KEPT: usize = 64;
+
+/// A parsed perf map, the identity of the file it came from, and when.
+type CachedPerfMap = (FileIdentity, Instant, Arc<PerfMap>);
+
+/// Turns addresses into frames; see the [crate] documentation.
+///
+/// `Symbolizer` is `Send + Sync`: share one (e.g. in an `Arc`) so that every
+/// caller benefits from its cache.
+pub struct Symbolizer {
+    debug_root: PathBuf,
+    demangle: bool,
+    inlined: bool,
+    perf_maps: bool,
+    cache: ObjectCache,
+    perf_map_cache: Mutex<HashMap<PathBuf, CachedPerfMap>>,
+    kernel: Mutex<Option<(Instant, Arc<KernelSymbols>)>>,
+    counters: Counters,
+}
+
+/// Options for a [`Symbolizer`]; every one has a default.
+#[derive(Debug, Clone)]
+pub struct SymbolizerBuilder {
+    debug_root: PathBuf,
+    cache_bytes: usize,
+    demangle: bool,
+    inlined: bool,
+    perf_maps: bool,
+}
+
+impl Default for SymbolizerBuilder {
+    fn default() -> Self {
+        SymbolizerBuilder {
+            debug_root: PathBuf::from("/usr/lib/debug"),
+            cache_bytes: 1 << 30,
+            demangle: true,
+            inlined: true,
+            perf_maps: true,
+        }
+    }
+}
+
+impl SymbolizerBuilder {
+    /// Where separate debug files live (`.build-id/` and debug-link
+    /// directories); default `/usr/lib/debug`.
+    pub fn debug_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.debug_root = dir.into();
+        self
+    }
+
+    /// Budget for cached objects, estimated from the sizes of the files they
+    /// map plus their parsed tables; default 1 GiB. The most recently used
+    /// object is kept even when it alone exceeds the budget.
+    pub fn cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// Demangle Rust and C++ names (default true).
+    pub fn demangle(mut self, on: bool) -> Self {
+        self.demangle = on;
+        self
+    }
+
+    /// Report inlined frames (default true); when false, each address gets
+    /// only its real function, with the innermost file and line.
+    pub fn inlined(mut self, on: bool) -> Self {
+        self.inlined = on;
+        self
+    }
+
+    /// Read JIT perf maps (`/tmp/perf-PID.map`) for anonymous code (default true).
+    pub fn perf_maps(mut self, on: bool) -> Self {
+        self.perf_maps = on;
+        self
+    }
+
+    pub fn build(self) -> Symbolizer {
+        Symbolizer {
+            debug_root: self.debug_root,
+            demangle: self.demangle,
+            inlined: self.inlined,
+            perf_maps: self.perf_maps,
+            cache: ObjectCache::new(self.cache_bytes),
+            perf_map_cache: Mutex::new(HashMap::new()),
+            kernel: Mutex::new(None),
+            counters: Counters::default(),
+        }
+    }
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Symbolizer::new()
+    }
+}
+
+impl std::fmt::Debug for Symbolizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Symbolizer")
+            .field("debug_root", &self.debug_root)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Symbolizer {
+    /// A symbolizer with default options.
+    pub fn new() -> Symbolizer {
+        SymbolizerBuilder::default().build()
+    }
+
+    pub fn builder() -> SymbolizerBuilder {
+        SymbolizerBuilder::default()
+    }
+
+    /// Symbolizes `addrs` of `source`, one result per address, in order.
+    ///
+    /// Fails only when the whole source is unusable: the process is gone or
+    /// unreadable, kallsyms is restricted, a build-id is unknown. A missing or
+    /// broken file gives results without frames, and is counted in [`Stats`].
+    pub fn symbolize(&self, source: &Source<'_>, addrs: &[u64]) -> Result<Vec<Symbolized>, Error> {
+        Counters::add(&self.counters.addresses, addrs.len() as u64);
+        let result = match *source {
+            Source::Elf { path, addresses } => Ok(self.symbolize_elf(path, addresses, addrs)),
+            Source::BuildId {
+                build_id,
+                addresses,
+            } => self.symbolize_build_id(build_id, addresses, addrs),
+            Source::Process { pid } => self.symbolize_process(pid, addrs),
+            Source::Kernel => self.symbolize_kernel(addrs),
+        };
+        self.cache.enforce_budget(&self.counters);
+        if let Err(e) = &result {
+            self.counters.error(e);
+        }
+        result
+    }
+
+    /// Symbolizes `(file, offset)` pairs as collected by the sampler: `offsets`
+    /// are file offsets into the object at `path`.
+    pub fn symbolize_file_offsets(&self, path: &Path, offsets: &[u64]) -> Vec<Symbolized> {
+        Counters::add(&self.counters.addresses, offsets.len() as u64);
+        let out = self.symbolize_elf(path, AddressKind::FileOffset, offsets);
+        self.cache.enforce_budget(&self.counters);
+        out
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    /// Number of objects in the cache now.
+    pub fn cached_objects(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Forgets every cached object, perf map and kallsyms.
+    pub fn clear_cache(&self) {
+        self.cache.clear();
+        lock(&self.perf_map_cache).clear();
+        *lock(&self.kernel) = None;
+    }
+
+    fn env(&self) -> Env<'_> {
+        Env {
+            debug_root: &self.debug_root,
+            counters: &self.counters,
+            demangle: self.demangle,
+            inlined: self.inlined,
+        }
+    }
+
+    fn symbolize_elf(&self, path: &Path, kind: AddressKind, addrs: &[u64]) -> Vec<Symbolized> {
+        let display = path.display().to_string();
+        match self.cache.open(path, path, &self.counters) {
+            Ok(obj) => self.in_object_all(&obj, &display, kind, addrs),
+            Err(e) => {
+                self.counters.error(&e);
+                addrs
+                    .iter()
+                    .map(|&addr| self.unresolved(addr, Some(module(&display, None, addr))))
+                    .collect()
+            }
+        }
+    }
+
+    fn symbolize_build_id(
+        &self,
+        build_id: &str,
+        kind: AddressKind,
+        addrs: &[u64],
+    ) -> Result<Vec<Symbolized>, Error> {
+        let id = unhex(build_id).ok_or_else(|| Error::InvalidBuildId(build_id.to_owned()))?;
+        let obj = match self.cache.by_build_id(&id) {
+            Some(obj) => obj,
+            None => self
+                .open_build_id(&id)
+                .ok_or_else(|| Error::BuildIdNotFound {
+                    build_id: build_id.to_owned(),
+                    debug_root: self.debug_root.clone(),
+                })?,
+        };
+        let display = obj.logical_path.display().to_string();
+        Ok(self.in_object_all(&obj, &display, kind, addrs))
+    }
+
+    fn in_object_all(
+        &self,
+        obj: &ElfObject,
+        path: &str,
+        kind: AddressKind,
+        addrs: &[u64],
+    ) -> Vec<Symbolized> {
+        if kind == AddressKind::FileOffset && !obj.can_translate_offsets() {
+            self.counters.error(&Error::object(
+                &obj.path,
+                "a debug-only file cannot map file offsets to addresses; \
+                 give virtual addresses or make the binary itself available",
+            ));
+        }
+        addrs
+            .iter()
+            .map(|&addr| self.in_object(obj, path, addr, kind))
+            .collect()
+    }
+
+    /// The object with build-id `id` under the debug root: the binary itself
+    /// (`.build-id/xx/rest`, a link to it in distribution layouts) first, as
+    /// it maps file offsets, then the debug file (`rest.debug`).
+    fn open_build_id(&self, id: &[u8]) -> Option<Arc<ElfObject>> {
+        let debug = debugfile::build_id_path(&self.debug_root, id)?;
+        let binary = debug.with_extension("");
+        [binary, debug].into_iter().find_map(|path| {
+            let obj = self.cache.open(&path, &path, &self.counters).ok()?;
+            (obj.build_id() == Some(id)).then_some(obj)
+        })
+    }
+
+    /// Symbolizes one address of `obj`, given as a file offset or vaddr.
+    fn in_object(&self, obj: &ElfObject, path: &str, addr: u64, kind: AddressKind) -> Symbolized {
+        let (vaddr, offset) = match kind {
+            AddressKind::FileOffset => (obj.file_offset_to_vaddr(addr), Some(addr)),
+            AddressKind::VirtualAddress => (Some(addr), obj.vaddr_to_file_offset(addr)),
+        };
+        let frames = match vaddr {
+            Some(vaddr) => self.lookup(obj, vaddr),
+            None => {
+                Counters::bump(&self.counters.unresolved);
+                Vec::new()
+            }
+        };
+        Symbolized {
+            addr,
+            frames,
+            module: Some(module(path, obj.build_id_hex(), offset.unwrap_or(addr))),
+        }
+    }
+
+    fn lookup(&self, obj: &ElfObject, vaddr: u64) -> Vec<Frame> {
+        let (frames, resolution) = obj.lookup(vaddr, &self.env());
+        let counter = match resolution {
+            Resolution::Dwarf => &self.counters.resolved_dwarf,
+            Resolution::Symtab => &self.counters.resolved_symtab,
+            Resolution::None => &self.counters.unresolved,
+        };
+        Counters::bump(counter);
+        frames
+    }
+
+    fn unresolved(&self, addr: u64, module: Option<ModuleInfo>) -> Symbolized {
+        Counters::bump(&self.counters.unresolved);
+        Symbolized {
+            addr,
+            frames: Vec::new(),
+            module,
+        }
+    }
+
+    fn symbolize_process(&self, pid: u32, addrs: &[u64]) -> Result<Vec<Symbolized>, Error> {
+        let maps = process::read_maps(pid)?;
+        // Group addresses by mapping so each object is resolved once per call.
+        let mut by_mapping: HashMap<Option<usize>, Vec<usize>> = HashMap::new();
+        for (i, &addr) in addrs.iter().enumerate() {
+            by_mapping
+                .entry(process::find_mapping(&maps, addr))
+                .or_default()
+                .push(i);
+        }
+        let mut out: Vec<Option<Symbolized>> = vec![None; addrs.len()];
+        let mut perf_map: Option<Option<Arc<PerfMap>>> = None;
+        for (mapping, indices) in by_mapping {
+            let entry = mapping.map(|m| &maps[m]);
+            let kind = entry.map(MapEntry::kind);
+            let object = match (entry, kind) {
+                (Some(entry), Some(MappingKind::File { path, deleted })) => {
+                    let open = process::open_path(pid, entry, path, deleted);
+                    Some((
+                        self.cache.open(&open, Path::new(path), &self.counters),
+                        path.to_owned(),
+                    ))
+                }
+                (Some(entry), Some(MappingKind::Vdso)) => Some((
+                    process::read_vdso(pid, entry).and_then(|bytes| {
+                        self.cache
+                            .open_bytes(bytes, Path::new("[vdso]"), &self.counters)
+                    }),
+                    "[vdso]".to_owned(),
+                )),
+                _ => None,
+            };
+            for i in indices {
+                let addr = addrs[i];
+                out[i] = Some(match (entry, kind, &object) {
+                    (Some(entry), _, Some((Ok(obj), path))) => {
+                        let offset = entry.file_offset(addr);
+                        self.in_object(obj, path, offset, AddressKind::FileOffset)
+                            .with_addr(addr)
+                    }
+                    (Some(entry), _, Some((Err(_), path))) => {
+                        self.unresolved(addr, Some(module(path, None, entry.file_offset(addr))))
+                    }
+                    (_, None | Some(MappingKind::Anonymous), None) => {
+                        let map = perf_map.get_or_insert_with(|| self.perf_map(pid));
+                        self.in_perf_map(map.as_deref(), entry, addr)
+                    }
+                    (entry, _, _) => {
+                        let m = entry.map(|e| module(&e.name, None, e.file_offset(addr)));
+                        self.unresolved(addr, m)
+                    }
+                });
+            }
+            if let Some((Err(e), _)) = &object {
+                self.counters.error(e);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .zip(addrs)
+            .map(|(s, &addr)| {
+                s.unwrap_or(Symbolized {
+                    addr,
+                    frames: Vec::new(),
+                    module: None,
+                })
+            })
+            .collect())
+    }
+
+    fn in_perf_map(
+        &self,
+        map: Option<&PerfMap>,
+        entry: Option<&MapEntry>,
+        addr: u64,
+    ) -> Symbolized {
+        let module = entry.map(|e| {
+            let name = if e.name.is_empty() { "[anon]" } else { &e.name };
+            module(name, None, e.file_offset(addr))
+        });
+        match map.and_then(|m| m.lookup(addr)) {
+            Some(name) => {
+                Counters::bump(&self.counters.resolved_perf_map);
+                let function = if self.demangle {
+                    crate::demangle(name).into_owned()
+                } else {
+                    name.to_owned()
+                };
+                Symbolized {
+                    addr,
+                    frames: vec![Frame {
+                        function: Some(function),
+                        file: None,
+                        line: None,
+                        inlined: false,
+                    }],
+                    module,
+                }
+            }
+            None => self.unresolved(addr, module),
+        }
+    }
+
+    /// The perf map of `pid`, re-read when the file changed.
+    fn perf_map(&self, pid: u32) -> Option<Arc<PerfMap>> {
+        if !self.perf_maps {
+            return None;
+        }
+        for path in crate::perfmap::candidates(pid) {
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            let identity = FileIdentity::of(&meta);
+            if let Some((id, _, map)) = lock(&self.perf_map_cache).get(&path) {
+                if *id == identity {
+                    return Some(Arc::clone(map));
+                }
+            }
+            let text = match fs::read(&path) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(e) => {
+                    self.counters.error(&Error::io(&path, e));
+                    continue;
+                }
+            };
+            let (map, bad) = PerfMap::parse(&text);
+            Counters::add(&self.counters.perf_map_errors, bad);
+            let map = Arc::new(map);
+            let mut cache = lock(&self.perf_map_cache);
+            if cache.len() >= PERF_MAPS_KEPT {
+                if let Some(oldest) = cache
+                    .iter()
+                    .min_by_key(|(_, (_, t, _))| *t)
+                    .map(|(p, _)| p.clone())
+                {
+                    cache.remove(&oldest);
+                }
+            }
+            cache.insert(path, (identity, Instant::now(), Arc::clone(&map)));
+            return Some(map);
+        }
+        None
+    }
+
+    fn kernel_symbols(&self) -> Result<Arc<KernelSymbols>, Error> {
+        let mut guard = lock(&self.kernel);
+        if let Some((loaded, syms)) = &*guard {
+            if loaded.elapsed() < KALLSYMS_TTL {
+                return Ok(Arc::clone(syms));
+            }
+        }
+        let syms = Arc::new(KernelSymbols::load()?);
+        *guard = Some((Instant::now(), Arc::clone(&syms)));
+        Ok(syms)
+    }
+
+    fn symbolize_kernel(&self, addrs: &[u64]) -> Result<Vec<Symbolized>, Error> {
+        let syms = self.kernel_symbols()?;
+        Ok(addrs
+            .iter()
+            .map(|&addr| match syms.lookup(addr) {
+                Some(sym) => {
+                    Counters::bump(&self.counters.resolved_kernel);
+                    Symbolized {
+                        addr,
+                        frames: vec![Frame {
+                            function: Some(sym.name.to_owned()),
+                            file: None,
+                            line: None,
+                            inlined: false,
+                        }],
+                        module: Some(module(sym.module, syms.build_id(sym.module), addr)),
+                    }
+                }
+                None => self.unresolved(addr, None),
+            })
+            .collect())
+    }
+}
+
+impl Symbolized {
+    fn with_addr(mut self, addr: u64) -> Symbolized {
+        self.addr = addr;
+        self
+    }
+}
+
+fn module(path: &str, build_id: Option<String>, file_offset: u64) -> ModuleInfo {
+    ModuleInfo {
+        path: path.to_owned(),
+        build_id,
+        file_offset,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn probe_target() -> u32 {
+        std::hint::black_box(7)
+    }
+
+    #[test]
+    fn symbolizer_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Symbolizer>();
+    }
+
+    #[test]
+    fn own_process_function_is_named() {
+        let s = Symbolizer::new();
+        let pc = probe_target as *const () as usize as u64;
+        let out = s
+            .symbolize(
+                &Source::Process {
+                    pid: std::process::id(),
+                },
+                &[pc, 8],
+            )
+            .unwrap();
+        let outer = out[0].frames.last().expect("frames for our own function");
+        assert!(
+            outer
+                .function
+                .as_deref()
+                .unwrap_or("")
+                .ends_with("probe_target"),
+            "{:?}",
+            out[0]
+        );
+        let exe = std::env::current_exe().unwrap();
+        let module = out[0].module.as_ref().unwrap();
+        assert_eq!(Path::new(&module.path), exe);
+        // The same address, as a file offset into the executable.
+        let again = s.symbolize_file_offsets(&exe, &[module.file_offset]);
+        assert_eq!(again[0].frames, out[0].frames);
+        assert_eq!(s.stats().objects_parsed, 1);
+        // Address 8 is in no mapping.
+        assert!(out[1].frames.is_empty() && out[1].module.is_none());
+    }
+
+    #[test]
+    fn missing_file_is_counted_not_fatal() {
+        let s = Symbolizer::new();
+        let out = s
+            .symbolize(
+                &Source::Elf {
+                    path: Path::new("/nonexistent/binary"),
+                    addresses: AddressKind::VirtualAddress,
+                },
+                &[0x1000],
+            )
+            .unwrap();
+        assert!(out[0].frames.is_empty());
+        assert_eq!(out[0].module.as_ref().unwrap().path, "/nonexistent/binary");
+        assert_eq!(s.stats().io_errors, 1);
+    }
+
+    #[test]
+    fn unknown_build_id_and_bad_hex_are_errors() {
+        let dir = std::env::temp_dir();
+        let s = Symbolizer::builder().debug_root(&dir).build();
+        let src = |id| Source::BuildId {
+            build_id: id,
+            addresses: AddressKind::FileOffset,
+        };
+        assert!(matches!(
+            s.symbolize(&src("00112233"), &[1]),
+            Err(Error::BuildIdNotFound { .. })
+        ));
+        assert!(matches!(
+            s.symbolize(&src("xyz"), &[1]),
+            Err(Error::InvalidBuildId(_))
+        ));
+    }
+}

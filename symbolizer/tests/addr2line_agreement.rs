@@ -1,0 +1,249 @@
+//! Agreement with binutils `addr2line -f -i -C` on fixtures built here: the
+//! whole inlined chain of function names and the innermost file:line, for
+//! every 7th byte of every function in the symbol table.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use smolder_symbolizer::{AddressKind, Source, Symbolizer};
+
+/// Most addresses compared per binary; beyond that the stride grows.
+const MAX_ADDRESSES: usize = 60_000;
+
+fn sample_addresses(bin: &Path) -> Vec<u64> {
+    let funcs = common::functions(bin);
+    let total: u64 = funcs.iter().map(|f| f.size.div_ceil(7)).sum();
+    let stride = 7 * (total as usize).div_ceil(MAX_ADDRESSES).max(1) as u64;
+    funcs
+        .iter()
+        .flat_map(|f| {
+            (0..f.size)
+                .step_by(stride as usize)
+                .map(move |off| f.addr + off)
+        })
+        .collect()
+}
+
+/// The share of sampled addresses on which smolder and binutils agree, with
+/// both demangling or neither.
+fn agreement(bin: &Path, label: &str, min_addresses: usize, demangle: bool) -> Agreement {
+    let addrs = sample_addresses(bin);
+    assert!(
+        addrs.len() >= min_addresses,
+        "{label}: only {} addresses",
+        addrs.len()
+    );
+    let oracle = common::addr2line(bin, &addrs, demangle);
+    let debug_root = tempfile::tempdir().unwrap();
+    let symbolizer = Symbolizer::builder()
+        .debug_root(debug_root.path())
+        .demangle(demangle)
+        .build();
+    let ours = symbolizer
+        .symbolize(
+            &Source::Elf {
+                path: bin,
+                addresses: AddressKind::VirtualAddress,
+            },
+            &addrs,
+        )
+        .unwrap();
+
+    let mut agree = 0usize;
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut location_only: Vec<(u64, Option<String>, Option<u32>)> = Vec::new();
+    let mut shown = 0;
+    for ((addr, theirs), sym) in addrs.iter().zip(&oracle).zip(&ours) {
+        let functions: Vec<String> = if sym.frames.is_empty() {
+            vec!["??".to_owned()]
+        } else {
+            sym.frames
+                .iter()
+                .map(|f| f.function.clone().unwrap_or_else(|| "??".into()))
+                .collect()
+        };
+        let (file, line) = sym
+            .frames
+            .first()
+            .map_or((None, None), |f| (f.file.clone(), f.line));
+        let same_functions = functions == theirs.functions;
+        let same_location = file == theirs.file && line == theirs.line;
+        if same_functions && same_location {
+            agree += 1;
+            continue;
+        }
+        let reason = match (same_functions, same_location) {
+            (false, true) if functions.len() != theirs.functions.len() => "inline depth differs",
+            (false, true) => "function names differ",
+            (true, false) if file != theirs.file => "file differs",
+            (true, false) => "line differs",
+            _ => "names and location differ",
+        };
+        if same_functions {
+            location_only.push((*addr, file.clone(), line));
+        }
+        *reasons.entry(reason).or_default() += 1;
+        if shown < 25 {
+            shown += 1;
+            println!(
+                "{label} {addr:#x}: {reason}\n  addr2line: {:?} at {:?}:{:?}\n  smolder:   {:?} at {:?}:{:?}",
+                theirs.functions, theirs.file, theirs.line, functions, file, line
+            );
+        }
+    }
+    // Where only the location differs, ask a second, independent oracle.
+    let arbitrated = if location_only.is_empty() {
+        0
+    } else {
+        let probe: Vec<u64> = location_only.iter().map(|(a, _, _)| *a).collect();
+        let llvm = common::llvm_symbolizer_locations(bin, &probe);
+        location_only
+            .iter()
+            .zip(&llvm)
+            .filter(|((_, file, line), theirs)| (file.clone(), *line) == **theirs)
+            .count()
+    };
+    let n = addrs.len() as f64;
+    let ratio = agree as f64 / n;
+    println!(
+        "{label}: {agree}/{} addresses agree with binutils addr2line ({:.3}%); disagreements by reason: {reasons:?}",
+        addrs.len(),
+        ratio * 100.0
+    );
+    println!(
+        "{label}: of {} location-only disagreements, llvm-symbolizer sides with smolder on {arbitrated}",
+        location_only.len()
+    );
+    println!("{label}: {:?}", symbolizer.stats());
+    assert_eq!(
+        symbolizer.stats().errors(),
+        0,
+        "{label}: errors while symbolizing"
+    );
+    Agreement {
+        with_binutils: ratio,
+        with_either: (agree + arbitrated) as f64 / n,
+    }
+}
+
+struct Agreement {
+    /// Share of addresses where names and innermost file:line match binutils.
+    with_binutils: f64,
+    /// Also counting location disagreements where llvm-symbolizer sides with us.
+    with_either: f64,
+}
+
+#[test]
+fn c_fixture_agrees_with_binutils() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = common::generated_c(dir.path(), 80);
+    let bin = common::build_c(dir.path(), "fixture-c", &[generated.to_str().unwrap()]);
+    let a = agreement(&bin, "C -O2 -g", 2000, true);
+    assert!(a.with_binutils >= 0.99, "agreement {}", a.with_binutils);
+}
+
+/// C++ frames are compared on mangled names, so that this checks the DWARF
+/// walk; demangling is compared with `c++filt` below. binutils 2.40 puts a few
+/// `std::` lines of GCC 12's DWARF 5 in the main file (line numbers past its
+/// end); llvm-symbolizer arbitrates those.
+#[test]
+fn cpp_fixture_agrees_with_binutils() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = common::build_cpp(dir.path(), "fixture-cpp");
+    let a = agreement(&bin, "C++ -O2 -g (mangled)", 400, false);
+    assert!(a.with_binutils >= 0.95, "agreement {}", a.with_binutils);
+    assert!(a.with_either >= 0.99, "agreement {}", a.with_either);
+}
+
+/// Our C++ demangling (the `cpp_demangle` crate) against binutils `c++filt`
+/// (libiberty) on every mangled name in the C++ fixture's DWARF and symbols.
+/// `cpp_demangle` is known to differ on some template-heavy names (return
+/// types of functions enclosing lambdas, `(unsigned long)0` for `0ul`, the
+/// parameters of some template constructors); the differences are printed.
+#[test]
+fn cpp_demangling_agrees_with_cxxfilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = common::build_cpp(dir.path(), "fixture-cpp");
+    let strings = common::run(
+        std::process::Command::new("strings")
+            .arg("-n")
+            .arg("4")
+            .arg(&bin),
+    );
+    let mut names: Vec<&str> = strings
+        .lines()
+        .filter(|s| s.starts_with("_Z") && s.bytes().all(|b| b.is_ascii_graphic()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 100, "only {} mangled names", names.len());
+    let theirs = common::cxxfilt(&names);
+    let mut agree = 0;
+    for (name, want) in names.iter().zip(&theirs) {
+        let ours = smolder_symbolizer::demangle(name);
+        if ours == want.as_str() {
+            agree += 1;
+        } else {
+            println!("{name}\n  c++filt: {want}\n  smolder: {ours}");
+        }
+    }
+    let ratio = agree as f64 / names.len() as f64;
+    println!(
+        "C++ demangling: {agree}/{} names agree with c++filt ({:.1}%)",
+        names.len(),
+        ratio * 100.0
+    );
+    assert!(ratio >= 0.85, "demangling agreement {ratio}");
+}
+
+#[test]
+fn rust_fixture_agrees_with_binutils() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = common::build_rust(dir.path(), "fixture-rs");
+    let a = agreement(&bin, "Rust opt-level=3 -g", 2000, true);
+    assert!(a.with_binutils >= 0.99, "agreement {}", a.with_binutils);
+}
+
+/// `format_addr2line` prints what `addr2line -f -i -C` prints (binutils'
+/// discriminator notes aside).
+#[test]
+fn addr2line_text_format_matches_binutils() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = common::generated_c(dir.path(), 20);
+    let bin = common::build_c(dir.path(), "fixture-c", &[generated.to_str().unwrap()]);
+    let addrs = sample_addresses(&bin);
+    let input: String = addrs.iter().map(|a| format!("{a:#x}\n")).collect();
+    let mut child = std::process::Command::new("addr2line")
+        .args(["-f", "-i", "-C", "-e"])
+        .arg(&bin)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let theirs = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    let theirs: String = theirs
+        .lines()
+        .map(|l| l.split(" (discriminator").next().unwrap().to_owned() + "\n")
+        .collect();
+    let s = Symbolizer::new();
+    let src = Source::Elf {
+        path: &bin,
+        addresses: AddressKind::VirtualAddress,
+    };
+    let mut ours = Vec::new();
+    for sym in s.symbolize(&src, &addrs).unwrap() {
+        smolder_symbolizer::format_addr2line(&sym, &mut ours).unwrap();
+    }
+    let ours = String::from_utf8(ours).unwrap();
+    assert!(addrs.len() > 500);
+    assert_eq!(ours, theirs);
+}

@@ -1,0 +1,127 @@
+//! The object cache: identity across paths, LRU eviction under the byte
+//! budget, and lazy parsing.
+
+mod common;
+
+use std::path::Path;
+
+use smolder_symbolizer::{AddressKind, Source, Symbolizer};
+
+fn vaddr(path: &Path) -> Source<'_> {
+    Source::Elf {
+        path,
+        addresses: AddressKind::VirtualAddress,
+    }
+}
+
+fn fib_addr(bin: &Path) -> u64 {
+    common::functions(bin)
+        .into_iter()
+        .find(|f| f.name == "fib")
+        .unwrap()
+        .addr
+}
+
+#[test]
+fn byte_budget_evicts_least_recently_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::build_c(dir.path(), "a", &[]);
+    let b = common::build_c(dir.path(), "b", &["-O1"]);
+    let c = common::build_c(dir.path(), "c", &["-Os"]);
+    let size = std::fs::metadata(&a).unwrap().len() as usize;
+    // Room for about two objects.
+    let s = Symbolizer::builder().cache_bytes(size * 5 / 2).build();
+    for bin in [&a, &b, &a, &c, &a] {
+        let out = s.symbolize(&vaddr(bin), &[fib_addr(bin)]).unwrap();
+        assert_eq!(common::outer_function(&out[0]), Some("fib"));
+        assert!(s.cached_objects() <= 2, "{:?}", s.stats());
+    }
+    let stats = s.stats();
+    println!("{stats:?}");
+    // a, b, c parsed once each: `a` stayed as most recently used when `c` came.
+    assert_eq!(stats.objects_parsed, 3);
+    assert!(stats.cache_evictions >= 1);
+    assert!(stats.cache_bytes as usize <= size * 5 / 2 || s.cached_objects() == 1);
+
+    // A budget below any one object keeps just the latest.
+    let tiny = Symbolizer::builder().cache_bytes(1).build();
+    for bin in [&a, &b, &a] {
+        tiny.symbolize(&vaddr(bin), &[fib_addr(bin)]).unwrap();
+        assert_eq!(tiny.cached_objects(), 1);
+    }
+    assert_eq!(tiny.stats().objects_parsed, 3);
+}
+
+#[test]
+fn same_file_under_other_paths_and_copies_share_one_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::build_c(dir.path(), "a", &[]);
+    let link = dir.path().join("link-to-a");
+    std::os::unix::fs::symlink(&a, &link).unwrap();
+    let hard = dir.path().join("hard-a");
+    std::fs::hard_link(&a, &hard).unwrap();
+    // A copy is another file, with the same build-id.
+    let copy = dir.path().join("copy-a");
+    std::fs::copy(&a, &copy).unwrap();
+    let s = Symbolizer::new();
+    for bin in [&a, &link, &hard, &copy] {
+        let out = s.symbolize(&vaddr(bin), &[fib_addr(&a)]).unwrap();
+        assert_eq!(common::outer_function(&out[0]), Some("fib"));
+        assert_eq!(
+            Path::new(&out[0].module.as_ref().unwrap().path),
+            bin.as_path()
+        );
+    }
+    let stats = s.stats();
+    assert_eq!(stats.objects_parsed, 1, "{stats:?}");
+    assert_eq!(stats.dwarf_parsed, 1);
+    assert_eq!(stats.cache_hits, 3);
+}
+
+#[test]
+fn parsing_is_lazy() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::build_c(dir.path(), "a", &[]);
+    let s = Symbolizer::new();
+    // Addresses outside every segment need neither DWARF nor symbols.
+    s.symbolize_file_offsets(&a, &[u64::MAX - 1]);
+    let stats = s.stats();
+    assert_eq!(
+        (
+            stats.objects_parsed,
+            stats.dwarf_parsed,
+            stats.symtabs_parsed
+        ),
+        (1, 0, 0)
+    );
+    s.symbolize(&vaddr(&a), &[fib_addr(&a)]).unwrap();
+    let stats = s.stats();
+    assert_eq!((stats.dwarf_parsed, stats.symtabs_parsed), (1, 0));
+}
+
+#[test]
+fn shared_between_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = common::build_c(dir.path(), "a", &[]);
+    let funcs = common::functions(&a);
+    let s = std::sync::Arc::new(Symbolizer::new());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let s = std::sync::Arc::clone(&s);
+            let a = a.clone();
+            let funcs = funcs.clone();
+            std::thread::spawn(move || {
+                for f in funcs.iter().skip(t).step_by(2) {
+                    let out = s.symbolize(&vaddr(&a), &[f.addr]).unwrap();
+                    assert!(common::outer_function(&out[0]).is_some(), "{out:?}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = s.stats();
+    assert_eq!(stats.objects_parsed, 1, "{stats:?}");
+    assert_eq!(stats.dwarf_parsed, 1, "{stats:?}");
+}
