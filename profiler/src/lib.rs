@@ -21,3 +21,8 @@
 pub use smolder_flamegraph as flamegraph;
 pub use smolder_profiles_proto as profiles;
 pub use smolder_symbolizer as symbolizer;
+
+pub mod pipeline;
+
+#[cfg(feature = "sampler")]
+pub mod sampler;

@@ -7,9 +7,12 @@ use clap::Parser;
 
 fn main() {
     let cli = cli::Cli::parse();
-    if let Err(err) = cli::run(cli) {
-        // `{:#}` prints the context chain on one line: "file: what is wrong".
-        eprintln!("smolder: error: {err:#}");
-        std::process::exit(1);
+    match cli::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            // `{:#}` prints the context chain on one line: "file: what is wrong".
+            eprintln!("smolder: error: {err:#}");
+            std::process::exit(1);
+        }
     }
 }

@@ -214,6 +214,7 @@ pub(crate) fn add_folded(
 ) -> Result<usize> {
     let profile_type = builder.default_profile_type();
     let mut added = 0;
+    let mut known: HashMap<&str, i32> = HashMap::new();
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim_end();
         if line.trim().is_empty() {
@@ -234,34 +235,62 @@ pub(crate) fn add_folded(
         }
         let frames: Vec<&str> = stack.split(';').collect();
         let (resource_id, attributes, skip) = root(builder, frames[0]);
-        let mut locations: Vec<LocationSpec> = Vec::new();
-        for frame in frames.iter().skip(skip) {
-            if let Some(name) = frame.strip_suffix(INLINE_SUFFIX) {
-                if let Some(caller) = locations.last_mut() {
-                    caller.lines.insert(0, SourceLine::function(name));
-                    continue;
-                }
+        // A location is a frame and the `_[i]` frames inlined into it;
+        // the same text always makes the same location.
+        let mut groups: Vec<(usize, usize)> = Vec::with_capacity(frames.len());
+        let mut i = skip;
+        while i < frames.len() {
+            let mut end = i + 1;
+            while end < frames.len() && frames[end].ends_with(INLINE_SUFFIX) {
+                end += 1;
             }
-            let (name, frame_type) = match frame.strip_suffix(KERNEL_SUFFIX) {
-                Some(name) => (name, FrameType::Kernel),
-                None => (*frame, FrameType::Native),
-            };
-            locations.push(LocationSpec {
-                lines: vec![SourceLine::function(name)],
-                frame_type,
-                ..LocationSpec::default()
-            });
+            groups.push((i, end));
+            i = end;
         }
-        let indices: Vec<i32> = locations
+        // Leaf first, as stacks are stored.
+        let indices: Vec<i32> = groups
             .iter()
             .rev()
-            .map(|l| builder.location(l))
+            .map(|&(start, end)| {
+                let text = group_text(stack, &frames, start, end);
+                *known
+                    .entry(text)
+                    .or_insert_with(|| builder.location(&location_of(&frames[start..end])))
+            })
             .collect();
         let stack = builder.stack(&indices);
         builder.add_sample(resource_id, profile_type, stack, &attributes, count, None);
         added += 1;
     }
     Ok(added)
+}
+
+/// The text of `frames[start..end]` as it stands in `stack` (the frames
+/// are consecutive slices of it).
+fn group_text<'a>(stack: &'a str, frames: &[&'a str], start: usize, end: usize) -> &'a str {
+    let first = frames[start].as_ptr() as usize - stack.as_ptr() as usize;
+    let last = frames[end - 1].as_ptr() as usize - stack.as_ptr() as usize + frames[end - 1].len();
+    &stack[first..last]
+}
+
+/// The location of a frame and the frames inlined into it (root first).
+fn location_of(group: &[&str]) -> LocationSpec {
+    let (name, frame_type) = match group[0].strip_suffix(KERNEL_SUFFIX) {
+        Some(name) => (name, FrameType::Kernel),
+        None => (group[0], FrameType::Native),
+    };
+    // Lines are innermost first: the last inlined frame leads.
+    let mut lines: Vec<SourceLine> = group[1..]
+        .iter()
+        .rev()
+        .map(|f| SourceLine::function(f.strip_suffix(INLINE_SUFFIX).unwrap_or(f)))
+        .collect();
+    lines.push(SourceLine::function(name));
+    LocationSpec {
+        lines,
+        frame_type,
+        ..LocationSpec::default()
+    }
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub fn read_perf_script(text: &[u8]) -> Result<ProfilesData> {
     options.include_tid = true;
     options.annotate_kernel = true;
     options.annotate_jit = true;
-    options.nthreads = 1;
+    options.nthreads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut folded = Vec::new();
     Folder::from(options)
         .collapse(text, &mut folded)

@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod flamegraph;
 pub mod io;
+pub mod record;
 pub mod symbolize;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Sample a command, some processes or the whole host with eBPF; write a flamegraph or a profile
+    Record(record::RecordArgs),
     /// Draw an SVG flamegraph from profile files (OTLP, pprof, folded, perf script)
     Flamegraph(flamegraph::FlamegraphArgs),
     /// Convert a profile file between OTLP binary, OTLP JSON, pprof and folded stacks
@@ -27,10 +30,16 @@ pub enum Command {
     Symbolize(symbolize::SymbolizeArgs),
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the subcommand; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Command::Record(args) = &cli.command {
+        return Ok(record::run(args)?.map_or(0, record::exit_code));
+    }
     match cli.command {
+        Command::Record(_) => unreachable!("handled above"),
         Command::Flamegraph(args) => flamegraph::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Symbolize(args) => symbolize::run(&args),
     }
+    .map(|()| 0)
 }

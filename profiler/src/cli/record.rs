@@ -1,0 +1,425 @@
+//! `smolder record`: sample a command, some processes or the whole host
+//! with the eBPF sampler, and write a symbolized profile or flamegraph.
+
+use std::io::Write as _;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use smolder_flamegraph::{render, FlamegraphOptions};
+use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
+use smolder_profiles_proto::{write_profile, Format, ProfileConfig};
+use smolder_symbolizer::{Source, Symbolizer};
+
+use super::io::write_output_with;
+use smolder::pipeline::{Aggregator, StackSample};
+use smolder::sampler::{Sampler, SamplerConfig, SamplerEvent};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RecordFormat {
+    /// flamegraph SVG
+    Svg,
+    /// OTLP protobuf
+    Otlp,
+    /// OTLP/JSON
+    OtlpJson,
+    /// pprof (gzip)
+    Pprof,
+    /// folded stacks
+    Folded,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["all", "pid", "command"])))]
+pub struct RecordArgs {
+    /// Samples per second on each CPU
+    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub frequency: u64,
+    /// Stop after this long (e.g. 30s, 500ms, 2m); default: until the command or processes exit, or Ctrl-C
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Output file
+    #[arg(short, long, default_value = "smolder.svg")]
+    pub output: PathBuf,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = RecordFormat::Svg)]
+    pub format: RecordFormat,
+    /// Title of the flamegraph (svg)
+    #[arg(long)]
+    pub title: Option<String>,
+    /// The whole host: every process on every CPU
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// These processes (all their threads, present and future, and the processes they start)
+    #[arg(short, long, value_delimiter = ',', value_name = "PID[,PID...]")]
+    pub pid: Vec<u32>,
+    /// A command to start and profile until it exits (after `--`)
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `30s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s or 500ms"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("{text:?} is not a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// What `record` measured, printed when it ends.
+struct Summary {
+    duration: Duration,
+    samples: u64,
+    lost: u64,
+    processes: usize,
+    unwind_failures: u64,
+    unsymbolized: u64,
+}
+
+/// A command forked and held before `exec` until the sampler follows its
+/// pid, so that not one of its samples is missed. (`std::process::Command`
+/// cannot do this: its `spawn` waits for the `exec`.)
+struct GatedChild {
+    pid: libc::pid_t,
+    /// Writing a byte lets the child go on to `exec`.
+    gate: Option<OwnedFd>,
+    /// Carries the child's errno when `exec` fails; closed by a successful `exec`.
+    exec_error: Option<OwnedFd>,
+}
+
+fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating a pipe");
+    }
+    // SAFETY: both fds were just created and are owned only here.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+impl GatedChild {
+    fn spawn(command: &[String]) -> Result<GatedChild> {
+        use std::ffi::CString;
+        use std::os::fd::AsRawFd;
+        let args = command
+            .iter()
+            .map(|a| CString::new(a.as_str()).with_context(|| format!("{a:?} contains a NUL byte")))
+            .collect::<Result<Vec<CString>>>()?;
+        if args.is_empty() {
+            bail!("no command given after --");
+        }
+        let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let (gate_read, gate_write) = cloexec_pipe()?;
+        let (error_read, error_write) = cloexec_pipe()?;
+        // SAFETY: between fork and exec the child calls only async-signal-safe
+        // functions (read, write, execvp, _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error()).context("fork");
+        }
+        if pid == 0 {
+            unsafe {
+                let mut byte = 0u8;
+                libc::read(gate_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+                libc::execvp(argv[0], argv.as_ptr());
+                let errno = *libc::__errno_location();
+                libc::write(error_write.as_raw_fd(), (&errno as *const i32).cast(), 4);
+                libc::_exit(127);
+            }
+        }
+        drop(gate_read);
+        drop(error_write);
+        Ok(GatedChild {
+            pid,
+            gate: Some(gate_write),
+            exec_error: Some(error_read),
+        })
+    }
+
+    fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Lets the child `exec` the command; fails if the `exec` failed.
+    fn release(&mut self, program: &str) -> Result<()> {
+        use std::io::Read;
+        if let Some(gate) = self.gate.take() {
+            std::fs::File::from(gate)
+                .write_all(b"g")
+                .context("releasing the command")?;
+        }
+        if let Some(error) = self.exec_error.take() {
+            let mut errno = [0u8; 4];
+            if std::fs::File::from(error).read_exact(&mut errno).is_ok() {
+                let _ = self.wait();
+                let err = std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+                bail!("cannot run {program}: {err}");
+            }
+        }
+        Ok(())
+    }
+
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid out-pointer.
+        match unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) } {
+            0 => Ok(None),
+            p if p == self.pid => Ok(Some(ExitStatus::from_raw(status))),
+            _ => Err(std::io::Error::last_os_error()).context("waiting for the command"),
+        }
+    }
+
+    fn wait(&mut self) -> Result<ExitStatus> {
+        let mut status = 0;
+        loop {
+            // SAFETY: as in try_wait.
+            match unsafe { libc::waitpid(self.pid, &mut status, 0) } {
+                p if p == self.pid => return Ok(ExitStatus::from_raw(status)),
+                _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
+                    continue
+                }
+                _ => {
+                    return Err(std::io::Error::last_os_error()).context("waiting for the command")
+                }
+            }
+        }
+    }
+}
+
+fn now_unix_nano() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn feed(aggregator: &mut Aggregator, events: Vec<SamplerEvent>) {
+    for event in events {
+        match event {
+            SamplerEvent::Sample(s) => aggregator.add(&StackSample {
+                pid: s.pid,
+                tid: s.tid,
+                cpu: s.cpu,
+                time_unix_nano: s.time_ns,
+                thread_name: &s.comm,
+                kernel: &s.kernel_stack,
+                user: &s.user_stack,
+            }),
+            SamplerEvent::Exec { pid, .. } => aggregator.on_exec(pid),
+            SamplerEvent::Exit { pid, .. } => aggregator.on_exit(pid),
+        }
+    }
+}
+
+/// Runs `record`; returns the exit status of the recorded command, if any.
+pub fn run(args: &RecordArgs) -> Result<Option<ExitStatus>> {
+    if args.all as u8 + !args.pid.is_empty() as u8 + !args.command.is_empty() as u8 != 1 {
+        bail!("give exactly one of -a, -p PID or -- CMD");
+    }
+    for &pid in &args.pid {
+        if !alive(pid) {
+            bail!("process {pid} not found");
+        }
+    }
+    let symbolizer = Symbolizer::new();
+    // Reading /proc/kallsyms takes long enough to lose samples if done after
+    // attaching; do it first (the symbolizer keeps it).
+    let _ = symbolizer.symbolize(&Source::Kernel, &[0]);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    runtime.block_on(record(args, &symbolizer))
+}
+
+async fn record(args: &RecordArgs, symbolizer: &Symbolizer) -> Result<Option<ExitStatus>> {
+    let pid_filter = if args.all {
+        None
+    } else {
+        Some(args.pid.clone())
+    };
+    let mut sampler = Sampler::start(SamplerConfig {
+        frequency_hz: args.frequency,
+        pid_filter,
+        ..SamplerConfig::default()
+    })
+    .context("cannot start the eBPF sampler")?;
+    let mut child = match args.command.is_empty() {
+        true => None,
+        false => {
+            let mut gated = GatedChild::spawn(&args.command)?;
+            sampler
+                .add_pid(gated.id())
+                .context("following the command")?;
+            gated.release(&args.command[0])?;
+            Some(gated)
+        }
+    };
+    let start = Instant::now();
+    let start_unix = now_unix_nano();
+    let deadline = args.duration.map(|d| start + d);
+    let mut aggregator = Aggregator::new();
+    let mut status = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            events = sampler.next_events() => feed(&mut aggregator, events.context("reading samples")?),
+            _ = &mut ctrl_c => break,
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if let Some(gated) = &mut child {
+            if let Some(s) = gated.try_wait()? {
+                status = Some(s);
+                break;
+            }
+        }
+        if !args.pid.is_empty() && !args.pid.iter().any(|&p| alive(p)) {
+            break;
+        }
+    }
+    // What the kernel already wrote is still in the ring buffer.
+    feed(
+        &mut aggregator,
+        sampler.next_events().await.context("reading samples")?,
+    );
+    let elapsed = start.elapsed();
+    if let (Some(gated), None) = (&mut child, status) {
+        // Ctrl-C or the duration ended the recording: the command goes on
+        // receiving the terminal's signals; wait for it as perf does.
+        status = Some(gated.wait()?);
+    }
+    let stats = sampler.stats();
+    drop(sampler);
+
+    let data = aggregator.finish(
+        symbolizer,
+        ProfileConfig::cpu(args.frequency, start_unix, elapsed.as_nanos() as u64),
+    );
+    let agg = aggregator.stats();
+    if agg.samples == 0 && args.format == RecordFormat::Svg {
+        eprintln!(
+            "smolder: no samples were taken (did the command run on a CPU?): no flamegraph written"
+        );
+    } else {
+        write(args, &data)?;
+    }
+    print_summary(
+        &Summary {
+            duration: elapsed,
+            samples: agg.samples,
+            lost: stats.lost,
+            processes: data.resource_profiles.len(),
+            unwind_failures: stats.user_read_faults + stats.truncated + stats.kernel_stack_errors,
+            unsymbolized: agg.unsymbolized_frames,
+        },
+        args,
+    );
+    Ok(status)
+}
+
+fn write(args: &RecordArgs, data: &ProfilesData) -> Result<()> {
+    let format = match args.format {
+        RecordFormat::Svg => {
+            let options = FlamegraphOptions {
+                title: args.title.clone().unwrap_or_else(|| default_title(args)),
+                ..FlamegraphOptions::default()
+            };
+            return write_output_with(&args.output, |w| {
+                render(data, &options, w).context("cannot draw the flamegraph")?;
+                Ok(())
+            });
+        }
+        RecordFormat::Otlp => Format::OtlpBinary,
+        RecordFormat::OtlpJson => Format::OtlpJson,
+        RecordFormat::Pprof => Format::Pprof,
+        RecordFormat::Folded => Format::Folded,
+    };
+    let bytes = write_profile(data, format)?;
+    write_output_with(&args.output, |w| Ok(w.write_all(&bytes)?))
+}
+
+fn default_title(args: &RecordArgs) -> String {
+    if args.all {
+        "smolder record -a".to_owned()
+    } else if !args.pid.is_empty() {
+        format!(
+            "smolder record -p {}",
+            args.pid
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    } else {
+        format!("smolder record -- {}", args.command.join(" "))
+    }
+}
+
+fn print_summary(s: &Summary, args: &RecordArgs) {
+    eprintln!(
+        "smolder: recorded {:.2}s at {} Hz: {} samples ({} lost), {} processes, {} unwinding failures, {} frames without a name -> {}",
+        s.duration.as_secs_f64(),
+        args.frequency,
+        s.samples,
+        s.lost,
+        s.processes,
+        s.unwind_failures,
+        s.unsymbolized,
+        args.output.display()
+    );
+}
+
+/// The exit code `smolder record -- CMD` passes through: the command's own,
+/// or 128 + signal as a shell reports it.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}

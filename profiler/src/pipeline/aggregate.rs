@@ -1,0 +1,501 @@
+//! The aggregator: raw stacks in, a symbolized OTLP `ProfilesData` out.
+//!
+//! On arrival, each user PC is resolved to (object, file offset) through the
+//! process's `/proc/PID/maps` (read when the process is first seen, re-read
+//! on a miss or after exec), and the object file is opened right away, so
+//! processes that exit and binaries that are deleted before the end of the
+//! recording still symbolize. Identical stacks are counted once with their
+//! timestamps. [`Aggregator::finish`] symbolizes every distinct address once
+//! per object and builds the profile.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
+use smolder_profiles_proto::{
+    int_value, string_value, FrameType, LocationSpec, MappingSpec, ProfileBuilder, ProfileConfig,
+    SourceLine,
+};
+use smolder_symbolizer::{Source, Symbolized, Symbolizer};
+
+use super::maps::{MapEntry, ProcessMaps};
+use super::process::ProcessInfo;
+
+/// A process's mappings are re-read on a miss at most this often.
+const MAPS_REFRESH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// One sampled stack, as the sampler (or the in-process profiler) saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct StackSample<'a> {
+    pub pid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    pub time_unix_nano: u64,
+    pub thread_name: &'a str,
+    /// Kernel PCs, leaf first (the interrupted PC, then return addresses).
+    pub kernel: &'a [u64],
+    /// User PCs, leaf first (the user IP, then return addresses).
+    pub user: &'a [u64],
+}
+
+/// What went missing on the way, for the run summary and `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggregatorStats {
+    pub samples: u64,
+    /// User PCs outside every executable mapping of their process.
+    pub unmapped_frames: u64,
+    /// Processes whose `/proc/PID/maps` could not be read (gone too early).
+    pub maps_unreadable: u64,
+    /// Object files that could not be opened for symbolization.
+    pub objects_unopenable: u64,
+    /// Frames that got no function name.
+    pub unsymbolized_frames: u64,
+}
+
+/// An object file, opened while its process was alive.
+struct ObjectFile {
+    /// The path as the process saw it.
+    path: String,
+    /// Open handle: symbolized through `/proc/self/fd/N` even after the
+    /// process exited or the file was deleted.
+    file: Option<File>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct MappingId(u32);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct MappingRecord {
+    object: u32,
+    start: u64,
+    end: u64,
+    offset: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum UserFrame {
+    Mapped { mapping: MappingId, pc: u64 },
+    Unmapped { pc: u64 },
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct StackKey {
+    pid: u32,
+    tid: u32,
+    cpu: u32,
+    thread_name: String,
+    kernel: Vec<u64>,
+    user: Vec<UserFrame>,
+}
+
+struct ProcessState {
+    info: ProcessInfo,
+    maps: ProcessMaps,
+    maps_read_at: Option<Instant>,
+    exited: bool,
+}
+
+pub struct Aggregator {
+    processes: HashMap<u32, ProcessState>,
+    objects: Vec<ObjectFile>,
+    object_index: HashMap<(u64, u64), u32>,
+    mappings: Vec<MappingRecord>,
+    mapping_index: HashMap<MappingRecord, MappingId>,
+    stacks: HashMap<StackKey, Vec<u64>>,
+    stats: AggregatorStats,
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Aggregator::new()
+    }
+}
+
+impl Aggregator {
+    pub fn new() -> Aggregator {
+        Aggregator {
+            processes: HashMap::new(),
+            objects: Vec::new(),
+            object_index: HashMap::new(),
+            mappings: Vec::new(),
+            mapping_index: HashMap::new(),
+            stacks: HashMap::new(),
+            stats: AggregatorStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> AggregatorStats {
+        self.stats
+    }
+
+    /// Number of processes seen so far.
+    pub fn processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// The process replaced its image: its mappings and name are read anew.
+    pub fn on_exec(&mut self, pid: u32) {
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.maps_read_at = None;
+            p.info = ProcessInfo::read(pid, &p.info.name);
+        }
+    }
+
+    /// The process exited: what was read of it stays until `finish`.
+    pub fn on_exit(&mut self, pid: u32) {
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.exited = true;
+        }
+    }
+
+    /// Reads (or re-reads) a process's mappings and opens their files.
+    fn refresh_maps(&mut self, pid: u32) {
+        let Some(state) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        state.maps_read_at = Some(Instant::now());
+        match ProcessMaps::read(pid) {
+            Ok(maps) => state.maps = maps,
+            Err(_) => {
+                self.stats.maps_unreadable += 1;
+                state.exited = true;
+                return;
+            }
+        }
+        let entries: Vec<MapEntry> = state.maps.entries().to_vec();
+        for entry in entries.iter().filter(|e| e.is_file()) {
+            self.object(pid, entry);
+        }
+    }
+
+    /// The object of a file mapping, opened on first sight.
+    fn object(&mut self, pid: u32, entry: &MapEntry) -> u32 {
+        if let Some(&id) = self.object_index.get(&(entry.dev, entry.inode)) {
+            return id;
+        }
+        let file = open_mapped_file(pid, entry);
+        if file.is_none() {
+            self.stats.objects_unopenable += 1;
+        }
+        let id = self.objects.len() as u32;
+        self.objects.push(ObjectFile {
+            path: entry.path.clone(),
+            file,
+        });
+        self.object_index.insert((entry.dev, entry.inode), id);
+        id
+    }
+
+    fn resolve_user_pc(&mut self, pid: u32, pc: u64) -> UserFrame {
+        let found = self
+            .processes
+            .get(&pid)
+            .and_then(|p| p.maps.find(pc).cloned());
+        let entry = match found {
+            Some(e) => Some(e),
+            None => {
+                let stale = self.processes.get(&pid).is_some_and(|p| {
+                    !p.exited
+                        && p.maps_read_at
+                            .is_none_or(|t| t.elapsed() >= MAPS_REFRESH_INTERVAL)
+                });
+                if stale {
+                    self.refresh_maps(pid);
+                    self.processes
+                        .get(&pid)
+                        .and_then(|p| p.maps.find(pc).cloned())
+                } else {
+                    None
+                }
+            }
+        };
+        let Some(entry) = entry.filter(MapEntry::is_file) else {
+            self.stats.unmapped_frames += 1;
+            return UserFrame::Unmapped { pc };
+        };
+        let object = self.object(pid, &entry);
+        let record = MappingRecord {
+            object,
+            start: entry.start,
+            end: entry.end,
+            offset: entry.offset,
+        };
+        let next = MappingId(self.mappings.len() as u32);
+        let mapping = *self.mapping_index.entry(record.clone()).or_insert_with(|| {
+            self.mappings.push(record);
+            next
+        });
+        UserFrame::Mapped { mapping, pc }
+    }
+
+    /// Adds one sampled stack.
+    pub fn add(&mut self, sample: &StackSample<'_>) {
+        self.stats.samples += 1;
+        self.processes
+            .entry(sample.pid)
+            .or_insert_with(|| ProcessState {
+                info: ProcessInfo::read(sample.pid, sample.thread_name),
+                maps: ProcessMaps::default(),
+                maps_read_at: None,
+                exited: false,
+            });
+        if self
+            .processes
+            .get(&sample.pid)
+            .is_some_and(|p| p.maps_read_at.is_none() && !p.exited)
+        {
+            self.refresh_maps(sample.pid);
+        }
+        let user = sample
+            .user
+            .iter()
+            .map(|&pc| self.resolve_user_pc(sample.pid, pc))
+            .collect();
+        let key = StackKey {
+            pid: sample.pid,
+            tid: sample.tid,
+            cpu: sample.cpu,
+            thread_name: sample.thread_name.to_owned(),
+            kernel: sample.kernel.to_vec(),
+            user,
+        };
+        self.stacks
+            .entry(key)
+            .or_default()
+            .push(sample.time_unix_nano);
+    }
+
+    /// Symbolizes everything gathered so far and returns it as one profile
+    /// (one resource per process); the gathered stacks are cleared, what is
+    /// known of processes and objects is kept for the next interval except
+    /// for processes that exited.
+    pub fn finish(&mut self, symbolizer: &Symbolizer, config: ProfileConfig) -> ProfilesData {
+        let stacks = std::mem::take(&mut self.stacks);
+
+        // Every distinct address once: user frames per object, kernel frames together.
+        // Return addresses point after their call; the call is one byte before.
+        let mut per_object: HashMap<u32, Vec<u64>> = HashMap::new();
+        let mut kernel_pcs: Vec<u64> = Vec::new();
+        for key in stacks.keys() {
+            for (i, frame) in key.user.iter().enumerate() {
+                if let UserFrame::Mapped { mapping, pc } = frame {
+                    let m = &self.mappings[mapping.0 as usize];
+                    per_object
+                        .entry(m.object)
+                        .or_default()
+                        .push(lookup_offset(m, *pc, i));
+                }
+            }
+            kernel_pcs.extend(
+                key.kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &pc)| lookup_pc(pc, i)),
+            );
+        }
+        let mut symbols: HashMap<(u32, u64), Symbolized> = HashMap::new();
+        let mut build_ids: HashMap<u32, String> = HashMap::new();
+        for (object, mut offsets) in per_object {
+            offsets.sort_unstable();
+            offsets.dedup();
+            let obj = &self.objects[object as usize];
+            let path = match &obj.file {
+                Some(f) => fd_path(f),
+                None => PathBuf::from(&obj.path),
+            };
+            for sym in symbolizer.symbolize_file_offsets(&path, &offsets) {
+                if let Some(id) = sym.module.as_ref().and_then(|m| m.build_id.clone()) {
+                    build_ids.insert(object, id);
+                }
+                symbols.insert((object, sym.addr), sym);
+            }
+        }
+        kernel_pcs.sort_unstable();
+        kernel_pcs.dedup();
+        let kernel_symbols: HashMap<u64, Symbolized> = symbolizer
+            .symbolize(&Source::Kernel, &kernel_pcs)
+            .map(|v| v.into_iter().map(|s| (s.addr, s)).collect())
+            .unwrap_or_default();
+
+        let mut builder = ProfileBuilder::new(config);
+        let cpu = builder.default_profile_type();
+        let mut entries: Vec<(StackKey, Vec<u64>)> = stacks.into_iter().collect();
+        // A stable order: by process, thread, then first timestamp.
+        entries.sort_by_key(|(k, ts)| (k.pid, k.tid, ts.first().copied().unwrap_or(0)));
+        for (key, timestamps) in entries {
+            let info = &self.processes[&key.pid].info;
+            let resource = builder.resource(info.resource_attributes());
+            let mut locations = Vec::with_capacity(key.kernel.len() + key.user.len());
+            for (i, &pc) in key.kernel.iter().enumerate() {
+                let lines = frame_lines(kernel_symbols.get(&lookup_pc(pc, i)), &mut self.stats);
+                locations.push(builder.location(&LocationSpec {
+                    mapping: None,
+                    address: pc,
+                    lines,
+                    frame_type: FrameType::Kernel,
+                }));
+            }
+            for (i, frame) in key.user.iter().enumerate() {
+                let spec = match *frame {
+                    UserFrame::Mapped { mapping, pc } => {
+                        let m = &self.mappings[mapping.0 as usize];
+                        let sym = symbols.get(&(m.object, lookup_offset(m, pc, i)));
+                        LocationSpec {
+                            mapping: Some(MappingSpec {
+                                memory_start: m.start,
+                                memory_limit: m.end,
+                                file_offset: m.offset,
+                                filename: self.objects[m.object as usize].path.clone(),
+                                build_id: build_ids.get(&m.object).cloned(),
+                            }),
+                            address: pc,
+                            lines: frame_lines(sym, &mut self.stats),
+                            frame_type: FrameType::Native,
+                        }
+                    }
+                    UserFrame::Unmapped { pc } => {
+                        self.stats.unsymbolized_frames += 1;
+                        LocationSpec {
+                            address: pc,
+                            ..LocationSpec::default()
+                        }
+                    }
+                };
+                locations.push(builder.location(&spec));
+            }
+            let stack = builder.stack(&locations);
+            let attrs = [
+                builder.attribute("thread.id", int_value(i64::from(key.tid)), ""),
+                builder.attribute("thread.name", string_value(&key.thread_name), ""),
+                builder.attribute("cpu.logical_number", int_value(i64::from(key.cpu)), ""),
+            ];
+            for ts in timestamps {
+                builder.add_sample(resource, cpu, stack, &attrs, 1, Some(ts));
+            }
+        }
+        self.processes.retain(|_, p| !p.exited);
+        builder.finish()
+    }
+}
+
+/// The address to symbolize for frame `index` of a stack: return addresses
+/// (every frame but the leaf) are moved back into their call instruction.
+fn lookup_pc(pc: u64, index: usize) -> u64 {
+    if index == 0 {
+        pc
+    } else {
+        pc.saturating_sub(1)
+    }
+}
+
+fn lookup_offset(m: &MappingRecord, pc: u64, index: usize) -> u64 {
+    lookup_pc(pc, index).saturating_sub(m.start) + m.offset
+}
+
+fn frame_lines(sym: Option<&Symbolized>, stats: &mut AggregatorStats) -> Vec<SourceLine> {
+    let frames = sym.map(|s| s.frames.as_slice()).unwrap_or_default();
+    if frames.iter().all(|f| f.function.is_none()) {
+        stats.unsymbolized_frames += 1;
+        return Vec::new();
+    }
+    frames
+        .iter()
+        .map(|f| SourceLine {
+            function: f.function.clone().unwrap_or_default(),
+            file: f.file.clone().unwrap_or_default(),
+            line: f.line.map_or(0, i64::from),
+            ..SourceLine::default()
+        })
+        .collect()
+}
+
+/// Opens the file of a mapping the way the process sees it: through
+/// `map_files` (works for deleted files), else through the process's root
+/// (works across mount namespaces); checks that it is the mapped inode.
+fn open_mapped_file(pid: u32, entry: &MapEntry) -> Option<File> {
+    let candidates = [
+        PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            entry.start, entry.end
+        )),
+        PathBuf::from(format!("/proc/{pid}/root{}", entry.path)),
+    ];
+    candidates.iter().find_map(|path| {
+        let file = File::open(path).ok()?;
+        let meta = file.metadata().ok()?;
+        (meta.ino() == entry.inode).then_some(file)
+    })
+}
+
+fn fd_path(file: &File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smolder_profiles_proto::{validate, write_folded, FoldOptions};
+
+    #[inline(never)]
+    fn leaf_marker() -> u64 {
+        std::hint::black_box(leaf_marker as *const () as usize as u64)
+    }
+
+    #[test]
+    fn our_own_pcs_symbolize_with_mapping_and_build_id() {
+        let pc = leaf_marker();
+        let caller =
+            our_own_pcs_symbolize_with_mapping_and_build_id as *const () as usize as u64 + 1;
+        let mut agg = Aggregator::new();
+        for t in 0..3 {
+            agg.add(&StackSample {
+                pid: std::process::id(),
+                tid: 7,
+                cpu: 1,
+                time_unix_nano: 1_000 + t,
+                thread_name: "tester",
+                kernel: &[],
+                user: &[pc, caller],
+            });
+        }
+        let symbolizer = Symbolizer::new();
+        let data = agg.finish(&symbolizer, ProfileConfig::cpu(99, 1_000, 10));
+        validate(&data).unwrap();
+        let folded = write_folded(&data, &FoldOptions::default());
+        assert!(folded.contains("leaf_marker 3"), "{folded}");
+        let dict = data.dictionary.as_ref().unwrap();
+        assert!(dict.mapping_table.len() > 1);
+        assert!(dict
+            .string_table
+            .iter()
+            .any(|s| s == smolder_profiles_proto::BUILD_ID_KEY));
+        let resource = data.resource_profiles[0].resource.as_ref().unwrap();
+        assert!(resource
+            .attributes
+            .iter()
+            .any(|kv| kv.key == "process.executable.path"));
+        assert_eq!(agg.stats().samples, 3);
+    }
+
+    #[test]
+    fn unknown_addresses_are_kept_and_counted() {
+        let mut agg = Aggregator::new();
+        agg.add(&StackSample {
+            pid: std::process::id(),
+            tid: 1,
+            cpu: 0,
+            time_unix_nano: 5,
+            thread_name: "t",
+            kernel: &[],
+            user: &[0x10],
+        });
+        let data = agg.finish(&Symbolizer::new(), ProfileConfig::cpu(99, 0, 10));
+        validate(&data).unwrap();
+        assert_eq!(agg.stats().unmapped_frames, 1);
+        assert_eq!(write_folded(&data, &FoldOptions::default()), "0x10 1\n");
+    }
+}

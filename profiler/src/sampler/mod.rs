@@ -1,0 +1,553 @@
+//! The eBPF sampler: loads `profiler/bpf/sampler.bpf.o` with aya, attaches
+//! it to a cpu-clock perf event on every online CPU, and turns the ring
+//! buffer records into [`SamplerEvent`]s (samples with kernel and user
+//! stacks, exec and exit of processes).
+//!
+//! Owns the kernel program's lifetime, its maps and the PID filter. It does
+//! not resolve addresses: PCs leave here raw, with unix timestamps.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), smolder::sampler::SamplerError> {
+//! use smolder::sampler::{Sampler, SamplerConfig, SamplerEvent};
+//!
+//! let mut sampler = Sampler::start(SamplerConfig::default())?;
+//! for event in sampler.next_events().await? {
+//!     if let SamplerEvent::Sample(s) = event {
+//!         println!("{} {} {} user frames", s.pid, s.comm, s.user_stack.len());
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod clock;
+mod raw;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    error::Error as StdError,
+    io,
+    os::fd::OwnedFd,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, RingBuf},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        BtfTracePoint, PerfEvent,
+    },
+    Btf, Ebpf, EbpfLoader,
+};
+use tokio::io::unix::AsyncFd;
+
+pub use clock::BootClock;
+pub use raw::{ParseError, SampleFlags};
+pub use stats::SamplerStats;
+
+/// The kernel program, built by `profiler/bpf/build.sh`.
+static SAMPLER_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/sampler.bpf.o");
+
+const PROG_SAMPLE: &str = "smolder_sample";
+const PROG_FORK: &str = "smolder_fork";
+const PROG_EXEC: &str = "smolder_exec";
+const PROG_EXIT: &str = "smolder_exit";
+const MAP_EVENTS: &str = "EVENTS";
+const MAP_FILTER: &str = "FILTER_PIDS";
+const MAP_STATS: &str = "STATS";
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+/// What to sample and how records reach user space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamplerConfig {
+    /// Samples per second on each CPU (frequency mode).
+    pub frequency_hz: u64,
+    /// Sample only these processes (tgids) and the processes they start.
+    /// `None` samples everything.
+    pub pid_filter: Option<Vec<u32>>,
+    /// Ring buffer size: a power of two, a multiple of the page size.
+    pub ring_buffer_bytes: u32,
+    /// How often [`Sampler::next_events`] returns when the ring buffer is
+    /// less than half full.
+    pub poll_interval: Duration,
+    /// Turn on the kernel's BPF run-time statistics for the sampler's
+    /// lifetime, for [`Sampler::bpf_run_stats`] (costs ~2 clock reads per
+    /// run). Needs CAP_SYS_ADMIN; without it, a warning and no statistics.
+    pub bpf_stats: bool,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            frequency_hz: 99,
+            pid_filter: None,
+            ring_buffer_bytes: 1 << 20,
+            poll_interval: Duration::from_millis(20),
+            bpf_stats: false,
+        }
+    }
+}
+
+/// One record from the kernel program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SamplerEvent {
+    Sample(RawSample),
+    /// The process replaced its image: its mappings changed.
+    Exec {
+        pid: u32,
+        comm: String,
+        time_ns: u64,
+    },
+    /// The last thread of the process exited.
+    Exit {
+        pid: u32,
+        time_ns: u64,
+    },
+}
+
+/// What one CPU was running at one tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawSample {
+    /// Process (tgid).
+    pub pid: u32,
+    /// Thread.
+    pub tid: u32,
+    pub cpu: u32,
+    /// Unix nanoseconds.
+    pub time_ns: u64,
+    /// Thread name.
+    pub comm: String,
+    /// Kernel PCs, leaf first; empty when the sample hit user mode.
+    pub kernel_stack: Vec<u64>,
+    /// User PCs, leaf first; the first is the interrupted user IP, the
+    /// others are return addresses.
+    pub user_stack: Vec<u64>,
+    pub flags: SampleFlags,
+}
+
+/// Why the sampler could not start or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    #[error(
+        "{action}: permission denied (EPERM). {detail} Run as root, or grant \
+         CAP_BPF and CAP_PERFMON (and CAP_SYSLOG to read kernel symbols), e.g. \
+         `setcap cap_bpf,cap_perfmon,cap_syslog+ep <binary>`"
+    )]
+    Permission {
+        action: String,
+        detail: String,
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
+    #[error(
+        "{BTF_PATH} is missing: the kernel has no BTF (CONFIG_DEBUG_INFO_BTF=y \
+         is needed by the eBPF sampler)"
+    )]
+    NoBtf,
+    #[error("invalid sampler configuration: {0}")]
+    Config(String),
+    #[error("{action}")]
+    Kernel {
+        action: String,
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
+    #[error("waiting for the ring buffer: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl SamplerError {
+    /// True when the machine or the caller's privileges cannot run eBPF at
+    /// all (as opposed to a bug in the sampler).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, SamplerError::Permission { .. } | SamplerError::NoBtf)
+    }
+
+    fn kernel(action: impl Into<String>, source: impl StdError + Send + Sync + 'static) -> Self {
+        let action = action.into();
+        let eperm = {
+            let mut cause: Option<&(dyn StdError + 'static)> = Some(&source);
+            let mut found = false;
+            while let Some(e) = cause {
+                if let Some(io) = e.downcast_ref::<io::Error>() {
+                    found |= io.raw_os_error() == Some(libc::EPERM);
+                }
+                cause = e.source();
+            }
+            found
+        };
+        if eperm {
+            SamplerError::Permission {
+                action,
+                detail: capability_report(),
+                source: Box::new(source),
+            }
+        } else {
+            SamplerError::Kernel {
+                action,
+                source: Box::new(source),
+            }
+        }
+    }
+}
+
+/// Which of the capabilities the sampler needs this process lacks.
+fn capability_report() -> String {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_SYSLOG: u32 = 34;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        });
+    let Some(caps) = effective else {
+        return "Could not read CapEff from /proc/self/status.".into();
+    };
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    let missing: Vec<&str> = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_SYSLOG, "CAP_SYSLOG"),
+    ]
+    .into_iter()
+    .filter(|&(cap, _)| !has(cap) && !has(CAP_SYS_ADMIN))
+    .map(|(_, name)| name)
+    .collect();
+    if missing.is_empty() {
+        "The process has the capabilities; the kernel still refused (lockdown, \
+         seccomp, or a container without BPF access?)."
+            .into()
+    } else {
+        format!("Missing: {}.", missing.join(", "))
+    }
+}
+
+/// The ring buffer, registered with tokio on the first async read.
+enum Ring {
+    Plain(RingBuf<MapData>),
+    Async(AsyncFd<RingBuf<MapData>>),
+    Moving,
+}
+
+impl Ring {
+    fn get_mut(&mut self) -> Option<&mut RingBuf<MapData>> {
+        match self {
+            Ring::Plain(r) => Some(r),
+            Ring::Async(a) => Some(a.get_mut()),
+            Ring::Moving => None,
+        }
+    }
+}
+
+/// The loaded and attached kernel program. Dropping it detaches everything.
+pub struct Sampler {
+    // Declared before `bpf`: the ring buffer and stats fd go first.
+    ring: Ring,
+    _stats_fd: Option<OwnedFd>,
+    bpf: Ebpf,
+    filtering: bool,
+    poll_interval: Duration,
+    next_poll: Instant,
+    cpus: Vec<u32>,
+    parsed: u64,
+    malformed: u64,
+}
+
+impl Sampler {
+    /// Loads the kernel program and attaches it on every online CPU; samples
+    /// flow from the moment this returns.
+    ///
+    /// Read `/proc/kallsyms` (or anything else slow) *before* calling this:
+    /// a reader that stalls between attach and its first poll loses samples
+    /// once the ring buffer fills.
+    ///
+    /// Errors: [`SamplerError::Permission`] names the missing capabilities
+    /// (CAP_BPF + CAP_PERFMON suffice to load, attach and read, kernel stacks
+    /// included; CAP_SYSLOG is for reading `/proc/kallsyms` addresses),
+    /// [`SamplerError::NoBtf`] when the kernel has no BTF.
+    pub fn start(config: SamplerConfig) -> Result<Sampler, SamplerError> {
+        validate(&config)?;
+        if !std::path::Path::new(BTF_PATH).exists() {
+            return Err(SamplerError::NoBtf);
+        }
+        let filtering = config.pid_filter.is_some();
+        // Best effort: BPF_ENABLE_STATS needs CAP_SYS_ADMIN, sampling does not.
+        let stats_fd = if config.bpf_stats {
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        "BPF run-time statistics stay off (they need CAP_SYS_ADMIN): {e}"
+                    )
+                })
+                .ok()
+        } else {
+            None
+        };
+        let filter_flag = u8::from(filtering);
+        let mut bpf = EbpfLoader::new()
+            .override_global("filter_enabled", &filter_flag, true)
+            .map_max_entries(MAP_EVENTS, config.ring_buffer_bytes)
+            .load(SAMPLER_OBJECT)
+            .map_err(|e| {
+                SamplerError::kernel("loading the eBPF sampler (maps, BTF relocations)", e)
+            })?;
+
+        {
+            let map = bpf
+                .map_mut(MAP_FILTER)
+                .ok_or_else(|| missing("map", MAP_FILTER))?;
+            let mut filter: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(map)
+                .map_err(|e| SamplerError::kernel("opening FILTER_PIDS", e))?;
+            for &pid in config.pid_filter.iter().flatten() {
+                filter.insert(pid, 1, 0).map_err(|e| {
+                    SamplerError::kernel(format!("adding PID {pid} to the filter"), e)
+                })?;
+            }
+        }
+
+        // Process events first, so that no exec or fork after the first
+        // sample is missed. Raw BTF tracepoints: no tracefs needed.
+        let btf = Btf::from_sys_fs()
+            .map_err(|e| SamplerError::kernel(format!("reading {BTF_PATH}"), e))?;
+        let mut process_events = vec![
+            (PROG_EXEC, "sched_process_exec"),
+            (PROG_EXIT, "sched_process_exit"),
+        ];
+        if filtering {
+            process_events.push((PROG_FORK, "sched_process_fork"));
+        }
+        for (prog, tracepoint) in process_events {
+            let tp: &mut BtfTracePoint = program(&mut bpf, prog)?;
+            tp.load(tracepoint, &btf)
+                .map_err(|e| SamplerError::kernel(format!("loading {prog} (verifier)"), e))?;
+            tp.attach().map_err(|e| {
+                SamplerError::kernel(format!("attaching to tp_btf/{tracepoint}"), e)
+            })?;
+        }
+
+        let cpus = aya::util::online_cpus()
+            .map_err(|(path, e)| SamplerError::kernel(format!("reading {path}"), e))?;
+        let perf: &mut PerfEvent = program(&mut bpf, PROG_SAMPLE)?;
+        perf.load()
+            .map_err(|e| SamplerError::kernel(format!("loading {PROG_SAMPLE} (verifier)"), e))?;
+        for &cpu in &cpus {
+            perf.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(config.frequency_hz),
+                false,
+            )
+            .map_err(|e| {
+                SamplerError::kernel(
+                    format!(
+                        "opening the cpu-clock perf event at {} Hz on CPU {cpu}",
+                        config.frequency_hz
+                    ),
+                    e,
+                )
+            })?;
+        }
+
+        let events = bpf
+            .take_map(MAP_EVENTS)
+            .ok_or_else(|| missing("map", MAP_EVENTS))?;
+        let ring = RingBuf::try_from(events)
+            .map_err(|e| SamplerError::kernel("opening the EVENTS ring buffer", e))?;
+        Ok(Sampler {
+            ring: Ring::Plain(ring),
+            _stats_fd: stats_fd,
+            bpf,
+            filtering,
+            poll_interval: config.poll_interval,
+            next_poll: Instant::now() + config.poll_interval,
+            cpus,
+            parsed: 0,
+            malformed: 0,
+        })
+    }
+
+    /// The CPUs the perf event is attached on.
+    pub fn cpus(&self) -> &[u32] {
+        &self.cpus
+    }
+
+    /// Adds a process to the PID filter. Its threads are covered (they share
+    /// the tgid) and so are the processes it starts from now on. The filter
+    /// holds 16384 processes; a child forked beyond that is not followed.
+    pub fn add_pid(&mut self, pid: u32) -> Result<(), SamplerError> {
+        if !self.filtering {
+            return Err(SamplerError::Config(
+                "add_pid needs a sampler started with a pid_filter (without one, every process is sampled)".into(),
+            ));
+        }
+        let map = self
+            .bpf
+            .map_mut(MAP_FILTER)
+            .ok_or_else(|| missing("map", MAP_FILTER))?;
+        let mut filter: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(map)
+            .map_err(|e| SamplerError::kernel("opening FILTER_PIDS", e))?;
+        filter
+            .insert(pid, 1, 0)
+            .map_err(|e| SamplerError::kernel(format!("adding PID {pid} to the filter"), e))
+    }
+
+    /// Waits until the next poll (the poll interval, or earlier when the
+    /// kernel program reports the ring buffer more than half full) and
+    /// returns every event read since the last call. Needs a tokio runtime
+    /// with timers and I/O enabled. Cancel-safe: records are only read after
+    /// the wait, so dropping the future (in a `select!`) loses nothing.
+    pub async fn next_events(&mut self) -> Result<Vec<SamplerEvent>, SamplerError> {
+        self.ring = match std::mem::replace(&mut self.ring, Ring::Moving) {
+            // SAFETY: the RingBuf owns its map fd (MapData) and neither closes
+            // nor replaces it while the AsyncFd owns the RingBuf.
+            Ring::Plain(ring) => match unsafe {
+                AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+            } {
+                Ok(fd) => Ring::Async(fd),
+                Err(e) => {
+                    let (ring, e) = e.into_parts();
+                    self.ring = Ring::Plain(ring);
+                    return Err(e.into());
+                }
+            },
+            other => other,
+        };
+        let deadline = tokio::time::Instant::from_std(self.next_poll);
+        if let Ring::Async(fd) = &mut self.ring {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                guard = fd.readable_mut() => guard?.clear_ready(),
+            }
+        }
+        self.next_poll = Instant::now() + self.poll_interval;
+        Ok(self.drain())
+    }
+
+    /// [`Self::next_events`] for callers without a runtime: sleeps until the
+    /// next poll interval (ignores early wakeups) and drains the ring buffer.
+    pub fn next_events_blocking(&mut self) -> Vec<SamplerEvent> {
+        let now = Instant::now();
+        if self.next_poll > now {
+            std::thread::sleep(self.next_poll - now);
+        }
+        self.next_poll = Instant::now() + self.poll_interval;
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<SamplerEvent> {
+        let clock = BootClock::measure();
+        let mut out = Vec::new();
+        let Some(ring) = self.ring.get_mut() else {
+            return out;
+        };
+        while let Some(item) = ring.next() {
+            let event = match raw::parse_record(&item) {
+                Ok(event) => event,
+                Err(e) => {
+                    self.malformed += 1;
+                    tracing::debug!("malformed sampler record: {e}");
+                    continue;
+                }
+            };
+            self.parsed += 1;
+            let unix = |boot_ns: u64| clock.map_or(0, |c| c.to_unix_ns(boot_ns));
+            out.push(match event {
+                raw::RawEvent::Sample(s) => SamplerEvent::Sample(RawSample {
+                    pid: s.pid,
+                    tid: s.tid,
+                    cpu: s.cpu,
+                    time_ns: unix(s.boot_time_ns),
+                    comm: s.comm,
+                    kernel_stack: s.kernel_stack,
+                    user_stack: s.user_stack,
+                    flags: s.flags,
+                }),
+                raw::RawEvent::Exec { pid, time_ns, comm } => SamplerEvent::Exec {
+                    pid,
+                    comm,
+                    time_ns: unix(time_ns),
+                },
+                raw::RawEvent::Exit { pid, time_ns } => SamplerEvent::Exit {
+                    pid,
+                    time_ns: unix(time_ns),
+                },
+            });
+        }
+        out
+    }
+
+    /// Drop counters summed over CPUs, plus the records parsed or rejected
+    /// here. A kernel counter that cannot be read stays 0 (logged).
+    pub fn stats(&self) -> SamplerStats {
+        let mut stats = SamplerStats {
+            events_parsed: self.parsed,
+            events_malformed: self.malformed,
+            ..SamplerStats::default()
+        };
+        match self.bpf.map(MAP_STATS) {
+            Some(map) => {
+                if let Err(e) = stats::read_kernel(map, &mut stats) {
+                    tracing::warn!("reading the sampler's STATS map: {e}");
+                }
+            }
+            None => tracing::warn!("the sampler object has no STATS map"),
+        }
+        stats
+    }
+
+    /// `(run_time_ns, run_cnt)` of the sampling program, i.e. the cost per
+    /// sample is `run_time_ns / run_cnt`. `None` unless statistics are on:
+    /// [`SamplerConfig::bpf_stats`] or `sysctl kernel.bpf_stats_enabled=1`.
+    pub fn bpf_run_stats(&self) -> Option<(u64, u64)> {
+        let enabled = self._stats_fd.is_some()
+            || std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+                .is_ok_and(|s| s.trim() == "1");
+        if !enabled {
+            return None;
+        }
+        let info = self.bpf.program(PROG_SAMPLE)?.info().ok()?;
+        let run_time_ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+        Some((run_time_ns, info.run_count()))
+    }
+}
+
+fn validate(config: &SamplerConfig) -> Result<(), SamplerError> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let size = config.ring_buffer_bytes;
+    if !size.is_power_of_two() || size < page {
+        return Err(SamplerError::Config(format!(
+            "ring_buffer_bytes = {size}: must be a power of two and at least one page ({page} bytes)"
+        )));
+    }
+    if config.frequency_hz == 0 {
+        return Err(SamplerError::Config("frequency_hz must be > 0".into()));
+    }
+    if config.poll_interval.is_zero() {
+        return Err(SamplerError::Config("poll_interval must be > 0".into()));
+    }
+    Ok(())
+}
+
+fn missing(what: &str, name: &str) -> SamplerError {
+    SamplerError::Kernel {
+        action: format!("the embedded sampler.bpf.o has no {what} {name}"),
+        source: "rebuild it with profiler/bpf/build.sh".into(),
+    }
+}
+
+fn program<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, SamplerError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = bpf
+        .program_mut(name)
+        .ok_or_else(|| missing("program", name))?;
+    prog.try_into()
+        .map_err(|e| SamplerError::kernel(format!("program {name} has an unexpected type"), e))
+}
