@@ -87,6 +87,42 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// Decodes an OTLP file with the official `opentelemetry-proto` Python
+/// package (`tests/oracles/otlp_check.py`) as `kind` (`data`, `request` or
+/// `json`), checking the schema's invariants from Python; returns its summary.
+pub fn python_check(file: &Path, kind: &str) -> serde_json::Value {
+    require_tool("python3", "python3");
+    let script = workspace_root().join("tests/oracles/otlp_check.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(file)
+        .args(["--as", kind])
+        .output()
+        .expect("run python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the official decoder rejected {} as {kind}: {stderr}\n(is `opentelemetry-proto` installed? .ci/run installs it with pip)",
+        file.display()
+    );
+    serde_json::from_slice(&out.stdout).expect("checker prints JSON")
+}
+
+/// True when this process may load eBPF programs (root). Otherwise: fails
+/// the test when `CI` is set (CI runs as root, so eBPF must work there),
+/// and prints why and returns false elsewhere.
+pub fn require_ebpf() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("this test needs root for eBPF, and CI is set: it must not be skipped");
+    }
+    eprintln!("skipping: this test needs root for eBPF");
+    false
+}
+
 /// Compiles a C source into `dir/name` with gcc and `flags`.
 pub fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
     require_tool("gcc", "gcc");

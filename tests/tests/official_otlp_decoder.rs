@@ -3,29 +3,8 @@
 //! OTLP/JSON, with the schema's zero-value and index invariants checked from
 //! the Python side (tests/oracles/otlp_check.py).
 
-use std::path::Path;
-use std::process::Command;
-
-use smolder_e2e::{require_tool, rich_profile, smolder_ok, workspace_root};
+use smolder_e2e::{python_check, rich_profile, smolder_ok};
 use smolder_profiles_proto::{encode_binary, gzip, sample_weight, ProfileView};
-
-fn python_check(file: &Path, kind: &str) -> serde_json::Value {
-    require_tool("python3", "python3");
-    let script = workspace_root().join("tests/oracles/otlp_check.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(file)
-        .args(["--as", kind])
-        .output()
-        .expect("run python3");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the official decoder rejected {} as {kind}: {stderr}\n(is `opentelemetry-proto` installed? .ci/run installs it with pip)",
-        file.display()
-    );
-    serde_json::from_slice(&out.stdout).expect("checker prints JSON")
-}
 
 #[test]
 fn official_decoder_reads_smolder_otlp_as_data_request_and_json() {

@@ -1,0 +1,467 @@
+//! `smolder record` with the eBPF sampler, on programs built in the test,
+//! against `perf record -g` on the same program and the official OTLP
+//! decoder. These need root (CI runs as root): they fail, not skip, when
+//! `CI` is set and eBPF is unavailable.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use smolder_e2e::{
+    compile_c, python_check, require_ebpf, require_tool, run_ok, smolder, smolder_ok,
+};
+use smolder_profiles_proto::{
+    pprof::any_value_to_string, read_profile, sample_weight, ProfileView,
+};
+
+/// The tests of this file take turns: each measures CPU shares or sample
+/// counts that a concurrent test would disturb (and `record -a` sees all).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const FP_FLAGS: &[&str] = &[
+    "-O2",
+    "-g",
+    "-fno-omit-frame-pointer",
+    "-mno-omit-leaf-frame-pointer",
+];
+
+/// 60/30/10 over three leaf functions, under a 25-deep recursive chain.
+const DEEP_C: &str = r#"
+#include <stdlib.h>
+volatile unsigned long sink;
+#define WORK(name) __attribute__((noinline)) void name(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+WORK(hot_alpha) WORK(hot_beta) WORK(hot_gamma)
+__attribute__((noinline)) void dispatch(long n) { hot_alpha(6 * n); hot_beta(3 * n); hot_gamma(n); sink++; }
+__attribute__((noinline)) void descend(int depth, long n) { if (depth == 0) dispatch(n); else descend(depth - 1, n); sink++; }
+int main(int argc, char **argv) { long rounds = argc > 1 ? atol(argv[1]) : 150; for (long r = 0; r < rounds; r++) descend(24, 1000000); return 0; }
+"#;
+
+/// Folded lines of a folded-stacks file: (frames root first, count).
+fn folded(path: &Path) -> Vec<(Vec<String>, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (stack, n) = l.rsplit_once(' ')?;
+            Some((
+                stack.split(';').map(str::to_owned).collect(),
+                n.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Share of samples whose stack contains each of `names`.
+fn shares(lines: &[(Vec<String>, u64)], names: &[&str]) -> BTreeMap<String, f64> {
+    let total: u64 = lines.iter().map(|(_, n)| n).sum();
+    names
+        .iter()
+        .map(|name| {
+            let hits: u64 = lines
+                .iter()
+                .filter(|(f, _)| f.iter().any(|x| x == name))
+                .map(|(_, n)| n)
+                .sum();
+            (name.to_string(), hits as f64 / total.max(1) as f64)
+        })
+        .collect()
+}
+
+#[test]
+fn record_command_matches_perf_record_and_reaches_main() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let prog = compile_c(dir.path(), "deep", DEEP_C, FP_FLAGS);
+    let hot = ["hot_alpha", "hot_beta", "hot_gamma"];
+
+    let ours = dir.path().join("smolder.folded");
+    let stderr = smolder_ok([
+        "record".as_ref(),
+        "-F".as_ref(),
+        "999".as_ref(),
+        "--format".as_ref(),
+        "folded".as_ref(),
+        "-o".as_ref(),
+        ours.as_os_str(),
+        "--".as_ref(),
+        prog.as_os_str(),
+    ]);
+    assert!(stderr.contains("samples (0 lost)"), "{stderr}");
+    let ours = folded(&ours);
+    let our_shares = shares(&ours, &hot);
+
+    // perf record -g on the same program, collapsed by smolder's perf script reader.
+    require_tool("perf", "linux-perf");
+    let data = dir.path().join("perf.data");
+    run_ok(
+        Command::new("perf")
+            .args(["record", "-q", "-g", "-F", "999", "-o"])
+            .arg(&data)
+            .arg("--")
+            .arg(&prog),
+    );
+    let script = dir.path().join("perf.txt");
+    std::fs::write(
+        &script,
+        run_ok(Command::new("perf").args(["script", "-i"]).arg(&data)).stdout,
+    )
+    .unwrap();
+    let perf_folded = dir.path().join("perf.folded");
+    smolder_ok([
+        "convert".as_ref(),
+        script.as_os_str(),
+        "-o".as_ref(),
+        perf_folded.as_os_str(),
+        "-f".as_ref(),
+        "folded".as_ref(),
+    ]);
+    let perf_shares = shares(&folded(&perf_folded), &hot);
+
+    for name in hot {
+        let (a, b) = (our_shares[name], perf_shares[name]);
+        assert!(
+            (a - b).abs() <= 0.03,
+            "{name}: smolder {a:.3} vs perf {b:.3} ({our_shares:?} vs {perf_shares:?})"
+        );
+    }
+    assert!(
+        (our_shares["hot_alpha"] - 0.6).abs() < 0.05,
+        "{our_shares:?}"
+    );
+
+    let total: u64 = ours.iter().map(|(_, n)| n).sum();
+    let reach: u64 = ours
+        .iter()
+        .filter(|(f, _)| f.iter().any(|x| x == "main"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(total > 1000, "too few samples: {total}");
+    assert!(
+        reach as f64 >= 0.99 * total as f64,
+        "only {reach} of {total} stacks reach main"
+    );
+    // The recursion is walked frame by frame.
+    assert!(ours
+        .iter()
+        .any(|(f, _)| f.iter().filter(|x| *x == "descend").count() == 25));
+}
+
+const SYSCALLS_C: &str = r#"
+#include <fcntl.h>
+#include <unistd.h>
+__attribute__((noinline)) void copy_zeroes(int in, int out) {
+    static char buf[1 << 16];
+    for (int i = 0; i < 400000; i++) { if (read(in, buf, sizeof buf) <= 0) return; write(out, buf, sizeof buf); }
+}
+int main(void) { int in = open("/dev/zero", O_RDONLY), out = open("/dev/null", O_WRONLY); copy_zeroes(in, out); return 0; }
+"#;
+
+#[test]
+fn kernel_frames_sit_under_user_frames_with_kallsyms_names() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let prog = compile_c(dir.path(), "syscalls", SYSCALLS_C, FP_FLAGS);
+    let out = dir.path().join("sys.folded");
+    smolder_ok([
+        "record".as_ref(),
+        "-F".as_ref(),
+        "499".as_ref(),
+        "--format".as_ref(),
+        "folded".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--".as_ref(),
+        prog.as_os_str(),
+    ]);
+    let lines = folded(&out);
+    let total: u64 = lines.iter().map(|(_, n)| n).sum();
+    // Stacks main -> libc read/write -> kernel. (The frame-pointer walk
+    // cannot see copy_zeroes: glibc's wrappers keep no frame pointer; the
+    // .eh_frame walker will.)
+    let with_kernel: Vec<(&Vec<String>, u64)> = lines
+        .iter()
+        .filter(|(f, _)| {
+            f.iter().any(|x| x == "main") && f.last().is_some_and(|x| x.ends_with("_[k]"))
+        })
+        .map(|(f, n)| (f, *n))
+        .collect();
+    let kernel_samples: u64 = with_kernel.iter().map(|(_, n)| n).sum();
+    assert!(
+        kernel_samples as f64 >= 0.5 * total as f64,
+        "only {kernel_samples} of {total} samples have kernel frames under main"
+    );
+    for (frames, _) in &with_kernel {
+        let first_kernel = frames.iter().position(|x| x.ends_with("_[k]")).unwrap();
+        assert!(
+            frames[first_kernel..].iter().all(|x| x.ends_with("_[k]")),
+            "kernel frames must be the leaves: {frames:?}"
+        );
+        let caller = &frames[first_kernel - 1];
+        assert!(
+            caller.contains("read") || caller.contains("write"),
+            "user frame above the kernel: {frames:?}"
+        );
+    }
+    let kernel_names: Vec<&str> = with_kernel
+        .iter()
+        .flat_map(|(f, _)| f.iter())
+        .filter_map(|x| x.strip_suffix("_[k]"))
+        .collect();
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
+    let known: std::collections::HashSet<&str> = kallsyms
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let named = kernel_names.iter().filter(|n| known.contains(*n)).count();
+    assert!(
+        named as f64 >= 0.95 * kernel_names.len() as f64,
+        "kernel frames not from kallsyms: {kernel_names:?}"
+    );
+    for syscall in ["ksys_read", "ksys_write"] {
+        assert!(
+            kernel_names.contains(&syscall),
+            "{syscall} missing: {kernel_names:?}"
+        );
+    }
+}
+
+const THREADS_C: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+volatile unsigned long sink;
+__attribute__((noinline)) void burn(void) { for (;;) sink++; }
+static void *worker(void *arg) { char name[16]; snprintf(name, sizeof name, "worker-%ld", (long)arg); pthread_setname_np(pthread_self(), name); burn(); return 0; }
+int main(void) { pthread_t t[3]; for (long i = 0; i < 3; i++) pthread_create(&t[i], 0, worker, (void *)(i + 1)); printf("ready\n"); fflush(stdout); burn(); }
+"#;
+
+#[test]
+fn every_thread_of_a_process_appears_with_id_and_name() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let prog = compile_c(
+        dir.path(),
+        "threads",
+        THREADS_C,
+        &["-O2", "-g", "-pthread", "-fno-omit-frame-pointer"],
+    );
+    let mut child = Command::new(&prog).stdout(Stdio::piped()).spawn().unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    let pid = child.id().to_string();
+    let out = dir.path().join("threads.json");
+    let result = smolder([
+        "record",
+        "-p",
+        &pid,
+        "-d",
+        "2s",
+        "--format",
+        "otlp-json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+
+    let data = read_profile(&std::fs::read(&out).unwrap()).unwrap().data;
+    let view = ProfileView::new(&data);
+    let mut threads: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for (resource, profile) in view.profiles() {
+        let attrs = &resource.unwrap().attributes;
+        assert!(attrs.iter().any(|kv| kv.key == "process.pid"
+            && kv.value.as_ref().map(any_value_to_string) == Some(pid.clone())));
+        for s in &profile.samples {
+            let name = view
+                .attribute(&s.attribute_indices, "thread.name")
+                .map(any_value_to_string)
+                .unwrap_or_default();
+            let tid = view
+                .attribute(&s.attribute_indices, "thread.id")
+                .map(any_value_to_string)
+                .expect("thread.id");
+            threads.entry(name).or_default().insert(tid);
+        }
+    }
+    for name in ["threads", "worker-1", "worker-2", "worker-3"] {
+        assert_eq!(
+            threads.get(name).map(|t| t.len()),
+            Some(1),
+            "thread {name} missing or split: {threads:?}"
+        );
+    }
+    let tids: std::collections::BTreeSet<&String> = threads.values().flatten().collect();
+    assert_eq!(tids.len(), 4, "{threads:?}");
+}
+
+const SHORT_C: &str = r#"
+#include <time.h>
+volatile unsigned long sink;
+__attribute__((noinline)) void short_lived_burn(void) {
+    struct timespec a, b; clock_gettime(CLOCK_MONOTONIC, &a);
+    do { for (int i = 0; i < 100000; i++) sink++; clock_gettime(CLOCK_MONOTONIC, &b); }
+    while ((b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec) < 50000000L);
+}
+int main(void) { short_lived_burn(); return 0; }
+"#;
+
+#[test]
+fn a_program_that_lives_50ms_during_record_all_is_symbolized() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let prog = compile_c(dir.path(), "shortlived", SHORT_C, FP_FLAGS);
+    let out = dir.path().join("host.pb");
+    let recorder = Command::new(smolder_e2e::smolder_bin())
+        .args([
+            "record", "-a", "-F", "999", "-d", "3s", "--format", "otlp", "-o",
+        ])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let status = Command::new(&prog).status().unwrap();
+    assert!(status.success());
+    let result = recorder.wait_with_output().unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+
+    let data = read_profile(&std::fs::read(&out).unwrap()).unwrap().data;
+    let view = ProfileView::new(&data);
+    let mut found = 0;
+    for (resource, profile) in view.profiles() {
+        let named = resource.unwrap().attributes.iter().any(|kv| {
+            kv.key == "process.executable.name"
+                && kv.value.as_ref().map(any_value_to_string).as_deref() == Some("shortlived")
+        });
+        if !named {
+            continue;
+        }
+        for s in &profile.samples {
+            let leafs: Vec<String> = view
+                .stack(s.stack_index)
+                .flat_map(|l| {
+                    view.lines(l)
+                        .map(|fl| fl.function.to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if leafs.iter().any(|f| f == "short_lived_burn") && leafs.iter().any(|f| f == "main") {
+                found += sample_weight(s);
+            }
+        }
+    }
+    // 50 ms at 999 Hz is about 50 samples; a few may land in exec or exit.
+    assert!(
+        found >= 20,
+        "only {found} symbolized samples of the short-lived program"
+    );
+}
+
+#[test]
+fn recorded_otlp_passes_the_official_decoder() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let prog = compile_c(dir.path(), "deep", DEEP_C, FP_FLAGS);
+    let out = dir.path().join("deep.pb");
+    smolder_ok([
+        "record".as_ref(),
+        "--format".as_ref(),
+        "otlp".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--".as_ref(),
+        prog.as_os_str(),
+        "20".as_ref(),
+    ]);
+    for kind in ["data", "request"] {
+        let summary = python_check(&out, kind);
+        assert!(summary["total"].as_i64().unwrap() > 20, "{summary}");
+        assert!(
+            summary["leaves"]["hot_alpha"].as_i64().unwrap() > 0,
+            "{summary}"
+        );
+        let resource = &summary["resources"][0];
+        assert_eq!(
+            resource["process.executable.name"]["stringValue"], "deep",
+            "{summary}"
+        );
+        assert!(
+            resource["process.command_line"]["stringValue"]
+                .as_str()
+                .unwrap()
+                .ends_with("deep 20"),
+            "{summary}"
+        );
+    }
+}
+
+#[test]
+fn record_passes_the_exit_status_through_and_explains_bad_targets() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.folded");
+    let r = smolder([
+        "record",
+        "--format",
+        "folded",
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    assert_eq!(
+        r.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    for args in [
+        vec!["record", "-p", "4000000000"],
+        vec!["record", "--", "/nonexistent/program"],
+        vec!["record", "-a", "-d", "soon"],
+    ] {
+        let r = smolder(&args);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_ne!(r.status.code(), Some(0), "{args:?}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
