@@ -86,7 +86,9 @@ pub fn write_output_with(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // Like any file the user creates: 0666 less the umask (not tempfile's 0600).
     let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .prefix(".smolder-")
         .tempfile_in(&dir)
         .with_context(|| format!("{name}: cannot create a file in {}", dir.display()))?;

@@ -271,7 +271,15 @@ async fn record(args: &RecordArgs, symbolizer: &Symbolizer) -> Result<Option<Exi
         pid_filter,
         ..SamplerConfig::default()
     })
-    .context("cannot start the eBPF sampler")?;
+    .map_err(|e| {
+        // A missing privilege is fully explained by the error itself; the
+        // loader's own chain under it would only repeat EPERM.
+        if e.is_unsupported() {
+            anyhow::anyhow!("cannot start the eBPF sampler: {e}")
+        } else {
+            anyhow::Error::new(e).context("cannot start the eBPF sampler")
+        }
+    })?;
     let mut child = match args.command.is_empty() {
         true => None,
         false => {
