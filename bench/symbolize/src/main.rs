@@ -5,8 +5,8 @@
 //! Each contender runs in its own process so that its peak memory (max RSS)
 //! is its own. "Cold" is the first pass over the addresses in a fresh process
 //! (it includes opening and parsing the binary); "warm" is a second pass with
-//! everything cached. For the command-line tools, warm time is the difference
-//! between feeding the addresses twice and once.
+//! everything cached. For the command-line tools, warm time is the extra time
+//! of feeding the addresses six times over once, divided by five.
 //!
 //! Usage: `smolder-bench-symbolize [BINARY] [--addresses N]`. Without a binary,
 //! the Rust test fixture of the symbolizer is built with `rustc -C
@@ -225,13 +225,16 @@ fn command_line(
     let t = Instant::now();
     let (out, rss) = run_measured(cmd, addrs);
     let once = t.elapsed();
+    // One warm pass is too short to time against process start-up noise:
+    // feed the addresses WARM_PASSES + 1 times and divide the extra time.
+    const WARM_PASSES: u32 = 5;
     let t = Instant::now();
-    let (_, rss2) = run_measured(cmd, &addrs.repeat(2));
-    let twice = t.elapsed();
+    let (_, rss2) = run_measured(cmd, &addrs.repeat(WARM_PASSES as usize + 1));
+    let many = t.elapsed();
     Figures {
         name,
         cold: once,
-        warm: twice.saturating_sub(once),
+        warm: many.saturating_sub(once) / WARM_PASSES,
         frames: count_frames(&out),
         max_rss_kib: rss.max(rss2),
     }
