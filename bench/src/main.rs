@@ -5,6 +5,9 @@
 //! cargo run --release -p smolder-bench -- flamegraph   # smolder vs inferno, perf script -> SVG
 //! cargo run --release -p smolder-bench -- bytes        # OTLP (gzip) vs pprof (gzip) bytes per sample
 //! cargo run --release -p smolder-bench -- all
+//! cargo run --release -p smolder-bench -- unwind       # eBPF unwinding: tables vs frame pointers vs perf dwarf (root)
+//! cargo run --release -p smolder-bench -- record       # sampling overhead: smolder vs perf vs bpftrace (root)
+//! cargo run --release -p smolder-bench -- agent        # smolder agent vs bpftrace, 60 s at 19 Hz (root)
 //! cargo run --release -p smolder-bench -- generate -o perf.txt   # the input only
 //! ```
 //!
@@ -19,8 +22,12 @@
 //! `--workdir DIR` (kept; default a temporary directory).
 //! The smolder binary is `$SMOLDER_BIN`, else `smolder` next to this binary.
 
+mod agent;
+mod inprocess;
 mod measure;
 mod perf_script;
+mod record;
+mod unwind;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -71,14 +78,18 @@ fn parse_args() -> Result<Config> {
             "--record-seconds" => config.record_seconds = value()?.parse()?,
             "--workdir" => config.workdir = Some(value()?.into()),
             "-o" | "--output" => config.output = Some(value()?.into()),
-            "flamegraph" | "bytes" | "all" | "generate" if config.command.is_empty() => {
+            "flamegraph" | "bytes" | "all" | "generate" | "record" | "unwind" | "agent"
+                if config.command.is_empty() =>
+            {
                 config.command = arg
             }
             other => return Err(format!("unknown argument {other:?}; see src/main.rs").into()),
         }
     }
     if config.command.is_empty() {
-        return Err("usage: smolder-bench flamegraph|bytes|all|generate [options]".into());
+        return Err(
+            "usage: smolder-bench flamegraph|bytes|all|generate|record|unwind|agent|inprocess [options]".into(),
+        );
     }
     Ok(config)
 }
@@ -91,6 +102,11 @@ fn main() {
 }
 
 fn run() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("inprocess") {
+        // Issue 7: smolder::Profiler vs pprof-rs in-process; own options and `--child` runs.
+        return inprocess::main(args);
+    }
     let config = parse_args()?;
     let temp;
     let dir = match &config.workdir {
@@ -103,6 +119,18 @@ fn run() -> Result<()> {
             temp.path().to_owned()
         }
     };
+    if config.command == "unwind" {
+        // Benchmark 4 (root): the eBPF walker with tables vs frame pointers vs perf.
+        return unwind::bench(config.runs, &dir);
+    }
+    if config.command == "agent" {
+        // The node agent's CPU and memory next to bpftrace (root, 2 x 60 s).
+        return agent::bench(&dir, &smolder_bin()?);
+    }
+    if config.command == "record" {
+        // The sampling-overhead benchmark needs none of the perf script inputs.
+        return record::bench(config.runs, &dir, &smolder_bin()?);
+    }
     let inputs = make_inputs(&config, &dir)?;
     match config.command.as_str() {
         "generate" => {

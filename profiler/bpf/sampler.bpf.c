@@ -5,8 +5,10 @@
  * those PCs (exec, exit) and to follow children when filtering by PID.
  *
  * Owns: the record layout on the EVENTS ring buffer (sampler.h), the user
- * stack walk (frame pointers now; .eh_frame tables in the next issue) and
- * the per-CPU drop counters. Loaded by profiler/src/sampler (aya).
+ * stack walk (per frame: the .eh_frame-derived table row of the PC's
+ * mapping when user space loaded one, the frame pointer otherwise) and the
+ * per-CPU counters. Loaded by profiler/src/sampler (aya), which also fills
+ * the unwind maps (profiler/src/sampler/unwinder.rs).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -24,6 +26,8 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* 1: only sample tgids in FILTER_PIDS (set from user space before load). */
 const volatile __u8 filter_enabled = 0;
+/* Debug: also send a STACK_COPY record for every sample of this tgid. */
+const volatile __u32 stack_copy_tgid = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -51,18 +55,42 @@ struct {
 	__uint(max_entries, 1);
 } SCRATCH SEC(".maps");
 
-/*
- * Next issue: a per-CPU SMOLDER_UNWIND_STATE map (struct smolder_unwind_state)
- * and the unwind-table maps go here; the .eh_frame walker continues where the
- * frame-pointer walk in walk_user_stack() stops.
- */
+/* Rows of every loaded table; max_entries is set from user space (the table
+ * memory cap). Memory-mapped by user space, which writes rows in place. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct smolder_unwind_row);
+	__uint(max_entries, 1);
+} UNWIND_ROWS SEC(".maps");
 
-static __always_inline void count(__u32 idx)
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct smolder_unwind_table);
+	__uint(max_entries, SMOLDER_MAX_TABLES);
+} UNWIND_TABLES SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32); /* tgid */
+	__type(value, struct smolder_proc_mappings);
+	__uint(max_entries, 16384);
+} PROC_MAPPINGS SEC(".maps");
+
+static __always_inline void count_n(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&STATS, &idx);
 
 	if (v)
-		*v += 1; /* per-CPU value, and no nesting on a CPU: no atomic needed */
+		*v += n; /* per-CPU value, and no nesting on a CPU: no atomic needed */
+}
+
+static __always_inline void count(__u32 idx)
+{
+	count_n(idx, 1);
 }
 
 static __always_inline int tgid_wanted(__u32 tgid)
@@ -80,62 +108,317 @@ static __always_inline __u64 wakeup_flags(void)
 	return avail > size / 2 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
-struct user_frame {
-	__u64 next_bp;
-	__u64 ret;
+/* The walker's state between bpf_loop steps (on the program's stack). */
+struct walk_ctx {
+	struct smolder_sample *rec;
+	struct smolder_proc_mappings *maps; /* NULL: the process is not loaded */
+	__u64 ip;
+	__u64 sp;
+	__u64 bp;
+	__u64 now;
+	__u32 nk;
+	__u32 nu;
+	__u32 flags;
+	__u32 table_frames;
+	__u32 fp_frames;
+	__u32 _pad;
 };
 
 /*
- * Frame-pointer walk from the user registers: the first frame is the IP,
- * then [bp + 8] (return address) while [bp] (the caller's bp) climbs up the
- * stack. Writes at pcs[nk ..], returns the number of user frames.
+ * The two binary searches run as bpf_loop callbacks too: as plain loops the
+ * verifier follows every path through them with exact indexes and gives up
+ * (1M instructions); a callback is verified once.
  */
-static __always_inline __u32 walk_user_stack(struct smolder_sample *rec, __u32 nk, __u64 ip,
-					     __u64 bp, __u32 *flags)
+struct mapping_search {
+	struct smolder_proc_mappings *pm;
+	__u64 pc;
+	__u32 lo; /* ends as the number of mappings starting at or below pc */
+	__u32 hi;
+};
+
+static long mapping_search_step(__u32 i, void *data)
 {
-	struct user_frame frame;
-	__u32 nu = 0, idx;
-	int more = 1;
+	struct mapping_search *s = data;
+	struct smolder_proc_mappings *pm = s->pm;
+	__u32 mid;
+
+	if (!pm || s->lo >= s->hi)
+		return 1;
+	mid = (s->lo + s->hi) / 2;
+	if (mid >= SMOLDER_MAX_MAPPINGS)
+		return 1;
+	if (pm->mappings[mid].start <= s->pc)
+		s->lo = mid + 1;
+	else
+		s->hi = mid;
+	return 0;
+}
+
+/* The mapping holding pc, from the process's sorted mappings. */
+static __always_inline struct smolder_mapping *find_mapping(struct smolder_proc_mappings *pm,
+							     __u64 pc)
+{
+	struct mapping_search s = { .pm = pm, .pc = pc, .lo = 0, .hi = pm->count };
+	__u32 i;
+
+	if (s.hi > SMOLDER_MAX_MAPPINGS)
+		s.hi = SMOLDER_MAX_MAPPINGS;
+	bpf_loop(9, mapping_search_step, &s, 0);
+	if (s.lo == 0)
+		return NULL;
+	i = s.lo - 1;
+	if (i >= SMOLDER_MAX_MAPPINGS)
+		return NULL;
+	return pc < pm->mappings[i].end ? &pm->mappings[i] : NULL;
+}
+
+/* The last row with row.pc <= svma in [lo, lo + n): each step halves n. */
+struct row_search {
+	__u64 svma;
+	__u32 lo;
+	__u32 n;
+	__u32 failed;
+	__u32 _pad;
+};
+
+static long row_search_step(__u32 i, void *data)
+{
+	struct row_search *s = data;
+	struct smolder_unwind_row *row;
+	__u32 half, mid;
+
+	if (s->n <= 1)
+		return 1;
+	half = s->n / 2;
+	mid = s->lo + half;
+	row = bpf_map_lookup_elem(&UNWIND_ROWS, &mid);
+	if (!row) {
+		s->failed = 1;
+		return 1;
+	}
+	if (row->pc <= s->svma) {
+		s->lo = mid;
+		s->n -= half;
+	} else {
+		s->n = half;
+	}
+	return 0;
+}
+
+/* 24 halvings cover 16M rows per table. */
+static __always_inline struct smolder_unwind_row *find_row(struct smolder_unwind_table *t,
+							    __u64 svma)
+{
+	struct row_search s = { .svma = svma, .lo = t->row_start, .n = t->row_count };
+	struct smolder_unwind_row *row;
+	__u32 lo;
+
+	bpf_loop(24, row_search_step, &s, 0);
+	if (s.failed)
+		return NULL;
+	lo = s.lo;
+	row = bpf_map_lookup_elem(&UNWIND_ROWS, &lo);
+	if (!row || row->pc > svma)
+		return NULL;
+	return row;
+}
+
+static __always_inline int read_user_u64(__u64 *dst, __u64 addr)
+{
+	return bpf_probe_read_user(dst, sizeof(*dst), (void *)addr);
+}
+
+/* One frame-pointer step: [bp] is the caller's bp, [bp + 8] the return
+ * address. Returns 1 when the walk ends. */
+static __always_inline long fp_step(struct walk_ctx *c)
+{
+	__u64 next_bp, ra;
+
+	if (c->bp == 0) {
+		c->flags |= SMOLDER_SAMPLE_USER_COMPLETE;
+		return 1;
+	}
+	if ((c->bp & 7) || c->bp >= USER_ADDR_LIMIT || c->bp < c->sp) {
+		c->flags |= SMOLDER_SAMPLE_USER_NO_UNWIND_INFO;
+		return 1;
+	}
+	if (read_user_u64(&next_bp, c->bp) || read_user_u64(&ra, c->bp + 8)) {
+		c->flags |= SMOLDER_SAMPLE_USER_READ_FAULT;
+		return 1;
+	}
+	c->ip = ra;
+	c->sp = c->bp + 16;
+	c->bp = next_bp;
+	c->fp_frames++;
+	return 0;
+}
+
+/* One step by a table row. Returns 1 when the walk ends. */
+static __always_inline long table_step(struct walk_ctx *c, struct smolder_unwind_row *row)
+{
+	__u64 cfa, ra, bp = c->bp;
+
+	switch (row->cfa_type) {
+	case SMOLDER_CFA_SP:
+		cfa = c->sp + (__s64)row->cfa_offset;
+		break;
+	case SMOLDER_CFA_FP:
+		cfa = c->bp + (__s64)row->cfa_offset;
+		break;
+	case SMOLDER_CFA_PLT:
+		cfa = c->sp + (__s64)row->cfa_offset + (((c->ip & 15) >= (__u64)row->fp_offset) ? 8 : 0);
+		break;
+	case SMOLDER_CFA_END:
+		c->flags |= SMOLDER_SAMPLE_USER_COMPLETE;
+		return 1;
+	default:
+		c->flags |= SMOLDER_SAMPLE_USER_NO_UNWIND_INFO;
+		return 1;
+	}
+	if (cfa <= c->sp || cfa >= USER_ADDR_LIMIT) {
+		c->flags |= SMOLDER_SAMPLE_USER_NO_UNWIND_INFO;
+		return 1;
+	}
+	if (read_user_u64(&ra, cfa - 8)) {
+		c->flags |= SMOLDER_SAMPLE_USER_READ_FAULT;
+		return 1;
+	}
+	if (row->fp_type == SMOLDER_FP_AT_CFA && row->cfa_type != SMOLDER_CFA_PLT &&
+	    read_user_u64(&bp, cfa + (__s64)row->fp_offset)) {
+		c->flags |= SMOLDER_SAMPLE_USER_READ_FAULT;
+		return 1;
+	}
+	c->ip = ra;
+	c->sp = cfa;
+	c->bp = bp;
+	c->table_frames++;
+	return 0;
+}
+
+/*
+ * One user frame (a bpf_loop callback): record the PC, then find the
+ * caller's registers, with the table of the PC's mapping if it has one and
+ * by the frame pointer otherwise. Mirrored step for step by
+ * profiler/src/unwind/walk.rs (the test oracle). Returns 1 to stop.
+ */
+static long unwind_step(__u32 i, void *data)
+{
+	struct walk_ctx *c = data;
+	struct smolder_sample *rec = c->rec;
+	struct smolder_mapping *m = NULL;
+	struct smolder_unwind_table *t;
+	struct smolder_unwind_row *row;
+	__u32 idx, table_id;
+	__u64 lookup;
+
+	if (!rec)
+		return 1;
+	if (c->ip == 0) {
+		c->flags |= SMOLDER_SAMPLE_USER_COMPLETE;
+		return 1;
+	}
+	idx = c->nk + c->nu;
+	if (idx >= SMOLDER_MAX_FRAMES)
+		return 1;
+	rec->pcs[idx] = c->ip;
+	c->nu++;
+	if (c->nu >= SMOLDER_MAX_USER_FRAMES) {
+		c->flags |= SMOLDER_SAMPLE_USER_TRUNCATED;
+		return 1;
+	}
+	/* A return address points after its call: look up the call. */
+	lookup = c->nu == 1 ? c->ip : c->ip - 1;
+	if (c->maps)
+		m = find_mapping(c->maps, lookup);
+	if (!m) {
+		c->flags |= SMOLDER_SAMPLE_USER_UNKNOWN_MAPPING;
+		return fp_step(c);
+	}
+	table_id = m->table_id;
+	if (table_id == 0)
+		return fp_step(c);
+	t = bpf_map_lookup_elem(&UNWIND_TABLES, &table_id);
+	if (!t || t->row_count == 0 || t->generation != m->generation) {
+		c->flags |= SMOLDER_SAMPLE_USER_TABLE_MISSING;
+		return fp_step(c);
+	}
+	t->last_used_ns = c->now;
+	row = find_row(t, lookup - m->bias);
+	if (!row) {
+		c->flags |= SMOLDER_SAMPLE_USER_NO_UNWIND_INFO;
+		return 1;
+	}
+	return table_step(c, row);
+}
+
+/* Walks the user stack from (ip, sp, bp), writing PCs at pcs[nk ..]. */
+static __always_inline __u32 walk_user_stack(struct smolder_sample *rec, __u32 tgid, __u32 nk,
+					     __u64 ip, __u64 sp, __u64 bp, __u32 *flags)
+{
+	struct walk_ctx c = {
+		.rec = rec,
+		.maps = bpf_map_lookup_elem(&PROC_MAPPINGS, &tgid),
+		.ip = ip,
+		.sp = sp,
+		.bp = bp,
+		.nk = nk,
+	};
 
 	if (nk > SMOLDER_MAX_KERNEL_FRAMES)
 		return 0;
-	if (ip == 0)
-		return 0;
-	rec->pcs[nk] = ip;
-	nu = 1;
+	c.now = bpf_ktime_get_ns();
+	bpf_loop(SMOLDER_MAX_USER_FRAMES, unwind_step, &c, 0);
+	*flags |= c.flags;
+	if (c.table_frames)
+		count_n(SMOLDER_STAT_TABLE_FRAMES, c.table_frames);
+	if (c.fp_frames)
+		count_n(SMOLDER_STAT_FP_FRAMES, c.fp_frames);
+	return c.nu;
+}
 
-#pragma clang loop unroll(disable)
-	for (__u32 i = 1; i < SMOLDER_MAX_USER_FRAMES; i++) {
-		if (bp == 0 || bp >= USER_ADDR_LIMIT || (bp & 7)) {
-			more = 0;
-			break;
-		}
-		if (bpf_probe_read_user(&frame, sizeof(frame), (void *)bp)) {
-			*flags |= SMOLDER_SAMPLE_USER_READ_FAULT;
-			more = 0;
-			break;
-		}
-		if (frame.ret == 0) {
-			more = 0;
-			break;
-		}
-		idx = nk + i;
-		if (idx >= SMOLDER_MAX_FRAMES) {
-			more = 0;
-			break;
-		}
-		rec->pcs[idx] = frame.ret;
-		nu = i + 1;
-		/* The stack grows down: a caller's frame is above its callee's. */
-		if (frame.next_bp <= bp) {
-			more = 0;
-			break;
-		}
-		bp = frame.next_bp;
+/* Debug: send the user stack from sp (up to SMOLDER_STACK_COPY_BYTES, less
+ * near the top of the stack) with the registers the walk started from. */
+static __always_inline void copy_user_stack(struct task_struct *task, __u32 tgid, __u32 tid,
+					    __u64 time_ns, __u64 ip, __u64 sp, __u64 bp)
+{
+	struct smolder_stack_copy *copy;
+	__u64 top = BPF_CORE_READ(task, mm, start_stack);
+	__u32 len = SMOLDER_STACK_COPY_BYTES;
+
+	copy = bpf_ringbuf_reserve(&EVENTS, sizeof(*copy), 0);
+	if (!copy) {
+		count(SMOLDER_STAT_STACK_COPIES_LOST);
+		return;
 	}
-	if (more)
-		*flags |= SMOLDER_SAMPLE_USER_TRUNCATED;
-	return nu;
+	/* The main thread's frames all lie below start_stack. */
+	if (top > sp && top - sp < SMOLDER_STACK_COPY_BYTES)
+		len = top - sp;
+	for (int k = 0; k < 16; k++) {
+		__u64 n = len;
+
+		if (n == 0)
+			break;
+		/* 1 ..= SMOLDER_STACK_COPY_BYTES (a power of two), in a form the
+		 * verifier can bound. */
+		asm volatile("" : "+r"(n));
+		n = ((n - 1) & (SMOLDER_STACK_COPY_BYTES - 1)) + 1;
+		if (bpf_probe_read_user(copy->stack, n, (void *)sp) == 0) {
+			len = n;
+			break;
+		}
+		len = n > 4096 ? n - 4096 : n / 2;
+		if (k == 15)
+			len = 0;
+	}
+	copy->event.kind = SMOLDER_EVENT_STACK_COPY;
+	copy->event.pid = tgid;
+	copy->event.time_ns = time_ns;
+	copy->tid = tid;
+	copy->len = len;
+	copy->ip = ip;
+	copy->sp = sp;
+	copy->bp = bp;
+	bpf_ringbuf_submit(copy, BPF_RB_FORCE_WAKEUP);
 }
 
 SEC("perf_event")
@@ -155,7 +438,7 @@ int smolder_sample(struct bpf_perf_event_data *ctx)
 
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u32 flags = 0, nk = 0, nu = 0;
-	__u64 ip = ctx->regs.ip, bp = ctx->regs.bp;
+	__u64 ip = ctx->regs.ip, sp = ctx->regs.sp, bp = ctx->regs.bp;
 
 	rec->header.event.kind = SMOLDER_EVENT_SAMPLE;
 	rec->header.event.pid = tgid;
@@ -183,13 +466,20 @@ int smolder_sample(struct bpf_perf_event_data *ctx)
 		if (flags & SMOLDER_SAMPLE_KERNEL_MODE) {
 			struct pt_regs *uregs = (struct pt_regs *)bpf_task_pt_regs(task);
 			ip = uregs ? BPF_CORE_READ(uregs, ip) : 0;
+			sp = uregs ? BPF_CORE_READ(uregs, sp) : 0;
 			bp = uregs ? BPF_CORE_READ(uregs, bp) : 0;
 		}
-		nu = walk_user_stack(rec, nk, ip, bp, &flags);
+		nu = walk_user_stack(rec, tgid, nk, ip, sp, bp, &flags);
 		if (flags & SMOLDER_SAMPLE_USER_READ_FAULT)
 			count(SMOLDER_STAT_USER_READ_FAULTS);
 		if (flags & SMOLDER_SAMPLE_USER_TRUNCATED)
 			count(SMOLDER_STAT_USER_TRUNCATED);
+		if (flags & SMOLDER_SAMPLE_USER_UNKNOWN_MAPPING)
+			count(SMOLDER_STAT_USER_UNKNOWN_MAPPING);
+		if (flags & SMOLDER_SAMPLE_USER_NO_UNWIND_INFO)
+			count(SMOLDER_STAT_USER_NO_UNWIND_INFO);
+		if (flags & SMOLDER_SAMPLE_USER_TABLE_MISSING)
+			count(SMOLDER_STAT_USER_TABLE_MISSING);
 	}
 
 	rec->header.flags = flags;
@@ -201,6 +491,8 @@ int smolder_sample(struct bpf_perf_event_data *ctx)
 		size = sizeof(*rec);
 	if (bpf_ringbuf_output(&EVENTS, rec, size, wakeup_flags()))
 		count(SMOLDER_STAT_RINGBUF_FULL);
+	else if (stack_copy_tgid && stack_copy_tgid == tgid && !(flags & SMOLDER_SAMPLE_KTHREAD))
+		copy_user_stack(task, tgid, rec->header.tid, rec->header.event.time_ns, ip, sp, bp);
 	return 0;
 }
 

@@ -22,7 +22,21 @@ pub use smolder_flamegraph as flamegraph;
 pub use smolder_profiles_proto as profiles;
 pub use smolder_symbolizer as symbolizer;
 
+pub mod inprocess;
 pub mod pipeline;
+
+pub use inprocess::{
+    with_labels, Profile, ProfileStats, Profiler, ProfilerBuilder, ProfilerError, ProfilerGuard,
+    SamplerKind,
+};
 
 #[cfg(feature = "sampler")]
 pub mod sampler;
+
+#[cfg(feature = "exporter")]
+pub mod exporter;
+
+#[cfg(feature = "agent")]
+pub mod agent;
+
+pub mod unwind;

@@ -2,6 +2,7 @@
 //! subcommand module owns its arguments and its run function; `io` owns
 //! reading inputs and writing outputs atomically.
 
+pub mod agent;
 pub mod convert;
 pub mod flamegraph;
 pub mod io;
@@ -28,6 +29,8 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Addresses of an ELF file, a process or the kernel to functions, files and lines
     Symbolize(symbolize::SymbolizeArgs),
+    /// Always-on host profiling: export over OTLP/gRPC, keep files, serve a page and /metrics
+    Agent(agent::AgentArgs),
 }
 
 /// Runs the subcommand; returns the process exit code.
@@ -40,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Flamegraph(args) => flamegraph::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Symbolize(args) => symbolize::run(&args),
+        Command::Agent(args) => agent::run(&args),
     }
     .map(|()| 0)
 }

@@ -96,6 +96,10 @@ struct Summary {
     lost: u64,
     processes: usize,
     unwind_failures: u64,
+    /// Samples walked only in part while a new binary's table was loading.
+    partial: u64,
+    tables: u64,
+    table_bytes: u64,
     unsymbolized: u64,
 }
 
@@ -220,7 +224,9 @@ fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn feed(aggregator: &mut Aggregator, events: Vec<SamplerEvent>) {
+/// Hands the events to the aggregator; returns the processes that exec'd.
+fn feed(aggregator: &mut Aggregator, events: Vec<SamplerEvent>) -> Vec<u32> {
+    let mut execs = Vec::new();
     for event in events {
         match event {
             SamplerEvent::Sample(s) => aggregator.add(&StackSample {
@@ -231,11 +237,16 @@ fn feed(aggregator: &mut Aggregator, events: Vec<SamplerEvent>) {
                 thread_name: &s.comm,
                 kernel: &s.kernel_stack,
                 user: &s.user_stack,
+                labels: &[],
             }),
-            SamplerEvent::Exec { pid, .. } => aggregator.on_exec(pid),
+            SamplerEvent::Exec { pid, .. } => {
+                aggregator.on_exec(pid);
+                execs.push(pid);
+            }
             SamplerEvent::Exit { pid, .. } => aggregator.on_exit(pid),
         }
     }
+    execs
 }
 
 /// Runs `record`; returns the exit status of the recorded command, if any.
@@ -300,7 +311,16 @@ async fn record(args: &RecordArgs, symbolizer: &Symbolizer) -> Result<Option<Exi
     tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            events = sampler.next_events() => feed(&mut aggregator, events.context("reading samples")?),
+            events = sampler.next_events() => {
+                let execs = feed(&mut aggregator, events.context("reading samples")?);
+                // The command replaced smolder's image with its own: load its
+                // unwind tables now rather than on its first partial samples.
+                if let Some(pid) = child.as_ref().map(GatedChild::id).filter(|p| execs.contains(p)) {
+                    if let Err(e) = sampler.load_process(pid) {
+                        tracing::debug!("{e}");
+                    }
+                }
+            }
             _ = &mut ctrl_c => break,
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -348,7 +368,13 @@ async fn record(args: &RecordArgs, symbolizer: &Symbolizer) -> Result<Option<Exi
             samples: agg.samples,
             lost: stats.lost,
             processes: data.resource_profiles.len(),
-            unwind_failures: stats.user_read_faults + stats.truncated + stats.kernel_stack_errors,
+            unwind_failures: stats.user_read_faults
+                + stats.truncated
+                + stats.kernel_stack_errors
+                + stats.user_no_unwind_info,
+            partial: stats.user_unknown_mapping + stats.user_table_missing,
+            tables: stats.unwind_tables,
+            table_bytes: stats.unwind_table_bytes,
             unsymbolized: agg.unsymbolized_frames,
         },
         args,
@@ -396,13 +422,16 @@ fn default_title(args: &RecordArgs) -> String {
 
 fn print_summary(s: &Summary, args: &RecordArgs) {
     eprintln!(
-        "smolder: recorded {:.2}s at {} Hz: {} samples ({} lost), {} processes, {} unwinding failures, {} frames without a name -> {}",
+        "smolder: recorded {:.2}s at {} Hz: {} samples ({} lost), {} processes, {} unwinding failures, {} partial stacks, {} unwind tables ({} KiB), {} frames without a name -> {}",
         s.duration.as_secs_f64(),
         args.frequency,
         s.samples,
         s.lost,
         s.processes,
         s.unwind_failures,
+        s.partial,
+        s.tables,
+        s.table_bytes / 1024,
         s.unsymbolized,
         args.output.display()
     );

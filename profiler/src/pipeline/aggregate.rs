@@ -39,6 +39,8 @@ pub struct StackSample<'a> {
     pub kernel: &'a [u64],
     /// User PCs, leaf first (the user IP, then return addresses).
     pub user: &'a [u64],
+    /// Extra sample attributes (the in-process profiler's scope labels).
+    pub labels: &'a [(String, String)],
 }
 
 /// What went missing on the way, for the run summary and `/metrics`.
@@ -89,6 +91,7 @@ struct StackKey {
     thread_name: String,
     kernel: Vec<u64>,
     user: Vec<UserFrame>,
+    labels: Vec<(String, String)>,
 }
 
 struct ProcessState {
@@ -261,6 +264,7 @@ impl Aggregator {
             thread_name: sample.thread_name.to_owned(),
             kernel: sample.kernel.to_vec(),
             user,
+            labels: sample.labels.to_vec(),
         };
         self.stacks
             .entry(key)
@@ -367,11 +371,14 @@ impl Aggregator {
                 locations.push(builder.location(&spec));
             }
             let stack = builder.stack(&locations);
-            let attrs = [
+            let mut attrs = vec![
                 builder.attribute("thread.id", int_value(i64::from(key.tid)), ""),
                 builder.attribute("thread.name", string_value(&key.thread_name), ""),
                 builder.attribute("cpu.logical_number", int_value(i64::from(key.cpu)), ""),
             ];
+            for (k, v) in &key.labels {
+                attrs.push(builder.attribute(k, string_value(v), ""));
+            }
             for ts in timestamps {
                 builder.add_sample(resource, cpu, stack, &attrs, 1, Some(ts));
             }
@@ -412,22 +419,56 @@ fn frame_lines(sym: Option<&Symbolized>, stats: &mut AggregatorStats) -> Vec<Sou
         .collect()
 }
 
+/// Mapped files larger than this are not opened for symbolization: a
+/// process could map a huge file to make the profiler parse it.
+pub const MAX_OBJECT_BYTES: u64 = 2 << 30;
+
 /// Opens the file of a mapping the way the process sees it: through
-/// `map_files` (works for deleted files), else through the process's root
-/// (works across mount namespaces); checks that it is the mapped inode.
+/// `map_files` (the mapped file itself, deleted or not; needs
+/// CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN), else by its path resolved
+/// inside the process's root (works across mount namespaces; symbolic
+/// links in a container cannot lead out of it). Only the mapped inode, a
+/// regular file of at most [`MAX_OBJECT_BYTES`], is kept.
 fn open_mapped_file(pid: u32, entry: &MapEntry) -> Option<File> {
-    let candidates = [
-        PathBuf::from(format!(
-            "/proc/{pid}/map_files/{:x}-{:x}",
-            entry.start, entry.end
-        )),
-        PathBuf::from(format!("/proc/{pid}/root{}", entry.path)),
-    ];
-    candidates.iter().find_map(|path| {
-        let file = File::open(path).ok()?;
+    let check = |file: File| {
         let meta = file.metadata().ok()?;
-        (meta.ino() == entry.inode).then_some(file)
-    })
+        (meta.ino() == entry.inode && meta.is_file() && meta.len() <= MAX_OBJECT_BYTES)
+            .then_some(file)
+    };
+    File::open(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        entry.start, entry.end
+    ))
+    .ok()
+    .and_then(check)
+    .or_else(|| open_in_root(pid, &entry.path).and_then(check))
+}
+
+/// `path` opened with `openat2(RESOLVE_IN_ROOT)` under `/proc/PID/root`:
+/// `..` and absolute symbolic links resolve inside the process's root,
+/// and magic links (`/proc/self/...`) are refused.
+fn open_in_root(pid: u32, path: &str) -> Option<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let root = File::open(format!("/proc/{pid}/root")).ok()?;
+    let relative = std::ffi::CString::new(path.trim_start_matches('/')).ok()?;
+    // SAFETY: open_how is a plain C struct; all zeroes is its empty value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2 reads the NUL-terminated path and `how`, both alive
+    // for the call, and returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            relative.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: the kernel just returned this fd; nothing else owns it.
+    Some(unsafe { File::from_raw_fd(fd) })
 }
 
 fn fd_path(file: &File) -> PathBuf {
@@ -460,6 +501,7 @@ mod tests {
                 thread_name: "tester",
                 kernel: &[],
                 user: &[pc, caller],
+                labels: &[],
             });
         }
         let symbolizer = Symbolizer::new();
@@ -492,6 +534,7 @@ mod tests {
             thread_name: "t",
             kernel: &[],
             user: &[0x10],
+            labels: &[],
         });
         let data = agg.finish(&Symbolizer::new(), ProfileConfig::cpu(99, 0, 10));
         validate(&data).unwrap();

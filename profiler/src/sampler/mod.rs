@@ -3,8 +3,11 @@
 //! buffer records into [`SamplerEvent`]s (samples with kernel and user
 //! stacks, exec and exit of processes).
 //!
-//! Owns the kernel program's lifetime, its maps and the PID filter. It does
-//! not resolve addresses: PCs leave here raw, with unix timestamps.
+//! Owns the kernel program's lifetime, its maps and the PID filter, and
+//! keeps the kernel walker's unwind tables loaded (`unwind_maps`: a worker
+//! thread loads a process's tables when its samples report unknown
+//! mappings). It does not resolve addresses: PCs leave here raw, with unix
+//! timestamps.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), smolder::sampler::SamplerError> {
@@ -25,6 +28,7 @@ mod raw;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod unwind_maps;
 
 use std::{
     error::Error as StdError,
@@ -47,6 +51,9 @@ pub use clock::BootClock;
 pub use raw::{ParseError, SampleFlags};
 pub use stats::SamplerStats;
 
+use crate::unwind::Regs;
+use unwind_maps::UnwindLoader;
+
 /// The kernel program, built by `profiler/bpf/build.sh`.
 static SAMPLER_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/sampler.bpf.o");
 
@@ -57,6 +64,9 @@ const PROG_EXIT: &str = "smolder_exit";
 const MAP_EVENTS: &str = "EVENTS";
 const MAP_FILTER: &str = "FILTER_PIDS";
 const MAP_STATS: &str = "STATS";
+const MAP_UNWIND_ROWS: &str = "UNWIND_ROWS";
+const MAP_UNWIND_TABLES: &str = "UNWIND_TABLES";
+const MAP_PROC_MAPPINGS: &str = "PROC_MAPPINGS";
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
 /// What to sample and how records reach user space.
@@ -76,6 +86,13 @@ pub struct SamplerConfig {
     /// lifetime, for [`Sampler::bpf_run_stats`] (costs ~2 clock reads per
     /// run). Needs CAP_SYS_ADMIN; without it, a warning and no statistics.
     pub bpf_stats: bool,
+    /// Kernel memory for unwind table rows (16 bytes a row), allocated when
+    /// the sampler starts; tables the walker used least recently are evicted
+    /// to stay under it. 0: no tables, user stacks by frame pointers only.
+    pub unwind_table_bytes: u64,
+    /// Debug: send a copy of the user stack (up to 64 KiB) with every sample
+    /// of this process, read with [`Sampler::take_stack_copies`].
+    pub stack_copy_pid: Option<u32>,
 }
 
 impl Default for SamplerConfig {
@@ -86,6 +103,8 @@ impl Default for SamplerConfig {
             ring_buffer_bytes: 1 << 20,
             poll_interval: Duration::from_millis(20),
             bpf_stats: false,
+            unwind_table_bytes: 64 << 20,
+            stack_copy_pid: None,
         }
     }
 }
@@ -125,6 +144,20 @@ pub struct RawSample {
     /// others are return addresses.
     pub user_stack: Vec<u64>,
     pub flags: SampleFlags,
+}
+
+/// A copy of the user stack of one sample ([`SamplerConfig::stack_copy_pid`]):
+/// what the kernel walker read, for walking it again in user space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackCopy {
+    pub pid: u32,
+    pub tid: u32,
+    /// Unix nanoseconds: the `time_ns` of the sample it belongs to.
+    pub time_ns: u64,
+    /// The user registers the kernel walk started from.
+    pub regs: Regs,
+    /// The bytes at `regs.sp ..`.
+    pub stack: Vec<u8>,
 }
 
 /// Why the sampler could not start or read.
@@ -256,6 +289,8 @@ pub struct Sampler {
     cpus: Vec<u32>,
     parsed: u64,
     malformed: u64,
+    unwind: Option<UnwindLoader>,
+    stack_copies: Vec<StackCopy>,
 }
 
 impl Sampler {
@@ -289,9 +324,15 @@ impl Sampler {
             None
         };
         let filter_flag = u8::from(filtering);
+        let copy_tgid = config.stack_copy_pid.unwrap_or(0);
+        let table_rows = u32::try_from(config.unwind_table_bytes / unwind_maps::ROW_BYTES)
+            .unwrap_or(u32::MAX)
+            .max(1);
         let mut bpf = EbpfLoader::new()
             .override_global("filter_enabled", &filter_flag, true)
+            .override_global("stack_copy_tgid", &copy_tgid, true)
             .map_max_entries(MAP_EVENTS, config.ring_buffer_bytes)
+            .map_max_entries(MAP_UNWIND_ROWS, table_rows)
             .load(SAMPLER_OBJECT)
             .map_err(|e| {
                 SamplerError::kernel("loading the eBPF sampler (maps, BTF relocations)", e)
@@ -307,6 +348,27 @@ impl Sampler {
                 filter.insert(pid, 1, 0).map_err(|e| {
                     SamplerError::kernel(format!("adding PID {pid} to the filter"), e)
                 })?;
+            }
+        }
+
+        let mut unwind = if config.unwind_table_bytes >= unwind_maps::ROW_BYTES {
+            let mut take = |name| bpf.take_map(name).ok_or_else(|| missing("map", name));
+            let loader = UnwindLoader::start(
+                take(MAP_UNWIND_ROWS)?,
+                take(MAP_UNWIND_TABLES)?,
+                take(MAP_PROC_MAPPINGS)?,
+            )
+            .map_err(|e| SamplerError::Kernel {
+                action: "setting up the unwind table maps".into(),
+                source: e.into(),
+            })?;
+            Some(loader)
+        } else {
+            None
+        };
+        if let Some(loader) = &mut unwind {
+            for &pid in config.pid_filter.iter().flatten() {
+                loader.request(pid);
             }
         }
 
@@ -368,7 +430,29 @@ impl Sampler {
             cpus,
             parsed: 0,
             malformed: 0,
+            unwind,
+            stack_copies: Vec::new(),
         })
+    }
+
+    /// Loads the unwind tables of process `pid` into the kernel walker's
+    /// maps and waits until they are in use (tables are otherwise loaded in
+    /// the background on the first partial sample of a process). Does
+    /// nothing when table unwinding is off.
+    pub fn load_process(&mut self, pid: u32) -> Result<(), SamplerError> {
+        let Some(loader) = &mut self.unwind else {
+            return Ok(());
+        };
+        loader.load_blocking(pid).map_err(|e| SamplerError::Kernel {
+            action: format!("loading the unwind tables of process {pid}"),
+            source: e.0.into(),
+        })
+    }
+
+    /// The stack copies received since the last call
+    /// ([`SamplerConfig::stack_copy_pid`]).
+    pub fn take_stack_copies(&mut self) -> Vec<StackCopy> {
+        std::mem::take(&mut self.stack_copies)
     }
 
     /// The CPUs the perf event is attached on.
@@ -379,6 +463,7 @@ impl Sampler {
     /// Adds a process to the PID filter. Its threads are covered (they share
     /// the tgid) and so are the processes it starts from now on. The filter
     /// holds 16384 processes; a child forked beyond that is not followed.
+    /// Unwind tables are loaded on its first partial sample.
     pub fn add_pid(&mut self, pid: u32) -> Result<(), SamplerError> {
         if !self.filtering {
             return Err(SamplerError::Config(
@@ -393,7 +478,12 @@ impl Sampler {
             .map_err(|e| SamplerError::kernel("opening FILTER_PIDS", e))?;
         filter
             .insert(pid, 1, 0)
-            .map_err(|e| SamplerError::kernel(format!("adding PID {pid} to the filter"), e))
+            .map_err(|e| SamplerError::kernel(format!("adding PID {pid} to the filter"), e))?;
+        // No table load here: a process added before its exec (`record --
+        // CMD`) would have the tables of the image it is about to replace
+        // built for nothing. Its first partial sample asks for them, or the
+        // caller does with `load_process`.
+        Ok(())
     }
 
     /// Waits until the next poll (the poll interval, or earlier when the
@@ -456,7 +546,35 @@ impl Sampler {
             };
             self.parsed += 1;
             let unix = |boot_ns: u64| clock.map_or(0, |c| c.to_unix_ns(boot_ns));
+            if let Some(loader) = &mut self.unwind {
+                match &event {
+                    raw::RawEvent::Sample(s)
+                        if s.flags.contains(SampleFlags::USER_UNKNOWN_MAPPING)
+                            || s.flags.contains(SampleFlags::USER_TABLE_MISSING) =>
+                    {
+                        loader.request(s.pid)
+                    }
+                    raw::RawEvent::Exec { pid, .. } | raw::RawEvent::Exit { pid, .. } => {
+                        loader.forget(*pid)
+                    }
+                    _ => {}
+                }
+            }
             out.push(match event {
+                raw::RawEvent::StackCopy(c) => {
+                    self.stack_copies.push(StackCopy {
+                        pid: c.pid,
+                        tid: c.tid,
+                        time_ns: unix(c.boot_time_ns),
+                        regs: Regs {
+                            ip: c.ip,
+                            sp: c.sp,
+                            bp: c.bp,
+                        },
+                        stack: c.stack,
+                    });
+                    continue;
+                }
                 raw::RawEvent::Sample(s) => SamplerEvent::Sample(RawSample {
                     pid: s.pid,
                     tid: s.tid,
@@ -496,6 +614,14 @@ impl Sampler {
                 }
             }
             None => tracing::warn!("the sampler object has no STATS map"),
+        }
+        if let Some(loader) = &self.unwind {
+            let l = loader.stats();
+            stats.unwind_tables = l.tables;
+            stats.unwind_table_bytes = l.table_bytes;
+            stats.unwind_tables_evicted = l.evicted;
+            stats.unwind_table_failures = l.failures;
+            stats.unwind_processes_loaded = l.processes_loaded;
         }
         stats
     }

@@ -10,13 +10,14 @@
 use std::mem::{offset_of, size_of};
 
 pub const MAX_KERNEL_FRAMES: usize = 127;
-pub const MAX_USER_FRAMES: usize = 127;
+pub const MAX_USER_FRAMES: usize = 512;
 pub const MAX_FRAMES: usize = MAX_KERNEL_FRAMES + MAX_USER_FRAMES;
 pub const COMM_LEN: usize = 16;
 
 pub const EVENT_SAMPLE: u32 = 1;
 pub const EVENT_EXEC: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;
+pub const EVENT_STACK_COPY: u32 = 4;
 
 pub const STAT_SAMPLES: u32 = 0;
 pub const STAT_RINGBUF_FULL: u32 = 1;
@@ -24,7 +25,17 @@ pub const STAT_USER_READ_FAULTS: u32 = 2;
 pub const STAT_USER_TRUNCATED: u32 = 3;
 pub const STAT_KERNEL_STACK_ERRORS: u32 = 4;
 pub const STAT_EVENTS_LOST: u32 = 5;
-pub const STAT_COUNT: u32 = 6;
+pub const STAT_USER_UNKNOWN_MAPPING: u32 = 6;
+pub const STAT_USER_NO_UNWIND_INFO: u32 = 7;
+pub const STAT_USER_TABLE_MISSING: u32 = 8;
+pub const STAT_TABLE_FRAMES: u32 = 9;
+pub const STAT_FP_FRAMES: u32 = 10;
+pub const STAT_STACK_COPIES_LOST: u32 = 11;
+pub const STAT_COUNT: u32 = 12;
+
+pub const MAX_TABLES: u32 = 4096;
+pub const MAX_MAPPINGS: usize = 256;
+pub const STACK_COPY_BYTES: usize = 65536;
 
 /// `struct smolder_event_header`
 #[repr(C)]
@@ -66,15 +77,52 @@ pub struct ExitEvent {
     pub event: EventHeader,
 }
 
-/// `struct smolder_unwind_state`, reserved for the .eh_frame walker.
+/// `struct smolder_unwind_table`: where a table's rows sit in `UNWIND_ROWS`.
 #[repr(C)]
-pub struct UnwindState {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindTableEntry {
+    pub row_start: u32,
+    pub row_count: u32,
+    pub generation: u32,
+    pub _pad: u32,
+    pub last_used_ns: u64,
+}
+
+// SAFETY: plain old data, every bit pattern valid, no padding.
+unsafe impl aya::Pod for UnwindTableEntry {}
+
+/// `struct smolder_mapping`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingEntry {
+    pub start: u64,
+    pub end: u64,
+    pub bias: u64,
+    pub table_id: u32,
+    pub generation: u32,
+}
+
+/// `struct smolder_proc_mappings`
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcMappings {
+    pub count: u32,
+    pub _pad: u32,
+    pub mappings: [MappingEntry; MAX_MAPPINGS],
+}
+
+// SAFETY: plain old data, every bit pattern valid, no padding.
+unsafe impl aya::Pod for ProcMappings {}
+
+/// `struct smolder_stack_copy` without its stack bytes (they follow).
+#[repr(C)]
+pub struct StackCopyHeader {
+    pub event: EventHeader,
+    pub tid: u32,
+    pub len: u32,
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
-    pub cfa: u64,
-    pub frames: u32,
-    pub flags: u32,
 }
 
 const _: () = assert!(size_of::<EventHeader>() == 16);
@@ -88,7 +136,12 @@ const _: () = assert!(offset_of!(SampleHeader, comm) == 32);
 const _: () = assert!(size_of::<Sample>() == 48 + 8 * MAX_FRAMES);
 const _: () = assert!(size_of::<ExecEvent>() == 32);
 const _: () = assert!(size_of::<ExitEvent>() == 16);
-const _: () = assert!(size_of::<UnwindState>() == 40);
+const _: () = assert!(size_of::<crate::unwind::UnwindRow>() == 16);
+const _: () = assert!(size_of::<UnwindTableEntry>() == 24);
+const _: () = assert!(size_of::<MappingEntry>() == 32);
+const _: () = assert!(size_of::<ProcMappings>() == 8 + 32 * MAX_MAPPINGS);
+const _: () = assert!(size_of::<StackCopyHeader>() == 48);
+const _: () = assert!(offset_of!(StackCopyHeader, len) == 20);
 
 /// Flags of one sample (`SMOLDER_SAMPLE_*` in `sampler.h`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -107,6 +160,17 @@ impl SampleFlags {
     pub const USER_READ_FAULT: SampleFlags = SampleFlags(1 << 3);
     /// `bpf_get_stack` failed: the kernel stack is missing.
     pub const KERNEL_STACK_ERROR: SampleFlags = SampleFlags(1 << 4);
+    /// A user PC lay in no mapping loaded for unwinding (a process or
+    /// library new to the sampler): the stack may be partial; the sampler
+    /// loads the process's tables.
+    pub const USER_UNKNOWN_MAPPING: SampleFlags = SampleFlags(1 << 5);
+    /// The user walk stopped at a PC without a usable unwind rule.
+    pub const USER_NO_UNWIND_INFO: SampleFlags = SampleFlags(1 << 6);
+    /// The user walk reached the outermost frame: the stack is complete.
+    pub const USER_COMPLETE: SampleFlags = SampleFlags(1 << 7);
+    /// A mapping's unwind table had been evicted: the stack may be
+    /// partial; the sampler reloads it.
+    pub const USER_TABLE_MISSING: SampleFlags = SampleFlags(1 << 8);
 
     pub const fn from_bits(bits: u32) -> SampleFlags {
         SampleFlags(bits)
@@ -142,6 +206,19 @@ pub enum RawEvent {
         pid: u32,
         time_ns: u64,
     },
+    StackCopy(ParsedStackCopy),
+}
+
+/// A debug copy of a sample's user stack (`EVENT_STACK_COPY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedStackCopy {
+    pub pid: u32,
+    pub tid: u32,
+    pub boot_time_ns: u64,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub stack: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +305,32 @@ pub fn parse_record(bytes: &[u8]) -> Result<RawEvent, ParseError> {
             Ok(RawEvent::Exec { pid, time_ns, comm })
         }
         EVENT_EXIT => Ok(RawEvent::Exit { pid, time_ns }),
+        EVENT_STACK_COPY => {
+            let need = size_of::<StackCopyHeader>();
+            let (Some(tid), Some(len), Some(ip), Some(sp), Some(bp)) = (
+                u32_at(bytes, offset_of!(StackCopyHeader, tid)),
+                u32_at(bytes, offset_of!(StackCopyHeader, len)),
+                u64_at(bytes, offset_of!(StackCopyHeader, ip)),
+                u64_at(bytes, offset_of!(StackCopyHeader, sp)),
+                u64_at(bytes, offset_of!(StackCopyHeader, bp)),
+            ) else {
+                return Err(short("stack copy", need));
+            };
+            let len = (len as usize).min(STACK_COPY_BYTES);
+            let stack = bytes
+                .get(need..need + len)
+                .ok_or(short("stack copy", need + len))?
+                .to_vec();
+            Ok(RawEvent::StackCopy(ParsedStackCopy {
+                pid,
+                tid,
+                boot_time_ns: time_ns,
+                ip,
+                sp,
+                bp,
+                stack,
+            }))
+        }
         other => Err(ParseError::UnknownKind(other)),
     }
 }

@@ -27,6 +27,26 @@ pub struct SamplerStats {
     pub events_parsed: u64,
     /// Records read from the ring buffer that failed to decode.
     pub events_malformed: u64,
+    /// Samples with a user PC in no loaded mapping (partial: the process
+    /// or library was new; its tables are then loaded).
+    pub user_unknown_mapping: u64,
+    /// Samples whose user walk stopped on a PC without a usable rule.
+    pub user_no_unwind_info: u64,
+    /// Samples that met an evicted table (partial; reloaded).
+    pub user_table_missing: u64,
+    /// User frames unwound with a table row, and with the frame pointer.
+    pub table_frames: u64,
+    pub fp_frames: u64,
+    /// Debug stack copies lost (ring buffer full).
+    pub stack_copies_lost: u64,
+    /// Unwind tables in the kernel's maps now, and the bytes of their rows.
+    pub unwind_tables: u64,
+    pub unwind_table_bytes: u64,
+    /// Tables evicted to stay under the memory cap, tables that could not
+    /// be built (frame pointers for those binaries), processes loaded.
+    pub unwind_tables_evicted: u64,
+    pub unwind_table_failures: u64,
+    pub unwind_processes_loaded: u64,
 }
 
 /// Reads the kernel-side counters from the `STATS` map.
@@ -51,5 +71,13 @@ pub(super) fn read_kernel(map: &Map, into: &mut SamplerStats) -> Result<(), MapE
     into.truncated = sum(raw::STAT_USER_TRUNCATED)?;
     into.kernel_stack_errors = sum(raw::STAT_KERNEL_STACK_ERRORS)?;
     into.events_lost = sum(raw::STAT_EVENTS_LOST)?;
+    if array.len() >= raw::STAT_COUNT {
+        into.user_unknown_mapping = sum(raw::STAT_USER_UNKNOWN_MAPPING)?;
+        into.user_no_unwind_info = sum(raw::STAT_USER_NO_UNWIND_INFO)?;
+        into.user_table_missing = sum(raw::STAT_USER_TABLE_MISSING)?;
+        into.table_frames = sum(raw::STAT_TABLE_FRAMES)?;
+        into.fp_frames = sum(raw::STAT_FP_FRAMES)?;
+        into.stack_copies_lost = sum(raw::STAT_STACK_COPIES_LOST)?;
+    }
     Ok(())
 }

@@ -1,0 +1,123 @@
+//! A program that profiles itself with `smolder::Profiler`: three threads
+//! burn CPU in three known functions (60/30/10 by work), part of it under a
+//! label, and the profile is written as OTLP and as a flamegraph.
+//!
+//! ```sh
+//! cargo run --release -p smolder --example inprocess -- --hz 999 --seconds 3 --out /tmp/prof
+//! ```
+//! It prints a JSON summary: which sampler ran, samples, the CPU time they
+//! stand for and the CPU time the three workers used.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+#[inline(never)]
+fn spin(n: u64) -> u64 {
+    let mut x = 0u64;
+    for i in 0..n {
+        x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+    }
+    x
+}
+
+#[inline(never)]
+fn work_alpha(n: u64) -> u64 {
+    spin(black_box(n))
+}
+
+#[inline(never)]
+fn work_beta(n: u64) -> u64 {
+    spin(black_box(n))
+}
+
+#[inline(never)]
+fn work_gamma(n: u64) -> u64 {
+    spin(black_box(n))
+}
+
+/// Burns CPU for `run_for`; returns the CPU time this thread used.
+fn worker(index: usize, run_for: Duration) -> u64 {
+    let start = Instant::now();
+    let mut acc = 0;
+    while start.elapsed() < run_for {
+        acc ^= work_alpha(600_000);
+        acc ^= if index == 1 {
+            smolder::with_labels(&[("endpoint", "/api")], || work_beta(300_000))
+        } else {
+            work_beta(300_000)
+        };
+        acc ^= work_gamma(100_000);
+    }
+    black_box(acc);
+    thread_cpu_ns()
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut hz = 99;
+    let mut seconds = 2.0;
+    let mut out = std::env::temp_dir();
+    let mut fallback = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--hz" => hz = args.next().ok_or("--hz N")?.parse()?,
+            "--seconds" => seconds = args.next().ok_or("--seconds S")?.parse()?,
+            "--out" => out = args.next().ok_or("--out DIR")?.into(),
+            "--fallback" => fallback = true,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    let run_for = Duration::from_secs_f64(seconds);
+    let guard = smolder::Profiler::builder()
+        .frequency_hz(hz)
+        .signal_fallback_only(fallback)
+        .stack_bytes(
+            std::env::var("STACK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(32768),
+        )
+        .ring_pages(
+            std::env::var("PAGES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(64),
+        )
+        .start()?;
+    let workers: Vec<_> = (1..=3)
+        .map(|i| {
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || worker(i, run_for))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut workload_cpu_ns = 0;
+    for w in workers {
+        workload_cpu_ns += w.join().map_err(|_| "a worker panicked")?;
+    }
+    let profile = guard.stop()?;
+    profile.write_otlp(out.join("profile.pb"))?;
+    profile.write_flamegraph(out.join("profile.svg"))?;
+    println!(
+        "{{\"sampler\":\"{:?}\",\"samples\":{},\"lost\":{},\"threads\":{},\"sampled_cpu_ns\":{},\"workload_cpu_ns\":{},\"profiler_cpu_ns\":{},\"unwind_failures\":{}}}",
+        profile.sampler,
+        profile.stats.samples,
+        profile.stats.lost,
+        profile.stats.threads,
+        profile.stats.sampled_cpu_ns,
+        workload_cpu_ns,
+        profile.stats.profiler_cpu_ns,
+        profile.stats.unwind_failures
+    );
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The agent's HTTP server (axum): `/` lists the processes of the latest
+//! interval by CPU share above the host-wide flamegraph (inlined, so the
+//! page needs nothing else), `/process/PID` shows one process's graph,
+//! `/flamegraph.svg` and `/process/PID/flamegraph.svg` serve the SVGs,
+//! `/metrics` the counters in Prometheus text format, `/healthz` whether
+//! intervals keep finishing.
+//!
+//! Owns only reading [`AgentState`]; it never touches the sampler.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::oneshot;
+
+use super::report::{prometheus_text, AgentState, IntervalReport};
+use super::AgentError;
+
+/// A running server; dropping `shutdown` (or sending on it) stops it.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Binds `addr` and serves in a task.
+    pub async fn start(addr: SocketAddr, state: Arc<AgentState>) -> Result<HttpServer, AgentError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Io {
+                action: format!("listening on http://{addr}"),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| AgentError::Io {
+            action: "reading the HTTP address".into(),
+            source,
+        })?;
+        let app = Router::new()
+            .route("/", get(index))
+            .route("/flamegraph.svg", get(host_svg))
+            .route("/process/{pid}", get(process_page))
+            .route("/process/{pid}/flamegraph.svg", get(process_svg))
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(healthz))
+            .with_state(state);
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stop.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!("HTTP server on {addr}: {e}");
+            }
+        });
+        Ok(HttpServer {
+            addr,
+            shutdown: Some(shutdown),
+            task,
+        })
+    }
+
+    /// Stops accepting and waits (briefly) for open requests.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if tokio::time::timeout(std::time::Duration::from_millis(500), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The SVG as an element to put in HTML: without its XML declaration and
+/// doctype.
+fn inline_svg(svg: &[u8]) -> String {
+    let text = String::from_utf8_lossy(svg);
+    match text.find("<svg") {
+        Some(start) => text[start..].to_owned(),
+        None => String::new(),
+    }
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;color:#222}\
+table{border-collapse:collapse;margin:1em 0}td,th{padding:.2em .8em;text-align:left;border-bottom:1px solid #ddd}\
+td.n{text-align:right;font-variant-numeric:tabular-nums}.bar{background:#e8623c;height:.8em;display:inline-block}\
+.graph{border:1px solid #ccc;margin-top:1em}.graph svg{display:block;width:100%;height:auto}.muted{color:#777}";
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n",
+        escape(title)
+    ))
+}
+
+fn interval_line(report: &IntervalReport) -> String {
+    let secs = report.start_unix_nano / 1_000_000_000;
+    format!(
+        "<p class=\"muted\">Latest interval: {:.1} s at {} Hz per CPU from unix time {secs}, {} samples, {} processes. Reload for the next one; <a href=\"/metrics\">/metrics</a>.</p>",
+        report.duration.as_secs_f64(),
+        report.frequency_hz,
+        report.samples,
+        report.processes.len()
+    )
+}
+
+async fn index(State(state): State<Arc<AgentState>>) -> Html<String> {
+    let Some(report) = state.latest() else {
+        return page(
+            "smolder agent",
+            "<h1>smolder agent</h1><p>No interval has finished yet: reload in a few seconds.</p>",
+        );
+    };
+    let mut body = String::from("<h1>smolder agent</h1>\n");
+    body.push_str(&interval_line(&report));
+    body.push_str("<table id=\"processes\"><tr><th>PID</th><th>process</th><th>service</th><th>samples</th><th>CPU (% of one core)</th><th></th></tr>\n");
+    let max = report.processes.first().map_or(1, |p| p.samples.max(1));
+    for p in &report.processes {
+        let _ = writeln!(
+            body,
+            "<tr><td class=\"n\">{pid}</td><td><a href=\"/process/{pid}\">{name}</a></td><td>{service}</td><td class=\"n\">{samples}</td><td class=\"n\">{cpu:.1}</td><td><span class=\"bar\" style=\"width:{width}px\"></span></td></tr>",
+            pid = p.pid,
+            name = escape(&p.name),
+            service = escape(p.service_name.as_deref().unwrap_or("")),
+            samples = p.samples,
+            cpu = p.cpu_percent,
+            width = (p.samples * 200 / max).max(1),
+        );
+    }
+    body.push_str("</table>\n<h2>Every process</h2>\n");
+    match &report.host_svg {
+        Some(svg) => {
+            body.push_str("<div class=\"graph\" id=\"host-flamegraph\">");
+            body.push_str(&inline_svg(svg));
+            body.push_str("</div>");
+        }
+        None => body.push_str("<p>No samples in this interval.</p>"),
+    }
+    page("smolder agent", &body)
+}
+
+async fn process_page(State(state): State<Arc<AgentState>>, Path(pid): Path<i64>) -> Response {
+    let Some(report) = state.latest() else {
+        return (StatusCode::NOT_FOUND, "no interval yet\n").into_response();
+    };
+    let Some(process) = report.processes.iter().find(|p| p.pid == pid) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("process {pid} is not in the latest interval\n"),
+        )
+            .into_response();
+    };
+    let Some(svg) = report.render(Some(pid)) else {
+        return (StatusCode::NOT_FOUND, "no samples\n").into_response();
+    };
+    let title = format!("{} [{pid}]", process.name);
+    let body = format!(
+        "<h1>{}</h1><p><a href=\"/\">all processes</a></p>{}<p>{:.1}% of one core, {} samples.</p><div class=\"graph\" id=\"process-flamegraph\">{}</div>",
+        escape(&title),
+        interval_line(&report),
+        process.cpu_percent,
+        process.samples,
+        inline_svg(&svg)
+    );
+    page(&title, &body).into_response()
+}
+
+fn svg_response(svg: Option<Vec<u8>>) -> Response {
+    match svg {
+        Some(svg) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+        None => (StatusCode::NOT_FOUND, "no flamegraph yet\n").into_response(),
+    }
+}
+
+async fn host_svg(State(state): State<Arc<AgentState>>) -> Response {
+    svg_response(state.latest().and_then(|r| r.host_svg.clone()))
+}
+
+async fn process_svg(State(state): State<Arc<AgentState>>, Path(pid): Path<i64>) -> Response {
+    svg_response(state.latest().and_then(|r| r.render(Some(pid))))
+}
+
+async fn metrics(State(state): State<Arc<AgentState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        prometheus_text(&state.counters()),
+    )
+        .into_response()
+}
+
+async fn healthz(State(state): State<Arc<AgentState>>) -> Response {
+    if state.healthy() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no interval finished recently\n",
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,628 @@
+//! The node agent: samples the whole host (or the processes a filter
+//! selects) with the eBPF sampler, and every interval turns what it saw
+//! into one OTLP `ProfilesData` with a resource per process, which goes to
+//! the OTLP exporter, the local store and the HTTP page.
+//!
+//! Owns the sampling loop, its configuration (file, environment, flags),
+//! the cgroup/name filters, `service.name` per process, reloads and the
+//! bounded shutdown. Signals and the command line are the CLI's business:
+//! they arrive here as [`Control`] messages.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), smolder::agent::AgentError> {
+//! use smolder::agent::{run, AgentConfig, Control};
+//!
+//! let (control, rx) = tokio::sync::mpsc::unbounded_channel();
+//! let config = AgentConfig { http: Some("127.0.0.1:7070".parse().unwrap()), ..AgentConfig::default() };
+//! tokio::spawn(async move {
+//!     tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+//!     let _ = control.send(Control::Stop);
+//! });
+//! let summary = run(config, rx, None).await?; // inside a multi-threaded runtime
+//! println!("{} intervals", summary.intervals);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod config;
+pub mod filter;
+pub mod http;
+pub mod local;
+pub mod privileges;
+pub mod report;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use smolder_profiles_proto::otlp::common::v1::any_value::Value;
+use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
+use smolder_profiles_proto::ProfileConfig;
+use smolder_symbolizer::{Source, Symbolizer};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::exporter::{Exporter, ExporterConfig, ExporterError, ExporterStats, ResourceAttributes};
+use crate::pipeline::{Aggregator, AggregatorStats, StackSample};
+use crate::sampler::{Sampler, SamplerConfig, SamplerError, SamplerEvent, SamplerStats};
+
+pub use config::{AgentConfig, ExporterSettings, FilterConfig, Retention};
+pub use filter::ProcessSelector;
+pub use privileges::drop_capabilities;
+pub use report::{AgentState, Counters, IntervalReport};
+
+/// SIGTERM to exit: the agent is gone within this long.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid agent configuration: {0}")]
+    Config(String),
+    #[error("{action}")]
+    Io {
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the eBPF sampler")]
+    Sampler(#[from] SamplerError),
+    #[error("cannot set up the OTLP exporter")]
+    Exporter(#[source] ExporterError),
+    #[error("dropping capabilities: {0}")]
+    Privileges(String),
+}
+
+/// What the CLI (signals) tells a running agent.
+#[derive(Debug)]
+pub enum Control {
+    /// SIGHUP: apply this configuration (re-read by the caller).
+    Reload(Box<AgentConfig>),
+    /// SIGTERM or SIGINT: stop sampling, flush, return.
+    Stop,
+}
+
+/// Where a started agent can be reached; sent once everything runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Started {
+    pub http: Option<SocketAddr>,
+    pub exporter_endpoint: Option<String>,
+}
+
+/// What a finished run did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AgentSummary {
+    pub intervals: u64,
+    pub counters: Counters,
+    pub exporter: Option<ExporterStats>,
+}
+
+fn now_unix_nano() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+/// Runs CPU-bound work without stalling the runtime's other tasks (the
+/// HTTP server, the exporter) when the runtime has threads to spare.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+fn add_sampler_stats(a: &SamplerStats, b: &SamplerStats) -> SamplerStats {
+    SamplerStats {
+        samples: a.samples + b.samples,
+        lost: a.lost + b.lost,
+        events_lost: a.events_lost + b.events_lost,
+        user_read_faults: a.user_read_faults + b.user_read_faults,
+        truncated: a.truncated + b.truncated,
+        kernel_stack_errors: a.kernel_stack_errors + b.kernel_stack_errors,
+        user_no_unwind_info: a.user_no_unwind_info + b.user_no_unwind_info,
+        // A gauge: the current sampler's.
+        unwind_tables: b.unwind_tables,
+        ..SamplerStats::default()
+    }
+}
+
+fn add_aggregator_stats(a: &AggregatorStats, b: &AggregatorStats) -> AggregatorStats {
+    AggregatorStats {
+        samples: a.samples + b.samples,
+        unmapped_frames: a.unmapped_frames + b.unmapped_frames,
+        maps_unreadable: a.maps_unreadable + b.maps_unreadable,
+        objects_unopenable: a.objects_unopenable + b.objects_unopenable,
+        unsymbolized_frames: a.unsymbolized_frames + b.unsymbolized_frames,
+    }
+}
+
+fn add_exporter_stats(a: &ExporterStats, b: &ExporterStats) -> ExporterStats {
+    ExporterStats {
+        exported_batches: a.exported_batches + b.exported_batches,
+        failed_batches: a.failed_batches + b.failed_batches,
+        failed_attempts: a.failed_attempts + b.failed_attempts,
+        retries: a.retries + b.retries,
+        dropped_batches: a.dropped_batches + b.dropped_batches,
+        dropped_bytes: a.dropped_bytes + b.dropped_bytes,
+        rejected_profiles: a.rejected_profiles + b.rejected_profiles,
+        queue_bytes: b.queue_bytes,
+        queue_limit_bytes: b.queue_limit_bytes,
+    }
+}
+
+/// The sampling loop's state.
+struct Running {
+    config: AgentConfig,
+    exporter_config: Option<ExporterConfig>,
+    resource: ResourceAttributes,
+    state: Arc<AgentState>,
+    symbolizer: Arc<Symbolizer>,
+    sampler: Option<Sampler>,
+    aggregator: Aggregator,
+    selector: ProcessSelector,
+    exporter: Option<Exporter>,
+    store: Option<local::LocalStore>,
+    interval_start: Instant,
+    interval_start_unix: u64,
+    intervals: u64,
+    samples_kept: u64,
+    local_write_errors: u64,
+    sampler_base: SamplerStats,
+    aggregator_base: AggregatorStats,
+    /// Stats of exporters replaced by a reload, added when they finish.
+    exporter_base: Arc<Mutex<ExporterStats>>,
+}
+
+fn start_sampler(config: &AgentConfig) -> Result<Sampler, AgentError> {
+    // The kernel's PID filter is exact only when PIDs are the only filter;
+    // cgroup and name filters need every sample in user space.
+    let pid_filter = (!config.filter.pids.is_empty()
+        && config.filter.cgroups.is_empty()
+        && config.filter.executables.is_empty())
+    .then(|| config.filter.pids.clone());
+    Ok(Sampler::start(SamplerConfig {
+        frequency_hz: config.frequency_hz,
+        pid_filter,
+        ..SamplerConfig::default()
+    })?)
+}
+
+fn start_exporter(config: Option<&ExporterConfig>) -> Result<Option<Exporter>, AgentError> {
+    config
+        .map(|c| Exporter::start(c.clone()).map_err(AgentError::Exporter))
+        .transpose()
+}
+
+fn open_store(config: &AgentConfig) -> Result<Option<local::LocalStore>, AgentError> {
+    config
+        .output_dir
+        .as_deref()
+        .map(|dir| local::LocalStore::open(dir, config.retention))
+        .transpose()
+}
+
+impl Running {
+    fn feed(&mut self, events: Vec<SamplerEvent>) {
+        for event in events {
+            match event {
+                SamplerEvent::Sample(s) => {
+                    if !self.selector.facts(s.pid, &s.comm).keep {
+                        continue;
+                    }
+                    self.samples_kept += 1;
+                    self.aggregator.add(&StackSample {
+                        pid: s.pid,
+                        tid: s.tid,
+                        cpu: s.cpu,
+                        time_unix_nano: s.time_ns,
+                        thread_name: &s.comm,
+                        kernel: &s.kernel_stack,
+                        user: &s.user_stack,
+                        labels: &[],
+                    });
+                }
+                SamplerEvent::Exec { pid, .. } => {
+                    self.aggregator.on_exec(pid);
+                    self.selector.forget(pid);
+                }
+                SamplerEvent::Exit { pid, .. } => self.aggregator.on_exit(pid),
+            }
+        }
+    }
+
+    /// `service.name` from each process's own `OTEL_SERVICE_NAME`.
+    fn name_services(&self, data: &mut ProfilesData) {
+        for rp in &mut data.resource_profiles {
+            let Some(resource) = rp.resource.as_mut() else {
+                continue;
+            };
+            let pid = resource.attributes.iter().find_map(|kv| {
+                match (
+                    kv.key.as_str(),
+                    kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                ) {
+                    ("process.pid", Some(Value::IntValue(pid))) => u32::try_from(*pid).ok(),
+                    _ => None,
+                }
+            });
+            if let Some(name) = pid.and_then(|pid| self.selector.service_name(pid)) {
+                if !resource
+                    .attributes
+                    .iter()
+                    .any(|kv| kv.key == "service.name")
+                {
+                    resource.attributes.push(smolder_profiles_proto::key_value(
+                        "service.name",
+                        smolder_profiles_proto::string_value(name),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Ends the current interval: symbolize, label, hand to every sink.
+    /// With `within`, an interval that takes longer to symbolize is
+    /// dropped (the shutdown has a deadline).
+    async fn finish_interval(&mut self, within: Option<Duration>) {
+        // The next interval starts where this one ends: samples that arrive
+        // while this one is symbolized belong to the next.
+        let now = Instant::now();
+        let now_unix = now_unix_nano();
+        let duration = now - self.interval_start;
+        let profile_config = ProfileConfig::cpu(
+            self.config.frequency_hz,
+            self.interval_start_unix,
+            duration.as_nanos() as u64,
+        );
+        let mut data = match within {
+            None => {
+                let (aggregator, symbolizer) = (&mut self.aggregator, &self.symbolizer);
+                blocking(|| aggregator.finish(symbolizer, profile_config))
+            }
+            Some(limit) => {
+                let mut aggregator = std::mem::take(&mut self.aggregator);
+                let symbolizer = Arc::clone(&self.symbolizer);
+                let work = tokio::task::spawn_blocking(move || {
+                    let data = aggregator.finish(&symbolizer, profile_config);
+                    (aggregator, data)
+                });
+                match tokio::time::timeout(limit, work).await {
+                    Ok(Ok((aggregator, data))) => {
+                        self.aggregator = aggregator;
+                        data
+                    }
+                    _ => {
+                        tracing::warn!(
+                            "the last interval was not symbolized within {limit:?}: dropped"
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        let start_unix = self.interval_start_unix;
+        self.interval_start = now;
+        self.interval_start_unix = now_unix;
+        self.intervals += 1;
+
+        self.name_services(&mut data);
+        self.resource.apply(&mut data);
+        let report =
+            blocking(|| IntervalReport::new(data, start_unix, duration, self.config.frequency_hz));
+        if let Some(exporter) = &self.exporter {
+            if report.samples > 0 {
+                exporter.export(report.data.clone());
+            }
+        }
+        if let Some(store) = &self.store {
+            let title = format!(
+                "smolder agent: every process, {:.1}s at {} Hz",
+                duration.as_secs_f64(),
+                self.config.frequency_hz
+            );
+            match blocking(|| store.store(&report.data, start_unix / 1_000_000, &title)) {
+                Ok(stored) => tracing::debug!("wrote {}", stored.otlp.display()),
+                Err(e) => {
+                    self.local_write_errors += 1;
+                    tracing::warn!("keeping the interval in {}: {e}", store.dir().display());
+                }
+            }
+        }
+        tracing::info!(
+            "interval {}: {:.1}s, {} samples, {} processes",
+            self.intervals,
+            duration.as_secs_f64(),
+            report.samples,
+            report.processes.len()
+        );
+        let processes = report.processes.len() as u64;
+        self.state.set_latest(report);
+
+        self.selector
+            .retain(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        // Opened binaries stay open until the aggregator goes: start afresh
+        // now and then, so that a long-running agent holds no stale files.
+        let reset = u64::from(self.config.aggregator_reset_intervals.max(1));
+        if self.intervals.is_multiple_of(reset) {
+            self.aggregator_base =
+                add_aggregator_stats(&self.aggregator_base, &self.aggregator.stats());
+            self.aggregator = Aggregator::new();
+        }
+        self.publish_counters(processes);
+    }
+
+    fn counters(&self, processes: u64) -> Counters {
+        let sampler = add_sampler_stats(
+            &self.sampler_base,
+            &self
+                .sampler
+                .as_ref()
+                .map(Sampler::stats)
+                .unwrap_or_default(),
+        );
+        let aggregator = add_aggregator_stats(&self.aggregator_base, &self.aggregator.stats());
+        let exporter = self.exporter.as_ref().map(|e| {
+            let base = *self
+                .exporter_base
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            add_exporter_stats(&base, &e.stats())
+        });
+        Counters {
+            samples: sampler.samples,
+            samples_kept: self.samples_kept,
+            samples_lost: sampler.lost,
+            events_lost: sampler.events_lost,
+            unwind_failures: sampler.user_read_faults
+                + sampler.truncated
+                + sampler.kernel_stack_errors
+                + sampler.user_no_unwind_info,
+            unsymbolized_frames: aggregator.unsymbolized_frames,
+            symbolization_errors: self.symbolizer.stats().errors(),
+            objects_unopenable: aggregator.objects_unopenable,
+            intervals: self.intervals,
+            local_write_errors: self.local_write_errors,
+            unwind_tables_loaded: sampler.unwind_tables,
+            processes,
+            exporter,
+        }
+    }
+
+    fn publish_counters(&self, processes: u64) {
+        self.state.set_counters(self.counters(processes));
+    }
+
+    /// Stops reading samples. The sampler is dropped on a thread of its
+    /// own: dropping it waits for its unwind-table loader, which may be busy
+    /// for a while, and the shutdown has a deadline (the kernel detaches the
+    /// program at the latest when the process exits).
+    fn stop_sampler(&mut self) {
+        if let Some(sampler) = self.sampler.take() {
+            self.sampler_base = add_sampler_stats(&self.sampler_base, &sampler.stats());
+            // Should the thread not start, the closure, sampler and all, is
+            // dropped right here instead.
+            let _ = std::thread::Builder::new()
+                .name("sampler-drop".into())
+                .spawn(move || drop(sampler));
+        }
+    }
+
+    /// Applies a new configuration between two intervals.
+    async fn reload(&mut self, new: AgentConfig) -> Result<(), AgentError> {
+        new.validate()?;
+        let exporter_config = new.exporter_config(env)?;
+        // Fail before changing anything.
+        let new_store =
+            if new.output_dir != self.config.output_dir || new.retention != self.config.retention {
+                Some(open_store(&new)?)
+            } else {
+                None
+            };
+        if let Some(events) = self.drain().await {
+            self.feed(events);
+        }
+        self.finish_interval(None).await;
+        if new.frequency_hz != self.config.frequency_hz || new.filter != self.config.filter {
+            self.stop_sampler();
+            match start_sampler(&new) {
+                Ok(sampler) => self.sampler = Some(sampler),
+                Err(e) => {
+                    tracing::error!(
+                        "the new sampler settings did not start ({e}); keeping the old ones"
+                    );
+                    self.sampler = Some(start_sampler(&self.config)?);
+                    return Err(e);
+                }
+            }
+            // The aggregator's profile config follows the new frequency.
+            self.aggregator_base =
+                add_aggregator_stats(&self.aggregator_base, &self.aggregator.stats());
+            self.aggregator = Aggregator::new();
+        }
+        self.selector = ProcessSelector::new(new.filter.clone());
+        if exporter_config != self.exporter_config {
+            let replacement = start_exporter(exporter_config.as_ref())?;
+            if let Some(old) = std::mem::replace(&mut self.exporter, replacement) {
+                let base = Arc::clone(&self.exporter_base);
+                tokio::spawn(async move {
+                    let stats = old.shutdown(SHUTDOWN_BUDGET).await;
+                    let mut base = base.lock().unwrap_or_else(PoisonError::into_inner);
+                    *base = add_exporter_stats(&base, &stats);
+                });
+            }
+            self.exporter_config = exporter_config;
+        }
+        if let Some(store) = new_store {
+            self.store = store;
+        }
+        if new.http != self.config.http || new.http_allow_remote != self.config.http_allow_remote {
+            tracing::warn!("the HTTP address is not changed by a reload: restart the agent");
+        }
+        self.resource = new.resource(env);
+        self.state.set_interval(new.interval);
+        self.config = new;
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Whatever the ring buffer holds now (waits at most one poll interval).
+    async fn drain(&mut self) -> Option<Vec<SamplerEvent>> {
+        let sampler = self.sampler.as_mut()?;
+        match tokio::time::timeout(Duration::from_millis(200), sampler.next_events()).await {
+            Ok(Ok(events)) => Some(events),
+            Ok(Err(e)) => {
+                tracing::warn!("reading the last samples: {e}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// Runs the agent until [`Control::Stop`] (or the control channel closes);
+/// returns within [`SHUTDOWN_BUDGET`] of it, having flushed the last
+/// interval. `started` learns the HTTP address once everything runs.
+///
+/// Must run inside a tokio runtime with I/O and timers; a multi-threaded
+/// one keeps the page and the exporter responsive while an interval is
+/// symbolized.
+pub async fn run(
+    config: AgentConfig,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    started: Option<oneshot::Sender<Started>>,
+) -> Result<AgentSummary, AgentError> {
+    config.validate()?;
+    let exporter_config = config.exporter_config(env)?;
+    let state = Arc::new(AgentState::new(config.interval));
+    let symbolizer = Arc::new(
+        Symbolizer::builder()
+            .cache_bytes(config.symbol_cache_bytes)
+            .build(),
+    );
+    // kallsyms is slow to read: before the sampler, or samples pile up.
+    let _ = symbolizer.symbolize(&Source::Kernel, &[0]);
+    let http = match config.http {
+        Some(addr) => Some(http::HttpServer::start(addr, Arc::clone(&state)).await?),
+        None => None,
+    };
+    let exporter = start_exporter(exporter_config.as_ref())?;
+    let store = open_store(&config)?;
+    let sampler = start_sampler(&config)?;
+    let mut running = Running {
+        resource: config.resource(env),
+        selector: ProcessSelector::new(config.filter.clone()),
+        exporter_config,
+        state: Arc::clone(&state),
+        symbolizer,
+        sampler: Some(sampler),
+        aggregator: Aggregator::new(),
+        exporter,
+        store,
+        interval_start: Instant::now(),
+        interval_start_unix: now_unix_nano(),
+        intervals: 0,
+        samples_kept: 0,
+        local_write_errors: 0,
+        sampler_base: SamplerStats::default(),
+        aggregator_base: AggregatorStats::default(),
+        exporter_base: Arc::new(Mutex::new(ExporterStats::default())),
+        config,
+    };
+    running.publish_counters(0);
+    tracing::info!(
+        "sampling {} at {} Hz, one profile every {:.1?}; {}{}{}",
+        if running.config.filter.is_empty() {
+            "every process"
+        } else {
+            "the selected processes"
+        },
+        running.config.frequency_hz,
+        running.config.interval,
+        running
+            .exporter
+            .as_ref()
+            .map_or("no OTLP endpoint".to_owned(), |e| format!(
+                "exporting to {}",
+                e.endpoint()
+            )),
+        running.store.as_ref().map_or(String::new(), |s| format!(
+            ", keeping intervals in {}",
+            s.dir().display()
+        )),
+        http.as_ref()
+            .map_or(String::new(), |h| format!(", page on http://{}", h.addr)),
+    );
+    if let Some(tx) = started {
+        let _ = tx.send(Started {
+            http: http.as_ref().map(|h| h.addr),
+            exporter_endpoint: running.exporter.as_ref().map(|e| e.endpoint().to_owned()),
+        });
+    }
+
+    let mut deadline = tokio::time::Instant::now() + running.config.interval;
+    while let Some(sampler) = running.sampler.as_mut() {
+        tokio::select! {
+            events = sampler.next_events() => match events {
+                Ok(events) => running.feed(events),
+                Err(e) => {
+                    tracing::error!("reading samples: {e}");
+                    break;
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                running.finish_interval(None).await;
+                deadline = tokio::time::Instant::now() + running.config.interval;
+            }
+            message = control.recv() => match message {
+                None | Some(Control::Stop) => break,
+                Some(Control::Reload(new)) => {
+                    if let Err(e) = running.reload(*new).await {
+                        tracing::error!("reload failed, the previous settings stay: {e}");
+                    }
+                    deadline = tokio::time::Instant::now() + running.config.interval;
+                }
+            },
+        }
+    }
+
+    // Stop: the last samples, the last interval, the flush; all within budget.
+    let stop_started = Instant::now();
+    if let Some(events) = running.drain().await {
+        running.feed(events);
+    }
+    running.stop_sampler();
+    // Leave time for the flush: symbolizing the last interval gets 3 of the 5 s.
+    running
+        .finish_interval(Some(
+            (SHUTDOWN_BUDGET - Duration::from_secs(2)).saturating_sub(stop_started.elapsed()),
+        ))
+        .await;
+    let exporter = match running.exporter.take() {
+        Some(exporter) => {
+            let left = SHUTDOWN_BUDGET
+                .saturating_sub(stop_started.elapsed())
+                .saturating_sub(Duration::from_millis(700));
+            let stats = exporter.shutdown(left).await;
+            let base = *running
+                .exporter_base
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Some(add_exporter_stats(&base, &stats))
+        }
+        None => None,
+    };
+    let mut counters = state.counters();
+    counters.exporter = exporter;
+    state.set_counters(counters);
+    if let Some(http) = http {
+        http.stop().await;
+    }
+    Ok(AgentSummary {
+        intervals: running.intervals,
+        counters,
+        exporter,
+    })
+}

@@ -1,0 +1,429 @@
+//! What the agent shows of itself: the latest interval (its profile, the
+//! processes by CPU share, the host-wide flamegraph) and the counters of
+//! `/metrics`, shared between the sampling loop (writer) and the HTTP
+//! server (reader).
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use smolder_flamegraph::{render, FlamegraphOptions};
+use smolder_profiles_proto::otlp::common::v1::any_value::Value;
+use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
+use smolder_profiles_proto::sample_weight;
+
+use crate::exporter::ExporterStats;
+
+/// One process of an interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessShare {
+    pub pid: i64,
+    pub name: String,
+    pub service_name: Option<String>,
+    pub samples: i64,
+    /// Share of one CPU over the interval, in percent.
+    pub cpu_percent: f64,
+    /// Index of its `ResourceProfiles`.
+    pub resource: usize,
+}
+
+/// The latest finished interval.
+pub struct IntervalReport {
+    pub data: ProfilesData,
+    pub start_unix_nano: u64,
+    pub duration: Duration,
+    pub frequency_hz: u64,
+    /// Busiest first.
+    pub processes: Vec<ProcessShare>,
+    pub samples: i64,
+    /// The host-wide flamegraph (a root per process); `None` without samples.
+    pub host_svg: Option<Vec<u8>>,
+}
+
+fn attribute<'a>(
+    attrs: &'a [smolder_profiles_proto::otlp::common::v1::KeyValue],
+    key: &str,
+) -> Option<&'a Value> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+impl IntervalReport {
+    pub fn new(
+        data: ProfilesData,
+        start_unix_nano: u64,
+        duration: Duration,
+        frequency_hz: u64,
+    ) -> IntervalReport {
+        let seconds = duration.as_secs_f64().max(1e-3);
+        let mut processes: Vec<ProcessShare> = data
+            .resource_profiles
+            .iter()
+            .enumerate()
+            .map(|(index, rp)| {
+                let attrs = rp
+                    .resource
+                    .as_ref()
+                    .map(|r| r.attributes.as_slice())
+                    .unwrap_or_default();
+                let samples: i64 = rp
+                    .scope_profiles
+                    .iter()
+                    .flat_map(|sp| &sp.profiles)
+                    .flat_map(|p| &p.samples)
+                    .map(sample_weight)
+                    .sum();
+                ProcessShare {
+                    pid: match attribute(attrs, "process.pid") {
+                        Some(Value::IntValue(pid)) => *pid,
+                        _ => 0,
+                    },
+                    name: match attribute(attrs, "process.executable.name") {
+                        Some(Value::StringValue(name)) => name.clone(),
+                        _ => "?".to_owned(),
+                    },
+                    service_name: match attribute(attrs, "service.name") {
+                        Some(Value::StringValue(name)) => Some(name.clone()),
+                        _ => None,
+                    },
+                    samples,
+                    cpu_percent: 100.0 * samples as f64 / (frequency_hz as f64 * seconds),
+                    resource: index,
+                }
+            })
+            .collect();
+        processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
+        let samples = processes.iter().map(|p| p.samples).sum();
+        let mut report = IntervalReport {
+            data,
+            start_unix_nano,
+            duration,
+            frequency_hz,
+            processes,
+            samples,
+            host_svg: None,
+        };
+        report.host_svg = report.render(None);
+        report
+    }
+
+    /// The flamegraph of the whole host (`None`) or of one process.
+    pub fn render(&self, pid: Option<i64>) -> Option<Vec<u8>> {
+        let mut options = FlamegraphOptions {
+            title: format!(
+                "{} over {:.1}s at {} Hz",
+                match pid {
+                    None => "every process".to_owned(),
+                    Some(pid) => {
+                        let name = self
+                            .processes
+                            .iter()
+                            .find(|p| p.pid == pid)
+                            .map_or("?", |p| p.name.as_str());
+                        format!("{name} [{pid}]")
+                    }
+                },
+                self.duration.as_secs_f64(),
+                self.frequency_hz
+            ),
+            ..FlamegraphOptions::default()
+        };
+        let mut svg = Vec::new();
+        let drawn = match pid {
+            None => {
+                options.process_roots = true;
+                render(&self.data, &options, &mut svg)
+            }
+            Some(pid) => {
+                let process = self.processes.iter().find(|p| p.pid == pid)?;
+                let one = ProfilesData {
+                    resource_profiles: vec![self.data.resource_profiles[process.resource].clone()],
+                    dictionary: self.data.dictionary.clone(),
+                };
+                options.thread_roots = true;
+                render(&one, &options, &mut svg)
+            }
+        };
+        drawn.ok().map(|_| svg)
+    }
+}
+
+/// Everything `/metrics` reports, as totals since the agent started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Samples the kernel program took (after its PID filter).
+    pub samples: u64,
+    /// Samples that passed the cgroup and name filters into profiles.
+    pub samples_kept: u64,
+    /// Samples lost to a full ring buffer.
+    pub samples_lost: u64,
+    /// Exec/exit records lost to a full ring buffer.
+    pub events_lost: u64,
+    /// Stack walks that stopped early or failed (user read faults, frame
+    /// limit, kernel stack errors).
+    pub unwind_failures: u64,
+    /// Frames that got no function name.
+    pub unsymbolized_frames: u64,
+    /// Errors the symbolizer counted (unreadable files, corrupt ELF or DWARF).
+    pub symbolization_errors: u64,
+    /// Binaries that could not be opened (gone, too large, outside the root).
+    pub objects_unopenable: u64,
+    /// Intervals finished.
+    pub intervals: u64,
+    /// Intervals that could not be written to the output directory.
+    pub local_write_errors: u64,
+    /// Unwind tables loaded into the kernel (0 until `.eh_frame` unwinding lands).
+    pub unwind_tables_loaded: u64,
+    /// Processes in the latest interval.
+    pub processes: u64,
+    pub exporter: Option<ExporterStats>,
+}
+
+/// The state the HTTP server reads.
+pub struct AgentState {
+    latest: RwLock<Option<Arc<IntervalReport>>>,
+    counters: Mutex<Counters>,
+    last_interval_at: Mutex<Instant>,
+    /// The interval length now (for `/healthz`).
+    interval: Mutex<Duration>,
+}
+
+impl AgentState {
+    pub fn new(interval: Duration) -> AgentState {
+        AgentState {
+            latest: RwLock::new(None),
+            counters: Mutex::new(Counters::default()),
+            last_interval_at: Mutex::new(Instant::now()),
+            interval: Mutex::new(interval),
+        }
+    }
+
+    pub fn latest(&self) -> Option<Arc<IntervalReport>> {
+        self.latest
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_latest(&self, report: IntervalReport) {
+        *self.latest.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(report));
+        *self
+            .last_interval_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    pub fn counters(&self) -> Counters {
+        *self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn set_counters(&self, counters: Counters) {
+        *self.counters.lock().unwrap_or_else(PoisonError::into_inner) = counters;
+    }
+
+    pub fn set_interval(&self, interval: Duration) {
+        *self.interval.lock().unwrap_or_else(PoisonError::into_inner) = interval;
+    }
+
+    /// Healthy while intervals keep finishing: the last one ended less
+    /// than three intervals ago.
+    pub fn healthy(&self) -> bool {
+        let interval = *self.interval.lock().unwrap_or_else(PoisonError::into_inner);
+        self.last_interval_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+            < interval * 3 + Duration::from_secs(1)
+    }
+}
+
+/// The counters in the Prometheus text exposition format (0.0.4).
+pub fn prometheus_text(c: &Counters) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in samples {
+            out.push_str(&format!("{name}{labels} {value}\n"));
+        }
+    };
+    family(
+        "smolder_samples_total",
+        "counter",
+        "Samples taken by the eBPF program (after the in-kernel PID filter).",
+        &[("", c.samples)],
+    );
+    family(
+        "smolder_samples_kept_total",
+        "counter",
+        "Samples that passed the cgroup and executable filters into profiles.",
+        &[("", c.samples_kept)],
+    );
+    family(
+        "smolder_samples_lost_total",
+        "counter",
+        "Samples lost because the ring buffer was full.",
+        &[("", c.samples_lost)],
+    );
+    family(
+        "smolder_events_lost_total",
+        "counter",
+        "Process exec/exit records lost because the ring buffer was full.",
+        &[("", c.events_lost)],
+    );
+    family(
+        "smolder_unwind_failures_total",
+        "counter",
+        "Stack walks that faulted, hit the frame limit, or lost the kernel stack.",
+        &[("", c.unwind_failures)],
+    );
+    family(
+        "smolder_unsymbolized_frames_total",
+        "counter",
+        "Frames that got no function name.",
+        &[("", c.unsymbolized_frames)],
+    );
+    family(
+        "smolder_symbolization_errors_total",
+        "counter",
+        "Errors while symbolizing: unreadable files, corrupt ELF or DWARF.",
+        &[("", c.symbolization_errors)],
+    );
+    family(
+        "smolder_objects_unopenable_total",
+        "counter",
+        "Binaries that could not be opened (gone, too large, or outside the process's root).",
+        &[("", c.objects_unopenable)],
+    );
+    family(
+        "smolder_intervals_total",
+        "counter",
+        "Profiling intervals finished.",
+        &[("", c.intervals)],
+    );
+    family(
+        "smolder_local_write_errors_total",
+        "counter",
+        "Intervals that could not be written to the output directory.",
+        &[("", c.local_write_errors)],
+    );
+    family(
+        "smolder_unwind_tables_loaded",
+        "gauge",
+        "Unwind tables loaded into the kernel for frame-pointer-less code.",
+        &[("", c.unwind_tables_loaded)],
+    );
+    family(
+        "smolder_processes",
+        "gauge",
+        "Processes in the latest interval.",
+        &[("", c.processes)],
+    );
+    let e = c.exporter.unwrap_or_default();
+    family(
+        "smolder_exporter_enabled",
+        "gauge",
+        "1 when profiles are exported over OTLP/gRPC.",
+        &[("", u64::from(c.exporter.is_some()))],
+    );
+    family(
+        "smolder_exports_total",
+        "counter",
+        "Export requests by outcome: accepted, or dropped after a permanent error.",
+        &[
+            ("{result=\"success\"}", e.exported_batches),
+            ("{result=\"failure\"}", e.failed_batches),
+        ],
+    );
+    family(
+        "smolder_export_failed_attempts_total",
+        "counter",
+        "Export attempts that failed, retried or not.",
+        &[("", e.failed_attempts)],
+    );
+    family(
+        "smolder_export_retries_total",
+        "counter",
+        "Export attempts after the first of a batch.",
+        &[("", e.retries)],
+    );
+    family(
+        "smolder_export_dropped_batches_total",
+        "counter",
+        "Batches dropped because the export queue was full.",
+        &[("", e.dropped_batches)],
+    );
+    family(
+        "smolder_export_dropped_bytes_total",
+        "counter",
+        "Bytes of the batches dropped because the export queue was full.",
+        &[("", e.dropped_bytes)],
+    );
+    family(
+        "smolder_export_rejected_profiles_total",
+        "counter",
+        "Profiles the collector rejected in a partial success.",
+        &[("", e.rejected_profiles)],
+    );
+    family(
+        "smolder_export_queue_bytes",
+        "gauge",
+        "Bytes waiting in the export queue, the batch being sent included.",
+        &[("", e.queue_bytes)],
+    );
+    family(
+        "smolder_export_queue_limit_bytes",
+        "gauge",
+        "The export queue's bound.",
+        &[("", e.queue_limit_bytes)],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_by_share_and_graphs() {
+        use smolder_profiles_proto::*;
+        let mut b = ProfileBuilder::new(ProfileConfig::cpu(10, 0, 1_000_000_000));
+        let cpu = b.default_profile_type();
+        for (pid, name, n) in [(1, "idle", 1), (2, "busy", 8)] {
+            let r = b.resource(vec![
+                key_value("process.pid", int_value(pid)),
+                key_value("process.executable.name", string_value(name)),
+            ]);
+            let loc = b.location(&LocationSpec {
+                lines: vec![SourceLine::function(format!("{name}_work"))],
+                ..LocationSpec::default()
+            });
+            let stack = b.stack(&[loc]);
+            b.add_sample(r, cpu, stack, &[], n, None);
+        }
+        let report = IntervalReport::new(b.finish(), 0, Duration::from_secs(1), 10);
+        assert_eq!(report.processes[0].name, "busy");
+        assert_eq!(report.processes[0].cpu_percent, 80.0);
+        assert_eq!(report.samples, 9);
+        let host = String::from_utf8(report.host_svg.clone().unwrap()).unwrap();
+        assert!(host.contains("busy_work") && host.contains("idle_work"));
+        let one = String::from_utf8(report.render(Some(1)).unwrap()).unwrap();
+        assert!(one.contains("idle_work") && !one.contains("busy_work"));
+        assert!(report.render(Some(99)).is_none());
+    }
+
+    #[test]
+    fn metrics_text_has_a_type_for_every_family() {
+        let text = prometheus_text(&Counters {
+            samples: 5,
+            ..Counters::default()
+        });
+        assert!(text.contains("smolder_samples_total 5\n"));
+        assert!(text.contains("smolder_exports_total{result=\"failure\"} 0\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! `smolder agent`: the always-on node agent. Reads the configuration
+//! (TOML file, then environment, then these flags), drops capabilities,
+//! and runs [`smolder::agent::run`] with SIGTERM/SIGINT as stop and SIGHUP
+//! as reload.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use smolder::agent::{self, AgentConfig, Control};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// TOML configuration file (re-read on SIGHUP)
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// OTLP/gRPC endpoint (http:// or https://); without one, profiles stay local
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Keep each interval here as an OTLP file and a flamegraph SVG
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Serve the page, /metrics and /healthz on this address (e.g. 127.0.0.1:7070)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<SocketAddr>,
+    /// Allow --http on an address other than loopback (the page has no authentication)
+    #[arg(long)]
+    pub http_allow_remote: bool,
+    /// Samples per second on each CPU (default 19)
+    #[arg(short = 'F', long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub frequency: Option<u64>,
+    /// One profile per interval (default 10s)
+    #[arg(short, long, value_parser = super::record::parse_duration)]
+    pub interval: Option<Duration>,
+    /// Profile only these processes (and what they start)
+    #[arg(short, long, value_delimiter = ',', value_name = "PID[,PID...]")]
+    pub pid: Vec<u32>,
+    /// Profile only processes with this name (comm or executable file name)
+    #[arg(long = "exe", value_name = "NAME")]
+    pub executables: Vec<String>,
+    /// Profile only processes whose cgroup path contains this
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
+    /// Export queue bound in bytes
+    #[arg(long, value_name = "BYTES")]
+    pub queue_bytes: Option<usize>,
+    /// Keep every capability (by default all but CAP_BPF, CAP_PERFMON,
+    /// CAP_SYSLOG, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH are dropped)
+    #[arg(long)]
+    pub keep_capabilities: bool,
+}
+
+impl AgentArgs {
+    /// File, then environment, then these flags.
+    fn load(&self) -> Result<AgentConfig> {
+        let mut config = AgentConfig::load(self.config.as_deref())?;
+        if let Some(endpoint) = &self.endpoint {
+            config.endpoint = Some(endpoint.clone());
+        }
+        if let Some(dir) = &self.output_dir {
+            config.output_dir = Some(dir.clone());
+        }
+        if let Some(addr) = self.http {
+            config.http = Some(addr);
+        }
+        config.http_allow_remote |= self.http_allow_remote;
+        if let Some(hz) = self.frequency {
+            config.frequency_hz = hz;
+        }
+        if let Some(interval) = self.interval {
+            config.interval = interval;
+        }
+        if !self.pid.is_empty() {
+            config.filter.pids = self.pid.clone();
+        }
+        if !self.executables.is_empty() {
+            config.filter.executables = self.executables.clone();
+        }
+        if !self.cgroups.is_empty() {
+            config.filter.cgroups = self.cgroups.clone();
+        }
+        if let Some(bytes) = self.queue_bytes {
+            config.exporter.queue_bytes = bytes;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+pub fn run(args: &AgentArgs) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SMOLDER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = args.load()?;
+    if !args.keep_capabilities {
+        // Before the runtime starts its threads: capabilities are per thread.
+        let kept = agent::drop_capabilities().context("cannot drop capabilities")?;
+        tracing::info!("capabilities kept: {}", kept.join(", "));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let result = runtime.block_on(serve(args, config));
+    // A symbolization cut short by the shutdown deadline may still run.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn serve(args: &AgentArgs, config: AgentConfig) -> Result<()> {
+    let (control, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let reload_args = args.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { let _ = control.send(Control::Stop); break; }
+                _ = int.recv() => { let _ = control.send(Control::Stop); break; }
+                _ = hup.recv() => match reload_args.load() {
+                    Ok(config) => { let _ = control.send(Control::Reload(Box::new(config))); }
+                    Err(e) => tracing::error!("SIGHUP: the configuration stays as it was: {e:#}"),
+                },
+            }
+        }
+    });
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Ok(started) = started_rx.await {
+            // One line for scripts and tests to wait for.
+            let started: agent::Started = started;
+            eprintln!(
+                "smolder agent: running{}{}",
+                started
+                    .http
+                    .map_or(String::new(), |a| format!(", http://{a}")),
+                started
+                    .exporter_endpoint
+                    .map_or(String::new(), |e| format!(", exporting to {e}")),
+            );
+        }
+    });
+    let summary = agent::run(config, rx, Some(started_tx))
+        .await
+        .map_err(|e| match e {
+            agent::AgentError::Sampler(s) if s.is_unsupported() => {
+                anyhow::anyhow!("cannot start the eBPF sampler: {s}")
+            }
+            other => anyhow::Error::new(other),
+        })?;
+    let c = summary.counters;
+    let exported = summary.exporter.map_or(String::new(), |e| {
+        format!(
+            ", {} exports ({} failed, {} batches dropped)",
+            e.exported_batches, e.failed_batches, e.dropped_batches
+        )
+    });
+    eprintln!(
+        "smolder agent: stopped after {} intervals: {} samples ({} lost){exported}",
+        summary.intervals, c.samples_kept, c.samples_lost
+    );
+    Ok(())
+}

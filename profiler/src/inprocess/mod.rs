@@ -1,0 +1,610 @@
+//! The in-process profiler: a Rust program profiles itself, without root,
+//! an agent or a signal handler.
+//!
+//! Every thread of the process (present ones, and new ones found by
+//! scanning `/proc/self/task`) gets a `perf_event_open` cpu-clock event that
+//! copies user registers and the top of the user stack into an mmap ring; a
+//! single background thread reads the rings, unwinds the copied stacks
+//! (`unwind`, `.eh_frame` through framehop) and feeds the shared pipeline,
+//! which symbolizes at the end. Where perf events are refused
+//! (`perf_event_paranoid` 3, seccomp), it falls back once, with a log line,
+//! to the `pprof` crate's signal-based sampler.
+//!
+//! ```no_run
+//! let guard = smolder::Profiler::builder().frequency_hz(99).start()?;
+//! // ... the work to profile ...
+//! let profile = guard.stop()?;
+//! profile.write_flamegraph("profile.svg")?;
+//! profile.write_otlp("profile.pb")?;
+//! # Ok::<(), smolder::ProfilerError>(())
+//! ```
+
+mod labels;
+mod perf;
+mod unwind;
+
+pub use labels::with_labels;
+pub use perf::{parse_sample, PerfSample, UserRegs};
+pub use unwind::StackUnwinder;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use smolder_flamegraph::{render, FlamegraphOptions};
+use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
+use smolder_profiles_proto::{
+    int_value, string_value, write_profile, Format, LocationSpec, ProfileBuilder, ProfileConfig,
+    SourceLine,
+};
+use smolder_symbolizer::Symbolizer;
+
+use crate::pipeline::{Aggregator, ProcessInfo, StackSample};
+use perf::ThreadEvent;
+
+/// Why profiling could not start, or its result could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfilerError {
+    #[error("invalid profiler setting: {0}")]
+    Config(String),
+    #[error(
+        "perf events are unavailable ({perf}) and the signal-based fallback failed too: {fallback}"
+    )]
+    Unavailable {
+        perf: std::io::Error,
+        fallback: String,
+    },
+    #[error("the profiler thread failed: {0}")]
+    Thread(String),
+    #[error("{path}: {error}")]
+    Write { path: String, error: String },
+}
+
+/// How the samples were taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplerKind {
+    /// Per-thread perf events read by a background thread (the default).
+    PerfEvents,
+    /// The `pprof` crate's SIGPROF sampler (perf events were refused).
+    SignalFallback,
+}
+
+/// Counts of a profiling run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfileStats {
+    pub samples: u64,
+    /// Samples the kernel dropped because a ring was full.
+    pub lost: u64,
+    /// CPU time the samples stand for (the sum of their periods), in ns.
+    pub sampled_cpu_ns: u64,
+    /// Threads sampled.
+    pub threads: usize,
+    /// Samples whose stack could not be unwound past the first frame.
+    pub unwind_failures: u64,
+    /// CPU time of the profiler's own thread, in ns.
+    pub profiler_cpu_ns: u64,
+}
+
+/// A finished profile: the OTLP `ProfilesData` (symbolized), with writers.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub data: ProfilesData,
+    pub stats: ProfileStats,
+    pub sampler: SamplerKind,
+}
+
+impl std::ops::Deref for Profile {
+    type Target = ProfilesData;
+    fn deref(&self) -> &ProfilesData {
+        &self.data
+    }
+}
+
+impl Profile {
+    fn write(&self, path: &Path, bytes: Result<Vec<u8>, String>) -> Result<(), ProfilerError> {
+        let fail = |error: String| ProfilerError::Write {
+            path: path.display().to_string(),
+            error,
+        };
+        let bytes = bytes.map_err(fail)?;
+        // Written beside the target and renamed, so a failure leaves no partial file.
+        let tmp = path.with_extension("smolder-tmp");
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                fail(e.to_string())
+            })
+    }
+
+    /// Writes OTLP protobuf (`ProfilesData`).
+    pub fn write_otlp(&self, path: impl AsRef<Path>) -> Result<(), ProfilerError> {
+        self.write(
+            path.as_ref(),
+            write_profile(&self.data, Format::OtlpBinary).map_err(|e| e.to_string()),
+        )
+    }
+
+    /// Writes pprof (gzip).
+    pub fn write_pprof(&self, path: impl AsRef<Path>) -> Result<(), ProfilerError> {
+        self.write(
+            path.as_ref(),
+            write_profile(&self.data, Format::Pprof).map_err(|e| e.to_string()),
+        )
+    }
+
+    /// Draws a flamegraph SVG with default options.
+    pub fn write_flamegraph(&self, path: impl AsRef<Path>) -> Result<(), ProfilerError> {
+        self.write_flamegraph_with(path, &FlamegraphOptions::default())
+    }
+
+    pub fn write_flamegraph_with(
+        &self,
+        path: impl AsRef<Path>,
+        options: &FlamegraphOptions,
+    ) -> Result<(), ProfilerError> {
+        let mut svg = Vec::new();
+        let drawn = render(&self.data, options, &mut svg)
+            .map(|_| svg)
+            .map_err(|e| e.to_string());
+        self.write(path.as_ref(), drawn)
+    }
+}
+
+/// Entry point: `Profiler::builder()`.
+pub struct Profiler;
+
+impl Profiler {
+    pub fn builder() -> ProfilerBuilder {
+        ProfilerBuilder::default()
+    }
+}
+
+/// Settings of an in-process profiling run.
+#[derive(Clone, Debug)]
+pub struct ProfilerBuilder {
+    frequency_hz: u64,
+    stack_bytes: u32,
+    ring_pages: usize,
+    /// How often thread names are read again.
+    thread_scan_interval: Duration,
+    signal_fallback_only: bool,
+}
+
+impl Default for ProfilerBuilder {
+    fn default() -> Self {
+        ProfilerBuilder {
+            frequency_hz: 99,
+            stack_bytes: 8 * 1024,
+            ring_pages: 512,
+            thread_scan_interval: Duration::from_millis(500),
+            signal_fallback_only: false,
+        }
+    }
+}
+
+impl ProfilerBuilder {
+    /// Samples per second of each thread's CPU time (default 99).
+    pub fn frequency_hz(mut self, hz: u64) -> Self {
+        self.frequency_hz = hz;
+        self
+    }
+
+    /// Bytes of user stack copied per sample (default 8 KiB, as
+    /// `perf record --call-graph dwarf`; deeper stacks are cut where the
+    /// copy ends).
+    pub fn stack_bytes(mut self, bytes: u32) -> Self {
+        self.stack_bytes = bytes;
+        self
+    }
+
+    /// Ring pages per thread, a power of two (default 512: 2 MiB, 250 ms of
+    /// samples at 999 Hz). Where the locked-memory limit
+    /// (`perf_event_mlock_kb`, RLIMIT_MEMLOCK) refuses it, smaller rings are
+    /// tried down to 16 pages.
+    pub fn ring_pages(mut self, pages: usize) -> Self {
+        self.ring_pages = pages;
+        self
+    }
+
+    /// Use the signal-based sampler even where perf events work (tests).
+    pub fn signal_fallback_only(mut self, yes: bool) -> Self {
+        self.signal_fallback_only = yes;
+        self
+    }
+
+    pub fn start(self) -> Result<ProfilerGuard, ProfilerError> {
+        if !(1..=10_000).contains(&self.frequency_hz) {
+            return Err(ProfilerError::Config(format!(
+                "frequency {} Hz is not in 1..=10000",
+                self.frequency_hz
+            )));
+        }
+        if !self.ring_pages.is_power_of_two() {
+            return Err(ProfilerError::Config(format!(
+                "ring_pages {} is not a power of two",
+                self.ring_pages
+            )));
+        }
+        if self.stack_bytes < 512 || self.stack_bytes > 65_528 {
+            return Err(ProfilerError::Config(format!(
+                "stack_bytes {} is not in 512..=65528",
+                self.stack_bytes
+            )));
+        }
+        let started = Started::now(self.frequency_hz);
+        if !self.signal_fallback_only {
+            // Probe on this thread: if perf events are refused here, they are everywhere.
+            match ThreadEvent::open(
+                gettid(),
+                self.frequency_hz,
+                self.stack_bytes,
+                self.ring_pages,
+            ) {
+                Ok(first) => return Ok(self.start_perf(first, started)),
+                Err(perf) => {
+                    tracing::warn!("perf events unavailable ({perf}); using the signal-based sampler (pprof) instead");
+                    return self
+                        .start_signal(started)
+                        .map_err(|fallback| ProfilerError::Unavailable { perf, fallback });
+                }
+            }
+        }
+        self.start_signal(started)
+            .map_err(|fallback| ProfilerError::Unavailable {
+                perf: std::io::Error::other("not tried"),
+                fallback,
+            })
+    }
+
+    fn start_perf(self, first: ThreadEvent, started: Started) -> ProfilerGuard {
+        // Built before the reader starts: reading unwind sections while the
+        // rings fill would lose the first samples.
+        let unwinder = StackUnwinder::new();
+        labels::start_recording();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("smolder-profiler".into())
+            .spawn(move || reader(self, first, unwinder, started, &flag))
+            .map_err(|e| ProfilerError::Thread(e.to_string()));
+        ProfilerGuard {
+            backend: Backend::Perf {
+                stop: StopOnDrop(stop),
+                thread,
+            },
+            started,
+        }
+    }
+
+    fn start_signal(&self, started: Started) -> Result<ProfilerGuard, String> {
+        let guard = pprof::ProfilerGuardBuilder::default()
+            .frequency(self.frequency_hz as i32)
+            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(ProfilerGuard {
+            backend: Backend::Signal(Box::new(guard)),
+            started,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Started {
+    hz: u64,
+    unix_nano: u64,
+    /// unix - monotonic, to put sample times on the wall clock.
+    monotonic_to_unix: i128,
+    at: Instant,
+}
+
+impl Started {
+    fn now(hz: u64) -> Started {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mono = labels::monotonic_ns();
+        Started {
+            hz,
+            unix_nano: unix as u64,
+            monotonic_to_unix: unix as i128 - i128::from(mono),
+            at: Instant::now(),
+        }
+    }
+
+    fn config(&self) -> ProfileConfig {
+        ProfileConfig::cpu(self.hz, self.unix_nano, self.at.elapsed().as_nanos() as u64)
+    }
+}
+
+enum Backend {
+    Perf {
+        stop: StopOnDrop,
+        thread: Result<JoinHandle<Collected>, ProfilerError>,
+    },
+    Signal(Box<pprof::ProfilerGuard<'static>>),
+}
+
+/// A running profiler; [`ProfilerGuard::stop`] ends it and returns the profile.
+pub struct ProfilerGuard {
+    backend: Backend,
+    started: Started,
+}
+
+impl ProfilerGuard {
+    pub fn sampler(&self) -> SamplerKind {
+        match self.backend {
+            Backend::Perf { .. } => SamplerKind::PerfEvents,
+            Backend::Signal(_) => SamplerKind::SignalFallback,
+        }
+    }
+
+    /// Stops sampling and returns the symbolized profile.
+    pub fn stop(self) -> Result<Profile, ProfilerError> {
+        match self.backend {
+            Backend::Perf { stop, thread } => {
+                drop(stop);
+                let collected = thread?
+                    .join()
+                    .map_err(|_| ProfilerError::Thread("it panicked".into()));
+                labels::stop_recording();
+                let mut collected = collected?;
+                let data = collected
+                    .aggregator
+                    .finish(&Symbolizer::new(), self.started.config());
+                Ok(Profile {
+                    data,
+                    stats: collected.stats,
+                    sampler: SamplerKind::PerfEvents,
+                })
+            }
+            Backend::Signal(guard) => {
+                let report = guard
+                    .report()
+                    .build()
+                    .map_err(|e| ProfilerError::Thread(e.to_string()))?;
+                Ok(from_pprof_report(&report, &self.started))
+            }
+        }
+    }
+}
+
+/// Tells the reader thread to finish, also when the guard is dropped
+/// without `stop`.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+struct Collected {
+    aggregator: Aggregator,
+    stats: ProfileStats,
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sleeps until a ring passes its watermark or `timeout` passes.
+fn wait_for_samples(events: &HashMap<u32, ThreadEvent>, timeout: Duration) {
+    let mut fds: Vec<libc::pollfd> = events
+        .values()
+        .map(|e| libc::pollfd {
+            fd: e.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: fds points at fds.len() initialised pollfd structs.
+    unsafe {
+        libc::poll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            timeout.as_millis() as libc::c_int,
+        )
+    };
+}
+
+/// This process's threads.
+fn thread_ids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn thread_name(tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+        .map(|n| n.trim_end().to_owned())
+        .unwrap_or_default()
+}
+
+/// The background thread: follows threads, reads rings, unwinds.
+fn reader(
+    settings: ProfilerBuilder,
+    first: ThreadEvent,
+    mut unwinder: StackUnwinder,
+    started: Started,
+    stop: &AtomicBool,
+) -> Collected {
+    let me = gettid();
+    let mut events: HashMap<u32, ThreadEvent> = HashMap::from([(first.tid, first)]);
+    let mut names: HashMap<u32, String> = HashMap::new();
+    let mut refused: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    let mut aggregator = Aggregator::new();
+    let mut stats = ProfileStats::default();
+    let mut batch = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut names_read_at: Option<Instant> = None;
+    let mut found_at: HashMap<u32, Instant> = HashMap::new();
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        if !stopping {
+            // New threads are found within one loop (~10 ms): every thread
+            // present gets its event before the unwinder's set-up below.
+            let live = thread_ids();
+            let refresh_names =
+                names_read_at.is_none_or(|t| t.elapsed() >= settings.thread_scan_interval);
+            for &tid in &live {
+                // A new thread names itself just after it starts: read the
+                // names of young threads on every round.
+                let found = *found_at.entry(tid).or_insert_with(Instant::now);
+                if refresh_names || found.elapsed() < Duration::from_millis(200) {
+                    names.insert(tid, thread_name(tid));
+                }
+                if tid == me || events.contains_key(&tid) || refused.contains(&tid) {
+                    continue;
+                }
+                match ThreadEvent::open(
+                    tid,
+                    settings.frequency_hz,
+                    settings.stack_bytes,
+                    settings.ring_pages,
+                ) {
+                    Ok(e) => {
+                        events.insert(tid, e);
+                    }
+                    // The thread may have exited between the scan and the open.
+                    Err(_) => {
+                        refused.insert(tid);
+                    }
+                }
+            }
+            if refresh_names {
+                names_read_at = Some(Instant::now());
+            }
+            // Threads gone: read their rings one last time, then drop them.
+            let alive: std::collections::HashSet<u32> = live.into_iter().collect();
+            let gone: Vec<u32> = events
+                .keys()
+                .copied()
+                .filter(|t| !alive.contains(t))
+                .collect();
+            for tid in gone {
+                if let Some(mut e) = events.remove(&tid) {
+                    let counts = e.read(&mut batch);
+                    stats.lost += counts.lost;
+                }
+            }
+        }
+        if stopping {
+            for e in events.values() {
+                e.disable();
+            }
+        }
+        for e in events.values_mut() {
+            let counts = e.read(&mut batch);
+            stats.lost += counts.lost;
+        }
+        let mut newest = 0;
+        for s in batch.drain(..) {
+            seen.insert(s.tid);
+            stats.samples += 1;
+            stats.sampled_cpu_ns += s.period;
+            newest = newest.max(s.time);
+            let Some(regs) = s.regs else { continue };
+            let user = unwinder.unwind(regs, &s.stack);
+            if user.len() <= 1 {
+                stats.unwind_failures += 1;
+            }
+            let labels = labels::labels_at(s.tid, s.time);
+            let name = names.get(&s.tid).map_or("", String::as_str);
+            aggregator.add(&StackSample {
+                pid: s.pid,
+                tid: s.tid,
+                cpu: s.cpu,
+                time_unix_nano: (i128::from(s.time) + started.monotonic_to_unix).max(0) as u64,
+                thread_name: name,
+                kernel: &[],
+                user: &user,
+                labels: labels.as_deref().unwrap_or(&[]),
+            });
+        }
+        if newest > 0 {
+            // Spans that ended a second before the newest sample cannot match anything still in a ring.
+            labels::prune_before(newest.saturating_sub(1_000_000_000));
+        }
+        if stopping {
+            break;
+        }
+        wait_for_samples(&events, Duration::from_millis(10));
+    }
+    stats.threads = seen.len();
+    stats.profiler_cpu_ns = thread_cpu_ns();
+    Collected { aggregator, stats }
+}
+
+/// The signal-based fallback's report as an OTLP profile (pprof-rs
+/// symbolizes on its own; its frames carry names, files and lines).
+fn from_pprof_report(report: &pprof::Report, started: &Started) -> Profile {
+    let mut builder = ProfileBuilder::new(started.config());
+    let cpu = builder.default_profile_type();
+    let info = ProcessInfo::read(std::process::id(), "");
+    let resource = builder.resource(info.resource_attributes());
+    let mut stats = ProfileStats {
+        sampled_cpu_ns: 0,
+        ..ProfileStats::default()
+    };
+    let period = 1_000_000_000 / started.hz.max(1);
+    let mut threads = std::collections::HashSet::new();
+    for (frames, &count) in &report.data {
+        let locations: Vec<i32> = frames
+            .frames
+            .iter()
+            .map(|symbols| {
+                let lines = symbols
+                    .iter()
+                    .map(|s| SourceLine {
+                        function: s.name(),
+                        file: s
+                            .filename
+                            .as_ref()
+                            .map(|f| f.display().to_string())
+                            .unwrap_or_default(),
+                        line: i64::from(s.lineno.unwrap_or(0)),
+                        ..SourceLine::default()
+                    })
+                    .collect();
+                builder.location(&LocationSpec {
+                    lines,
+                    ..LocationSpec::default()
+                })
+            })
+            .collect();
+        let stack = builder.stack(&locations);
+        let attrs = [
+            builder.attribute("thread.id", int_value(frames.thread_id as i64), ""),
+            builder.attribute("thread.name", string_value(&frames.thread_name), ""),
+        ];
+        let count = count.max(0) as i64;
+        builder.add_sample(resource, cpu, stack, &attrs, count, None);
+        threads.insert(frames.thread_id);
+        stats.samples += count as u64;
+        stats.sampled_cpu_ns += count as u64 * period;
+    }
+    stats.threads = threads.len();
+    Profile {
+        data: builder.finish(),
+        stats,
+        sampler: SamplerKind::SignalFallback,
+    }
+}

@@ -1,0 +1,542 @@
+//! Loading unwind tables into the kernel walker's maps, off the sampling
+//! path: a worker thread reads a process's mappings, builds (or reuses) the
+//! table of each binary, writes its rows into the memory-mapped
+//! `UNWIND_ROWS` array, and publishes `UNWIND_TABLES` and `PROC_MAPPINGS`.
+//!
+//! Owns those three maps and the row memory: one table per binary (keyed by
+//! build-id or file identity) shared by every process mapping it, under a
+//! byte cap, evicting the tables the walker used least recently. Knows
+//! nothing of samples: the sampler tells it which processes to (re)load.
+
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, AsRawFd},
+    sync::{mpsc, Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+
+use super::raw::{self, MappingEntry, ProcMappings, UnwindTableEntry};
+use crate::pipeline::{MapEntry, ProcessMaps};
+use crate::unwind::{build_for_mapping, ElfLayout, TableKey, UnwindRow};
+
+/// Bytes of one row in `UNWIND_ROWS`.
+pub const ROW_BYTES: u64 = std::mem::size_of::<UnwindRow>() as u64;
+
+/// What the loader did so far (merged into `SamplerStats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoaderStats {
+    pub tables: u64,
+    pub table_bytes: u64,
+    pub evicted: u64,
+    pub failures: u64,
+    pub processes_loaded: u64,
+}
+
+/// Why a process could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError(pub String);
+
+enum Request {
+    Load {
+        pid: u32,
+        done: Option<mpsc::Sender<Result<(), LoadError>>>,
+    },
+    Forget {
+        pid: u32,
+    },
+}
+
+/// The sampler's handle on the loader thread.
+pub struct UnwindLoader {
+    requests: Option<mpsc::Sender<Request>>,
+    stats: Arc<Mutex<LoaderStats>>,
+    thread: Option<JoinHandle<()>>,
+    /// When each process was last asked for, so that a burst of partial
+    /// samples asks once.
+    asked: HashMap<u32, Instant>,
+}
+
+/// How soon the same process may be reloaded because of partial samples.
+const RELOAD_INTERVAL: Duration = Duration::from_millis(500);
+
+impl UnwindLoader {
+    /// Starts the loader over the maps taken from the loaded object.
+    pub fn start(rows: Map, tables: Map, procs: Map) -> Result<UnwindLoader, String> {
+        let worker = Worker::new(rows, tables, procs)?;
+        let stats = worker.stats.clone();
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("smolder-unwind".into())
+            .spawn(move || worker.run(rx))
+            .map_err(|e| format!("starting the unwind table thread: {e}"))?;
+        Ok(UnwindLoader {
+            requests: Some(tx),
+            stats,
+            thread: Some(thread),
+            asked: HashMap::new(),
+        })
+    }
+
+    /// Queues loading the tables of `pid` (after a partial sample or a new
+    /// PID); at most once per [`RELOAD_INTERVAL`] per process.
+    pub fn request(&mut self, pid: u32) {
+        let now = Instant::now();
+        if self
+            .asked
+            .get(&pid)
+            .is_some_and(|&t| now.duration_since(t) < RELOAD_INTERVAL)
+        {
+            return;
+        }
+        self.asked.insert(pid, now);
+        self.send(Request::Load { pid, done: None });
+    }
+
+    /// Loads the tables of `pid` and waits until the walker can use them.
+    pub fn load_blocking(&mut self, pid: u32) -> Result<(), LoadError> {
+        let (tx, rx) = mpsc::channel();
+        self.asked.insert(pid, Instant::now());
+        self.send(Request::Load {
+            pid,
+            done: Some(tx),
+        });
+        rx.recv()
+            .map_err(|_| LoadError("the unwind table thread stopped".into()))?
+    }
+
+    /// The process exited or replaced its image: drop its mappings.
+    pub fn forget(&mut self, pid: u32) {
+        self.asked.remove(&pid);
+        self.send(Request::Forget { pid });
+    }
+
+    pub fn stats(&self) -> LoaderStats {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, request: Request) {
+        if let Some(tx) = &self.requests {
+            if tx.send(request).is_err() {
+                tracing::warn!(
+                    "the unwind table thread has stopped: stacks fall back to frame pointers"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for UnwindLoader {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `UNWIND_ROWS`, memory-mapped.
+struct RowMemory {
+    ptr: *mut UnwindRow,
+    capacity: u32,
+    bytes: usize,
+    _map: MapData,
+}
+
+// SAFETY: the mapping is owned by this struct and only the worker thread
+// touches it.
+unsafe impl Send for RowMemory {}
+
+impl RowMemory {
+    fn new(map: Map) -> Result<RowMemory, String> {
+        let Map::Array(data) = map else {
+            return Err("UNWIND_ROWS is not an array map".into());
+        };
+        let info = data
+            .info()
+            .map_err(|e| format!("reading UNWIND_ROWS info: {e}"))?;
+        let capacity = info.max_entries();
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = (capacity as usize * ROW_BYTES as usize).div_ceil(page) * page;
+        // SAFETY: mapping a BPF_F_MMAPABLE array map of `capacity` rows,
+        // shared and writable; the length is what the kernel allocated.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "memory-mapping UNWIND_ROWS ({bytes} bytes): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(RowMemory {
+            ptr: ptr.cast(),
+            capacity,
+            bytes,
+            _map: data,
+        })
+    }
+
+    fn write(&mut self, start: u32, rows: &[UnwindRow]) {
+        let end = start as usize + rows.len();
+        assert!(end <= self.capacity as usize, "row extent out of bounds");
+        // SAFETY: in bounds (checked above), UnwindRow is plain old data with
+        // the kernel's layout, and only this thread writes the mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(rows.as_ptr(), self.ptr.add(start as usize), rows.len());
+        }
+    }
+}
+
+impl Drop for RowMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+    }
+}
+
+/// First-fit allocation of row extents in `UNWIND_ROWS`.
+#[derive(Debug)]
+pub struct Extents {
+    /// Free `(start, len)`, sorted, never adjacent.
+    free: Vec<(u32, u32)>,
+}
+
+impl Extents {
+    pub fn new(capacity: u32) -> Extents {
+        Extents {
+            free: if capacity > 0 {
+                vec![(0, capacity)]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    pub fn alloc(&mut self, len: u32) -> Option<u32> {
+        let i = self.free.iter().position(|&(_, l)| l >= len)?;
+        let (start, l) = self.free[i];
+        if l == len {
+            self.free.remove(i);
+        } else {
+            self.free[i] = (start + len, l - len);
+        }
+        Some(start)
+    }
+
+    pub fn release(&mut self, start: u32, len: u32) {
+        let i = self.free.partition_point(|&(s, _)| s < start);
+        self.free.insert(i, (start, len));
+        // Merge with the next, then with the previous.
+        if i + 1 < self.free.len() && self.free[i].0 + self.free[i].1 == self.free[i + 1].0 {
+            self.free[i].1 += self.free[i + 1].1;
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].0 + self.free[i - 1].1 == self.free[i].0 {
+            self.free[i - 1].1 += self.free[i].1;
+            self.free.remove(i);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn free_rows(&self) -> u64 {
+        self.free.iter().map(|&(_, l)| u64::from(l)).sum()
+    }
+}
+
+struct Resident {
+    id: u32,
+    generation: u32,
+    start: u32,
+    count: u32,
+    layout: Arc<ElfLayout>,
+}
+
+struct Worker {
+    rows: RowMemory,
+    tables: Array<MapData, UnwindTableEntry>,
+    procs: BpfHashMap<MapData, u32, ProcMappings>,
+    extents: Extents,
+    resident: HashMap<TableKey, Resident>,
+    by_file: HashMap<(u64, u64), TableKey>,
+    /// Files whose table could not be built: walked by frame pointers.
+    failed: HashMap<(u64, u64), ()>,
+    free_ids: Vec<u32>,
+    generation: u32,
+    stats: Arc<Mutex<LoaderStats>>,
+}
+
+impl Worker {
+    fn new(rows: Map, tables: Map, procs: Map) -> Result<Worker, String> {
+        let rows = RowMemory::new(rows)?;
+        let tables = Array::try_from(tables).map_err(|e| format!("opening UNWIND_TABLES: {e}"))?;
+        let procs =
+            BpfHashMap::try_from(procs).map_err(|e| format!("opening PROC_MAPPINGS: {e}"))?;
+        Ok(Worker {
+            extents: Extents::new(rows.capacity),
+            rows,
+            tables,
+            procs,
+            resident: HashMap::new(),
+            by_file: HashMap::new(),
+            failed: HashMap::new(),
+            // Id 0 means "no table"; hand out low ids first.
+            free_ids: (1..raw::MAX_TABLES).rev().collect(),
+            generation: 0,
+            stats: Arc::new(Mutex::new(LoaderStats::default())),
+        })
+    }
+
+    fn run(mut self, requests: mpsc::Receiver<Request>) {
+        while let Ok(request) = requests.recv() {
+            match request {
+                Request::Load { pid, done } => {
+                    let result = self.load_process(pid);
+                    if let Err(e) = &result {
+                        tracing::debug!("unwind tables of process {pid}: {}", e.0);
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(result);
+                    }
+                }
+                Request::Forget { pid } => {
+                    let _ = self.procs.remove(&pid);
+                }
+            }
+            self.publish_stats();
+        }
+    }
+
+    fn publish_stats(&self) {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.tables = self.resident.len() as u64;
+        stats.table_bytes = self
+            .resident
+            .values()
+            .map(|r| u64::from(r.count) * ROW_BYTES)
+            .sum();
+    }
+
+    fn load_process(&mut self, pid: u32) -> Result<(), LoadError> {
+        let maps = ProcessMaps::read(pid)
+            .map_err(|e| LoadError(format!("reading /proc/{pid}/maps: {e}")))?;
+        let mut value = ProcMappings {
+            count: 0,
+            _pad: 0,
+            mappings: [MappingEntry::default(); raw::MAX_MAPPINGS],
+        };
+        let mut pinned: Vec<TableKey> = Vec::new();
+        let entries = maps.entries();
+        if entries.len() > raw::MAX_MAPPINGS {
+            tracing::debug!(
+                "process {pid} has {} executable mappings; the walker knows the first {}",
+                entries.len(),
+                raw::MAX_MAPPINGS
+            );
+        }
+        for (slot, entry) in value.mappings.iter_mut().zip(entries) {
+            *slot = MappingEntry {
+                start: entry.start,
+                end: entry.end,
+                ..MappingEntry::default()
+            };
+            if !entry.is_file() {
+                continue;
+            }
+            if let Some((key, r)) = self.table_for(pid, entry, &pinned) {
+                if let Some(bias) = r.layout.load_bias(entry.start, entry.offset) {
+                    slot.bias = bias;
+                    slot.table_id = r.id;
+                    slot.generation = r.generation;
+                    pinned.push(key);
+                }
+            }
+        }
+        value.count = entries.len().min(raw::MAX_MAPPINGS) as u32;
+        self.procs
+            .insert(pid, value, 0)
+            .map_err(|e| LoadError(format!("writing PROC_MAPPINGS for process {pid}: {e}")))?;
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .processes_loaded += 1;
+        Ok(())
+    }
+
+    /// The resident table of the file behind `entry`, built and uploaded
+    /// if needed; `None` walks the file by frame pointers.
+    fn table_for(
+        &mut self,
+        pid: u32,
+        entry: &MapEntry,
+        pinned: &[TableKey],
+    ) -> Option<(TableKey, &Resident)> {
+        let identity = (entry.dev, entry.inode);
+        if self.failed.contains_key(&identity) {
+            return None;
+        }
+        let cached = self
+            .by_file
+            .get(&identity)
+            .filter(|k| self.resident.contains_key(*k))
+            .cloned();
+        let key = match cached {
+            Some(key) => key,
+            None => {
+                let started = Instant::now();
+                let built = build_for_mapping(pid, entry, |k| self.resident.contains_key(k));
+                let (key, table) = match built {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::debug!("no unwind table: frame pointers for {}: {e}", entry.path);
+                        self.failed.insert(identity, ());
+                        self.stats
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .failures += 1;
+                        return None;
+                    }
+                };
+                if let Some(table) = table {
+                    let rows = table.rows();
+                    let Some((id, start)) = self.place(rows.len() as u32, pinned) else {
+                        tracing::warn!(
+                            "unwind table of {} ({} rows) does not fit the table memory cap: frame pointers for it",
+                            entry.path,
+                            rows.len()
+                        );
+                        self.failed.insert(identity, ());
+                        self.stats
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .failures += 1;
+                        return None;
+                    };
+                    self.rows.write(start, rows);
+                    self.generation = self.generation.wrapping_add(1).max(1);
+                    let published = UnwindTableEntry {
+                        row_start: start,
+                        row_count: rows.len() as u32,
+                        generation: self.generation,
+                        _pad: 0,
+                        last_used_ns: now_ns(),
+                    };
+                    if let Err(e) = self.tables.set(id, published, 0) {
+                        tracing::warn!("writing UNWIND_TABLES[{id}]: {e}");
+                        self.extents.release(start, rows.len() as u32);
+                        self.free_ids.push(id);
+                        return None;
+                    }
+                    tracing::debug!(
+                        "unwind table of {}: {} rows ({} KiB) from {} KiB of CFI in {:?}",
+                        entry.path,
+                        rows.len(),
+                        table.bytes() / 1024,
+                        table.section_bytes() / 1024,
+                        started.elapsed()
+                    );
+                    self.resident.insert(
+                        key.clone(),
+                        Resident {
+                            id,
+                            generation: self.generation,
+                            start,
+                            count: rows.len() as u32,
+                            layout: Arc::new(table.layout().clone()),
+                        },
+                    );
+                }
+                self.by_file.insert(identity, key.clone());
+                key
+            }
+        };
+        let r = self.resident.get(&key)?;
+        Some((key, r))
+    }
+
+    /// A table id and `len` rows of room, evicting the least recently used
+    /// tables (except `pinned`) until they fit.
+    fn place(&mut self, len: u32, pinned: &[TableKey]) -> Option<(u32, u32)> {
+        if len == 0 || u64::from(len) > u64::from(self.rows.capacity) {
+            return None;
+        }
+        loop {
+            if !self.free_ids.is_empty() {
+                if let Some(start) = self.extents.alloc(len) {
+                    let id = self.free_ids.pop()?;
+                    return Some((id, start));
+                }
+            }
+            let victim = self
+                .resident
+                .iter()
+                .filter(|(k, _)| !pinned.contains(k))
+                .map(|(k, r)| {
+                    let used = self.tables.get(&r.id, 0).map_or(0, |t| t.last_used_ns);
+                    (used, k.clone())
+                })
+                .min()?
+                .1;
+            self.evict(&victim);
+        }
+    }
+
+    fn evict(&mut self, key: &TableKey) {
+        let Some(r) = self.resident.remove(key) else {
+            return;
+        };
+        // Unpublish first: the walker sees row_count 0, flags the sample
+        // and user space reloads that process.
+        if let Err(e) = self.tables.set(r.id, UnwindTableEntry::default(), 0) {
+            tracing::warn!("clearing UNWIND_TABLES[{}]: {e}", r.id);
+        }
+        self.extents.release(r.start, r.count);
+        self.free_ids.push(r.id);
+        self.by_file.retain(|_, k| k != key);
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).evicted += 1;
+    }
+}
+
+/// CLOCK_MONOTONIC nanoseconds, the clock of `bpf_ktime_get_ns`.
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod extent_tests {
+    use super::Extents;
+
+    #[test]
+    fn first_fit_and_merging() {
+        let mut e = Extents::new(100);
+        let a = e.alloc(30).expect("a");
+        let b = e.alloc(30).expect("b");
+        let c = e.alloc(30).expect("c");
+        assert_eq!((a, b, c), (0, 30, 60));
+        assert_eq!(e.alloc(20), None);
+        e.release(b, 30);
+        assert_eq!(e.alloc(31), None);
+        e.release(a, 30);
+        assert_eq!(e.alloc(55), Some(0));
+        e.release(0, 55);
+        e.release(c, 30);
+        assert_eq!(e.free_rows(), 100);
+        assert_eq!(e.alloc(100), Some(0));
+    }
+}

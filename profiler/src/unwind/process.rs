@@ -1,0 +1,122 @@
+//! The unwind tables of a running process: its executable mappings from
+//! `/proc/PID/maps`, each file opened through `/proc/PID/map_files` (so
+//! deleted files and other mount namespaces work) and its table built once
+//! per binary, whatever the number of processes mapping it.
+
+use std::{collections::HashMap, fs::File, io, path::Path, sync::Arc};
+
+use crate::pipeline::{MapEntry, ProcessMaps};
+
+use super::{MappedTable, TableKey, UnwindError, UnwindTable, UnwindTables};
+
+/// Opens the file behind a mapping of process `pid`.
+pub fn open_mapping(pid: u32, entry: &MapEntry) -> io::Result<File> {
+    let by_range = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
+    File::open(&by_range).or_else(|_| {
+        let rooted = format!("/proc/{pid}/root{}", entry.path);
+        File::open(&rooted).or_else(|_| File::open(Path::new(&entry.path)))
+    })
+}
+
+/// Identity of the file of a mapping without opening it.
+pub fn file_identity(entry: &MapEntry) -> (u64, u64) {
+    (entry.dev, entry.inode)
+}
+
+/// Opens the file of `entry` and returns its key, and its table unless
+/// `known` says the key is already built (then `None`).
+pub fn build_for_mapping(
+    pid: u32,
+    entry: &MapEntry,
+    known: impl Fn(&TableKey) -> bool,
+) -> Result<(TableKey, Option<UnwindTable>), UnwindError> {
+    let name = || format!("{} (pid {pid})", entry.path);
+    let io_err = |source| UnwindError::Io {
+        path: name(),
+        source,
+    };
+    let file = open_mapping(pid, entry).map_err(io_err)?;
+    let key = TableKey::of_file(&file).map_err(io_err)?;
+    if known(&key) {
+        return Ok((key, None));
+    }
+    let table = UnwindTable::from_file(&file, &name())?;
+    Ok((key, Some(table)))
+}
+
+/// Tables built so far, by binary; what [`UnwindTables::for_process`] reuses.
+#[derive(Default)]
+pub struct TableCache {
+    by_key: HashMap<TableKey, Arc<UnwindTable>>,
+    by_file: HashMap<(u64, u64), TableKey>,
+}
+
+impl TableCache {
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// The table of the file behind `entry` in process `pid`, built on
+    /// first use.
+    pub fn table_for(
+        &mut self,
+        pid: u32,
+        entry: &MapEntry,
+    ) -> Result<Arc<UnwindTable>, UnwindError> {
+        if let Some(t) = self
+            .by_file
+            .get(&file_identity(entry))
+            .and_then(|k| self.by_key.get(k))
+        {
+            return Ok(t.clone());
+        }
+        let (key, built) = build_for_mapping(pid, entry, |k| self.by_key.contains_key(k))?;
+        if let Some(table) = built {
+            self.by_key.insert(key.clone(), Arc::new(table));
+        }
+        self.by_file.insert(file_identity(entry), key.clone());
+        self.by_key
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| UnwindError::Io {
+                path: entry.path.clone(),
+                source: io::Error::other("table vanished from the cache"),
+            })
+    }
+}
+
+impl UnwindTables {
+    /// The executable mappings of process `pid` with their tables; a file
+    /// whose table cannot be built is walked with frame pointers (logged).
+    pub fn for_process(pid: u32, cache: &mut TableCache) -> io::Result<UnwindTables> {
+        let maps = ProcessMaps::read(pid)?;
+        let mut tables = UnwindTables::default();
+        for entry in maps.entries() {
+            let table = if entry.is_file() {
+                match cache.table_for(pid, entry) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::debug!("no unwind table, frame pointers for {}: {e}", entry.path);
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let bias = table
+                .as_ref()
+                .and_then(|t| t.load_bias(entry.start, entry.offset));
+            tables.add(MappedTable {
+                start: entry.start,
+                end: entry.end,
+                bias: bias.unwrap_or(0),
+                table: table.filter(|_| bias.is_some()),
+            });
+        }
+        Ok(tables)
+    }
+}

@@ -1,0 +1,746 @@
+//! `smolder agent` end to end (needs root for eBPF; CI runs these as root):
+//! against an OTLP receiver built from the official `opentelemetry-proto`
+//! Python stubs and grpcio (`tests/oracles/otlp_receiver.py`), with a C
+//! workload of known hot functions compiled here; the HTTP page in
+//! headless Chromium; `/metrics` parsed by the Prometheus Python client.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use serde_json::Value;
+use smolder_e2e::{
+    compile_c, python_check, require_ebpf, require_tool, smolder_bin, workspace_root,
+};
+use smolder_profiles_proto::otlp::collector::profiles::v1development::ExportProfilesServiceRequest;
+
+/// Loops forever in two known functions, 3:1.
+const WORKLOAD_C: &str = r#"
+volatile unsigned long sink;
+__attribute__((noinline)) void hot_alpha(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+__attribute__((noinline)) void hot_beta(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+__attribute__((noinline)) void dispatch(void) { hot_alpha(3000000); hot_beta(1000000); }
+int main(void) { for (;;) dispatch(); }
+"#;
+
+/// How long the agent may take to load its eBPF program (the verifier is
+/// slow on a loaded machine).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Lines a child writes, collected by a thread.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn follow(&self, stream: impl Read + Send + 'static) {
+        let lines = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn text(&self) -> String {
+        self.all().join("\n")
+    }
+
+    /// Waits until `pred` holds for some line; returns it.
+    fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.all().into_iter().find(|l| pred(l)) {
+                return Some(line);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+/// The workload, running until dropped.
+fn workload(dir: &Path, env: &[(&str, &str)]) -> KillOnDrop {
+    let bin = compile_c(
+        dir,
+        "smolder_hot",
+        WORKLOAD_C,
+        &["-O1", "-g", "-fno-omit-frame-pointer"],
+    );
+    let mut cmd = Command::new(bin);
+    cmd.envs(env.iter().copied());
+    KillOnDrop(cmd.spawn().expect("start the workload"))
+}
+
+/// The official-stubs receiver on loopback.
+struct Receiver {
+    child: KillOnDrop,
+    port: u16,
+    out: PathBuf,
+    lines: Lines,
+}
+
+impl Receiver {
+    fn start(out: &Path, fail_first: u32) -> Receiver {
+        require_tool("python3", "python3");
+        let mut child = Command::new("python3")
+            .arg(workspace_root().join("tests/oracles/otlp_receiver.py"))
+            .arg("--out")
+            .arg(out)
+            .args(["--fail-first", &fail_first.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the receiver");
+        let lines = Lines::default();
+        lines.follow(child.stdout.take().unwrap());
+        let errors = Lines::default();
+        errors.follow(child.stderr.take().unwrap());
+        let child = KillOnDrop(child);
+        let first = lines
+            .wait_for(Duration::from_secs(30), |l| l.contains("\"port\""))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the receiver did not start (are grpcio and opentelemetry-proto installed? .ci/run installs them): {}",
+                    errors.text()
+                )
+            });
+        let port = serde_json::from_str::<Value>(&first).unwrap()["port"]
+            .as_u64()
+            .unwrap() as u16;
+        Receiver {
+            child,
+            port,
+            out: out.to_owned(),
+            lines,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The JSON lines of Export calls so far.
+    fn calls(&self) -> Vec<Value> {
+        self.lines
+            .all()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("seq").is_some())
+            .collect()
+    }
+
+    fn accepted(&self) -> usize {
+        self.calls().iter().filter(|c| c["status"] == "OK").count()
+    }
+
+    /// The accepted requests, in arrival order.
+    fn request_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+            .collect();
+        files.sort();
+        files
+    }
+}
+
+struct Agent {
+    child: KillOnDrop,
+    stderr: Lines,
+    http: Option<SocketAddr>,
+}
+
+impl Agent {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut child = Command::new(smolder_bin())
+            .arg("agent")
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start smolder agent");
+        let stderr = Lines::default();
+        stderr.follow(child.stderr.take().unwrap());
+        let mut child = KillOnDrop(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let line = loop {
+            if let Some(line) = stderr.wait_for(Duration::from_millis(200), |l| {
+                l.starts_with("smolder agent: running")
+            }) {
+                break line;
+            }
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!("smolder agent exited ({status}): {}", stderr.text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not start: {}",
+                stderr.text()
+            );
+        };
+        let http = line
+            .split(", ")
+            .find_map(|part| part.strip_prefix("http://"))
+            .map(|addr| addr.parse().unwrap());
+        Agent {
+            child,
+            stderr,
+            http,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// SIGTERM; returns how long the agent took to exit and its stderr.
+    fn stop(mut self) -> (Duration, String) {
+        let start = Instant::now();
+        sigterm(&self.child.0);
+        let status = loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the agent ignored SIGTERM: {}",
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = start.elapsed();
+        std::thread::sleep(Duration::from_millis(100));
+        let text = self.stderr.text();
+        assert!(status.success(), "the agent failed ({status}): {text}");
+        (took, text)
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.http.expect("the agent serves HTTP"), path)
+    }
+}
+
+/// A plain HTTP/1.0 GET: status and body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn decode_request(path: &Path) -> ExportProfilesServiceRequest {
+    ExportProfilesServiceRequest::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
+}
+
+/// The summary the official decoder gives of the resource of `pid`.
+fn resource_of(summary: &Value, pid: u32) -> Option<Value> {
+    summary["resources"].as_array()?.iter().find_map(|r| {
+        (r["process.pid"]["intValue"].as_str() == Some(&pid.to_string())).then(|| r.clone())
+    })
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+const NEEDED_CAPS: u64 = (1 << 39) | (1 << 38) | (1 << 34) | (1 << 19) | (1 << 2);
+
+#[test]
+fn exports_the_workload_to_the_official_receiver() {
+    if !require_ebpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir.path().join("received"), 0);
+    let work = workload(dir.path(), &[("OTEL_SERVICE_NAME", "hot-service")]);
+    let agent = Agent::start(
+        &["--endpoint", &receiver.endpoint(), "-i", "1s", "-F", "99"],
+        &[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-smolder-test=yes%20indeed"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e"),
+        ],
+    );
+    // Only the capabilities it needs, in every thread.
+    for task in std::fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap() {
+        let tid: u32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", agent.pid())).unwrap();
+        for set in ["CapEff", "CapPrm"] {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{set}:")))
+                .unwrap()
+                .trim();
+            assert_eq!(
+                u64::from_str_radix(hex, 16).unwrap(),
+                NEEDED_CAPS,
+                "{set} of thread {tid}"
+            );
+        }
+    }
+    // Whole-host symbolization is slow the first time in a debug build.
+    wait_until(Duration::from_secs(90), "two accepted exports", || {
+        receiver.accepted() >= 2
+    });
+    let (_, stderr) = agent.stop();
+    let work_pid = work.0.id();
+
+    let calls = receiver.calls();
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["metadata"]["x-smolder-test"] == "yes indeed"),
+        "headers from OTEL_EXPORTER_OTLP_HEADERS: {calls:?}"
+    );
+    let mut found = 0;
+    let mut leaves = std::collections::BTreeMap::<String, i64>::new();
+    for file in receiver.request_files() {
+        let summary = python_check(&file, "request");
+        assert!(
+            summary["resources"].as_array().unwrap().len() > 1,
+            "one resource per process"
+        );
+        for r in summary["resources"].as_array().unwrap() {
+            assert!(r.get("host.name").is_some(), "{r}");
+            assert_eq!(r["os.type"]["stringValue"], "linux");
+            assert_eq!(r["deployment.environment"]["stringValue"], "e2e");
+        }
+        if let Some(r) = resource_of(&summary, work_pid) {
+            found += 1;
+            assert_eq!(r["service.name"]["stringValue"], "hot-service", "{r}");
+            assert_eq!(r["process.executable.name"]["stringValue"], "smolder_hot");
+        }
+        for (name, weight) in summary["leaves"].as_object().unwrap() {
+            *leaves.entry(name.clone()).or_default() += weight.as_i64().unwrap();
+        }
+    }
+    assert!(
+        found >= 2,
+        "the workload in every interval: {found}\n{stderr}"
+    );
+    let alpha = leaves.get("hot_alpha").copied().unwrap_or(0);
+    let beta = leaves.get("hot_beta").copied().unwrap_or(0);
+    assert!(alpha > 0 && beta > 0, "hot functions: {leaves:?}");
+    assert!(
+        alpha > beta,
+        "hot_alpha does 3x the work of hot_beta: {leaves:?}"
+    );
+    drop(work);
+}
+
+#[test]
+fn unavailable_then_recovers_without_losing_an_interval() {
+    if !require_ebpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir.path().join("received"), 3);
+    let work = workload(dir.path(), &[]);
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interval = \"1s\"\nfrequency_hz = 49\nendpoint = \"{}\"\n[filter]\npids = [{}]\n\
+             [exporter]\ninitial_backoff = \"100ms\"\nmax_backoff = \"400ms\"\n",
+            receiver.endpoint(),
+            work.0.id()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&["--config", config.to_str().unwrap()], &[]);
+    wait_until(Duration::from_secs(30), "4 accepted exports", || {
+        receiver.accepted() >= 4
+    });
+    let (_, stderr) = agent.stop();
+    let intervals: usize = stderr
+        .lines()
+        .find_map(|l| l.split("stopped after ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line: {stderr}"));
+
+    let calls = receiver.calls();
+    let refused = calls
+        .iter()
+        .filter(|c| c["status"] == "UNAVAILABLE")
+        .count();
+    assert_eq!(refused, 3, "{calls:?}");
+    // Every interval arrived once, and together they cover the run without a gap.
+    let mut spans: Vec<(u64, u64)> = receiver
+        .request_files()
+        .iter()
+        .map(|f| {
+            let request = decode_request(f);
+            let profile = &request.resource_profiles[0].scope_profiles[0].profiles[0];
+            (profile.time_unix_nano, profile.duration_nano)
+        })
+        .collect();
+    let exports: usize = stderr
+        .lines()
+        .find_map(|l| l.split(" intervals: ").nth(1))
+        .and_then(|rest| rest.split(", ").nth(1))
+        .and_then(|n| n.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no export count: {stderr}"));
+    assert_eq!(spans.len(), exports, "every export arrived once: {stderr}");
+    // The last interval (the flush) may be too short to hold a sample.
+    assert!(
+        spans.len() + 1 >= intervals,
+        "{} exports for {intervals} intervals: {stderr}",
+        spans.len()
+    );
+    spans.sort();
+    for pair in spans.windows(2) {
+        let (start, duration) = pair[0];
+        let gap = pair[1].0 as i64 - (start + duration) as i64;
+        assert!(
+            gap.abs() < 100_000_000,
+            "a gap of {gap} ns between intervals: {spans:?}"
+        );
+    }
+    assert!(
+        stderr.contains("retry"),
+        "the refusals were logged: {stderr}"
+    );
+}
+
+#[test]
+fn a_long_outage_drops_the_oldest_and_memory_stays_bounded() {
+    if !require_ebpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = workload(dir.path(), &[]);
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let agent = Agent::start(
+        &[
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}"),
+            "--http",
+            "127.0.0.1:0",
+            "-i",
+            "500ms",
+            "--queue-bytes",
+            "20000",
+            "--pid",
+            &work.0.id().to_string(),
+        ],
+        &[],
+    );
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    wait_until(Duration::from_secs(30), "dropped batches", || {
+        metric(
+            &agent.get("/metrics").1,
+            "smolder_export_dropped_batches_total",
+        ) >= 3.0
+    });
+    let rss_early: u64 = status_field(agent.pid(), "VmRSS")
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let text = agent.get("/metrics").1;
+    let rss_late: u64 = status_field(agent.pid(), "VmRSS")
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap();
+    let peak: u64 = status_field(agent.pid(), "VmHWM")
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap();
+    assert!(
+        metric(&text, "smolder_export_queue_bytes") <= 20000.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "smolder_export_queue_limit_bytes"), 20000.0);
+    assert!(metric(&text, "smolder_export_dropped_bytes_total") > 0.0);
+    assert_eq!(
+        metric(&text, "smolder_exports_total{result=\"success\"}"),
+        0.0
+    );
+    assert!(metric(&text, "smolder_export_failed_attempts_total") >= 1.0);
+    assert!(
+        rss_late < rss_early + 16 * 1024,
+        "RSS grew from {rss_early} kB to {rss_late} kB during the outage"
+    );
+    assert!(peak < 200 * 1024, "peak RSS {peak} kB");
+    agent.stop();
+    drop(work);
+}
+
+#[test]
+fn page_in_headless_chromium_metrics_and_local_files() {
+    if !require_ebpf() {
+        return;
+    }
+    let chromium = require_tool("chromium", "Debian chromium");
+    let dir = tempfile::tempdir().unwrap();
+    let work = workload(dir.path(), &[]);
+    let out = dir.path().join("intervals");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "[retention]\ncount = 2\n").unwrap();
+    let agent = Agent::start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--output-dir",
+            out.to_str().unwrap(),
+            "-i",
+            "1s",
+            "-F",
+            "99",
+            "--exe",
+            "smolder_hot",
+        ],
+        &[],
+    );
+    let addr = agent.http.unwrap();
+    assert_eq!(agent.get("/healthz").0, 200);
+    wait_until(Duration::from_secs(30), "the workload on the page", || {
+        agent.get("/").1.contains("smolder_hot")
+    });
+
+    let profile_dir = tempfile::tempdir().unwrap();
+    let screenshot = dir.path().join("page.png");
+    let browse = |extra: &[&str]| {
+        let out = Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1400,1600",
+            ])
+            .arg(format!("--user-data-dir={}", profile_dir.path().display()))
+            .args(extra)
+            .arg(format!("http://{addr}/"))
+            .output()
+            .expect("run chromium");
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = browse(&["--dump-dom"]);
+    let table = dom.find("id=\"processes\"").expect("the process table");
+    assert!(
+        dom[table..].contains("smolder_hot"),
+        "the workload is listed"
+    );
+    let graph = dom
+        .find("id=\"host-flamegraph\"")
+        .expect("the host flamegraph");
+    let svg = &dom[graph..];
+    assert!(svg.contains("<svg"), "the flamegraph is drawn inline");
+    assert!(
+        svg.contains("hot_alpha") && svg.contains("hot_beta"),
+        "the workload's functions are in the graph"
+    );
+    assert!(svg.contains("smolder_hot ["), "a root per process");
+    assert!(
+        !dom.contains("python3"),
+        "the name filter keeps only the workload"
+    );
+    browse(&[&format!("--screenshot={}", screenshot.display())]);
+    let png = std::fs::read(&screenshot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
+
+    let pid = work.0.id();
+    let (status, page) = agent.get(&format!("/process/{pid}"));
+    assert_eq!(status, 200);
+    assert!(page.contains("hot_alpha"));
+    let (status, svg) = agent.get(&format!("/process/{pid}/flamegraph.svg"));
+    assert_eq!(status, 200);
+    assert!(svg.starts_with("<?xml") && svg.contains("hot_beta"));
+
+    // /metrics as the Prometheus client library reads it.
+    let metrics = agent.get("/metrics").1;
+    let parsed = Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys\nfrom prometheus_client.parser import text_string_to_metric_families as f\n\
+             print(json.dumps({s.name + json.dumps(s.labels, sort_keys=True): s.value for m in f(sys.stdin.read()) for s in m.samples}))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(metrics.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        parsed.status.success(),
+        "the Prometheus parser rejected /metrics (is prometheus-client installed? .ci/run installs it): {}\n{metrics}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let samples: Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    for name in [
+        "smolder_samples_total{}",
+        "smolder_samples_lost_total{}",
+        "smolder_unwind_failures_total{}",
+        "smolder_symbolization_errors_total{}",
+        "smolder_export_queue_bytes{}",
+        "smolder_unwind_tables_loaded{}",
+        "smolder_exports_total{\"result\": \"failure\"}",
+    ] {
+        assert!(samples.get(name).is_some(), "{name} missing: {samples}");
+    }
+    assert!(samples["smolder_samples_total{}"].as_f64().unwrap() > 0.0);
+    assert!(samples["smolder_intervals_total{}"].as_f64().unwrap() >= 1.0);
+
+    // The local store keeps the newest two intervals, each as OTLP + SVG.
+    wait_until(Duration::from_secs(10), "three intervals", || {
+        samples_of(&agent.get("/metrics").1, "smolder_intervals_total") >= 3.0
+    });
+    agent.stop();
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 4, "{names:?}");
+    let otlp = out.join(&names[0]);
+    assert!(
+        names[0].ends_with(".otlp") && names[1].ends_with(".svg"),
+        "{names:?}"
+    );
+    let summary = python_check(&otlp, "data");
+    assert!(summary["samples"].as_i64().unwrap() > 0);
+    drop(work);
+}
+
+fn samples_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn sigterm_flushes_the_last_interval() {
+    if !require_ebpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir.path().join("received"), 0);
+    let work = workload(dir.path(), &[]);
+    let agent = Agent::start(
+        &[
+            "--endpoint",
+            &receiver.endpoint(),
+            "-i",
+            "1s",
+            "-F",
+            "99",
+            "--pid",
+            &work.0.id().to_string(),
+        ],
+        &[],
+    );
+    wait_until(Duration::from_secs(30), "two exports", || {
+        receiver.accepted() >= 2
+    });
+    // Half-way through an interval: what it holds arrives only by the flush.
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let (took, stderr) = agent.stop();
+    assert!(
+        took < Duration::from_secs(5),
+        "exit took {took:?}: {stderr}"
+    );
+    let files = receiver.request_files();
+    let last = decode_request(files.last().unwrap());
+    let profile = &last.resource_profiles[0].scope_profiles[0].profiles[0];
+    let end = profile.time_unix_nano + profile.duration_nano;
+    assert!(
+        end + 50_000_000 >= stopped_at,
+        "the last export ends {} ms before SIGTERM: the partial interval was lost\n{stderr}",
+        (stopped_at - end) / 1_000_000
+    );
+    let summary = python_check(files.last().unwrap(), "request");
+    let r = resource_of(&summary, work.0.id()).expect("the workload's resource");
+    assert_eq!(r["process.executable.name"]["stringValue"], "smolder_hot");
+    assert!(
+        summary["leaves"]["hot_alpha"].as_i64().unwrap_or(0) > 0,
+        "{summary}"
+    );
+    drop(receiver.child);
+    drop(work);
+}

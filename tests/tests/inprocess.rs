@@ -1,0 +1,210 @@
+//! The in-process profiler (`smolder::Profiler`) in a program that profiles
+//! itself (profiler/examples/inprocess.rs), run as an unprivileged user:
+//! the known functions carry their shares, every thread appears, labels
+//! reach the samples, and at 999 Hz the samples account for at least 95% of
+//! the CPU time the workload used.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use smolder_e2e::{require_tool, run_ok, workspace_root};
+use smolder_profiles_proto::{
+    pprof::any_value_to_string, read_profile, sample_weight, ProfileView,
+};
+
+fn example() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run_ok(Command::new(cargo).current_dir(workspace_root()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "smolder",
+            "--example",
+            "inprocess",
+        ]));
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+        // The unprivileged user must be able to run it from a copy it can read.
+        let copy = std::env::temp_dir().join(format!("smolder-inprocess-{}", std::process::id()));
+        std::fs::copy(profile_dir.join("examples/inprocess"), &copy).unwrap();
+        copy
+    })
+}
+
+struct Run {
+    summary: serde_json::Value,
+    data: smolder_profiles_proto::otlp::profiles::v1development::ProfilesData,
+}
+
+/// Runs the example as user `nobody` (perf_event_paranoid 2 allows it to
+/// sample its own threads).
+fn run_unprivileged(args: &[&str]) -> Run {
+    // One at a time: the CPU-time shares are only meaningful without
+    // another profiled workload on the same two CPUs.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let setpriv = require_tool("setpriv", "util-linux");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let out = run_ok(
+        Command::new(setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(example())
+            .args(args)
+            .arg("--out")
+            .arg(dir.path()),
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    let data = read_profile(&std::fs::read(dir.path().join("profile.pb")).unwrap())
+        .unwrap()
+        .data;
+    assert!(dir.path().join("profile.svg").exists());
+    Run { summary, data }
+}
+
+/// Share of samples whose stack holds each work function, samples per
+/// thread name, and the labels seen with each (thread, work function).
+struct Shares {
+    work: BTreeMap<&'static str, f64>,
+    threads: BTreeMap<String, i64>,
+    labelled: BTreeSet<(String, &'static str)>,
+}
+
+fn shares(data: &smolder_profiles_proto::otlp::profiles::v1development::ProfilesData) -> Shares {
+    const WORK: [&str; 3] = ["work_alpha", "work_beta", "work_gamma"];
+    let view = ProfileView::new(data);
+    let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+    let mut threads = BTreeMap::new();
+    let mut labelled = BTreeSet::new();
+    let mut total = 0;
+    for (_, profile) in view.profiles() {
+        for s in &profile.samples {
+            let w = sample_weight(s);
+            let functions: Vec<String> = view
+                .stack(s.stack_index)
+                .flat_map(|l| {
+                    view.lines(l)
+                        .map(|f| f.function.to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let thread = view
+                .attribute(&s.attribute_indices, "thread.name")
+                .map(any_value_to_string)
+                .unwrap_or_default();
+            *threads.entry(thread.clone()).or_insert(0) += w;
+            let endpoint = view
+                .attribute(&s.attribute_indices, "endpoint")
+                .map(any_value_to_string);
+            for name in WORK {
+                if functions.iter().any(|f| f.ends_with(name)) {
+                    *counts.entry(name).or_insert(0) += w;
+                    total += w;
+                    if endpoint.as_deref() == Some("/api") {
+                        labelled.insert((thread.clone(), name));
+                    }
+                }
+            }
+        }
+    }
+    Shares {
+        work: counts
+            .into_iter()
+            .map(|(k, v)| (k, v as f64 / total.max(1) as f64))
+            .collect(),
+        threads,
+        labelled,
+    }
+}
+
+fn check_shares_threads_labels(run: &Run) {
+    assert_eq!(run.summary["sampler"], "PerfEvents", "{}", run.summary);
+    let s = shares(&run.data);
+    for (name, want) in [("work_alpha", 0.6), ("work_beta", 0.3), ("work_gamma", 0.1)] {
+        let got = s.work.get(name).copied().unwrap_or(0.0);
+        assert!(
+            (got - want).abs() <= 0.03,
+            "{name}: {got:.3} (want {want}) in {:?} ({})",
+            s.work,
+            run.summary
+        );
+    }
+    for worker in ["worker-1", "worker-2", "worker-3"] {
+        assert!(
+            s.threads.get(worker).is_some_and(|&n| n > 0),
+            "{worker} missing: {:?}",
+            s.threads
+        );
+    }
+    // Worker 1 runs work_beta under `endpoint=/api`; nothing else is labelled.
+    assert_eq!(
+        s.labelled,
+        BTreeSet::from([("worker-1".to_owned(), "work_beta")]),
+        "{}",
+        run.summary
+    );
+}
+
+#[test]
+fn in_process_at_99_hz_without_root() {
+    let run = run_unprivileged(&["--hz", "99", "--seconds", "5"]);
+    check_shares_threads_labels(&run);
+}
+
+#[test]
+fn in_process_at_999_hz_captures_95_percent_of_cpu_time() {
+    let run = run_unprivileged(&["--hz", "999", "--seconds", "2"]);
+    check_shares_threads_labels(&run);
+    let sampled = run.summary["sampled_cpu_ns"].as_f64().unwrap();
+    let used = run.summary["workload_cpu_ns"].as_f64().unwrap();
+    assert!(
+        sampled >= 0.95 * used,
+        "captured {:.1}% of the CPU time: {}",
+        100.0 * sampled / used,
+        run.summary
+    );
+}
+
+#[test]
+fn signal_fallback_still_gives_a_profile() {
+    let run = run_unprivileged(&["--hz", "99", "--seconds", "1", "--fallback"]);
+    assert_eq!(run.summary["sampler"], "SignalFallback", "{}", run.summary);
+    let s = shares(&run.data);
+    assert!(
+        s.work.get("work_alpha").is_some_and(|&x| x > 0.3),
+        "{:?}",
+        s.work
+    );
+}
+
+#[test]
+fn without_default_features_there_is_no_aya_clap_or_agent() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = run_ok(Command::new(cargo).current_dir(workspace_root()).args([
+        "tree",
+        "-p",
+        "smolder",
+        "--no-default-features",
+        "-e",
+        "normal",
+        "--prefix",
+        "none",
+        "--offline",
+    ]));
+    let tree = String::from_utf8_lossy(&out.stdout);
+    // (tonic comes with the OTLP types of smolder-profiles-proto, gen-tonic.)
+    for banned in ["aya ", "clap ", "axum ", "caps ", "toml ", "indicatif "] {
+        assert!(
+            !tree.lines().any(|l| l.starts_with(banned)),
+            "{banned}found in the tree:\n{tree}"
+        );
+    }
+}
