@@ -5,6 +5,8 @@
 //! ```sh
 //! cargo run --release -p smolder --example inprocess -- --hz 999 --seconds 3 --out /tmp/prof
 //! ```
+//! With `--export-every SECONDS` it also exports a profile per interval to
+//! the OTLP endpoint of `OTEL_EXPORTER_OTLP_ENDPOINT`.
 //! It prints a JSON summary: which sampler ran, samples, the CPU time they
 //! stand for and the CPU time the three workers used.
 
@@ -67,6 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut seconds = 2.0;
     let mut out = std::env::temp_dir();
     let mut fallback = false;
+    let mut export_every = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -74,26 +77,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--seconds" => seconds = args.next().ok_or("--seconds S")?.parse()?,
             "--out" => out = args.next().ok_or("--out DIR")?.into(),
             "--fallback" => fallback = true,
+            // Long-running mode: export each interval to the OTLP endpoint
+            // of OTEL_EXPORTER_OTLP_ENDPOINT.
+            "--export-every" => {
+                export_every = Some(Duration::from_secs_f64(
+                    args.next().ok_or("--export-every SECONDS")?.parse()?,
+                ))
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     let run_for = Duration::from_secs_f64(seconds);
-    let guard = smolder::Profiler::builder()
+    let mut builder = smolder::Profiler::builder()
         .frequency_hz(hz)
-        .signal_fallback_only(fallback)
-        .stack_bytes(
-            std::env::var("STACK")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(32768),
-        )
-        .ring_pages(
-            std::env::var("PAGES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(64),
-        )
-        .start()?;
+        .signal_fallback_only(fallback);
+    if let Some(every) = export_every {
+        builder = builder.export_every(every, smolder::exporter::ExporterConfig::from_env()?);
+    }
+    let guard = builder.start()?;
     let workers: Vec<_> = (1..=3)
         .map(|i| {
             std::thread::Builder::new()

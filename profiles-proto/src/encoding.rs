@@ -45,6 +45,15 @@ pub fn gunzip(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// `bytes` decompressed when they are gzip, else as they are.
+pub fn gunzip_if_gzip(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    if is_gzip(bytes) {
+        Ok(std::borrow::Cow::Owned(gunzip(bytes)?))
+    } else {
+        Ok(std::borrow::Cow::Borrowed(bytes))
+    }
+}
+
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = GzEncoder::new(
         Vec::with_capacity(bytes.len() / 4),
@@ -58,14 +67,8 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// Decodes and validates OTLP binary (`ProfilesData` or an
 /// `ExportProfilesServiceRequest`, plain or gzip).
 pub fn decode_binary(bytes: &[u8]) -> Result<ProfilesData> {
-    let owned;
-    let bytes = if is_gzip(bytes) {
-        owned = gunzip(bytes)?;
-        &owned[..]
-    } else {
-        bytes
-    };
-    let data = ProfilesData::decode(bytes).map_err(|error| Error::Protobuf {
+    let bytes = gunzip_if_gzip(bytes)?;
+    let data = ProfilesData::decode(&*bytes).map_err(|error| Error::Protobuf {
         format: "OTLP",
         error,
     })?;

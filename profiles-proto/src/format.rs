@@ -4,7 +4,7 @@
 use std::fmt;
 
 use crate::encoding::{
-    decode_binary, decode_json, encode_binary, encode_json, gunzip, gzip, is_gzip,
+    decode_binary, decode_json, encode_binary, encode_json, gunzip, gunzip_if_gzip, gzip, is_gzip,
 };
 use crate::error::{Error, Result};
 use crate::folded::{read_folded, write_folded, FoldOptions};
@@ -173,13 +173,7 @@ pub fn detect(bytes: &[u8]) -> Result<(Format, bool)> {
 /// Reads a profile in any known format, detected by content, and validates it.
 pub fn read_profile(bytes: &[u8]) -> Result<Decoded> {
     let (format, gz) = detect(bytes)?;
-    let owned;
-    let plain = if gz {
-        owned = gunzip(bytes)?;
-        &owned[..]
-    } else {
-        bytes
-    };
+    let plain = &*gunzip_if_gzip(bytes)?;
     let data = match format {
         Format::OtlpBinary => decode_binary(plain)?,
         Format::OtlpJson => decode_json(plain)?,

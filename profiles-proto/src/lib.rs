@@ -47,8 +47,8 @@ pub use builder::{
     ProfileConfig, ProfileTypeId, ResourceId, SourceLine, BUILD_ID_KEY, FRAME_TYPE_KEY,
 };
 pub use encoding::{
-    decode_binary, decode_json, encode_binary, encode_json, from_export_request, gunzip, gzip,
-    is_gzip, to_export_request, MAX_DECOMPRESSED_BYTES,
+    decode_binary, decode_json, encode_binary, encode_json, from_export_request, gunzip,
+    gunzip_if_gzip, gzip, is_gzip, to_export_request, MAX_DECOMPRESSED_BYTES,
 };
 pub use error::{Error, Result};
 pub use folded::{fold, read_folded, write_folded, FoldOptions};

@@ -19,7 +19,7 @@ use crate::builder::{
     int_value, key_value, string_value, FrameType, LocationSpec, MappingSpec, ProfileBuilder,
     ProfileConfig, ProfileTypeId, SourceLine, BUILD_ID_KEY,
 };
-use crate::encoding::{gunzip, gzip, is_gzip};
+use crate::encoding::{gunzip_if_gzip, gzip};
 use crate::error::{Error, Result};
 use crate::otlp::common::v1::{any_value, AnyValue, KeyValue};
 use crate::otlp::profiles::v1development::ProfilesData;
@@ -406,14 +406,8 @@ pub fn encode_pprof(data: &ProfilesData) -> Vec<u8> {
 
 /// Decodes a pprof profile, plain or gzip, and converts it to OTLP.
 pub fn decode_pprof(bytes: &[u8]) -> Result<ProfilesData> {
-    let owned;
-    let bytes = if is_gzip(bytes) {
-        owned = gunzip(bytes)?;
-        &owned[..]
-    } else {
-        bytes
-    };
-    let profile = PprofProfile::decode(bytes).map_err(|error| Error::Protobuf {
+    let bytes = gunzip_if_gzip(bytes)?;
+    let profile = PprofProfile::decode(&*bytes).map_err(|error| Error::Protobuf {
         format: "pprof",
         error,
     })?;

@@ -267,6 +267,13 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// The agents of these tests take turns: each samples with eBPF and
+/// measures time-bound behaviour that five agents on two CPUs would blur.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
@@ -304,6 +311,7 @@ fn exports_the_workload_to_the_official_receiver() {
     if !require_ebpf() {
         return;
     }
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(&dir.path().join("received"), 0);
     let work = workload(dir.path(), &[("OTEL_SERVICE_NAME", "hot-service")]);
@@ -387,6 +395,7 @@ fn unavailable_then_recovers_without_losing_an_interval() {
     if !require_ebpf() {
         return;
     }
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(&dir.path().join("received"), 3);
     let work = workload(dir.path(), &[]);
@@ -402,7 +411,7 @@ fn unavailable_then_recovers_without_losing_an_interval() {
     )
     .unwrap();
     let agent = Agent::start(&["--config", config.to_str().unwrap()], &[]);
-    wait_until(Duration::from_secs(30), "4 accepted exports", || {
+    wait_until(Duration::from_secs(60), "4 accepted exports", || {
         receiver.accepted() >= 4
     });
     let (_, stderr) = agent.stop();
@@ -463,6 +472,7 @@ fn a_long_outage_drops_the_oldest_and_memory_stays_bounded() {
     if !require_ebpf() {
         return;
     }
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let work = workload(dir.path(), &[]);
     // A port nothing listens on.
@@ -537,6 +547,7 @@ fn page_in_headless_chromium_metrics_and_local_files() {
     if !require_ebpf() {
         return;
     }
+    let _turn = one_at_a_time();
     let chromium = require_tool("chromium", "Debian chromium");
     let dir = tempfile::tempdir().unwrap();
     let work = workload(dir.path(), &[]);
@@ -695,6 +706,7 @@ fn sigterm_flushes_the_last_interval() {
     if !require_ebpf() {
         return;
     }
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(&dir.path().join("received"), 0);
     let work = workload(dir.path(), &[]);

@@ -208,3 +208,70 @@ fn without_default_features_there_is_no_aya_clap_or_agent() {
         );
     }
 }
+
+#[test]
+fn long_running_mode_exports_every_interval_over_otlp() {
+    require_tool("python3", "python3");
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = Command::new("python3")
+        .arg(workspace_root().join("tests/oracles/otlp_receiver.py"))
+        .arg("--out")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the receiver");
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(receiver.stdout.take().unwrap()));
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let port = first["port"].as_u64().expect("the receiver's port");
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(example())
+        .args([
+            "--hz",
+            "99",
+            "--seconds",
+            "6",
+            "--export-every",
+            "1",
+            "--out",
+        ])
+        .arg(out.path())
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("OTEL_SERVICE_NAME", "inprocess-example")
+        .output()
+        .unwrap();
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut requests: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+        .collect();
+    requests.sort();
+    // 6 s in 1 s intervals, and the last part at stop. (The first interval
+    // also parses the debug info of this debug build, so it may run long.)
+    assert!(
+        requests.len() >= 3,
+        "only {} exports arrived",
+        requests.len()
+    );
+    let mut total = 0;
+    for request in &requests {
+        let summary = smolder_e2e::python_check(request, "request");
+        total += summary["total"].as_i64().unwrap_or(0);
+        let resource = &summary["resources"][0];
+        assert_eq!(
+            resource["service.name"]["stringValue"], "inprocess-example",
+            "{summary}"
+        );
+    }
+    assert!(total > 300, "only {total} samples exported");
+}

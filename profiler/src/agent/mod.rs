@@ -42,7 +42,7 @@ use smolder_symbolizer::{Source, Symbolizer};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::exporter::{Exporter, ExporterConfig, ExporterError, ExporterStats, ResourceAttributes};
-use crate::pipeline::{Aggregator, AggregatorStats, StackSample};
+use crate::pipeline::{Aggregator, AggregatorStats};
 use crate::sampler::{Sampler, SamplerConfig, SamplerError, SamplerEvent, SamplerStats};
 
 pub use config::{AgentConfig, ExporterSettings, FilterConfig, Retention};
@@ -213,16 +213,7 @@ impl Running {
                         continue;
                     }
                     self.samples_kept += 1;
-                    self.aggregator.add(&StackSample {
-                        pid: s.pid,
-                        tid: s.tid,
-                        cpu: s.cpu,
-                        time_unix_nano: s.time_ns,
-                        thread_name: &s.comm,
-                        kernel: &s.kernel_stack,
-                        user: &s.user_stack,
-                        labels: &[],
-                    });
+                    self.aggregator.add(&s.stack_sample());
                 }
                 SamplerEvent::Exec { pid, .. } => {
                     self.aggregator.on_exec(pid);

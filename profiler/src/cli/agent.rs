@@ -33,7 +33,7 @@ pub struct AgentArgs {
     #[arg(short = 'F', long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub frequency: Option<u64>,
     /// One profile per interval (default 10s)
-    #[arg(short, long, value_parser = super::record::parse_duration)]
+    #[arg(short, long, value_parser = smolder::agent::config::parse_duration)]
     pub interval: Option<Duration>,
     /// Profile only these processes (and what they start)
     #[arg(short, long, value_delimiter = ',', value_name = "PID[,PID...]")]

@@ -16,7 +16,8 @@ use smolder_profiles_proto::{write_profile, Format, ProfileConfig};
 use smolder_symbolizer::{Source, Symbolizer};
 
 use super::io::write_output_with;
-use smolder::pipeline::{Aggregator, StackSample};
+use smolder::agent::config::parse_duration;
+use smolder::pipeline::Aggregator;
 use smolder::sampler::{Sampler, SamplerConfig, SamplerEvent};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -60,33 +61,6 @@ pub struct RecordArgs {
     /// A command to start and profile until it exits (after `--`)
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
-}
-
-/// `30s`, `500ms`, `2m`, `1h`, or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s or 500ms"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1e3,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
-            ))
-        }
-    };
-    if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(format!("{text:?} is not a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// What `record` measured, printed when it ends.
@@ -229,16 +203,7 @@ fn feed(aggregator: &mut Aggregator, events: Vec<SamplerEvent>) -> Vec<u32> {
     let mut execs = Vec::new();
     for event in events {
         match event {
-            SamplerEvent::Sample(s) => aggregator.add(&StackSample {
-                pid: s.pid,
-                tid: s.tid,
-                cpu: s.cpu,
-                time_unix_nano: s.time_ns,
-                thread_name: &s.comm,
-                kernel: &s.kernel_stack,
-                user: &s.user_stack,
-                labels: &[],
-            }),
+            SamplerEvent::Sample(s) => aggregator.add(&s.stack_sample()),
             SamplerEvent::Exec { pid, .. } => {
                 aggregator.on_exec(pid);
                 execs.push(pid);

@@ -172,6 +172,9 @@ pub struct ProfilerBuilder {
     /// How often thread names are read again.
     thread_scan_interval: Duration,
     signal_fallback_only: bool,
+    /// Long-running mode: a profile per interval, exported over OTLP.
+    #[cfg(feature = "exporter")]
+    export: Option<(Duration, crate::exporter::ExporterConfig)>,
 }
 
 impl Default for ProfilerBuilder {
@@ -182,6 +185,8 @@ impl Default for ProfilerBuilder {
             ring_pages: 512,
             thread_scan_interval: Duration::from_millis(500),
             signal_fallback_only: false,
+            #[cfg(feature = "exporter")]
+            export: None,
         }
     }
 }
@@ -213,6 +218,21 @@ impl ProfilerBuilder {
     /// Use the signal-based sampler even where perf events work (tests).
     pub fn signal_fallback_only(mut self, yes: bool) -> Self {
         self.signal_fallback_only = yes;
+        self
+    }
+
+    /// Long-running mode (feature `exporter`): every `interval`, the
+    /// profile of that interval is symbolized and exported to the OTLP
+    /// endpoint of `config` (see `ExporterConfig::from_env`: the agent's
+    /// `OTEL_EXPORTER_OTLP_*` variables) from the background threads;
+    /// `stop` exports and returns the last, partial interval.
+    #[cfg(feature = "exporter")]
+    pub fn export_every(
+        mut self,
+        interval: Duration,
+        config: crate::exporter::ExporterConfig,
+    ) -> Self {
+        self.export = Some((interval, config));
         self
     }
 
@@ -353,9 +373,12 @@ impl ProfilerGuard {
                     .map_err(|_| ProfilerError::Thread("it panicked".into()));
                 labels::stop_recording();
                 let mut collected = collected?;
-                let data = collected
-                    .aggregator
-                    .finish(&Symbolizer::new(), self.started.config());
+                let config = interval_config(&self.started, collected.interval_start);
+                let data = collected.aggregator.finish(&collected.symbolizer, config);
+                #[cfg(feature = "exporter")]
+                if let Some(export) = collected.export.take() {
+                    export.finish(data.clone());
+                }
                 Ok(Profile {
                     data,
                     stats: collected.stats,
@@ -385,7 +408,89 @@ impl Drop for StopOnDrop {
 
 struct Collected {
     aggregator: Aggregator,
+    symbolizer: Symbolizer,
+    /// Start (unix ns) of what the aggregator holds.
+    interval_start: u64,
     stats: ProfileStats,
+    #[cfg(feature = "exporter")]
+    export: Option<exporting::ExportThread>,
+}
+
+/// The profile config of the interval from `start_unix` to now.
+fn interval_config(started: &Started, start_unix: u64) -> ProfileConfig {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    ProfileConfig::cpu(started.hz, start_unix, now.saturating_sub(start_unix))
+}
+
+#[cfg(feature = "exporter")]
+mod exporting {
+    //! The long-running mode's exporter: its own thread and tokio runtime,
+    //! fed one `ProfilesData` per interval over a channel.
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
+
+    use crate::exporter::{Exporter, ExporterConfig};
+
+    pub struct ExportThread {
+        tx: Option<mpsc::Sender<ProfilesData>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl ExportThread {
+        pub fn start(config: ExporterConfig) -> Result<ExportThread, String> {
+            let (tx, rx) = mpsc::channel::<ProfilesData>();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let exporter = runtime
+                .block_on(async { Exporter::start(config) })
+                .map_err(|e| e.to_string())?;
+            let thread = std::thread::Builder::new()
+                .name("smolder-export".into())
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        loop {
+                            // Poll the channel without blocking the runtime, so
+                            // the exporter's sending task runs meanwhile.
+                            match rx.try_recv() {
+                                Ok(data) => exporter.export(data),
+                                Err(mpsc::TryRecvError::Empty) => {
+                                    tokio::time::sleep(Duration::from_millis(20)).await
+                                }
+                                Err(mpsc::TryRecvError::Disconnected) => break,
+                            }
+                        }
+                        let stats = exporter.shutdown(Duration::from_secs(5)).await;
+                        tracing::info!("in-process exporter stopped: {stats:?}");
+                    })
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(ExportThread {
+                tx: Some(tx),
+                thread: Some(thread),
+            })
+        }
+
+        pub fn send(&self, data: ProfilesData) {
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(data);
+            }
+        }
+
+        /// Sends the last interval and waits for the flush (at most ~5 s).
+        pub fn finish(mut self, data: ProfilesData) {
+            self.send(data);
+            drop(self.tx.take());
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 fn gettid() -> u32 {
@@ -451,9 +556,22 @@ fn reader(
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut refused: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut aggregator = Aggregator::new();
+    let symbolizer = Symbolizer::new();
+    #[cfg_attr(not(feature = "exporter"), allow(unused_mut))]
+    let mut interval_start = started.unix_nano;
     let mut stats = ProfileStats::default();
     let mut batch = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    #[cfg(feature = "exporter")]
+    let export = settings.export.clone().and_then(|(every, config)| {
+        match exporting::ExportThread::start(config) {
+            Ok(thread) => Some((every, thread)),
+            Err(e) => {
+                tracing::warn!("cannot start the in-process OTLP exporter: {e}");
+                None
+            }
+        }
+    });
     let mut names_read_at: Option<Instant> = None;
     let mut found_at: HashMap<u32, Instant> = HashMap::new();
     loop {
@@ -546,11 +664,28 @@ fn reader(
         if stopping {
             break;
         }
+        #[cfg(feature = "exporter")]
+        if let Some((every, thread)) = &export {
+            if Instant::now()
+                >= started.at + Duration::from_nanos(interval_start - started.unix_nano) + *every
+            {
+                let config = interval_config(&started, interval_start);
+                interval_start = config.time_unix_nano + config.duration_nano;
+                thread.send(aggregator.finish(&symbolizer, config));
+            }
+        }
         wait_for_samples(&events, Duration::from_millis(10));
     }
     stats.threads = seen.len();
     stats.profiler_cpu_ns = thread_cpu_ns();
-    Collected { aggregator, stats }
+    Collected {
+        aggregator,
+        symbolizer,
+        interval_start,
+        stats,
+        #[cfg(feature = "exporter")]
+        export: export.map(|(_, thread)| thread),
+    }
 }
 
 /// The signal-based fallback's report as an OTLP profile (pprof-rs

@@ -160,6 +160,22 @@ pub struct StackCopy {
     pub stack: Vec<u8>,
 }
 
+impl RawSample {
+    /// The sample as the pipeline's aggregator takes it.
+    pub fn stack_sample(&self) -> crate::pipeline::StackSample<'_> {
+        crate::pipeline::StackSample {
+            pid: self.pid,
+            tid: self.tid,
+            cpu: self.cpu,
+            time_unix_nano: self.time_ns,
+            thread_name: &self.comm,
+            kernel: &self.kernel_stack,
+            user: &self.user_stack,
+            labels: &[],
+        }
+    }
+}
+
 /// Why the sampler could not start or read.
 #[derive(Debug, thiserror::Error)]
 pub enum SamplerError {
