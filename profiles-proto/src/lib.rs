@@ -54,7 +54,7 @@ pub use error::{Error, Result};
 pub use folded::{fold, read_folded, write_folded, FoldOptions};
 pub use format::{detect, read_profile, write_profile, write_profile_gzip, Decoded, Format};
 pub use merge::{location_spec, merge};
-pub use perf_script::read_perf_script;
+pub use perf_script::{read_perf_script, read_perf_script_from};
 pub use pprof::{decode_pprof, encode_pprof, from_pprof, to_pprof};
 pub use validate::{validate, ValidationError};
 pub use view::{sample_weight, FrameLine, ProfileView};

@@ -53,6 +53,16 @@ fn sample_type(text: &[u8]) -> (String, String) {
 }
 
 pub fn read_perf_script(text: &[u8]) -> Result<ProfilesData> {
+    read_perf_script_from(text)
+}
+
+/// Reads `perf script` text from a stream, without holding all of it: only
+/// the collapsed stacks are kept (what a large recording needs in memory).
+pub fn read_perf_script_from(mut input: impl std::io::BufRead) -> Result<ProfilesData> {
+    let head = input
+        .fill_buf()
+        .map_err(|e| Error::PerfScript(e.to_string()))?;
+    let sample_type = sample_type(head);
     let mut options = Options::default();
     options.include_tid = true;
     options.annotate_kernel = true;
@@ -60,7 +70,7 @@ pub fn read_perf_script(text: &[u8]) -> Result<ProfilesData> {
     options.nthreads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut folded = Vec::new();
     Folder::from(options)
-        .collapse(text, &mut folded)
+        .collapse(input, &mut folded)
         .map_err(|e| Error::PerfScript(e.to_string()))?;
     let folded = String::from_utf8_lossy(&folded);
 
@@ -77,7 +87,7 @@ pub fn read_perf_script(text: &[u8]) -> Result<ProfilesData> {
         }
     }
     let mut builder = ProfileBuilder::new(ProfileConfig {
-        sample_type: sample_type(text),
+        sample_type,
         period_type: ("cpu".into(), "nanoseconds".into()),
         period: 0,
         time_unix_nano: 0,

@@ -7,10 +7,25 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use smolder_profiles_proto::{read_profile, Decoded};
+use smolder_profiles_proto::{
+    detect, read_perf_script_from, read_profile, validate, Decoded, Format,
+};
 
 /// Inputs above this size get a progress bar when stderr is a terminal.
 const PROGRESS_THRESHOLD: u64 = 4 << 20;
+
+/// A progress bar for reading a large input, when stderr is a terminal.
+fn progress_bar(path: &Path, size: u64) -> Option<indicatif::ProgressBar> {
+    if size <= PROGRESS_THRESHOLD || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let style =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let bar = indicatif::ProgressBar::new(size).with_style(style);
+    bar.set_message(format!("reading {}", path.display()));
+    Some(bar)
+}
 
 /// Reads a whole input file (or standard input for `-`).
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
@@ -32,14 +47,7 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     let mut file = File::open(path).context("cannot open")?;
     let size = meta.len();
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    if size > PROGRESS_THRESHOLD && std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(size).with_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("reading {}", path.display()));
+    if let Some(bar) = progress_bar(path, size) {
         let mut chunk = vec![0u8; 1 << 20];
         loop {
             let n = file.read(&mut chunk).context("read failed")?;
@@ -59,8 +67,39 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 /// Reads and decodes a profile file; errors name the file.
 pub fn read_input(path: &Path) -> Result<Decoded> {
     let name = path.display();
+    if let Some(decoded) = stream_perf_script(path).with_context(|| format!("{name}"))? {
+        return Ok(decoded);
+    }
     let bytes = read_bytes(path).with_context(|| format!("{name}"))?;
     read_profile(&bytes).with_context(|| format!("{name}"))
+}
+
+/// `perf script` text, often gigabytes, is streamed to the collapser rather
+/// than read whole; `None` when the file is something else (or stdin).
+fn stream_perf_script(path: &Path) -> Result<Option<Decoded>> {
+    if path == Path::new("-") || !path.is_file() {
+        return Ok(None);
+    }
+    let mut head = vec![0u8; 64 * 1024];
+    let mut file = File::open(path).context("cannot open")?;
+    let n = file.read(&mut head).context("read failed")?;
+    head.truncate(n);
+    if !matches!(detect(&head), Ok((Format::PerfScript, false))) {
+        return Ok(None);
+    }
+    let file = File::open(path).context("cannot open")?;
+    let size = file.metadata().map_or(0, |m| m.len());
+    let reader: Box<dyn Read> = match progress_bar(path, size) {
+        Some(bar) => Box::new(bar.wrap_read(file)),
+        None => Box::new(file),
+    };
+    let data = read_perf_script_from(std::io::BufReader::with_capacity(1 << 20, reader))?;
+    validate(&data)?;
+    Ok(Some(Decoded {
+        format: Format::PerfScript,
+        gzip: false,
+        data,
+    }))
 }
 
 /// Writes `bytes` to `path` atomically (a temporary file in the same
