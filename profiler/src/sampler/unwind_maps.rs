@@ -327,6 +327,15 @@ impl Worker {
             .sum();
     }
 
+    /// This file gets no table (frame pointers for it from now on): counted once.
+    fn give_up(&mut self, identity: (u64, u64)) {
+        self.failed.insert(identity, ());
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failures += 1;
+    }
+
     fn load_process(&mut self, pid: u32) -> Result<(), LoadError> {
         let maps = ProcessMaps::read(pid)
             .map_err(|e| LoadError(format!("reading /proc/{pid}/maps: {e}")))?;
@@ -399,11 +408,7 @@ impl Worker {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::debug!("no unwind table: frame pointers for {}: {e}", entry.path);
-                        self.failed.insert(identity, ());
-                        self.stats
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .failures += 1;
+                        self.give_up(identity);
                         return None;
                     }
                 };
@@ -415,11 +420,7 @@ impl Worker {
                             entry.path,
                             rows.len()
                         );
-                        self.failed.insert(identity, ());
-                        self.stats
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .failures += 1;
+                        self.give_up(identity);
                         return None;
                     };
                     self.rows.write(start, rows);
