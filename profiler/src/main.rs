@@ -3,10 +3,8 @@
 
 mod cli;
 
-use clap::Parser;
-
 fn main() {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_or_exit();
     match cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(err) => {

@@ -409,7 +409,10 @@ impl ProfileBuilder {
                 obs.values.push(value);
                 obs.timestamps.push(ts);
             }
-            None => *obs.untimed.get_or_insert(0) += value,
+            None => {
+                let sum = obs.untimed.get_or_insert(0);
+                *sum = sum.saturating_add(value);
+            }
         }
     }
 

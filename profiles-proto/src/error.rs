@@ -11,8 +11,12 @@ pub enum Error {
     Unrecognized(String),
     #[error("corrupt gzip stream: {0}")]
     Gzip(std::io::Error),
-    #[error("decompressed size exceeds the limit of {limit} bytes")]
+    #[error("input is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("line {line} is longer than the limit of {limit} bytes")]
+    LineTooLong { line: usize, limit: u64 },
+    #[error("read failed: {0}")]
+    Read(String),
     // The causes below are part of the message, not `#[source]`s, so that
     // a context chain (anyhow's `{:#}`) prints each of them once.
     #[error("malformed {format} protobuf: {error}")]

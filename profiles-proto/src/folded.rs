@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::builder::{
-    FrameType, LocationSpec, ProfileBuilder, ProfileConfig, ResourceId, SourceLine,
+    FrameType, LocationSpec, ProfileBuilder, ProfileConfig, ProfileTypeId, ResourceId, SourceLine,
 };
 use crate::error::{Error, Result};
 use crate::otlp::profiles::v1development::ProfilesData;
@@ -53,6 +53,27 @@ impl Default for FoldOptions {
 
 /// The folded stacks of `data`, merged, in order of first appearance.
 pub fn fold(data: &ProfilesData, options: &FoldOptions) -> Vec<(String, i64)> {
+    fold_with(data, options, false)
+}
+
+/// Like [`fold`], with the command name of each sample as its root frame,
+/// as inferno's perf collapser writes by default: the sample's
+/// `thread.name` (perf's comm), else the process's executable name or
+/// service name; no root frame when none is known.
+pub fn fold_comm_rooted(data: &ProfilesData, options: &FoldOptions) -> Vec<(String, i64)> {
+    fold_with(data, options, true)
+}
+
+/// Writes [`fold_comm_rooted`] stacks as text, one `stack count` line each.
+pub fn write_folded_comm_rooted(data: &ProfilesData, options: &FoldOptions) -> String {
+    let mut out = String::new();
+    for (stack, count) in fold_comm_rooted(data, options) {
+        let _ = writeln!(out, "{stack} {count}");
+    }
+    out
+}
+
+fn fold_with(data: &ProfilesData, options: &FoldOptions, comm_roots: bool) -> Vec<(String, i64)> {
     let view = ProfileView::new(data);
     let wanted = options.sample_type.clone().or_else(|| {
         view.profiles().next().map(|(_, p)| {
@@ -71,8 +92,18 @@ pub fn fold(data: &ProfilesData, options: &FoldOptions) -> Vec<(String, i64)> {
             }
         }
         let process_root = options.process_roots.then(|| process_label(resource));
+        let process_name = process_name(resource);
         for sample in &profile.samples {
             line.clear();
+            if comm_roots {
+                let comm = view
+                    .attribute(&sample.attribute_indices, "thread.name")
+                    .map(any_value_to_string)
+                    .or_else(|| process_name.clone());
+                if let Some(comm) = comm {
+                    push_frame(&mut line, &comm);
+                }
+            }
             if let Some(root) = &process_root {
                 push_frame(&mut line, root);
             }
@@ -132,7 +163,7 @@ pub fn fold(data: &ProfilesData, options: &FoldOptions) -> Vec<(String, i64)> {
             }
             let weight = sample_weight(sample);
             match index.get(&line) {
-                Some(&i) => order[i].1 += weight,
+                Some(&i) => order[i].1 = order[i].1.saturating_add(weight),
                 None => {
                     index.insert(line.clone(), order.len());
                     order.push((line.clone(), weight));
@@ -151,6 +182,19 @@ fn labelled(name: &str, id: Option<&str>) -> String {
     }
 }
 
+/// The executable (or else service) name of a process.
+fn process_name(resource: Option<&crate::otlp::resource::v1::Resource>) -> Option<String> {
+    let attr = |key: &str| -> Option<String> {
+        resource?
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .map(any_value_to_string)
+    };
+    attr("process.executable.name").or_else(|| attr("service.name"))
+}
+
 fn process_label(resource: Option<&crate::otlp::resource::v1::Resource>) -> String {
     let attr = |key: &str| -> Option<String> {
         resource?
@@ -160,9 +204,7 @@ fn process_label(resource: Option<&crate::otlp::resource::v1::Resource>) -> Stri
             .and_then(|kv| kv.value.as_ref())
             .map(any_value_to_string)
     };
-    let name = attr("process.executable.name")
-        .or_else(|| attr("service.name"))
-        .unwrap_or_else(|| "[unknown process]".into());
+    let name = process_name(resource).unwrap_or_else(|| "[unknown process]".into());
     labelled(&name, attr("process.pid").as_deref())
 }
 
@@ -188,19 +230,70 @@ pub fn write_folded(data: &ProfilesData, options: &FoldOptions) -> String {
     out
 }
 
-/// Parses folded stacks into a profile with one resource. `_[k]` frames
-/// become kernel locations; `_[i]` frames become inlined lines of the
-/// location before them.
-pub fn read_folded(text: &str) -> Result<ProfilesData> {
-    let mut builder = ProfileBuilder::new(ProfileConfig {
+/// A sample count: a decimal integer, saturated at the bounds of `i64`
+/// (a count too large to represent is as large as a count can be).
+pub(crate) fn parse_count(text: &str) -> Option<i64> {
+    if let Ok(n) = text.parse::<i64>() {
+        return Some(n);
+    }
+    let (negative, digits) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(if negative {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+fn folded_config() -> ProfileConfig {
+    ProfileConfig {
         sample_type: ("samples".into(), "count".into()),
         period_type: ("cpu".into(), "nanoseconds".into()),
         period: 0,
         time_unix_nano: 0,
         duration_nano: 0,
-    });
+    }
+}
+
+/// Parses folded stacks into a profile with one resource. `_[k]` frames
+/// become kernel locations; `_[i]` frames become inlined lines of the
+/// location before them.
+pub fn read_folded(text: &str) -> Result<ProfilesData> {
+    let mut builder = ProfileBuilder::new(folded_config());
     let resource = builder.resource(Vec::new());
     add_folded(&mut builder, text, |_, _| (resource, Vec::new(), 0))?;
+    Ok(builder.finish())
+}
+
+/// Reads folded stacks from a stream, one line at a time: `first` is line
+/// `number` (already read by detection), `rest` the lines after it. Lines
+/// need not be UTF-8 (they are decoded lossily); a line longer than the
+/// input limit is refused.
+pub(crate) fn read_folded_lines(
+    first: Vec<u8>,
+    number: usize,
+    mut rest: Box<dyn std::io::BufRead + '_>,
+    options: &crate::format::ReadOptions,
+) -> Result<ProfilesData> {
+    let mut builder = ProfileBuilder::new(folded_config());
+    let resource = builder.resource(Vec::new());
+    let mut lines = FoldedLines::new(&mut builder);
+    let mut root = |_: &mut ProfileBuilder, _: &str| (resource, Vec::new(), 0);
+    let mut line = first;
+    let mut n = number;
+    loop {
+        lines.add(&mut builder, n, &String::from_utf8_lossy(&line), &mut root)?;
+        line.clear();
+        let read = crate::format::read_line_capped(&mut rest, &mut line, options.max_input_size)
+            .map_err(|e| crate::format::read_error(e, n + 1))?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+    }
     Ok(builder.finish())
 }
 
@@ -212,24 +305,51 @@ pub(crate) fn add_folded(
     text: &str,
     mut root: impl FnMut(&mut ProfileBuilder, &str) -> (ResourceId, Vec<i32>, usize),
 ) -> Result<usize> {
-    let profile_type = builder.default_profile_type();
-    let mut added = 0;
-    let mut known: HashMap<&str, i32> = HashMap::new();
+    let mut lines = FoldedLines::new(builder);
     for (n, raw) in text.lines().enumerate() {
+        lines.add(builder, n + 1, raw, &mut root)?;
+    }
+    Ok(lines.added)
+}
+
+/// The state of reading folded lines into a builder: the locations made so
+/// far, by the text of their frames.
+struct FoldedLines {
+    profile_type: ProfileTypeId,
+    known: HashMap<String, i32>,
+    added: usize,
+}
+
+impl FoldedLines {
+    fn new(builder: &mut ProfileBuilder) -> Self {
+        FoldedLines {
+            profile_type: builder.default_profile_type(),
+            known: HashMap::new(),
+            added: 0,
+        }
+    }
+
+    /// Adds line `n` (1-based) unless it is blank.
+    fn add(
+        &mut self,
+        builder: &mut ProfileBuilder,
+        n: usize,
+        raw: &str,
+        root: &mut impl FnMut(&mut ProfileBuilder, &str) -> (ResourceId, Vec<i32>, usize),
+    ) -> Result<()> {
         let line = raw.trim_end();
         if line.trim().is_empty() {
-            continue;
+            return Ok(());
         }
         let bad = |problem: &str| Error::Folded {
-            line: n + 1,
+            line: n,
             problem: problem.to_owned(),
         };
         let (stack, count) = line
             .rsplit_once(' ')
             .ok_or_else(|| bad("no sample count after the stack"))?;
-        let count: i64 = count
-            .parse()
-            .map_err(|_| bad(&format!("sample count {count:?} is not an integer")))?;
+        let count = parse_count(count)
+            .ok_or_else(|| bad(&format!("sample count {count:?} is not an integer")))?;
         if stack.is_empty() {
             return Err(bad("empty stack"));
         }
@@ -253,16 +373,28 @@ pub(crate) fn add_folded(
             .rev()
             .map(|&(start, end)| {
                 let text = group_text(stack, &frames, start, end);
-                *known
-                    .entry(text)
-                    .or_insert_with(|| builder.location(&location_of(&frames[start..end])))
+                match self.known.get(text) {
+                    Some(&index) => index,
+                    None => {
+                        let index = builder.location(&location_of(&frames[start..end]));
+                        self.known.insert(text.to_owned(), index);
+                        index
+                    }
+                }
             })
             .collect();
         let stack = builder.stack(&indices);
-        builder.add_sample(resource_id, profile_type, stack, &attributes, count, None);
-        added += 1;
+        builder.add_sample(
+            resource_id,
+            self.profile_type,
+            stack,
+            &attributes,
+            count,
+            None,
+        );
+        self.added += 1;
+        Ok(())
     }
-    Ok(added)
 }
 
 /// The text of `frames[start..end]` as it stands in `stack` (the frames
@@ -324,5 +456,22 @@ mod tests {
         let err = read_folded("a;b 1\na;b x\n").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
         assert!(read_folded("nocount\n").is_err());
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_wrapping() {
+        let max = i64::MAX;
+        let data = read_folded(&format!("a;b {max}\na;b 1\nc 99999999999999999999\n")).unwrap();
+        assert_eq!(
+            write_folded(&data, &FoldOptions::default()),
+            format!("a;b {max}\nc {max}\n")
+        );
+        // Folding (and so writing) saturates too, when stacks merge there.
+        let no_kernel = FoldOptions {
+            kernel_frames: false,
+            ..FoldOptions::default()
+        };
+        let data = read_folded(&format!("a {max}\na;k_[k] {max}\n")).unwrap();
+        assert_eq!(write_folded(&data, &no_kernel), format!("a {max}\n"));
     }
 }

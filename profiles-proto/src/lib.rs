@@ -51,8 +51,13 @@ pub use encoding::{
     gunzip_if_gzip, gzip, is_gzip, to_export_request, MAX_DECOMPRESSED_BYTES,
 };
 pub use error::{Error, Result};
-pub use folded::{fold, read_folded, write_folded, FoldOptions};
-pub use format::{detect, read_profile, write_profile, write_profile_gzip, Decoded, Format};
+pub use folded::{
+    fold, fold_comm_rooted, read_folded, write_folded, write_folded_comm_rooted, FoldOptions,
+};
+pub use format::{
+    detect, read_profile, read_profile_from, write_profile, write_profile_gzip, Decoded, Format,
+    ReadOptions, DEFAULT_MAX_INPUT_SIZE,
+};
 pub use merge::{location_spec, merge};
 pub use perf_script::{read_perf_script, read_perf_script_from};
 pub use pprof::{decode_pprof, encode_pprof, from_pprof, to_pprof};

@@ -125,7 +125,7 @@ pub fn merge<'a>(inputs: impl IntoIterator<Item = &'a ProfilesData>) -> Profiles
                         type_id,
                         stack,
                         &attrs,
-                        sample.values.iter().sum(),
+                        sample.values.iter().fold(0i64, |a, &v| a.saturating_add(v)),
                         None,
                     );
                 } else {

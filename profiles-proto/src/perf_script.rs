@@ -3,6 +3,8 @@
 //! per process and `thread.id` / `thread.name` sample attributes.
 
 use std::collections::HashMap;
+use std::io::{BufRead, Read};
+use std::panic::AssertUnwindSafe;
 
 use inferno::collapse::perf::{Folder, Options};
 use inferno::collapse::Collapse;
@@ -10,6 +12,7 @@ use inferno::collapse::Collapse;
 use crate::builder::{int_value, key_value, string_value, ProfileBuilder, ProfileConfig};
 use crate::error::{Error, Result};
 use crate::folded::add_folded;
+use crate::format::{event_line_end, find_text_start, read_error, read_line_capped, ReadOptions};
 use crate::otlp::profiles::v1development::ProfilesData;
 
 /// Splits inferno's root frame `comm-PID/TID` (`comm-?/TID` when perf
@@ -31,13 +34,10 @@ fn parse_root(frame: &str) -> Option<(&str, Option<i64>, Option<i64>)> {
 /// What the values of a `perf script` profile measure. inferno weighs each
 /// sample by the event period when perf printed one (as FlameGraph does):
 /// nanoseconds of CPU for `cpu-clock`/`task-clock`, event counts otherwise.
-fn sample_type(text: &[u8]) -> (String, String) {
-    let head = String::from_utf8_lossy(&text[..text.len().min(64 * 1024)]);
-    let event_line = head
-        .lines()
-        .find(|l| !l.is_empty() && !l.starts_with(char::is_whitespace) && !l.starts_with('#'));
+fn sample_type(event_line: &str) -> (String, String) {
     let mut fields = event_line
-        .and_then(|l| l.split(": ").nth(1))
+        .split(": ")
+        .nth(1)
         .unwrap_or("")
         .split_whitespace();
     match (fields.next().map(|p| p.parse::<u64>()), fields.next()) {
@@ -58,20 +58,158 @@ pub fn read_perf_script(text: &[u8]) -> Result<ProfilesData> {
 
 /// Reads `perf script` text from a stream, without holding all of it: only
 /// the collapsed stacks are kept (what a large recording needs in memory).
-pub fn read_perf_script_from(mut input: impl std::io::BufRead) -> Result<ProfilesData> {
-    let head = input
-        .fill_buf()
-        .map_err(|e| Error::PerfScript(e.to_string()))?;
-    let sample_type = sample_type(head);
-    let mut options = Options::default();
-    options.include_tid = true;
-    options.annotate_kernel = true;
-    options.annotate_jit = true;
-    options.nthreads = std::thread::available_parallelism().map_or(1, |n| n.get());
+/// Header lines (`#`, the `# ========` block) and stray lines before the
+/// first event are skipped.
+pub fn read_perf_script_from(mut input: impl BufRead) -> Result<ProfilesData> {
+    let options = ReadOptions::default();
+    let start = find_text_start(&mut input, options.max_input_size, false)
+        .map_err(|_| Error::PerfScript("no event line found".into()))?;
+    let data = collapse_perf_script(start.line, Box::new(input), &options)?;
+    crate::validate::validate(&data)?;
+    Ok(data)
+}
+
+/// The lines of `perf script` text as the collapser reads them, one line
+/// per `fill_buf`, watched on the way: the sum of the event periods (which
+/// the collapser adds in `u64`) must not overflow.
+struct PerfLines<'a> {
+    inner: Box<dyn BufRead + 'a>,
+    line: Vec<u8>,
+    pos: usize,
+    number: usize,
+    limit: u64,
+    /// Within an event: the lines until a blank one are its stack.
+    in_event: bool,
+    periods: Option<u64>,
+}
+
+impl PerfLines<'_> {
+    /// Follows the collapser's state machine far enough to see each event
+    /// line and its period (1 when perf printed none).
+    fn observe(&mut self) {
+        let line = &self.line;
+        if line.first() == Some(&b'#') {
+            return;
+        }
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end();
+        if text.is_empty() {
+            self.in_event = false;
+            return;
+        }
+        if self.in_event {
+            return;
+        }
+        self.in_event = true;
+        let Some(end) = event_line_end(text) else {
+            self.in_event = false;
+            return;
+        };
+        let mut by_colons = text[end..].splitn(3, ':').skip(1);
+        let period = by_colons
+            .next()
+            .and_then(|p| p.rsplit(' ').nth(1))
+            .and_then(|p| p.parse::<u64>().ok())
+            .unwrap_or(1);
+        self.periods = self.periods.and_then(|sum| sum.checked_add(period));
+        // An event line that carries its (one-frame) stack ends the event.
+        if let Some(post) = by_colons.next() {
+            let start = post.find([':', ' ']).map_or(0, |i| i + 1);
+            if !post[start..].trim().is_empty() {
+                self.in_event = false;
+            }
+        }
+    }
+}
+
+impl Read for PerfLines<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for PerfLines<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.pos >= self.line.len() {
+            self.line.clear();
+            self.pos = 0;
+            if read_line_capped(&mut self.inner, &mut self.line, self.limit)? > 0 {
+                self.number += 1;
+                self.observe();
+            }
+        }
+        Ok(&self.line[self.pos..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.pos = (self.pos + amount).min(self.line.len());
+    }
+}
+
+/// The message of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Collapses `perf script` text whose first event line is `first` and
+/// whose later lines come from `rest` with inferno's perf collapser, and
+/// reads the stacks into a profile.
+pub(crate) fn collapse_perf_script(
+    first: Vec<u8>,
+    rest: Box<dyn BufRead + '_>,
+    options: &ReadOptions,
+) -> Result<ProfilesData> {
+    let sample_type = sample_type(String::from_utf8_lossy(&first).trim_end());
+    let mut lines = PerfLines {
+        inner: rest,
+        line: first,
+        pos: 0,
+        number: 1,
+        limit: options.max_input_size,
+        in_event: false,
+        periods: Some(0),
+    };
+    lines.observe();
+    let mut collapse_options = Options::default();
+    collapse_options.include_tid = true;
+    collapse_options.annotate_kernel = true;
+    collapse_options.annotate_jit = true;
+    collapse_options.nthreads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut folded = Vec::new();
-    Folder::from(options)
-        .collapse(input, &mut folded)
-        .map_err(|e| Error::PerfScript(e.to_string()))?;
+    // The collapser asserts on input it does not expect; a panic there is
+    // this input's error, not the caller's crash.
+    let collapsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        Folder::from(collapse_options).collapse(&mut lines, &mut folded)
+    }));
+    match collapsed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(match read_error(e, lines.number) {
+                Error::Read(message) => Error::PerfScript(message),
+                other => other,
+            })
+        }
+        Err(panic) => {
+            return Err(Error::PerfScript(format!(
+                "the perf collapser failed near line {}: {}",
+                lines.number,
+                panic_message(&*panic)
+            )))
+        }
+    }
+    if lines.periods.is_none() {
+        return Err(Error::PerfScript(
+            "the sample periods add up past 2^64; counts would wrap".into(),
+        ));
+    }
     let folded = String::from_utf8_lossy(&folded);
 
     // A process is named by the comm of its main thread (pid == tid) when

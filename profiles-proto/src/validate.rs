@@ -63,6 +63,31 @@ fn check_zero<T: Default + PartialEq>(table: &[T], name: &str) -> Result<(), Val
     }
 }
 
+/// `link_table[0]` is the "no link" entry. The text of opentelemetry-proto
+/// v1.10.0 (what the `opentelemetry-proto` crate 0.33 generates from) asks for
+/// the zero value `Link{}`; from v1.11.0 the spec says it SHOULD carry a
+/// 16-byte zero `trace_id` and an 8-byte zero `span_id`. Both forms mean "no
+/// link" and both are accepted.
+fn check_zero_link(table: &[Link]) -> Result<(), ValidationError> {
+    let Some(Link { trace_id, span_id }) = table.first() else {
+        return fail(
+            "dictionary.link_table",
+            "is empty; entry 0 must be the zero value",
+        );
+    };
+    let empty = trace_id.is_empty() && span_id.is_empty();
+    let zero_filled = trace_id.len() == 16
+        && span_id.len() == 8
+        && trace_id.iter().chain(span_id).all(|&b| b == 0);
+    if !(empty || zero_filled) {
+        return fail(
+            "dictionary.link_table[0]",
+            "is not the zero value (empty, or a zero 16-byte trace_id and 8-byte span_id)",
+        );
+    }
+    Ok(())
+}
+
 /// Attribute index lists must point into the table and use each key once.
 fn check_attribute_indices(
     path: &str,
@@ -125,7 +150,7 @@ pub fn validate(data: &ProfilesData) -> Result<(), ValidationError> {
     check_zero(&dict.mapping_table, "mapping_table")?;
     check_zero(&dict.location_table, "location_table")?;
     check_zero(&dict.function_table, "function_table")?;
-    check_zero(&dict.link_table, "link_table")?;
+    check_zero_link(&dict.link_table)?;
     check_zero(&dict.string_table, "string_table")?;
     check_zero(&dict.attribute_table, "attribute_table")?;
     check_zero(&dict.stack_table, "stack_table")?;
@@ -415,6 +440,23 @@ mod tests {
         let mut data = sample_data();
         data.dictionary.as_mut().unwrap().link_table.clear();
         assert_eq!(validate(&data).unwrap_err().path, "dictionary.link_table");
+    }
+
+    #[test]
+    fn both_zero_forms_of_link_table_0_are_accepted() {
+        let mut data = sample_data();
+        data.dictionary.as_mut().unwrap().link_table[0] = Link {
+            trace_id: vec![0; 16],
+            span_id: vec![0; 8],
+        };
+        validate(&data).unwrap();
+        for (trace_id, span_id) in [(vec![0; 16], vec![]), (vec![1; 16], vec![0; 8])] {
+            data.dictionary.as_mut().unwrap().link_table[0] = Link { trace_id, span_id };
+            assert_eq!(
+                validate(&data).unwrap_err().path,
+                "dictionary.link_table[0]"
+            );
+        }
     }
 
     #[test]

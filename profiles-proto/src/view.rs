@@ -149,6 +149,6 @@ pub fn sample_weight(sample: &crate::otlp::profiles::v1development::Sample) -> i
     if sample.values.is_empty() {
         sample.timestamps_unix_nano.len() as i64
     } else {
-        sample.values.iter().sum()
+        sample.values.iter().fold(0i64, |a, &v| a.saturating_add(v))
     }
 }

@@ -171,9 +171,8 @@ impl AgentConfig {
                 .filter(|v| !v.is_empty())
         };
         if let Some(hz) = var("SMOLDER_FREQUENCY") {
-            self.frequency_hz = hz.parse().map_err(|_| {
-                AgentError::Config(format!("SMOLDER_FREQUENCY={hz:?}: not a number"))
-            })?;
+            self.frequency_hz = parse_frequency(&hz)
+                .map_err(|e| AgentError::Config(format!("SMOLDER_FREQUENCY: {e}")))?;
         }
         if let Some(interval) = var("SMOLDER_INTERVAL") {
             self.interval = parse_duration(&interval)
@@ -302,31 +301,61 @@ impl AgentConfig {
     }
 }
 
-/// `30s`, `500ms`, `2m`, `1h`, or plain seconds.
+/// The longest duration accepted anywhere (a recording, an interval).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `30s`, `500ms`, `2m`, `1h`, `1.5s`, `1e3ms`, or plain seconds; positive,
+/// finite and at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
+    let (number, seconds_per_unit) = [
+        ("ms", 1e-3),
+        ("min", 60.0),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+    ]
+    .iter()
+    .find_map(|&(unit, scale)| text.strip_suffix(unit).map(|n| (n, scale)))
+    .unwrap_or((text, 1.0));
+    let number = number.trim();
+    if number.contains(|c: char| c.is_alphabetic() && !matches!(c, 'e' | 'E')) {
+        return Err(format!("unknown unit in {text:?}: use ms, s, m or h"));
+    }
+    // f64's parser also takes "inf" and "NaN"; a duration is digits.
+    if !number.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        || !number
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
+    {
+        return Err(format!(
+            "{text:?} is not a duration like 30s or 500ms (units: ms, s, m, h)"
+        ));
+    }
     let value: f64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 30s or 500ms"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1e3,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use ms, s, m or h"
-            ))
-        }
-    };
+    let seconds = value * seconds_per_unit;
     if !(seconds.is_finite() && seconds > 0.0) {
         return Err(format!("{text:?} is not a positive duration"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) if d.is_zero() => Err(format!("{text:?} is shorter than a nanosecond")),
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!("{text:?} is too long: at most 365 days")),
+    }
+}
+
+/// A sampling frequency in Hz: 1 to 10000 per CPU.
+pub fn parse_frequency(text: &str) -> Result<u64, String> {
+    let hz: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of samples per second"))?;
+    if !(1..=10_000).contains(&hz) {
+        return Err(format!("{hz} Hz: use 1 to 10000 samples per second"));
+    }
+    Ok(hz)
 }
 
 /// Durations in the file are text (`"10s"`) as in the flags.
@@ -440,5 +469,48 @@ initial_backoff = "200ms"
             AgentConfig::default().exporter_config(|_| None).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn durations_parse_or_are_refused_without_panicking() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1e3ms"), Ok(Duration::from_secs(1)));
+        for bad in [
+            "1e20",
+            "1e20s",
+            "1e400",
+            "inf",
+            "NaN",
+            "-1s",
+            "0",
+            "0s",
+            "1e-12s",
+            "",
+            "s",
+            "5x",
+            "100000000000000000000",
+        ] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(!err.contains('\n'), "{bad}: {err}");
+        }
+        assert!(parse_duration("1e20")
+            .unwrap_err()
+            .contains("at most 365 days"));
+    }
+
+    #[test]
+    fn frequencies_are_checked_when_parsed() {
+        assert_eq!(parse_frequency("99"), Ok(99));
+        for bad in ["0", "10001", "18446744073709551616", "-1", "fast", "1.5"] {
+            assert!(parse_frequency(bad).is_err(), "{bad}");
+        }
+        let mut config = AgentConfig::default();
+        assert!(config
+            .apply_env(|k| (k == "SMOLDER_FREQUENCY").then(|| "0".into()))
+            .is_err());
     }
 }

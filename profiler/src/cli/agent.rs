@@ -30,7 +30,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub http_allow_remote: bool,
     /// Samples per second on each CPU (default 19)
-    #[arg(short = 'F', long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(short = 'F', long, value_parser = smolder::agent::config::parse_frequency)]
     pub frequency: Option<u64>,
     /// One profile per interval (default 10s)
     #[arg(short, long, value_parser = smolder::agent::config::parse_duration)]

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use smolder_profiles_proto::{gzip, write_profile, Format};
+use smolder_profiles_proto::{gzip, write_folded_comm_rooted, write_profile, FoldOptions, Format};
 
-use super::io::{read_input, write_output};
+use super::io::{read_input, write_output, InputArgs};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum OutputFormat {
@@ -44,11 +44,24 @@ pub struct ConvertArgs {
     /// gzip-compress the output (pprof is always compressed)
     #[arg(long)]
     pub gzip: bool,
+    /// Folded output: the command name of each sample (perf's comm) as the
+    /// root frame, as inferno-collapse-perf writes it
+    #[arg(long)]
+    pub process_root: bool,
+    #[command(flatten)]
+    pub input_args: InputArgs,
 }
 
 pub fn run(args: &ConvertArgs) -> Result<()> {
-    let decoded = read_input(&args.input)?;
-    let mut bytes = write_profile(&decoded.data, args.format.format())?;
+    if args.process_root && !matches!(args.format, OutputFormat::Folded) {
+        bail!("--process-root applies to --format folded only");
+    }
+    let decoded = read_input(&args.input, &args.input_args.read_options())?;
+    let mut bytes = if args.process_root {
+        write_folded_comm_rooted(&decoded.data, &FoldOptions::default()).into_bytes()
+    } else {
+        write_profile(&decoded.data, args.format.format())?
+    };
     if args.gzip && !matches!(args.format, OutputFormat::Pprof) {
         bytes = gzip(&bytes);
     }

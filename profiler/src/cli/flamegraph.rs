@@ -8,7 +8,7 @@ use clap::Args;
 use smolder_flamegraph::{render, render_diff, FlamegraphOptions};
 use smolder_profiles_proto::merge;
 
-use super::io::{read_input, write_output_with};
+use super::io::{read_input, write_output_with, InputArgs};
 
 #[derive(Args, Debug)]
 pub struct FlamegraphArgs {
@@ -45,6 +45,8 @@ pub struct FlamegraphArgs {
     /// Use inferno's plain hot palette instead of colouring by frame type
     #[arg(long)]
     pub no_type_colors: bool,
+    #[command(flatten)]
+    pub input_args: InputArgs,
 }
 
 impl FlamegraphArgs {
@@ -65,13 +67,14 @@ impl FlamegraphArgs {
 
 pub fn run(args: &FlamegraphArgs) -> Result<()> {
     let options = args.options();
+    let read_options = args.input_args.read_options();
     let out = &args.output;
     if let Some(paths) = &args.diff {
         let [before, after] = paths.as_slice() else {
             bail!("--diff takes exactly two files: BEFORE AFTER");
         };
-        let before_data = read_input(before)?.data;
-        let after_data = read_input(after)?.data;
+        let before_data = read_input(before, &read_options)?.data;
+        let after_data = read_input(after, &read_options)?.data;
         let mut summary = None;
         write_output_with(out, |w| {
             summary = Some(
@@ -88,7 +91,7 @@ pub fn run(args: &FlamegraphArgs) -> Result<()> {
     let decoded: Vec<_> = args
         .inputs
         .iter()
-        .map(|p| read_input(p))
+        .map(|p| read_input(p, &read_options))
         .collect::<Result<_>>()?;
     let data = match decoded.as_slice() {
         [one] => one.data.clone(),

@@ -1,18 +1,71 @@
-//! Input and output files of the CLI: reading any profile format with a
-//! progress bar for large inputs, and writing outputs atomically so that a
-//! failed run never leaves a half-written file.
+//! Input and output files of the CLI: opening any input safely (a FIFO, a
+//! directory or a huge sparse file neither hangs nor exhausts memory),
+//! reading it as a stream with a progress bar for large inputs, and writing
+//! outputs atomically so that a failed run never leaves a file behind.
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use anyhow::{bail, Context, Result};
-use smolder_profiles_proto::{
-    detect, read_perf_script_from, read_profile, validate, Decoded, Format,
-};
+use anyhow::{anyhow, bail, Context, Result};
+use smolder_profiles_proto::{read_profile_from, Decoded, Error, ReadOptions};
 
 /// Inputs above this size get a progress bar when stderr is a terminal.
 const PROGRESS_THRESHOLD: u64 = 4 << 20;
+
+/// The flag that raises [`ReadOptions::max_input_size`], named in the
+/// errors that the limit causes.
+pub const MAX_INPUT_SIZE_FLAG: &str = "--max-input-size";
+
+/// The options of reading inputs, shared by the subcommands that read
+/// profile files.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InputArgs {
+    /// Largest input read whole (OTLP, JSON, pprof; after gzip) and longest
+    /// line of text inputs, in bytes or with a K, M or G suffix (binary units)
+    #[arg(long = "max-input-size", value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    pub max_input_size: u64,
+}
+
+impl InputArgs {
+    pub fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            max_input_size: self.max_input_size,
+        }
+    }
+}
+
+/// `4096`, `64K`, `512M`, `2G` (also `KiB`, `MB`, ...: all binary units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 512M or 2G"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use K, M, G or T"
+            ))
+        }
+    };
+    match number.checked_mul(1 << shift) {
+        Some(0) => Err("the size must be above 0".into()),
+        Some(size) => Ok(size),
+        None => Err(format!("{text:?} is too large")),
+    }
+}
 
 /// A progress bar for reading a large input, when stderr is a terminal.
 fn progress_bar(path: &Path, size: u64) -> Option<indicatif::ProgressBar> {
@@ -27,79 +80,94 @@ fn progress_bar(path: &Path, size: u64) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// Reads a whole input file (or standard input for `-`).
-pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    if path == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("reading standard input")?;
-        return Ok(bytes);
-    }
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow::anyhow!("no such file"),
-        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!("permission denied"),
-        _ => anyhow::Error::new(e),
-    })?;
-    if meta.is_dir() {
-        bail!("is a directory, not a profile file");
-    }
-    let mut file = File::open(path).context("cannot open")?;
-    let size = meta.len();
-    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    if let Some(bar) = progress_bar(path, size) {
-        let mut chunk = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut chunk).context("read failed")?;
-            if n == 0 {
-                break;
+/// Opens an input without blocking on it (a FIFO without a writer would
+/// block `open` forever) and checks what it is: regular files, FIFOs,
+/// sockets and character devices are read as streams; anything else is
+/// refused. Returns the file and its size when it is a regular file.
+fn open_input(path: &Path) -> Result<(File, Option<u64>)> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow!("no such file"),
+            std::io::ErrorKind::PermissionDenied => anyhow!("permission denied"),
+            _ if e.raw_os_error() == Some(libc::ENXIO) => {
+                anyhow!("is a socket or a device without a reader, not a profile file")
             }
-            bytes.extend_from_slice(&chunk[..n]);
-            bar.inc(n as u64);
-        }
-        bar.finish_and_clear();
+            _ => anyhow!("cannot open: {e}"),
+        })?;
+    let meta = file.metadata().context("cannot stat")?;
+    let kind = meta.file_type();
+    let size = if kind.is_file() {
+        Some(meta.len())
+    } else if kind.is_dir() {
+        bail!("is a directory, not a profile file");
+    } else if kind.is_fifo() || kind.is_socket() || kind.is_char_device() {
+        None
     } else {
-        file.read_to_end(&mut bytes).context("read failed")?;
-    }
-    Ok(bytes)
-}
-
-/// Reads and decodes a profile file; errors name the file.
-pub fn read_input(path: &Path) -> Result<Decoded> {
-    let name = path.display();
-    if let Some(decoded) = stream_perf_script(path).with_context(|| format!("{name}"))? {
-        return Ok(decoded);
-    }
-    let bytes = read_bytes(path).with_context(|| format!("{name}"))?;
-    read_profile(&bytes).with_context(|| format!("{name}"))
-}
-
-/// `perf script` text, often gigabytes, is streamed to the collapser rather
-/// than read whole; `None` when the file is something else (or stdin).
-fn stream_perf_script(path: &Path) -> Result<Option<Decoded>> {
-    if path == Path::new("-") || !path.is_file() {
-        return Ok(None);
-    }
-    let mut head = vec![0u8; 64 * 1024];
-    let mut file = File::open(path).context("cannot open")?;
-    let n = file.read(&mut head).context("read failed")?;
-    head.truncate(n);
-    if !matches!(detect(&head), Ok((Format::PerfScript, false))) {
-        return Ok(None);
-    }
-    let file = File::open(path).context("cannot open")?;
-    let size = file.metadata().map_or(0, |m| m.len());
-    let reader: Box<dyn Read> = match progress_bar(path, size) {
-        Some(bar) => Box::new(bar.wrap_read(file)),
-        None => Box::new(file),
+        bail!("is not a regular file or a pipe");
     };
-    let data = read_perf_script_from(std::io::BufReader::with_capacity(1 << 20, reader))?;
-    validate(&data)?;
-    Ok(Some(Decoded {
-        format: Format::PerfScript,
-        gzip: false,
-        data,
-    }))
+    // Reads block from here on: a FIFO without a writer reads as empty.
+    // SAFETY: fcntl on a descriptor this function owns, with plain flags.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error()).context("cannot make reads blocking");
+        }
+    }
+    Ok((file, size))
+}
+
+/// The first panic message seen while a [`quietly`] call runs.
+static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
+
+/// Runs `work` with panics kept off stderr: a panic inside (on any thread)
+/// becomes this call's one-line error instead of a backtrace.
+fn quietly<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        if let Ok(mut slot) = PANIC_MESSAGE.lock() {
+            slot.get_or_insert_with(|| info.to_string().replace('\n', " "));
+        }
+    }));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(work));
+    std::panic::set_hook(previous);
+    let message = PANIC_MESSAGE.lock().ok().and_then(|mut slot| slot.take());
+    match result {
+        Ok(result) => result,
+        Err(_) => Err(anyhow!(
+            "internal error while reading: {}",
+            message.unwrap_or_else(|| "panic".into())
+        )),
+    }
+}
+
+/// Reads and decodes a profile file (or standard input for `-`): the
+/// format is detected from its first bytes, text is streamed, the other
+/// formats are read up to `options.max_input_size`. Errors name the file.
+pub fn read_input(path: &Path, options: &ReadOptions) -> Result<Decoded> {
+    let name = path.display();
+    let read = || -> Result<Decoded> {
+        let input: Box<dyn Read> = if path == Path::new("-") {
+            Box::new(std::io::stdin().lock())
+        } else {
+            let (file, size) = open_input(path)?;
+            match size.and_then(|size| progress_bar(path, size)) {
+                Some(bar) => Box::new(bar.wrap_read(file)),
+                None => Box::new(file),
+            }
+        };
+        read_profile_from(input, options).map_err(|e| match e {
+            Error::TooLarge { .. } | Error::LineTooLong { .. } => {
+                anyhow!("{e} (raise it with {MAX_INPUT_SIZE_FLAG})")
+            }
+            e => anyhow::Error::new(e),
+        })
+    };
+    quietly(read).with_context(|| format!("{name}"))
 }
 
 /// Writes `bytes` to `path` atomically (a temporary file in the same
@@ -109,7 +177,8 @@ pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Like [`write_output`], for a writer callback; nothing appears at `path`
-/// unless the callback succeeds.
+/// unless the callback succeeds, and the temporary file is gone whatever
+/// fails.
 pub fn write_output_with(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> Result<()>,
@@ -121,6 +190,9 @@ pub fn write_output_with(
         return lock.flush().context("writing standard output");
     }
     let name = path.display();
+    if path.is_dir() {
+        bail!("{name}: is a directory; give a file name for the output");
+    }
     let dir: PathBuf = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -130,15 +202,50 @@ pub fn write_output_with(
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .prefix(".smolder-")
         .tempfile_in(&dir)
-        .with_context(|| format!("{name}: cannot create a file in {}", dir.display()))?;
+        .map_err(|e| anyhow!("{name}: cannot create a file in {}: {e}", dir.display()))?;
+    // On every error below `tmp` is dropped before the error is returned,
+    // which removes the temporary file.
     {
         let mut buffered = std::io::BufWriter::new(tmp.as_file_mut());
         write(&mut buffered).with_context(|| format!("{name}"))?;
         buffered
             .flush()
-            .with_context(|| format!("{name}: write failed"))?;
+            .map_err(|e| anyhow!("{name}: write failed: {e}"))?;
     }
-    tmp.persist(path)
-        .with_context(|| format!("{name}: cannot move the output into place"))?;
+    // A `PersistError` holds the temporary file: drop it here, or it would
+    // live (and stay on disk) as long as the error does.
+    tmp.persist(path).map_err(|e| {
+        let tempfile::PersistError { error, file } = e;
+        drop(file);
+        anyhow!("{name}: cannot move the output into place: {error}")
+    })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        for bad in ["0", "", "12X", "-1", "99999999999T", "1.5G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_output_with(&dir.path().join("out"), |_| bail!("boom")).unwrap_err();
+        assert_eq!(format!("{err:#}").matches("boom").count(), 1, "{err:#}");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let err = write_output(&sub, b"x").unwrap_err();
+        assert!(format!("{err:#}").contains("is a directory"), "{err:#}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+    }
 }

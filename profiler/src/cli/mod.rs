@@ -33,6 +33,45 @@ pub enum Command {
     Agent(agent::AgentArgs),
 }
 
+impl Cli {
+    /// Parses the command line. Help and version print as clap prints them;
+    /// a usage error is one line on stderr (what is wrong, without the usage
+    /// text) and exit status 2.
+    pub fn parse_or_exit() -> Cli {
+        use clap::error::ErrorKind;
+        match <Cli as Parser>::try_parse() {
+            Ok(cli) => cli,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::DisplayHelp
+                        | ErrorKind::DisplayVersion
+                        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                ) =>
+            {
+                e.exit()
+            }
+            Err(e) => {
+                eprintln!("smolder: error: {}", one_line(&e.to_string()));
+                std::process::exit(2);
+            }
+        }
+    }
+}
+
+/// A clap error message on one line: its lines up to the usage text.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_owned()
+}
+
 /// Runs the subcommand; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Record(args) = &cli.command {

@@ -16,7 +16,7 @@ use smolder_profiles_proto::{write_profile, Format, ProfileConfig};
 use smolder_symbolizer::{Source, Symbolizer};
 
 use super::io::write_output_with;
-use smolder::agent::config::parse_duration;
+use smolder::agent::config::{parse_duration, parse_frequency};
 use smolder::pipeline::Aggregator;
 use smolder::sampler::{Sampler, SamplerConfig, SamplerEvent};
 
@@ -38,7 +38,7 @@ pub enum RecordFormat {
 #[command(group(clap::ArgGroup::new("target").required(true).args(["all", "pid", "command"])))]
 pub struct RecordArgs {
     /// Samples per second on each CPU
-    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(short = 'F', long, default_value_t = 99, value_parser = parse_frequency)]
     pub frequency: u64,
     /// Stop after this long (e.g. 30s, 500ms, 2m); default: until the command or processes exit, or Ctrl-C
     #[arg(short, long, value_parser = parse_duration)]
