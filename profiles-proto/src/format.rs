@@ -143,18 +143,20 @@ pub(crate) fn is_folded_line(line: &str) -> bool {
         .is_some_and(|(stack, n)| !stack.is_empty() && crate::folded::parse_count(n).is_some())
 }
 
-/// Where the comm of an event line ends and the pid (or `pid/tid`) word
-/// ends, as inferno's perf collapser finds them: the first all-digit word
-/// (optionally `digits/digits`) followed by a space. `None` when the line
-/// has no such word.
-pub(crate) fn event_line_end(line: &str) -> Option<usize> {
+/// Where the pid (or `pid/tid`) word of an event line starts and ends, as
+/// inferno's perf collapser finds them: the first all-digit word
+/// (optionally `digits/digits`) followed by a space; the comm is before it.
+/// `None` when the line has no such word.
+pub(crate) fn event_line_end(line: &str) -> Option<(usize, usize)> {
+    let mut word_start = 0;
     let mut all_digits = false;
     let mut last_was_space = false;
     for (idx, c) in line.char_indices() {
         if c == ' ' {
             if all_digits && !last_was_space {
-                return Some(idx + 1);
+                return Some((word_start, idx + 1));
             }
+            word_start = idx + 1;
             all_digits = true;
         } else if !(c.is_ascii_digit() || (c == '/' && all_digits)) {
             all_digits = false;
@@ -164,11 +166,15 @@ pub(crate) fn event_line_end(line: &str) -> Option<usize> {
     None
 }
 
-/// An event line of `perf script`: `comm [pid/]tid [cpu] time: [period] event: [stack]`.
+/// An event line of `perf script`: `comm [pid/]tid [cpu] time: [period]
+/// event: [stack]`, the comm right-aligned by perf (so the line may start
+/// with spaces, like a stack line: but a stack line has no comm before an
+/// all-digit word).
 pub(crate) fn is_event_line(line: &str) -> bool {
-    !line.starts_with(char::is_whitespace)
-        && !line.starts_with('#')
-        && event_line_end(line).is_some_and(|end| line[end..].contains(':'))
+    !line.starts_with('#')
+        && event_line_end(line).is_some_and(|(start, end)| {
+            !line[..start].trim().is_empty() && line[end..].contains(':')
+        })
 }
 
 /// Reads one line (with its `\n`) into `buf`, refusing lines longer than
@@ -509,6 +515,14 @@ mod tests {
         // perf record without -g: the stack is on the event line.
         let single = format!("{EVENT} 55555555a000 hot_leaf+0x10 (/tmp/prog)\n");
         assert_eq!(detect(single.as_bytes()).unwrap().0, Format::PerfScript);
+        // As perf prints it: the comm right-aligned, the frame after the event.
+        let aligned = "               t 12438  1140.238667:    1001001 cpu-clock:pppH:      55f6aaa6c135 main+0xc (/tmp/m/t)\n";
+        let decoded = read_profile(aligned.as_bytes()).unwrap();
+        assert_eq!(decoded.format, Format::PerfScript);
+        assert_eq!(
+            write_folded(&decoded.data, &FoldOptions::default()),
+            "main 1001001\n"
+        );
         let unindented = format!("{EVENT}\n55555555a000 hot_leaf+0x10 (/tmp/prog)\n\n");
         assert_eq!(detect(unindented.as_bytes()).unwrap().0, Format::PerfScript);
         let data = read_profile(unindented.as_bytes()).unwrap().data;

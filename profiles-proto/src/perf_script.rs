@@ -101,7 +101,7 @@ impl PerfLines<'_> {
             return;
         }
         self.in_event = true;
-        let Some(end) = event_line_end(text) else {
+        let Some((_, end)) = event_line_end(text) else {
             self.in_event = false;
             return;
         };
@@ -189,6 +189,12 @@ pub(crate) fn collapse_perf_script(
     let collapsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
         Folder::from(collapse_options).collapse(&mut lines, &mut folded)
     }));
+    // Wrapped counts (or the collapser's overflow panic) are this error.
+    if lines.periods.is_none() {
+        return Err(Error::PerfScript(
+            "the sample periods add up past 2^64; counts would wrap".into(),
+        ));
+    }
     match collapsed {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -204,11 +210,6 @@ pub(crate) fn collapse_perf_script(
                 panic_message(&*panic)
             )))
         }
-    }
-    if lines.periods.is_none() {
-        return Err(Error::PerfScript(
-            "the sample periods add up past 2^64; counts would wrap".into(),
-        ));
     }
     let folded = String::from_utf8_lossy(&folded);
 

@@ -181,3 +181,226 @@ fn perf_script_converts_to_otlp_with_processes_and_threads() {
     );
     assert!(svg.contains("hot program"));
 }
+
+/// A C program that splits its time about 2:1 between two leaf functions
+/// for `argv[1]` seconds (0.5 by default), by the clock rather than by an
+/// iteration count.
+const TIMED_C: &str = r#"
+#include <stdlib.h>
+#include <time.h>
+volatile unsigned long sink;
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+__attribute__((noinline)) void hot_alpha(void) { for (int i = 0; i < 200000; i++) sink += i * i; }
+__attribute__((noinline)) void hot_beta(void) { for (int i = 0; i < 100000; i++) sink += i * i; }
+__attribute__((noinline)) void work(double seconds) {
+    double end = now() + seconds;
+    while (now() < end) { hot_alpha(); hot_beta(); }
+}
+int main(int argc, char **argv) { work(argc > 1 ? atof(argv[1]) : 0.5); return 0; }
+"#;
+
+/// Records the timed program with `perf record` (`record_args` added, e.g.
+/// `-g`; `program_args` after the program) and returns the `perf script`
+/// text made with `script_args`.
+fn perf_script_of_timed_program(
+    dir: &Path,
+    record_args: &[&str],
+    program_args: &[&str],
+    script_args: &[&str],
+) -> Vec<u8> {
+    require_tool("perf", "linux-perf");
+    let prog = compile_c(
+        dir,
+        "timed",
+        TIMED_C,
+        &["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline"],
+    );
+    let data = dir.join("timed.data");
+    run_ok(
+        Command::new("perf")
+            .args(["record", "-q", "-F", "999"])
+            .args(record_args)
+            .arg("-o")
+            .arg(&data)
+            .arg("--")
+            .arg(&prog)
+            .args(program_args),
+    );
+    run_ok(
+        Command::new("perf")
+            .args(["script", "-i"])
+            .arg(&data)
+            .args(script_args),
+    )
+    .stdout
+}
+
+/// Folded stacks with smolder's `_[k]`/`_[j]`/`_[i]` markers taken out
+/// (inferno's command-line collapser adds none by default), summed.
+fn normalised(folded: &str) -> BTreeMap<String, u64> {
+    let mut stacks = BTreeMap::new();
+    for line in folded.lines().filter(|l| !l.trim().is_empty()) {
+        let (stack, count) = line.rsplit_once(' ').expect("stack COUNT");
+        let stack = stack
+            .split(';')
+            .map(|f| {
+                f.trim_end_matches("_[k]")
+                    .trim_end_matches("_[j]")
+                    .trim_end_matches("_[i]")
+            })
+            .collect::<Vec<_>>()
+            .join(";");
+        *stacks.entry(stack).or_insert(0) += count.parse::<u64>().expect("count");
+    }
+    stacks
+}
+
+/// `smolder convert --process-root -f folded` of `input`, normalised.
+fn smolder_folded(input: &Path) -> BTreeMap<String, u64> {
+    let out = smolder_e2e::smolder([
+        "convert".as_ref(),
+        input.as_os_str(),
+        "-o".as_ref(),
+        "-".as_ref(),
+        "-f".as_ref(),
+        "folded".as_ref(),
+        "--process-root".as_ref(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "smolder convert failed: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    normalised(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `inferno-collapse-perf` of `input`, normalised.
+fn inferno_folded(input: &Path) -> BTreeMap<String, u64> {
+    let collapse = require_tool("inferno-collapse-perf", "inferno (cargo install inferno)");
+    normalised(&String::from_utf8_lossy(
+        &run_ok(Command::new(collapse).arg(input)).stdout,
+    ))
+}
+
+/// Smolder's stacks are inferno's, and the timed program's hot functions
+/// are in them with about their 2:1 share.
+fn assert_same_stacks_as_inferno(smolder: &BTreeMap<String, u64>, inferno: &BTreeMap<String, u64>) {
+    assert!(!smolder.is_empty(), "no stacks");
+    assert_eq!(smolder, inferno, "smolder vs inferno-collapse-perf");
+    let share = |f: &str| -> u64 {
+        smolder
+            .iter()
+            .filter(|(s, _)| s.rsplit(';').next() == Some(f))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let (a, b) = (share("hot_alpha") as f64, share("hot_beta") as f64);
+    assert!(a > 0.0 && b > 0.0, "hot functions missing: {smolder:?}");
+    assert!((a / (a + b) - 2.0 / 3.0).abs() < 0.15, "shares {a} {b}");
+    assert!(
+        smolder.keys().all(|s| s.starts_with("timed;")),
+        "process name is not the root: {smolder:?}"
+    );
+}
+
+#[test]
+fn perf_record_without_call_graphs_reads_like_inferno() {
+    let dir = tempfile::tempdir().unwrap();
+    // Without -g, perf script prints each sample's one frame on its event line.
+    let text = perf_script_of_timed_program(dir.path(), &[], &[], &[]);
+    let first_event = String::from_utf8_lossy(&text);
+    let first_event = first_event.lines().find(|l| !l.starts_with('#')).unwrap();
+    assert!(
+        first_event.contains("hot_") || first_event.contains('('),
+        "{first_event}"
+    );
+    let script = dir.path().join("no-g.perf");
+    std::fs::write(&script, &text).unwrap();
+    assert_same_stacks_as_inferno(&smolder_folded(&script), &inferno_folded(&script));
+}
+
+#[test]
+fn perf_script_with_a_header_past_300_cpu_lines_reads_like_inferno() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = perf_script_of_timed_program(dir.path(), &["-g"], &[], &["--header", "-I"]);
+    let text = String::from_utf8(text).unwrap();
+    // Pad the header's CPU topology to 400 `# CPU` lines, as on a big host.
+    let mut padded = String::new();
+    let mut done = false;
+    for line in text.split_inclusive('\n') {
+        if !done && line.starts_with("# CPU") {
+            for cpu in 0..400 {
+                padded.push_str(&format!(
+                    "# CPU {cpu}: Core ID {cpu}, Die ID 0, Socket ID 0\n"
+                ));
+            }
+            done = true;
+        }
+        padded.push_str(line);
+    }
+    assert!(done, "perf script --header -I printed no `# CPU` line");
+    assert!(padded.lines().take_while(|l| l.starts_with('#')).count() > 300);
+    let script = dir.path().join("header.perf");
+    std::fs::write(&script, &padded).unwrap();
+    assert_same_stacks_as_inferno(&smolder_folded(&script), &inferno_folded(&script));
+}
+
+#[test]
+fn perf_script_with_a_multi_line_cmdline_reads_like_inferno_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // The program's argument holds a newline: `# cmdline` spans two lines.
+    let with_header =
+        perf_script_of_timed_program(dir.path(), &["-g"], &["0.5\nfoo()"], &["--header"]);
+    let text = String::from_utf8_lossy(&with_header);
+    assert!(
+        text.lines().any(|l| l.trim_end() == "foo()"),
+        "no cmdline continuation line in the header"
+    );
+    let script = dir.path().join("cmdline.perf");
+    std::fs::write(&script, &with_header).unwrap();
+    // inferno trips over this header; it gets the same events without it.
+    let plain = dir.path().join("plain.perf");
+    let data = dir.path().join("timed.data");
+    std::fs::write(
+        &plain,
+        run_ok(Command::new("perf").args(["script", "-i"]).arg(&data)).stdout,
+    )
+    .unwrap();
+    assert_same_stacks_as_inferno(&smolder_folded(&script), &inferno_folded(&plain));
+}
+
+#[test]
+fn unindented_and_single_line_stacks_read_like_inferno() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = perf_script_of_timed_program(dir.path(), &["-g"], &[], &[]);
+    let text = String::from_utf8(text).unwrap();
+    // Stack lines without their indentation.
+    let unindented: String = text
+        .split_inclusive('\n')
+        .map(|l| l.trim_start_matches([' ', '\t']))
+        .collect();
+    let script = dir.path().join("unindented.perf");
+    std::fs::write(&script, &unindented).unwrap();
+    assert_same_stacks_as_inferno(&smolder_folded(&script), &inferno_folded(&script));
+
+    // Each event's leaf frame on its event line, as perf prints without -g.
+    let mut single = String::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.is_empty() || line.starts_with(char::is_whitespace) || line.starts_with('#') {
+            continue;
+        }
+        let leaf = lines.peek().map_or("", |l| l.trim());
+        single.push_str(&format!("{line} {leaf}\n"));
+    }
+    let script = dir.path().join("single.perf");
+    std::fs::write(&script, &single).unwrap();
+    let smolder = smolder_folded(&script);
+    assert_eq!(smolder, inferno_folded(&script));
+    assert!(
+        smolder.keys().any(|s| s == "timed;hot_alpha"),
+        "{smolder:?}"
+    );
+}
