@@ -136,6 +136,8 @@ fn add_aggregator_stats(a: &AggregatorStats, b: &AggregatorStats) -> AggregatorS
         maps_unreadable: a.maps_unreadable + b.maps_unreadable,
         objects_unopenable: a.objects_unopenable + b.objects_unopenable,
         unsymbolized_frames: a.unsymbolized_frames + b.unsymbolized_frames,
+        samples_of_vanished_processes: a.samples_of_vanished_processes
+            + b.samples_of_vanished_processes,
     }
 }
 
@@ -374,6 +376,7 @@ impl Running {
             unsymbolized_frames: aggregator.unsymbolized_frames,
             symbolization_errors: self.symbolizer.stats().errors(),
             objects_unopenable: aggregator.objects_unopenable,
+            samples_of_vanished_processes: aggregator.samples_of_vanished_processes,
             intervals: self.intervals,
             local_write_errors: self.local_write_errors,
             unwind_tables_loaded: sampler.unwind_tables,

@@ -170,6 +170,8 @@ pub struct Counters {
     pub symbolization_errors: u64,
     /// Binaries that could not be opened (gone, too large, outside the root).
     pub objects_unopenable: u64,
+    /// Samples of processes that exited before their mappings were read.
+    pub samples_of_vanished_processes: u64,
     /// Intervals finished.
     pub intervals: u64,
     /// Intervals that could not be written to the output directory.
@@ -295,6 +297,12 @@ pub fn prometheus_text(c: &Counters) -> String {
         "counter",
         "Binaries that could not be opened (gone, too large, or outside the process's root).",
         &[("", c.objects_unopenable)],
+    );
+    family(
+        "smolder_samples_of_vanished_processes_total",
+        "counter",
+        "Samples whose process exited before its mappings were read (frames kept as addresses).",
+        &[("", c.samples_of_vanished_processes)],
     );
     family(
         "smolder_intervals_total",

@@ -75,6 +75,8 @@ struct Summary {
     tables: u64,
     table_bytes: u64,
     unsymbolized: u64,
+    /// Samples of processes that exited before their mappings were read.
+    vanished: u64,
 }
 
 /// A command forked and held before `exec` until the sampler follows its
@@ -341,6 +343,7 @@ async fn record(args: &RecordArgs, symbolizer: &Symbolizer) -> Result<Option<Exi
             tables: stats.unwind_tables,
             table_bytes: stats.unwind_table_bytes,
             unsymbolized: agg.unsymbolized_frames,
+            vanished: agg.samples_of_vanished_processes,
         },
         args,
     );
@@ -387,7 +390,7 @@ fn default_title(args: &RecordArgs) -> String {
 
 fn print_summary(s: &Summary, args: &RecordArgs) {
     eprintln!(
-        "smolder: recorded {:.2}s at {} Hz: {} samples ({} lost), {} processes, {} unwinding failures, {} partial stacks, {} unwind tables ({} KiB), {} frames without a name -> {}",
+        "smolder: recorded {:.2}s at {} Hz: {} samples ({} lost), {} processes, {} unwinding failures, {} partial stacks, {} unwind tables ({} KiB), {} frames without a name{vanished} -> {output}",
         s.duration.as_secs_f64(),
         args.frequency,
         s.samples,
@@ -398,7 +401,15 @@ fn print_summary(s: &Summary, args: &RecordArgs) {
         s.tables,
         s.table_bytes / 1024,
         s.unsymbolized,
-        args.output.display()
+        vanished = if s.vanished > 0 {
+            format!(
+                ", {} samples of processes that exited before they could be read",
+                s.vanished
+            )
+        } else {
+            String::new()
+        },
+        output = args.output.display()
     );
 }
 

@@ -24,8 +24,12 @@ use smolder_symbolizer::{Source, Symbolized, Symbolizer};
 use super::maps::{MapEntry, ProcessMaps};
 use super::process::ProcessInfo;
 
-/// A process's mappings are re-read on a miss at most this often.
+/// A process's mappings are re-read on a miss at most this often, once it
+/// has had [`EARLY_MAPS_READS`] reads: a new program maps its libraries in
+/// its first milliseconds, when a miss is nearly always a new mapping;
+/// later, misses are mostly anonymous or JIT code that a re-read won't find.
 const MAPS_REFRESH_INTERVAL: Duration = Duration::from_millis(50);
+const EARLY_MAPS_READS: u32 = 8;
 
 /// One sampled stack, as the sampler (or the in-process profiler) saw it.
 #[derive(Clone, Copy, Debug)]
@@ -55,6 +59,9 @@ pub struct AggregatorStats {
     pub objects_unopenable: u64,
     /// Frames that got no function name.
     pub unsymbolized_frames: u64,
+    /// Samples with user frames of a process that exited before its
+    /// mappings could be read: their frames stay raw addresses.
+    pub samples_of_vanished_processes: u64,
 }
 
 /// An object file, opened while its process was alive.
@@ -98,6 +105,9 @@ struct ProcessState {
     info: ProcessInfo,
     maps: ProcessMaps,
     maps_read_at: Option<Instant>,
+    /// The same moment in the samples' clock (unix nanoseconds).
+    maps_read_unix_nano: u64,
+    maps_reads: u32,
     exited: bool,
 }
 
@@ -160,6 +170,8 @@ impl Aggregator {
             return;
         };
         state.maps_read_at = Some(Instant::now());
+        state.maps_read_unix_nano = unix_nano_now();
+        state.maps_reads = state.maps_reads.saturating_add(1);
         match ProcessMaps::read(pid) {
             Ok(maps) => state.maps = maps,
             Err(_) => {
@@ -192,7 +204,9 @@ impl Aggregator {
         id
     }
 
-    fn resolve_user_pc(&mut self, pid: u32, pc: u64) -> UserFrame {
+    /// `time_unix_nano` is when the sample was taken: mappings read before
+    /// it may lack the one it hit, mappings read after it cannot gain it.
+    fn resolve_user_pc(&mut self, pid: u32, pc: u64, time_unix_nano: u64) -> UserFrame {
         let found = self
             .processes
             .get(&pid)
@@ -201,9 +215,15 @@ impl Aggregator {
             Some(e) => Some(e),
             None => {
                 let stale = self.processes.get(&pid).is_some_and(|p| {
-                    !p.exited
-                        && p.maps_read_at
-                            .is_none_or(|t| t.elapsed() >= MAPS_REFRESH_INTERVAL)
+                    let older_than_sample = p.maps_read_unix_nano < time_unix_nano;
+                    let due = match p.maps_read_at {
+                        None => true,
+                        Some(t) => {
+                            (older_than_sample && p.maps_reads < EARLY_MAPS_READS)
+                                || t.elapsed() >= MAPS_REFRESH_INTERVAL
+                        }
+                    };
+                    !p.exited && due
                 });
                 if stale {
                     self.refresh_maps(pid);
@@ -243,6 +263,8 @@ impl Aggregator {
                 info: ProcessInfo::read(sample.pid, sample.thread_name),
                 maps: ProcessMaps::default(),
                 maps_read_at: None,
+                maps_read_unix_nano: 0,
+                maps_reads: 0,
                 exited: false,
             });
         if self
@@ -252,10 +274,18 @@ impl Aggregator {
         {
             self.refresh_maps(sample.pid);
         }
+        if !sample.user.is_empty()
+            && self
+                .processes
+                .get(&sample.pid)
+                .is_some_and(|p| p.exited && p.maps.entries().is_empty())
+        {
+            self.stats.samples_of_vanished_processes += 1;
+        }
         let user = sample
             .user
             .iter()
-            .map(|&pc| self.resolve_user_pc(sample.pid, pc))
+            .map(|&pc| self.resolve_user_pc(sample.pid, pc, sample.time_unix_nano))
             .collect();
         let key = StackKey {
             pid: sample.pid,
@@ -469,6 +499,12 @@ fn open_in_root(pid: u32, path: &str) -> Option<File> {
     let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
     // SAFETY: the kernel just returned this fd; nothing else owns it.
     Some(unsafe { File::from_raw_fd(fd) })
+}
+
+fn unix_nano_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn fd_path(file: &File) -> PathBuf {
