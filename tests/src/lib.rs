@@ -140,16 +140,19 @@ pub fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBu
 }
 
 /// A C program whose CPU time splits about 60/30/10 over three leaf
-/// functions under a small call chain; `argv[1]` scales the work.
+/// functions under a small call chain, for `argv[1]` seconds of CPU time
+/// (a time, so the sample count does not depend on the CPU's speed or load).
 pub const HOT_C: &str = r#"
 #include <stdlib.h>
+#include <time.h>
 volatile unsigned long sink;
+static double cpu_seconds(void) { struct timespec t; clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t); return t.tv_sec + t.tv_nsec / 1e9; }
 __attribute__((noinline)) void hot_alpha(long n) { for (long i = 0; i < n; i++) sink += i * i; }
 __attribute__((noinline)) void hot_beta(long n) { for (long i = 0; i < n; i++) sink += i * i; }
 __attribute__((noinline)) void hot_gamma(long n) { for (long i = 0; i < n; i++) sink += i * i; }
 __attribute__((noinline)) void dispatch(long n) { hot_alpha(6 * n); hot_beta(3 * n); hot_gamma(n); }
-__attribute__((noinline)) void run(long n) { for (int r = 0; r < 10; r++) dispatch(n / 10); }
-int main(int argc, char **argv) { run(argc > 1 ? atol(argv[1]) : 20000000); return 0; }
+__attribute__((noinline)) void run(double secs) { while (cpu_seconds() < secs) dispatch(100000); }
+int main(int argc, char **argv) { run(argc > 1 ? atof(argv[1]) : 1.0); return 0; }
 "#;
 
 /// A profile that exercises every part of the model: two processes, named

@@ -63,7 +63,7 @@ fn perf_script_of_hot_program(dir: &Path, script_args: &[&str]) -> std::path::Pa
             .arg(&data)
             .arg("--")
             .arg(&prog)
-            .arg("300000000"),
+            .arg("1.0"),
     );
     let script = dir.join("perf.script");
     let out = run_ok(
