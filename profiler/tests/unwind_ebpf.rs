@@ -196,9 +196,27 @@ fn start(config: SamplerConfig) -> Option<Sampler> {
 }
 
 /// Samples `pid` for `how_long`; returns its samples and the stack copies.
+/// CPU time (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Samples `pid` until it has run `cpu_time` on a CPU (a busy machine
+/// gives it less of the clock), or a minute has passed.
 fn sample(
     pid: u32,
-    how_long: Duration,
+    cpu_time: Duration,
     copy: bool,
     unwind_table_bytes: u64,
 ) -> Option<(
@@ -217,10 +235,11 @@ fn sample(
         .load_process(pid)
         .expect("loading the unwind tables");
     sampler.add_pid(pid).expect("following the program");
-    let end = Instant::now() + how_long;
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let cpu_start = cpu_seconds(pid);
     let mut samples = Vec::new();
     let mut copies = Vec::new();
-    while Instant::now() < end {
+    while cpu_seconds(pid) - cpu_start < cpu_time.as_secs_f64() && Instant::now() < give_up {
         for event in sampler.next_events_blocking() {
             if let SamplerEvent::Sample(s) = event {
                 if s.pid == pid {
@@ -309,7 +328,7 @@ fn acceptance(name: &str, exe: &Path, args: &[&str]) -> Option<Outcome> {
     let running = spawn(exe, args);
     let pid = running.0.id();
     let main = main_range(exe, pid);
-    let (samples, _, stats) = sample(pid, Duration::from_secs(3), false, 64 << 20)?;
+    let (samples, _, stats) = sample(pid, Duration::from_millis(1500), false, 64 << 20)?;
     let o = judge(&samples, &main);
     let perf = perf_share(pid);
     let share = o.reach_main as f64 / o.samples.max(1) as f64;
@@ -437,9 +456,11 @@ fn tables_load_on_the_first_sample_of_an_unknown_process() {
     let main = main_range(&exe, pid);
     // No load_process: the sampler learns of the process from its samples.
     sampler.add_pid(pid).expect("following the program");
-    let end = Instant::now() + Duration::from_secs(3);
+    // 1.5 s of the program's CPU time (more of the clock on a busy machine).
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let cpu_start = cpu_seconds(pid);
     let mut samples = Vec::new();
-    while Instant::now() < end {
+    while cpu_seconds(pid) - cpu_start < 1.5 && Instant::now() < give_up {
         for event in sampler.next_events_blocking() {
             if let SamplerEvent::Sample(s) = event {
                 if s.pid == pid {

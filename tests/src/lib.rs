@@ -139,20 +139,40 @@ pub fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBu
     bin
 }
 
+/// C code for a time budget: `cpu_budget(secs)` arms a timer of the
+/// process's CPU time, after which `cpu_budget_spent` is set. A workload
+/// that loops until then runs for a time, not a number of iterations, so
+/// what it yields does not depend on the CPU's speed or on other load, and
+/// its loop makes no system call that would show in a profile.
+pub const CPU_BUDGET_C: &str = r#"
+#include <signal.h>
+#include <sys/time.h>
+static volatile sig_atomic_t cpu_budget_spent;
+static void on_cpu_budget(int sig) { (void)sig; cpu_budget_spent = 1; }
+/* SIGPROF after `secs` of this process's CPU time: no syscall in the loop. */
+static void cpu_budget(double secs) {
+    struct itimerval t = {{0, 0}, {(long)secs, (long)((secs - (long)secs) * 1e6)}};
+    signal(SIGPROF, on_cpu_budget); setitimer(ITIMER_PROF, &t, 0);
+}
+"#;
+
+/// `source` with [`CPU_BUDGET_C`] in front.
+pub fn with_cpu_budget(source: &str) -> String {
+    format!("{CPU_BUDGET_C}{source}")
+}
+
 /// A C program whose CPU time splits about 60/30/10 over three leaf
-/// functions under a small call chain, for `argv[1]` seconds of CPU time
-/// (a time, so the sample count does not depend on the CPU's speed or load).
+/// functions under a small call chain, for `argv[1]` seconds of CPU time;
+/// compile it [`with_cpu_budget`].
 pub const HOT_C: &str = r#"
 #include <stdlib.h>
-#include <time.h>
 volatile unsigned long sink;
-static double cpu_seconds(void) { struct timespec t; clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t); return t.tv_sec + t.tv_nsec / 1e9; }
 __attribute__((noinline)) void hot_alpha(long n) { for (long i = 0; i < n; i++) sink += i * i; }
 __attribute__((noinline)) void hot_beta(long n) { for (long i = 0; i < n; i++) sink += i * i; }
 __attribute__((noinline)) void hot_gamma(long n) { for (long i = 0; i < n; i++) sink += i * i; }
 __attribute__((noinline)) void dispatch(long n) { hot_alpha(6 * n); hot_beta(3 * n); hot_gamma(n); }
-__attribute__((noinline)) void run(double secs) { while (cpu_seconds() < secs) dispatch(100000); }
-int main(int argc, char **argv) { run(argc > 1 ? atof(argv[1]) : 1.0); return 0; }
+__attribute__((noinline)) void run(void) { while (!cpu_budget_spent) dispatch(100000); }
+int main(int argc, char **argv) { cpu_budget(argc > 1 ? atof(argv[1]) : 1.0); run(); return 0; }
 "#;
 
 /// A profile that exercises every part of the model: two processes, named

@@ -230,7 +230,7 @@ fn long_running_mode_exports_every_interval_over_otlp() {
             "--hz",
             "99",
             "--seconds",
-            "6",
+            "8",
             "--export-every",
             "1",
             "--out",
@@ -256,10 +256,12 @@ fn long_running_mode_exports_every_interval_over_otlp() {
         .filter(|p| p.extension().is_some_and(|e| e == "bin"))
         .collect();
     requests.sort();
-    // 6 s in 1 s intervals, and the last part at stop. (The first interval
-    // also parses the debug info of this debug build, so it may run long.)
+    // 8 s in 1 s intervals, and the last part at stop. An interval ends
+    // only once the previous one is symbolized (the first parses the debug
+    // info of this debug build, seconds on a busy machine), so how many
+    // there are depends on the CPU; that every sample arrives does not.
     assert!(
-        requests.len() >= 3,
+        requests.len() >= 2,
         "only {} exports arrived",
         requests.len()
     );
@@ -273,5 +275,9 @@ fn long_running_mode_exports_every_interval_over_otlp() {
             "{summary}"
         );
     }
-    assert!(total > 300, "only {total} samples exported");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&run.stdout).expect("the example prints a JSON summary");
+    let taken = summary["samples"].as_i64().expect("samples in the summary");
+    assert!(taken > 0, "{summary}");
+    assert_eq!(total, taken, "exported samples vs samples taken: {summary}");
 }

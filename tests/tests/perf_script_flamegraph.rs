@@ -46,7 +46,7 @@ fn perf_script_of_hot_program(dir: &Path, script_args: &[&str]) -> std::path::Pa
     let prog = compile_c(
         dir,
         "hot",
-        HOT_C,
+        &smolder_e2e::with_cpu_budget(HOT_C),
         &[
             "-O1",
             "-g",
