@@ -299,8 +299,7 @@ impl Running {
         // now and then, so that a long-running agent holds no stale files.
         let reset = u64::from(self.config.aggregator_reset_intervals.max(1));
         if self.intervals.is_multiple_of(reset) {
-            self.aggregator_base =
-                self.aggregator_base + self.aggregator.stats();
+            self.aggregator_base = self.aggregator_base + self.aggregator.stats();
             self.aggregator = Aggregator::new();
         }
         self.publish_counters(processes);
@@ -391,8 +390,7 @@ impl Running {
                 }
             }
             // The aggregator's profile config follows the new frequency.
-            self.aggregator_base =
-                self.aggregator_base + self.aggregator.stats();
+            self.aggregator_base = self.aggregator_base + self.aggregator.stats();
             self.aggregator = Aggregator::new();
         }
         self.selector = ProcessSelector::new(new.filter.clone());

@@ -117,10 +117,17 @@ struct MappingRecord {
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum UserFrame {
-    Mapped { mapping: MappingId, pc: u64 },
+    Mapped {
+        mapping: MappingId,
+        pc: u64,
+    },
     /// In anonymous executable memory: named from the perf map, if any.
-    Jit { pc: u64 },
-    Unmapped { pc: u64 },
+    Jit {
+        pc: u64,
+    },
+    Unmapped {
+        pc: u64,
+    },
 }
 
 /// The perf map of a process and when it was last read.
@@ -584,8 +591,15 @@ fn frame_lines(sym: Option<&Symbolized>, stats: &mut AggregatorStats) -> Vec<Sou
 /// so others stay native.
 fn jit_frame_type(name: &str) -> FrameType {
     const V8: [&str; 9] = [
-        "JS:", "LazyCompile:", "Function:", "Builtin:", "BytecodeHandler:", "Script:",
-        "Eval:", "Stub:", "RegExp:",
+        "JS:",
+        "LazyCompile:",
+        "Function:",
+        "Builtin:",
+        "BytecodeHandler:",
+        "Script:",
+        "Eval:",
+        "Stub:",
+        "RegExp:",
     ];
     if name.starts_with("py::") {
         FrameType::CPython

@@ -9,5 +9,5 @@ pub mod aggregate;
 pub mod process;
 
 pub use aggregate::{Aggregator, AggregatorStats, StackSample};
-pub use smolder_symbolizer::process::{Mapping, ProcessMaps};
 pub use process::ProcessInfo;
+pub use smolder_symbolizer::process::{Mapping, ProcessMaps};

@@ -64,7 +64,10 @@ pub enum UnwindSource {
 /// build-id gets its own table), or, without one, the file's identity on disk.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TableKey {
-    BuildId { id: Vec<u8>, content: u64 },
+    BuildId {
+        id: Vec<u8>,
+        content: u64,
+    },
     File {
         dev: u64,
         inode: u64,
