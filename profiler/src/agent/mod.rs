@@ -299,7 +299,7 @@ impl Running {
         // now and then, so that a long-running agent holds no stale files.
         let reset = u64::from(self.config.aggregator_reset_intervals.max(1));
         if self.intervals.is_multiple_of(reset) {
-            self.aggregator_base = self.aggregator_base + self.aggregator.stats();
+            self.aggregator_base += self.aggregator.stats();
             self.aggregator = Aggregator::new();
         }
         self.publish_counters(processes);
@@ -353,7 +353,7 @@ impl Running {
     /// program at the latest when the process exits).
     fn stop_sampler(&mut self) {
         if let Some(sampler) = self.sampler.take() {
-            self.sampler_base = self.sampler_base + sampler.stats();
+            self.sampler_base += sampler.stats();
             // Should the thread not start, the closure, sampler and all, is
             // dropped right here instead.
             let _ = std::thread::Builder::new()
@@ -390,7 +390,7 @@ impl Running {
                 }
             }
             // The aggregator's profile config follows the new frequency.
-            self.aggregator_base = self.aggregator_base + self.aggregator.stats();
+            self.aggregator_base += self.aggregator.stats();
             self.aggregator = Aggregator::new();
         }
         self.selector = ProcessSelector::new(new.filter.clone());
