@@ -1,7 +1,9 @@
-//! The object cache: parsed ELF objects keyed by build-id plus a keyed hash
-//! of their content (or by file identity when there is no build-id), with
-//! LRU eviction under a byte budget. The content hash means that a binary
-//! claiming another's build-id gets its own entry, never the other's symbols.
+//! The object cache: parsed ELF objects keyed by build-id plus a content
+//! fingerprint (or by file identity when there is no build-id), with LRU
+//! eviction under a byte budget. A file whose build-id is already cached
+//! shares that entry only if its bytes are the same; otherwise (a forged
+//! build-id) it gets its own entry, never the other's symbols. Comparing
+//! only on a build-id collision keeps the common path free of hashing.
 //!
 //! Owns object identity and lifetime. A file seen under several paths (one per
 //! process, `/proc/PID/root/...`) is parsed once; evicted objects stay alive
@@ -43,7 +45,8 @@ impl FileIdentity {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum CacheKey {
-    /// Build-id and a keyed hash of the whole file.
+    /// Build-id, and 0 for the first file seen with it, else the identity
+    /// hash of a file with the same build-id but other bytes.
     BuildId(Box<[u8]>, u64),
     File(FileIdentity),
     /// An object read from memory with no build-id (a vDSO, tests).
@@ -136,7 +139,7 @@ impl ObjectCache {
         counters: &Counters,
     ) -> Arc<ElfObject> {
         let key = match obj.build_id() {
-            Some(id) => CacheKey::BuildId(id.into(), self.fingerprint.hash_one(&***obj.data())),
+            Some(id) => self.build_id_key(id, &obj, || self.fingerprint.hash_one(identity)),
             None => CacheKey::File(identity),
         };
         let obj = self.insert(key.clone(), obj, counters);
@@ -155,7 +158,7 @@ impl ObjectCache {
         let obj = ElfObject::parse(Arc::new(Backing::Owned(bytes)), name, name)?;
         let hash = self.fingerprint.hash_one(&***obj.data());
         let key = match obj.build_id() {
-            Some(id) => CacheKey::BuildId(id.into(), hash),
+            Some(id) => self.build_id_key(id, &obj, || hash),
             None => CacheKey::Memory(hash),
         };
         if let Some(existing) = self.lock().objects.get(&key) {
@@ -164,6 +167,26 @@ impl ObjectCache {
         }
         Counters::bump(&counters.cache_misses);
         Ok(self.insert(key, obj, counters))
+    }
+
+    /// The key for `obj` with build-id `id`: that of a cached object with the
+    /// same build-id and the same bytes, else a key of its own (`variant`
+    /// tells it from the others).
+    fn build_id_key(&self, id: &[u8], obj: &ElfObject, variant: impl FnOnce() -> u64) -> CacheKey {
+        let inner = self.lock();
+        let mut taken = false;
+        for (key, cached) in inner.objects.iter() {
+            if let CacheKey::BuildId(b, v) = key {
+                if **b == *id {
+                    if ***cached.data() == ***obj.data() {
+                        return key.clone();
+                    }
+                    taken |= *v == 0;
+                }
+            }
+        }
+        let v = if taken { variant().max(1) } else { 0 };
+        CacheKey::BuildId(id.into(), v)
     }
 
     /// A cached object with build-id `id` (the most recently used, should

@@ -6,7 +6,7 @@
 //! stack with those rows. The same rows are what the eBPF walker in
 //! `profiler/bpf/sampler.bpf.c` binary-searches (layout: `struct
 //! smolder_unwind_row` in `sampler.h`), so the user-space walk is its test
-//! oracle and the engine of the in-process profiler. Knows nothing of BPF
+//! oracle (the in-process profiler unwinds with framehop). Knows nothing of BPF
 //! maps: loading tables into the kernel is the sampler's business.
 //!
 //! ```
