@@ -2,10 +2,22 @@
 //! Profiles.
 //!
 //! This crate is the front of the project: the `smolder` binary (feature
-//! `cli`, on by default) and, as the sampler, agent and in-process profiler
-//! land, their library APIs. Profiles are always the OTLP `ProfilesData` of
-//! [`profiles`]; flamegraphs come from [`flamegraph`] and symbols from
-//! [`symbolizer`].
+//! `cli`, on by default), the eBPF sampler and agent (features `sampler`,
+//! `agent`), and the in-process profiler, [`Profiler`], which a program uses
+//! to profile itself without root or an agent. Profiles are always the OTLP
+//! `ProfilesData` of [`profiles`]; flamegraphs come from [`flamegraph`] and
+//! symbols from [`symbolizer`], whose process model is the one way any part
+//! of smolder reads a running process.
+//!
+//! ```no_run
+//! let guard = smolder::Profiler::builder().frequency_hz(99).start()?;
+//! // ... the work to profile ...
+//! let profile = guard.stop()?;
+//! profile.write_flamegraph("profile.svg")?;
+//! # Ok::<(), smolder::ProfilerError>(())
+//! ```
+//!
+//! Any profile, from any input, renders the same way:
 //!
 //! ```
 //! use smolder::profiles::{read_folded, write_profile, Format};

@@ -18,6 +18,8 @@ use crate::pprof::any_value_to_string;
 use crate::view::{sample_weight, ProfileView};
 
 const KERNEL_SUFFIX: &str = "_[k]";
+/// inferno's mark of a JIT-compiled frame (JavaScript, JVM, …).
+const JIT_SUFFIX: &str = "_[j]";
 const INLINE_SUFFIX: &str = "_[i]";
 
 /// How a profile is folded into stacks.
@@ -121,14 +123,16 @@ fn fold_with(data: &ProfilesData, options: &FoldOptions, comm_roots: bool) -> Ve
             }
             let locations: Vec<_> = view.stack(sample.stack_index).collect();
             for location in locations.into_iter().rev() {
-                let kernel = view.frame_type(location) == FrameType::Kernel;
+                let frame_type = view.frame_type(location);
+                let kernel = frame_type == FrameType::Kernel;
                 if kernel && !options.kernel_frames {
                     continue;
                 }
-                let suffix = if kernel && options.annotate {
-                    KERNEL_SUFFIX
-                } else {
-                    ""
+                let suffix = match frame_type {
+                    _ if !options.annotate => "",
+                    FrameType::Kernel => KERNEL_SUFFIX,
+                    FrameType::Native | FrameType::Rust | FrameType::Go => "",
+                    _ => JIT_SUFFIX,
                 };
                 if location.lines.is_empty() {
                     let name = match view.mapping_name(location) {

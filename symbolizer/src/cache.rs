@@ -1,12 +1,18 @@
-//! The object cache: parsed ELF objects keyed by build-id (or by file identity
-//! when there is none), with LRU eviction under a byte budget.
+//! The object cache: parsed ELF objects keyed by build-id plus a content
+//! fingerprint (or by file identity when there is no build-id), with LRU
+//! eviction under a byte budget. A file whose build-id is already cached
+//! shares that entry only if its bytes are the same; otherwise (a forged
+//! build-id) it gets its own entry, never the other's symbols. Comparing
+//! only on a build-id collision keeps the common path free of hashing.
 //!
 //! Owns object identity and lifetime. A file seen under several paths (one per
 //! process, `/proc/PID/root/...`) is parsed once; evicted objects stay alive
 //! for callers that still hold them.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::fs;
+use std::fs::{self, File};
+use std::hash::BuildHasher;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,7 +45,9 @@ impl FileIdentity {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum CacheKey {
-    BuildId(Box<[u8]>),
+    /// Build-id, and 0 for the first file seen with it, else the identity
+    /// hash of a file with the same build-id but other bytes.
+    BuildId(Box<[u8]>, u64),
     File(FileIdentity),
     /// An object read from memory with no build-id (a vDSO, tests).
     Memory(u64),
@@ -53,6 +61,9 @@ struct Inner {
 
 pub(crate) struct ObjectCache {
     budget: usize,
+    /// Keys the content hash with a secret of this process, so that no file
+    /// can be made to collide with another on purpose.
+    fingerprint: RandomState,
     inner: Mutex<Inner>,
 }
 
@@ -60,6 +71,7 @@ impl ObjectCache {
     pub(crate) fn new(budget: usize) -> ObjectCache {
         ObjectCache {
             budget,
+            fingerprint: RandomState::new(),
             inner: Mutex::new(Inner {
                 objects: LruCache::unbounded(),
                 identities: HashMap::new(),
@@ -73,7 +85,8 @@ impl ObjectCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The object in the file at `path` (known to its user as `logical_path`).
+    /// The object in the file at `path` (known to its user as
+    /// `logical_path`), a file no profiled process controls: mapped.
     pub(crate) fn open(
         &self,
         path: &Path,
@@ -82,27 +95,60 @@ impl ObjectCache {
     ) -> Result<Arc<ElfObject>, Error> {
         let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let identity = FileIdentity::of(&meta);
-        {
-            let mut inner = self.lock();
-            if let Some(key) = inner.identities.get(&identity).cloned() {
-                if let Some(obj) = inner.objects.get(&key) {
-                    Counters::bump(&counters.cache_hits);
-                    return Ok(Arc::clone(obj));
-                }
-            }
+        if let Some(obj) = self.by_identity(&identity, counters) {
+            return Ok(obj);
         }
         Counters::bump(&counters.cache_misses);
         let obj = ElfObject::open(path, logical_path)?;
+        Ok(self.insert_file(identity, obj, counters))
+    }
+
+    /// The object in `file`, a file of a profiled process opened by the
+    /// rule of [`crate::process`]: read into owned memory (at most `cap`
+    /// bytes), so that truncating it cannot reach us.
+    pub(crate) fn open_file(
+        &self,
+        file: &File,
+        logical_path: &Path,
+        cap: u64,
+        counters: &Counters,
+    ) -> Result<Arc<ElfObject>, Error> {
+        let meta = file.metadata().map_err(|e| Error::io(logical_path, e))?;
+        let identity = FileIdentity::of(&meta);
+        if let Some(obj) = self.by_identity(&identity, counters) {
+            return Ok(obj);
+        }
+        Counters::bump(&counters.cache_misses);
+        let backing = Backing::read(file, logical_path, cap)?;
+        let obj = ElfObject::parse(Arc::new(backing), logical_path, logical_path)?;
+        Ok(self.insert_file(identity, obj, counters))
+    }
+
+    fn by_identity(&self, identity: &FileIdentity, counters: &Counters) -> Option<Arc<ElfObject>> {
+        let mut inner = self.lock();
+        let key = inner.identities.get(identity).cloned()?;
+        let obj = inner.objects.get(&key)?;
+        Counters::bump(&counters.cache_hits);
+        Some(Arc::clone(obj))
+    }
+
+    fn insert_file(
+        &self,
+        identity: FileIdentity,
+        obj: ElfObject,
+        counters: &Counters,
+    ) -> Arc<ElfObject> {
         let key = match obj.build_id() {
-            Some(id) => CacheKey::BuildId(id.into()),
+            Some(id) => self.build_id_key(id, &obj, || self.fingerprint.hash_one(identity)),
             None => CacheKey::File(identity),
         };
         let obj = self.insert(key.clone(), obj, counters);
         self.lock().identities.insert(identity, key);
-        Ok(obj)
+        obj
     }
 
-    /// The object held in `bytes` (a vDSO image), cached by its build-id.
+    /// The object held in `bytes` (a vDSO image), cached by its build-id
+    /// and content.
     pub(crate) fn open_bytes(
         &self,
         bytes: Vec<u8>,
@@ -110,14 +156,10 @@ impl ObjectCache {
         counters: &Counters,
     ) -> Result<Arc<ElfObject>, Error> {
         let obj = ElfObject::parse(Arc::new(Backing::Owned(bytes)), name, name)?;
+        let hash = self.fingerprint.hash_one(&***obj.data());
         let key = match obj.build_id() {
-            Some(id) => CacheKey::BuildId(id.into()),
-            None => {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                obj.data().hash(&mut h);
-                CacheKey::Memory(h.finish())
-            }
+            Some(id) => self.build_id_key(id, &obj, || hash),
+            None => CacheKey::Memory(hash),
         };
         if let Some(existing) = self.lock().objects.get(&key) {
             Counters::bump(&counters.cache_hits);
@@ -127,12 +169,36 @@ impl ObjectCache {
         Ok(self.insert(key, obj, counters))
     }
 
-    /// A cached object with build-id `id`.
+    /// The key for `obj` with build-id `id`: that of a cached object with the
+    /// same build-id and the same bytes, else a key of its own (`variant`
+    /// tells it from the others).
+    fn build_id_key(&self, id: &[u8], obj: &ElfObject, variant: impl FnOnce() -> u64) -> CacheKey {
+        let inner = self.lock();
+        let mut taken = false;
+        for (key, cached) in inner.objects.iter() {
+            if let CacheKey::BuildId(b, v) = key {
+                if **b == *id {
+                    if ***cached.data() == ***obj.data() {
+                        return key.clone();
+                    }
+                    taken |= *v == 0;
+                }
+            }
+        }
+        let v = if taken { variant().max(1) } else { 0 };
+        CacheKey::BuildId(id.into(), v)
+    }
+
+    /// A cached object with build-id `id` (the most recently used, should
+    /// several files claim it).
     pub(crate) fn by_build_id(&self, id: &[u8]) -> Option<Arc<ElfObject>> {
-        self.lock()
+        let mut inner = self.lock();
+        let key = inner
             .objects
-            .get(&CacheKey::BuildId(id.into()))
-            .cloned()
+            .iter()
+            .find(|(k, _)| matches!(k, CacheKey::BuildId(b, _) if **b == *id))
+            .map(|(k, _)| k.clone())?;
+        inner.objects.get(&key).cloned()
     }
 
     /// Inserts `obj` unless an object with the same key is there already

@@ -1,13 +1,16 @@
 //! Finding separate debug files: by build-id under the debug root, by
-//! `.gnu_debuglink` (CRC32-checked) and the dwz supplementary file
-//! (`.gnu_debugaltlink`). Owns the search order; reads nothing else.
+//! `.gnu_debuglink` (CRC32-checked before it is parsed) and the dwz
+//! supplementary file (`.gnu_debugaltlink`, build-id-checked). Owns the
+//! search order. A link is a plain file name looked up under the debug
+//! root (and beside the binary only for a file the user named, never for
+//! one of a profiled process); anything else is refused and counted.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::elf::{hex, ElfObject, Env};
+use crate::elf::{hex, Backing, ElfObject, Env};
 use crate::stats::Counters;
 use crate::Error;
 
@@ -38,44 +41,64 @@ pub(crate) fn find(obj: &ElfObject, env: &Env<'_>) -> Option<ElfObject> {
         }
     }
     let (name, crc) = obj.debuglink()?;
-    let name = Path::new(OsStr::from_bytes(name));
-    if name.as_os_str().is_empty() || name.is_absolute() {
+    let Some(name) = plain_file_name(name) else {
+        Counters::bump(&env.counters.debug_links_refused);
+        tracing::debug!(path = %obj.path.display(), "debug link is not a plain file name");
         return None;
-    }
+    };
     for candidate in debuglink_candidates(obj, name, env.debug_root) {
         if same_file(&candidate, &obj.path) {
             continue;
         }
-        let Some(found) = open_candidate(&candidate, env) else {
+        let Some(backing) = read_candidate(&candidate, env) else {
             continue;
         };
-        if crc32fast::hash(found.data()) != crc {
+        if crc32fast::hash(&backing) != crc {
             Counters::bump(&env.counters.debuglink_crc_mismatches);
             tracing::debug!(path = %candidate.display(), "debug link CRC32 mismatch");
             continue;
         }
-        return Some(found);
+        match ElfObject::parse(Arc::new(backing), &candidate, &candidate) {
+            Ok(found) => return Some(found.into_debug_file()),
+            Err(e) => env.counters.error(&e),
+        }
     }
     None
 }
 
-/// Where GDB looks for a `.gnu_debuglink` name: next to the binary, in
-/// `.debug/` beside it, and under the debug root plus the binary's directory.
+/// `name` if it is one path component: not empty, no `/`, not `.` or `..`.
+fn plain_file_name(name: &[u8]) -> Option<&Path> {
+    (!name.is_empty() && !name.contains(&b'/') && name != b"." && name != b"..")
+        .then(|| Path::new(OsStr::from_bytes(name)))
+}
+
+/// `path` with no `..` component.
+fn no_parent_dirs(path: &Path) -> bool {
+    !path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
+/// Where GDB looks for a `.gnu_debuglink` name: under the debug root plus
+/// the binary's directory and, for a file the user named, beside it and in
+/// `.debug/` beside it.
 fn debuglink_candidates(obj: &ElfObject, name: &Path, debug_root: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<&Path> = Vec::new();
-    for p in [&obj.path, &obj.logical_path] {
-        if let Some(dir) = p.parent() {
-            if !dirs.contains(&dir) {
-                dirs.push(dir);
+    let mut out = Vec::new();
+    if obj.trusted_dir {
+        let mut dirs: Vec<&Path> = Vec::new();
+        for p in [&obj.path, &obj.logical_path] {
+            if let Some(dir) = p.parent() {
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
             }
         }
+        for dir in &dirs {
+            out.push(dir.join(name));
+            out.push(dir.join(".debug").join(name));
+        }
     }
-    let mut out = Vec::new();
-    for dir in &dirs {
-        out.push(dir.join(name));
-        out.push(dir.join(".debug").join(name));
-    }
-    if let Some(dir) = obj.logical_path.parent() {
+    if let Some(dir) = obj.logical_path.parent().filter(|d| no_parent_dirs(d)) {
         let relative = dir.strip_prefix("/").unwrap_or(dir);
         out.push(debug_root.join(relative).join(name));
     }
@@ -91,9 +114,32 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn open_candidate(path: &Path, env: &Env<'_>) -> Option<ElfObject> {
-    match ElfObject::open(path, path) {
+    let backing = read_candidate(path, env)?;
+    match ElfObject::parse(Arc::new(backing), path, path) {
         Ok(obj) => Some(obj.into_debug_file()),
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            env.counters.error(&e);
+            None
+        }
+    }
+}
+
+/// The bytes of a debug-file candidate: a regular file under the debug
+/// root (or beside a file the user named), which no profiled process owns.
+fn read_candidate(path: &Path, env: &Env<'_>) -> Option<Backing> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            env.counters.error(&Error::io(path, e));
+            return None;
+        }
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    match Backing::map(&file, path) {
+        Ok(b) => Some(b),
         Err(e) => {
             env.counters.error(&e);
             None
@@ -113,13 +159,16 @@ pub(crate) fn find_alt(
         candidates.push(p);
     }
     let name = Path::new(OsStr::from_bytes(name));
-    if name.is_absolute() {
-        // Debian's dwz files name `/usr/lib/debug/.dwz/...`: re-root them too.
-        if let Ok(rest) = name.strip_prefix("/usr/lib/debug") {
-            candidates.push(env.debug_root.join(rest));
+    if !no_parent_dirs(name) {
+        Counters::bump(&env.counters.debug_links_refused);
+    } else if name.is_absolute() {
+        // Debian's dwz files name `/usr/lib/debug/.dwz/...`: looked up under
+        // the debug root, never at that absolute path.
+        match name.strip_prefix("/usr/lib/debug") {
+            Ok(rest) => candidates.push(env.debug_root.join(rest)),
+            Err(_) => Counters::bump(&env.counters.debug_links_refused),
         }
-        candidates.push(name.to_owned());
-    } else if let Some(dir) = obj.path.parent() {
+    } else if let Some(dir) = obj.path.parent().filter(|_| obj.trusted_dir) {
         candidates.push(dir.join(name));
     }
     candidates.into_iter().find_map(|path| {
@@ -140,5 +189,22 @@ mod tests {
         );
         assert_eq!(build_id_path(Path::new("/d"), &[0xab]), None);
         assert_eq!(build_id_path(Path::new("/d"), &[]), None);
+    }
+
+    #[test]
+    fn debug_links_must_be_plain_names() {
+        assert!(plain_file_name(b"prog.debug").is_some());
+        for bad in [
+            &b"../../etc/shadow"[..],
+            b"/etc/shadow",
+            b"..",
+            b".",
+            b"",
+            b"a/b",
+        ] {
+            assert!(plain_file_name(bad).is_none(), "{bad:?}");
+        }
+        assert!(!no_parent_dirs(Path::new("/usr/lib/debug/../../etc")));
+        assert!(no_parent_dirs(Path::new("/usr/lib/debug/.dwz/x")));
     }
 }

@@ -200,6 +200,13 @@ fn mark_inlined(mut frames: Vec<Frame>) -> Vec<Frame> {
     frames
 }
 
+/// The compressed DWARF sections of one object are inflated to at most
+/// this many bytes together.
+pub(crate) const MAX_DECOMPRESSED_BYTES: u64 = 512 << 20;
+/// ... and at most this many times its compressed size (deflate cannot do
+/// better than 1032:1).
+const MAX_RATIO: u64 = 1100;
+
 /// Loads the DWARF sections of `obj`, decompressing `.zdebug_*` and
 /// `SHF_COMPRESSED` sections and borrowing the rest from the mapping.
 /// Returns the bytes decompressed too.
@@ -217,6 +224,21 @@ fn load_sections(obj: &ElfObject) -> Result<(gimli::Dwarf<Reader>, usize), Error
         let Some(section) = file.section_by_name(id.name()) else {
             return Ok(Reader::new(SectionBytes::Owned(Arc::from(&[][..])), endian));
         };
+        // The header's size would size the allocation: bound it first, by
+        // a cap and by the best ratio deflate or zstd reach on real DWARF.
+        if let Ok(c) = section.compressed_data() {
+            let compressed = c.data.len() as u64;
+            let left = MAX_DECOMPRESSED_BYTES.saturating_sub(owned.get() as u64);
+            let cap = left.min(compressed.saturating_mul(MAX_RATIO));
+            if c.format != object::CompressionFormat::None && c.uncompressed_size > cap {
+                return Err(Error::Decompression {
+                    path: obj.path.clone(),
+                    section: id.name().to_owned(),
+                    size: c.uncompressed_size,
+                    cap,
+                });
+            }
+        }
         let data = section
             .uncompressed_data()
             .map_err(|e| Error::object(&obj.path, format!("section {}: {e}", id.name())))?;

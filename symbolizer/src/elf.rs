@@ -36,18 +36,29 @@ impl Deref for Backing {
 }
 
 impl Backing {
-    /// Maps `file` read-only.
+    /// Maps `file` read-only. Only for files no profiled process can
+    /// change (the debug root, a path the user named): a file shrunk while
+    /// mapped raises SIGBUS on access. Files of profiled processes are
+    /// read with [`Backing::read`] instead.
     pub(crate) fn map(file: &File, path: &Path) -> Result<Backing, Error> {
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len == 0 {
             return Err(Error::object(path, "empty file"));
         }
-        // SAFETY: the mapping is read-only and private. Another process shrinking
-        // the file while it is mapped would raise SIGBUS on access; binaries and
-        // debug files are replaced (new inode), not truncated in place, so this is
-        // the same bet every symbolizer (perf, gdb, blazesym) makes.
+        // SAFETY: the mapping is read-only and private, of a trusted file
+        // (see above) that nobody truncates in place.
         let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(path, e))?;
         Ok(Backing::Mapped(map))
+    }
+
+    /// Reads all of `file` into owned memory, at most `cap` bytes: a copy
+    /// that the process owning the file cannot truncate under us.
+    pub(crate) fn read(file: &File, path: &Path, cap: u64) -> Result<Backing, Error> {
+        let bytes = crate::process::read_capped(file, cap).map_err(|e| Error::io(path, e))?;
+        if bytes.is_empty() {
+            return Err(Error::object(path, "empty file"));
+        }
+        Ok(Backing::Owned(bytes))
     }
 }
 
@@ -92,6 +103,9 @@ pub(crate) struct ElfObject {
     little_endian: bool,
     /// True for a file found as another object's separate debug file.
     is_debug_file: bool,
+    /// Its directory may be searched for debug links: false for a file of a
+    /// profiled process, whose directories that process controls.
+    pub(crate) trusted_dir: bool,
     weight: AtomicUsize,
     symtab: OnceLock<SymbolTable>,
     dynsym: OnceLock<SymbolTable>,
@@ -117,7 +131,9 @@ impl ElfObject {
     pub(crate) fn open(path: &Path, logical_path: &Path) -> Result<ElfObject, Error> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let backing = Backing::map(&file, path)?;
-        ElfObject::parse(Arc::new(backing), path, logical_path)
+        let mut obj = ElfObject::parse(Arc::new(backing), path, logical_path)?;
+        obj.trusted_dir = true;
+        Ok(obj)
     }
 
     /// Parses the headers of an object held in `data`.
@@ -178,6 +194,7 @@ impl ElfObject {
             debug_only,
             little_endian,
             is_debug_file: false,
+            trusted_dir: false,
             weight: AtomicUsize::new(weight),
             symtab: OnceLock::new(),
             dynsym: OnceLock::new(),

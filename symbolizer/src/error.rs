@@ -48,6 +48,14 @@ pub enum Error {
         build_id: String,
         debug_root: PathBuf,
     },
+    /// A compressed section declares more bytes than smolder inflates.
+    #[error("{path}: section {section} declares {size} bytes uncompressed, over the cap of {cap}")]
+    Decompression {
+        path: PathBuf,
+        section: String,
+        size: u64,
+        cap: u64,
+    },
     /// The build-id string is not an even number of hex digits.
     #[error("invalid build-id {0:?}: expected an even number of hex digits")]
     InvalidBuildId(String),

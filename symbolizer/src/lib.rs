@@ -4,7 +4,8 @@
 //! One front door, [`Symbolizer`], takes a [`Source`] saying what the addresses
 //! are relative to — an ELF file (file offsets or virtual addresses), an object
 //! known by build-id, a live process (absolute addresses, read through
-//! `/proc/PID/maps`, container roots, `map_files`, JIT perf maps and the vDSO),
+//! `/proc/PID/maps`, container roots, `map_files`, JIT perf maps and the vDSO,
+//! each file opened by the one rule of [`process`]),
 //! or the kernel (`/proc/kallsyms`) — and returns one [`Symbolized`] per
 //! address. Names come from DWARF (with inlined functions, compressed sections,
 //! separate debug files by build-id or `.gnu_debuglink`), then `.symtab`, then
@@ -43,8 +44,8 @@ mod elf;
 mod error;
 mod format;
 mod kernel;
-mod perfmap;
-mod process;
+pub mod perfmap;
+pub mod process;
 mod stats;
 mod symbolizer;
 mod symtab;
@@ -52,6 +53,8 @@ mod symtab;
 pub use demangle::demangle;
 pub use error::Error;
 pub use format::{format_addr2line, format_json_line};
+pub use perfmap::{PerfMap, PerfMapReader};
+pub use process::{open_mapped_file, Mapping, MappingKind, ProcessFacts, ProcessMaps};
 pub use stats::Stats;
 pub use symbolizer::{Symbolizer, SymbolizerBuilder};
 

@@ -1,95 +1,96 @@
-//! A live process as a source of addresses: its `/proc/PID/maps`, the path
-//! through which each mapped file can be opened from here (its mount
-//! namespace, or `map_files` for deleted and replaced binaries), and its vDSO
-//! image. Reads `/proc` only.
+//! A live process as the rest of smolder may read it: its `/proc/PID/maps`
+//! ([`ProcessMaps`], parsed once per refresh), its facts ([`ProcessFacts`]:
+//! comm, exe, command line, cgroup, `OTEL_SERVICE_NAME`, uid), the one rule
+//! by which a file it maps or names is opened ([`open_mapped_file`],
+//! [`open_in_root`]) and its vDSO. Everything here is hostile input: reads
+//! are capped, opens never block and never leave the process's root.
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 
 use crate::Error;
 
+/// Mapped files larger than this are not opened: a process could map a huge
+/// file to make the profiler read it.
+pub const MAX_OBJECT_BYTES: u64 = 1 << 30;
+/// `/proc/PID/maps` is read up to this many bytes (65530 mappings with long
+/// names would be hundreds of MiB).
+pub const MAX_MAPS_BYTES: u64 = 16 << 20;
+/// `/proc/PID/cmdline`, `environ` and `cgroup` are read up to this many bytes.
+const MAX_FACT_BYTES: u64 = 256 << 10;
+
 /// One line of `/proc/PID/maps`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MapEntry {
-    pub(crate) start: u64,
-    pub(crate) end: u64,
-    pub(crate) executable: bool,
-    pub(crate) offset: u64,
-    pub(crate) inode: u64,
-    /// The path or pseudo-name (`[vdso]`, `[heap]`); empty for anonymous memory.
-    pub(crate) name: String,
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    pub executable: bool,
+    /// Device of the file (`major << 32 | minor`, as `/proc/PID/maps` shows it).
+    pub dev: u64,
+    pub inode: u64,
+    /// Path as the process sees it (`/usr/lib/libc.so.6`), a pseudo-name
+    /// (`[vdso]`, `[stack]`), or empty for anonymous memory. A trailing
+    /// ` (deleted)` is removed and recorded in `deleted`.
+    pub path: String,
+    pub deleted: bool,
 }
 
 /// What a mapping holds, as far as symbolization cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MappingKind<'a> {
-    /// A file; `deleted` when the kernel marks it ` (deleted)`.
-    File {
-        path: &'a str,
-        deleted: bool,
-    },
+pub enum MappingKind {
+    /// A file, opened by [`open_mapped_file`].
+    File,
     Vdso,
-    /// Anonymous memory (where JIT compilers put code).
+    /// Anonymous memory (where JIT compilers put code, named by perf maps).
     Anonymous,
     /// Other pseudo-mappings: `[vsyscall]`, `[heap]`, `[stack]`.
     Pseudo,
 }
 
-impl MapEntry {
-    pub(crate) fn kind(&self) -> MappingKind<'_> {
-        let name = self.name.as_str();
+impl Mapping {
+    pub fn kind(&self) -> MappingKind {
+        let name = self.path.as_str();
         if name.is_empty() || name.starts_with("[anon") {
             MappingKind::Anonymous
         } else if name == "[vdso]" {
             MappingKind::Vdso
-        } else if name.starts_with('[') {
+        } else if name.starts_with('[') || self.inode == 0 || !name.starts_with('/') {
             MappingKind::Pseudo
         } else {
-            match name.strip_suffix(" (deleted)") {
-                Some(path) => MappingKind::File {
-                    path,
-                    deleted: true,
-                },
-                None => MappingKind::File {
-                    path: name,
-                    deleted: false,
-                },
-            }
+            MappingKind::File
         }
     }
 
+    /// A mapping of a file (as opposed to anonymous memory or `[vdso]`).
+    pub fn is_file(&self) -> bool {
+        self.kind() == MappingKind::File
+    }
+
     /// The offset in the mapped file of address `addr` of this mapping.
-    pub(crate) fn file_offset(&self, addr: u64) -> u64 {
+    pub fn file_offset(&self, addr: u64) -> u64 {
         addr.wrapping_sub(self.start).wrapping_add(self.offset)
     }
-}
 
-/// Reads and parses `/proc/PID/maps`, sorted by address.
-pub(crate) fn read_maps(pid: u32) -> Result<Vec<MapEntry>, Error> {
-    let path = format!("/proc/{pid}/maps");
-    match fs::read_to_string(&path) {
-        Ok(text) => Ok(parse_maps(&text)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::ProcessGone { pid }),
-        // ESRCH: the process exited between open and read.
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(Error::ProcessGone { pid }),
-        Err(source) => Err(Error::ProcessAccess { pid, source }),
+    /// The name to show for this mapping: the path, or `[anon]`.
+    pub fn display_name(&self) -> &str {
+        if self.path.is_empty() {
+            "[anon]"
+        } else {
+            &self.path
+        }
     }
 }
 
-/// Parses the text of a maps file; malformed lines are skipped.
-pub(crate) fn parse_maps(text: &str) -> Vec<MapEntry> {
-    let mut out: Vec<MapEntry> = text.lines().filter_map(parse_line).collect();
-    out.sort_by_key(|m| m.start);
-    out
-}
-
-fn parse_line(line: &str) -> Option<MapEntry> {
-    // start-end perms offset dev inode [name...]; the name may contain spaces.
+fn parse_line(line: &str) -> Option<Mapping> {
+    // 55d4c-55d4d r-xp 00001000 fe:00 10018915     /usr/bin/x (deleted)
     let mut rest = line;
     let mut field = || {
-        let trimmed = rest.trim_start();
+        let trimmed = rest.trim_start_matches(' ');
         let end = trimmed.find(' ').unwrap_or(trimmed.len());
         let (f, r) = trimmed.split_at(end);
         rest = r;
@@ -98,52 +99,435 @@ fn parse_line(line: &str) -> Option<MapEntry> {
     let range = field();
     let perms = field();
     let offset = field();
-    let _dev = field();
+    let dev = field();
     let inode = field();
-    let name = rest.trim_start().to_owned();
+    let path = rest.trim_start_matches(' ');
     let (start, end) = range.split_once('-')?;
-    Some(MapEntry {
-        start: u64::from_str_radix(start, 16).ok()?,
-        end: u64::from_str_radix(end, 16).ok()?,
-        executable: perms.as_bytes().get(2) == Some(&b'x'),
+    let (major, minor) = dev.split_once(':')?;
+    let (path, deleted) = match path.strip_suffix(" (deleted)") {
+        Some(p) => (p, true),
+        None => (path, false),
+    };
+    let start = u64::from_str_radix(start, 16).ok()?;
+    let end = u64::from_str_radix(end, 16).ok()?;
+    (start < end).then_some(())?;
+    Some(Mapping {
+        start,
+        end,
         offset: u64::from_str_radix(offset, 16).ok()?,
+        executable: perms.as_bytes().get(2) == Some(&b'x'),
+        dev: (u64::from_str_radix(major, 16).ok()? << 32) | u64::from_str_radix(minor, 16).ok()?,
         inode: inode.parse().ok()?,
-        name,
+        path: path.to_owned(),
+        deleted,
     })
 }
 
-/// The index of the mapping that contains `addr`.
-pub(crate) fn find_mapping(maps: &[MapEntry], addr: u64) -> Option<usize> {
-    let idx = maps.partition_point(|m| m.start <= addr).checked_sub(1)?;
-    (addr < maps[idx].end).then_some(idx)
+/// The executable mappings of a process, sorted by address: the one parse
+/// of `/proc/PID/maps` that the aggregator, the unwind-table worker and the
+/// symbolizer share.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessMaps {
+    entries: Vec<Mapping>,
 }
 
-/// A path from which this process can open the file behind `entry` of `pid`.
-///
-/// The path as the process sees it, through its root (containers, mount
-/// namespaces), when it still names the same inode; otherwise the mapping's
-/// own `map_files` link, which reaches deleted and replaced files.
-pub(crate) fn open_path(pid: u32, entry: &MapEntry, path: &str, deleted: bool) -> PathBuf {
-    if !deleted {
-        let rooted = Path::new(&format!("/proc/{pid}/root")).join(path.trim_start_matches('/'));
-        if let Ok(meta) = fs::metadata(&rooted) {
-            if entry.inode == 0 || meta.ino() == entry.inode {
-                return rooted;
-            }
+impl ProcessMaps {
+    /// Parses the text of `/proc/PID/maps`, keeping executable mappings;
+    /// malformed lines are skipped.
+    pub fn parse(text: &str) -> ProcessMaps {
+        let mut entries: Vec<Mapping> = text
+            .lines()
+            .filter_map(parse_line)
+            .filter(|e| e.executable)
+            .collect();
+        entries.sort_by_key(|e| e.start);
+        ProcessMaps { entries }
+    }
+
+    /// Reads `/proc/PID/maps` (at most [`MAX_MAPS_BYTES`]).
+    pub fn read(pid: u32) -> Result<ProcessMaps, Error> {
+        let bytes = read_proc(pid, "maps", MAX_MAPS_BYTES)?;
+        Ok(ProcessMaps::parse(&String::from_utf8_lossy(&bytes)))
+    }
+
+    /// The mapping holding `pc`.
+    pub fn find(&self, pc: u64) -> Option<&Mapping> {
+        let i = self.entries.partition_point(|e| e.start <= pc);
+        let entry = self.entries.get(i.checked_sub(1)?)?;
+        (pc < entry.end).then_some(entry)
+    }
+
+    pub fn entries(&self) -> &[Mapping] {
+        &self.entries
+    }
+}
+
+/// Reads `/proc/PID/NAME`, at most `cap` bytes; a vanished process is
+/// [`Error::ProcessGone`].
+fn read_proc(pid: u32, name: &str, cap: u64) -> Result<Vec<u8>, Error> {
+    let path = format!("/proc/{pid}/{name}");
+    let gone = |e: &io::Error| {
+        e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
+    };
+    let file = File::open(&path).map_err(|e| {
+        if gone(&e) {
+            Error::ProcessGone { pid }
+        } else {
+            Error::ProcessAccess { pid, source: e }
+        }
+    })?;
+    let mut out = Vec::new();
+    file.take(cap).read_to_end(&mut out).map_err(|e| {
+        if gone(&e) {
+            Error::ProcessGone { pid }
+        } else {
+            Error::ProcessAccess { pid, source: e }
+        }
+    })?;
+    Ok(out)
+}
+
+/// Why a file of a profiled process was not opened. Each is counted by the
+/// caller; none falls back to another path.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{path} of process {pid}: not found inside its root")]
+    NotFound { pid: u32, path: String },
+    #[error("{path} of process {pid}: a symbolic link, or outside its root")]
+    Escapes { pid: u32, path: String },
+    #[error("{path} of process {pid}: not a regular file")]
+    NotRegular { pid: u32, path: String },
+    #[error("{path} of process {pid}: {size} bytes, over the cap of {cap}")]
+    TooLarge {
+        pid: u32,
+        path: String,
+        size: u64,
+        cap: u64,
+    },
+    #[error("{path} of process {pid}: not the file it maps (replaced or deleted)")]
+    Replaced { pid: u32, path: String },
+    #[error("{path} of process {pid}: owned by uid {owner}, not by the process's uid {uid}")]
+    WrongOwner {
+        pid: u32,
+        path: String,
+        owner: u32,
+        uid: u32,
+    },
+    #[error("{path} of process {pid}: {source}")]
+    Io {
+        pid: u32,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What [`open_in_root`] checks besides "a regular file".
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenCheck {
+    /// Refuse files larger than this many bytes.
+    pub max_bytes: u64,
+    /// The inode (and device, unless on overlayfs) the file must have.
+    pub identity: Option<(u64, u64)>,
+    /// The uid that must own the file.
+    pub owner: Option<u32>,
+}
+
+const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+
+/// Opens `path` as process `pid` sees it, by the one rule for files of a
+/// profiled process: `openat2` under `/proc/PID/root` with
+/// `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` as an
+/// `O_PATH` handle (no open of the file itself yet, so a FIFO or a device
+/// cannot block nor react), `fstat` checked against `check`, and only then
+/// reopened for reading, non-blocking and close-on-exec. Paths in
+/// `/proc/PID/maps` are already resolved, so a symbolic link on the way
+/// means the file changed since it was mapped. Never falls back to a host path.
+pub fn open_in_root(pid: u32, path: &str, check: &OpenCheck) -> Result<File, OpenError> {
+    let err_path = || path.to_owned();
+    let io = |source: io::Error| OpenError::Io {
+        pid,
+        path: err_path(),
+        source,
+    };
+    let root_path = CString::new(format!("/proc/{pid}/root")).map_err(|e| io(e.into()))?;
+    // SAFETY: open(2) on a NUL-terminated path; the fd is owned below.
+    let root = unsafe {
+        libc::open(
+            root_path.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if root < 0 {
+        return Err(io(io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let root = unsafe { OwnedFd::from_raw_fd(root) };
+    let relative = path.trim_start_matches('/');
+    let relative = if relative.is_empty() { "." } else { relative };
+    let relative = CString::new(relative).map_err(|_| OpenError::NotFound {
+        pid,
+        path: err_path(),
+    })?;
+    // SAFETY: open_how is a plain C struct; all zeroes is its empty value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2 reads the NUL-terminated path and `how`, both alive for
+    // the call, and returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            relative.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => OpenError::NotFound {
+                pid,
+                path: err_path(),
+            },
+            Some(libc::ELOOP) | Some(libc::EXDEV) => OpenError::Escapes {
+                pid,
+                path: err_path(),
+            },
+            _ => io(e),
+        });
+    }
+    let fd = i32::try_from(fd).map_err(|_| io(io::Error::other("fd out of range")))?;
+    // SAFETY: the kernel just returned this fd; nothing else owns it.
+    let handle = unsafe { OwnedFd::from_raw_fd(fd) };
+    checked_reopen(pid, path, handle, check)
+}
+
+/// Opens the file behind `mapping` of process `pid`: through its
+/// `map_files` link where our capabilities allow (the mapped file itself,
+/// deleted or replaced or not), else by [`open_in_root`] with its dev and
+/// inode checked; a file that no longer is the mapped one is refused.
+pub fn open_mapped_file(pid: u32, mapping: &Mapping) -> Result<File, OpenError> {
+    let check = OpenCheck {
+        max_bytes: MAX_OBJECT_BYTES,
+        identity: Some((mapping.dev, mapping.inode)),
+        owner: None,
+    };
+    if let Some(handle) = open_map_files(pid, mapping) {
+        return checked_reopen(pid, &mapping.path, handle, &check);
+    }
+    if mapping.deleted {
+        return Err(OpenError::Replaced {
+            pid,
+            path: mapping.path.clone(),
+        });
+    }
+    open_in_root(pid, &mapping.path, &check)
+}
+
+/// An `O_PATH` handle on `/proc/PID/map_files/START-END`, which needs
+/// CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE) in the initial namespace.
+fn open_map_files(pid: u32, mapping: &Mapping) -> Option<OwnedFd> {
+    let path = CString::new(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        mapping.start, mapping.end
+    ))
+    .ok()?;
+    // SAFETY: open(2) on a NUL-terminated path; the fd is owned below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    // SAFETY: a fresh fd that nothing else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Checks an `O_PATH` handle and reopens it for reading.
+fn checked_reopen(
+    pid: u32,
+    path: &str,
+    handle: OwnedFd,
+    check: &OpenCheck,
+) -> Result<File, OpenError> {
+    let io = |source: io::Error| OpenError::Io {
+        pid,
+        path: path.to_owned(),
+        source,
+    };
+    let st = fstat(handle.as_raw_fd()).map_err(io)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(OpenError::NotRegular {
+            pid,
+            path: path.to_owned(),
+        });
+    }
+    let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
+    if size > check.max_bytes {
+        return Err(OpenError::TooLarge {
+            pid,
+            path: path.to_owned(),
+            size,
+            cap: check.max_bytes,
+        });
+    }
+    if let Some((dev, inode)) = check.identity {
+        let same_dev = maps_dev(st.st_dev) == dev || on_overlayfs(handle.as_raw_fd());
+        if st.st_ino != inode || !same_dev {
+            return Err(OpenError::Replaced {
+                pid,
+                path: path.to_owned(),
+            });
         }
     }
-    map_files_path(pid, entry)
+    if let Some(uid) = check.owner {
+        if st.st_uid != uid {
+            return Err(OpenError::WrongOwner {
+                pid,
+                path: path.to_owned(),
+                owner: st.st_uid,
+                uid,
+            });
+        }
+    }
+    // Reopening our own O_PATH fd through /proc/self/fd opens that inode
+    // and nothing else.
+    let reopen =
+        CString::new(format!("/proc/self/fd/{}", handle.as_raw_fd())).map_err(|e| io(e.into()))?;
+    // SAFETY: open(2) on a NUL-terminated path; the fd is owned below.
+    let fd = unsafe {
+        libc::open(
+            reopen.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    if fd < 0 {
+        return Err(io(io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-pub(crate) fn map_files_path(pid: u32, entry: &MapEntry) -> PathBuf {
-    PathBuf::from(format!(
-        "/proc/{pid}/map_files/{:x}-{:x}",
-        entry.start, entry.end
-    ))
+fn fstat(fd: i32) -> io::Result<libc::stat> {
+    // SAFETY: stat is a plain C struct, filled by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open for the call, st lives across it.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn on_overlayfs(fd: i32) -> bool {
+    // SAFETY: statfs is a plain C struct, filled by fstatfs.
+    let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open for the call, sf lives across it.
+    unsafe { libc::fstatfs(fd, &mut sf) == 0 && sf.f_type as i64 == OVERLAYFS_SUPER_MAGIC }
+}
+
+/// `st_dev` in the packing of `/proc/PID/maps` (`major << 32 | minor`).
+fn maps_dev(dev: u64) -> u64 {
+    (u64::from(libc::major(dev)) << 32) | u64::from(libc::minor(dev))
+}
+
+/// Reads all of `file`, at most `cap` bytes (more is an error, not a
+/// silent cut), into owned memory: a process that truncates the file
+/// later cannot touch a copy.
+pub fn read_capped(file: &File, cap: u64) -> io::Result<Vec<u8>> {
+    let len = file.metadata()?.len();
+    if len > cap {
+        return Err(io::Error::other(format!(
+            "{len} bytes, over the cap of {cap}"
+        )));
+    }
+    // The size may change under us: never trust it past the cap.
+    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    let mut reader = file.take(cap.saturating_add(1));
+    reader.read_to_end(&mut out)?;
+    if out.len() as u64 > cap {
+        return Err(io::Error::other(format!(
+            "grew over the cap of {cap} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+/// What smolder needs to know of a process, read once: for filters,
+/// resource attributes and `service.name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessFacts {
+    pub pid: u32,
+    /// `/proc/PID/comm`.
+    pub comm: String,
+    /// The target of `/proc/PID/exe` (as the process sees it).
+    pub exe: Option<String>,
+    /// `/proc/PID/cmdline`, split at NULs.
+    pub cmdline: Vec<String>,
+    /// `/proc/PID/cgroup`, the unified (v2) path when there is one.
+    pub cgroup: Option<String>,
+    /// `OTEL_SERVICE_NAME` from `/proc/PID/environ` (readable as root or
+    /// as the process's user).
+    pub service_name: Option<String>,
+    /// Real uid, from `/proc/PID/status`.
+    pub uid: Option<u32>,
+    /// The PID inside the process's own PID namespace.
+    pub namespace_pid: Option<u32>,
+}
+
+impl ProcessFacts {
+    /// Reads the facts of `pid`; what cannot be read stays empty. `comm` is
+    /// used when `/proc/PID/comm` is gone (a process that exited).
+    pub fn read(pid: u32, comm: &str) -> ProcessFacts {
+        let text = |name: &str, cap| {
+            read_proc(pid, name, cap)
+                .ok()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        let status = text("status", MAX_FACT_BYTES).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        let uid = field("Uid:").and_then(|v| v.split_whitespace().next()?.parse().ok());
+        let namespace_pid = field("NSpid:").and_then(|v| v.split_whitespace().last()?.parse().ok());
+        let cgroup = text("cgroup", MAX_FACT_BYTES).and_then(|t| {
+            let lines: Vec<&str> = t.lines().collect();
+            let unified = lines.iter().find_map(|l| l.strip_prefix("0::"));
+            unified
+                .or_else(|| lines.first().and_then(|l| l.splitn(3, ':').nth(2)))
+                .map(str::to_owned)
+        });
+        let environ = read_proc(pid, "environ", MAX_FACT_BYTES).unwrap_or_default();
+        let service_name = environ
+            .split(|&b| b == 0)
+            .find_map(|kv| kv.strip_prefix(b"OTEL_SERVICE_NAME="))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .filter(|v| !v.is_empty());
+        let cmdline = read_proc(pid, "cmdline", MAX_FACT_BYTES)
+            .unwrap_or_default()
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let proc_comm = text("comm", 64).map(|c| c.trim_end_matches('\n').to_owned());
+        ProcessFacts {
+            pid,
+            comm: proc_comm
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| comm.to_owned()),
+            exe: fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned()),
+            cmdline,
+            cgroup,
+            service_name,
+            uid,
+            namespace_pid,
+        }
+    }
 }
 
 /// The bytes of the vDSO mapped at `entry` in process `pid`.
-pub(crate) fn read_vdso(pid: u32, entry: &MapEntry) -> Result<Vec<u8>, Error> {
+pub(crate) fn read_vdso(pid: u32, entry: &Mapping) -> Result<Vec<u8>, Error> {
     let len = usize::try_from(entry.end - entry.start)
         .ok()
         .filter(|&l| l > 0 && l <= 1 << 24)
@@ -154,7 +538,7 @@ pub(crate) fn read_vdso(pid: u32, entry: &MapEntry) -> Result<Vec<u8>, Error> {
         }
     }
     let path = format!("/proc/{pid}/mem");
-    let file = fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, entry.start)
         .map_err(|e| Error::io(&path, e))?;
@@ -162,7 +546,7 @@ pub(crate) fn read_vdso(pid: u32, entry: &MapEntry) -> Result<Vec<u8>, Error> {
 }
 
 /// Our own vDSO, read in place: the auxiliary vector gives its address.
-fn own_vdso(entry: &MapEntry, len: usize) -> Option<Vec<u8>> {
+fn own_vdso(entry: &Mapping, len: usize) -> Option<Vec<u8>> {
     // SAFETY: getauxval has no preconditions.
     let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
     if base == 0 || base != entry.start {
@@ -173,13 +557,6 @@ fn own_vdso(entry: &MapEntry, len: usize) -> Option<Vec<u8>> {
     // AT_SYSINFO_EHDR, and `entry` (from our own maps) says it spans `len` bytes.
     let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
     Some(bytes.to_vec())
-}
-
-/// The PID of `pid` inside its own PID namespace (the last `NSpid` field).
-pub(crate) fn namespace_pid(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-    line.split_whitespace().last()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -197,54 +574,94 @@ garbage line
 ";
 
     #[test]
-    fn parses_maps_lines() {
-        let maps = parse_maps(MAPS);
-        assert_eq!(maps.len(), 6);
-        assert_eq!(maps[1].start, 0x55d5c7a22000);
-        assert_eq!(maps[1].offset, 0x22000);
-        assert_eq!(maps[1].inode, 1835053);
-        assert!(maps[1].executable && !maps[0].executable);
-        assert_eq!(
-            maps[1].kind(),
-            MappingKind::File {
-                path: "/usr/bin/cat",
-                deleted: false
-            }
-        );
-        assert_eq!(maps[2].kind(), MappingKind::Anonymous);
-        assert_eq!(
-            maps[3].kind(),
-            MappingKind::File {
-                path: "/tmp/my prog",
-                deleted: true
-            }
-        );
-        assert_eq!(maps[4].kind(), MappingKind::Vdso);
-        assert_eq!(maps[5].kind(), MappingKind::Pseudo);
-        assert_eq!(maps[1].file_offset(0x55d5c7a22010), 0x22010);
+    fn parses_executable_mappings() {
+        let maps = ProcessMaps::parse(MAPS);
+        let e = maps.entries();
+        assert_eq!(e.len(), 5);
+        assert_eq!(e[0].start, 0x55d5c7a22000);
+        assert_eq!(e[0].offset, 0x22000);
+        assert_eq!(e[0].inode, 1835053);
+        assert_eq!(e[0].dev, (0xfd << 32) | 1);
+        assert_eq!(e[0].kind(), MappingKind::File);
+        assert_eq!(e[1].kind(), MappingKind::Anonymous);
+        assert_eq!(e[2].path, "/tmp/my prog");
+        assert!(e[2].deleted && e[2].is_file());
+        assert_eq!(e[3].kind(), MappingKind::Vdso);
+        assert_eq!(e[4].kind(), MappingKind::Pseudo);
+        assert_eq!(e[0].file_offset(0x55d5c7a22010), 0x22010);
+        assert_eq!(maps.find(0x55d5c7a22000), Some(&e[0]));
+        assert!(maps.find(0x55d5c7a21fff).is_none(), "not executable");
+        assert!(maps.find(0x55d5c7a3b000).is_none(), "end is exclusive");
+        assert!(maps.find(0x1000).is_none());
     }
 
     #[test]
-    fn finds_mappings() {
-        let maps = parse_maps(MAPS);
-        assert_eq!(find_mapping(&maps, 0x55d5c7a22000), Some(1));
-        assert_eq!(find_mapping(&maps, 0x55d5c7a21fff), Some(0));
-        assert_eq!(find_mapping(&maps, 0x55d5c7a3b000), None);
-        assert_eq!(find_mapping(&maps, 0x1000), None);
+    fn own_maps_open_and_facts() {
+        let maps = ProcessMaps::read(std::process::id()).unwrap();
+        let pc = own_maps_open_and_facts as *const () as usize as u64;
+        let exe = maps.find(pc).expect("our code is mapped");
+        assert!(exe.is_file());
+        let file = open_mapped_file(std::process::id(), exe).expect("our own binary opens");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap()),
+            exe.inode
+        );
+        let facts = ProcessFacts::read(std::process::id(), "x");
+        assert!(!facts.comm.is_empty() && !facts.cmdline.is_empty());
+        assert_eq!(facts.uid, Some(unsafe { libc::getuid() }));
     }
 
     #[test]
-    fn own_process_maps_and_namespace_pid() {
-        let maps = read_maps(std::process::id()).unwrap();
-        assert!(maps.iter().any(|m| m.executable));
-        assert!(namespace_pid(std::process::id()).is_some());
+    fn open_rule_refuses_fifos_symlinks_and_big_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = std::process::id();
+        let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+        let fifo = CString::new(p("fifo")).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::os::unix::fs::symlink("/etc/hostname", p("link")).unwrap();
+        fs::write(p("big"), vec![0u8; 100]).unwrap();
+        let check = OpenCheck {
+            max_bytes: 10,
+            ..OpenCheck::default()
+        };
+        // Through our own root (/proc/self/root is "/"), as for any process.
+        assert!(matches!(
+            open_in_root(pid, &p("fifo"), &check),
+            Err(OpenError::NotRegular { .. })
+        ));
+        assert!(matches!(
+            open_in_root(pid, &p("link"), &check),
+            Err(OpenError::Escapes { .. })
+        ));
+        assert!(matches!(
+            open_in_root(pid, &p("big"), &check),
+            Err(OpenError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            open_in_root(pid, &p("none"), &check),
+            Err(OpenError::NotFound { .. })
+        ));
+        let ok = OpenCheck {
+            max_bytes: 100,
+            owner: Some(unsafe { libc::getuid() }),
+            identity: None,
+        };
+        assert!(open_in_root(pid, &p("big"), &ok).is_ok());
+        let wrong_owner = OpenCheck {
+            owner: Some(12345),
+            ..ok
+        };
+        assert!(matches!(
+            open_in_root(pid, &p("big"), &wrong_owner),
+            Err(OpenError::WrongOwner { .. })
+        ));
     }
 
     #[test]
     fn gone_process_is_reported() {
-        // PIDs are below 2^22 on Linux.
         assert!(matches!(
-            read_maps(u32::MAX - 1),
+            ProcessMaps::read(u32::MAX - 1),
             Err(Error::ProcessGone { .. })
         ));
     }

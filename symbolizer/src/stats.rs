@@ -46,6 +46,18 @@ pub struct Stats {
     pub debuglink_crc_mismatches: u64,
     /// Perf map lines that could not be parsed.
     pub perf_map_errors: u64,
+    /// Perf maps refused by the open rule (FIFO, symbolic link, not owned
+    /// by the process's uid) or cut at their byte or line cap.
+    pub perf_maps_refused: u64,
+    /// Mapped files of processes that the open rule refused or could not
+    /// open (replaced, deleted without `map_files`, FIFO, too large, outside
+    /// the process's root): their frames keep the mapping and offset.
+    pub files_refused: u64,
+    /// Debug links refused before any lookup: a `.gnu_debuglink` that is
+    /// not a plain file name, a `.gnu_debugaltlink` outside the debug root.
+    pub debug_links_refused: u64,
+    /// Compressed sections whose declared size is over the cap: not inflated.
+    pub decompression_refused: u64,
 }
 
 impl Stats {
@@ -56,6 +68,10 @@ impl Stats {
             + self.dwarf_errors
             + self.debuglink_crc_mismatches
             + self.perf_map_errors
+            + self.perf_maps_refused
+            + self.files_refused
+            + self.debug_links_refused
+            + self.decompression_refused
     }
 }
 
@@ -96,6 +112,10 @@ counters!(
     dwarf_errors,
     debuglink_crc_mismatches,
     perf_map_errors,
+    perf_maps_refused,
+    files_refused,
+    debug_links_refused,
+    decompression_refused,
 );
 
 impl Counters {
@@ -118,6 +138,7 @@ impl Counters {
                 &self.object_errors
             }
             Error::Dwarf { .. } => &self.dwarf_errors,
+            Error::Decompression { .. } => &self.decompression_refused,
             Error::KallsymsRestricted => &self.io_errors,
         };
         Self::bump(counter);

@@ -3,16 +3,16 @@
 //! [`Symbolized`] results. Owns the configuration and the counters.
 
 use std::collections::HashMap;
-use std::fs;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cache::{FileIdentity, ObjectCache};
+use crate::cache::ObjectCache;
 use crate::elf::{unhex, ElfObject, Env, Resolution};
 use crate::kernel::KernelSymbols;
-use crate::perfmap::PerfMap;
-use crate::process::{self, MapEntry, MappingKind};
+use crate::perfmap::{PerfMap, PerfMapReader};
+use crate::process::{self, Mapping, MappingKind, ProcessFacts, ProcessMaps};
 use crate::stats::Counters;
 use crate::{debugfile, AddressKind, Error, Frame, ModuleInfo, Source, Stats, Symbolized};
 
@@ -21,8 +21,8 @@ const KALLSYMS_TTL: Duration = Duration::from_secs(60);
 /// Perf maps kept parsed at once; beyond that the oldest are forgotten.
 const PERF_MAPS_KEPT: usize = 64;
 
-/// A parsed perf map, the identity of the file it came from, and when.
-type CachedPerfMap = (FileIdentity, Instant, Arc<PerfMap>);
+/// The perf map reader of a process, and when it was last used.
+type CachedPerfMap = (Instant, PerfMapReader);
 
 /// Turns addresses into frames; see the [crate] documentation.
 ///
@@ -34,7 +34,7 @@ pub struct Symbolizer {
     inlined: bool,
     perf_maps: bool,
     cache: ObjectCache,
-    perf_map_cache: Mutex<HashMap<PathBuf, CachedPerfMap>>,
+    perf_map_cache: Mutex<HashMap<u32, CachedPerfMap>>,
     kernel: Mutex<Option<(Instant, Arc<KernelSymbols>)>>,
     counters: Counters,
 }
@@ -165,6 +165,57 @@ impl Symbolizer {
         let out = self.symbolize_elf(path, AddressKind::FileOffset, offsets);
         self.cache.enforce_budget(&self.counters);
         out
+    }
+
+    /// Symbolizes file offsets into `file`, a file of a profiled process
+    /// opened by [`crate::process::open_mapped_file`]; `name` is its path
+    /// as the process sees it. The file is read into owned memory (so the
+    /// process truncating it cannot hurt), at most
+    /// [`crate::process::MAX_OBJECT_BYTES`].
+    pub fn symbolize_process_file(
+        &self,
+        file: &File,
+        name: &str,
+        offsets: &[u64],
+    ) -> Vec<Symbolized> {
+        Counters::add(&self.counters.addresses, offsets.len() as u64);
+        let out = match self.cache.open_file(
+            file,
+            Path::new(name),
+            process::MAX_OBJECT_BYTES,
+            &self.counters,
+        ) {
+            Ok(obj) => self.in_object_all(&obj, name, AddressKind::FileOffset, offsets),
+            Err(e) => {
+                self.counters.error(&e);
+                offsets
+                    .iter()
+                    .map(|&addr| self.unresolved(addr, Some(module(name, None, addr))))
+                    .collect()
+            }
+        };
+        self.cache.enforce_budget(&self.counters);
+        out
+    }
+
+    /// Names absolute addresses of JIT code from a perf map, one result per
+    /// address; `mapping` is the anonymous mapping they fall in.
+    pub fn symbolize_perf_map(
+        &self,
+        map: &PerfMap,
+        mapping: Option<&Mapping>,
+        addrs: &[u64],
+    ) -> Vec<Symbolized> {
+        Counters::add(&self.counters.addresses, addrs.len() as u64);
+        addrs
+            .iter()
+            .map(|&addr| self.in_perf_map(Some(map), mapping, addr))
+            .collect()
+    }
+
+    /// Counts files of profiled processes that the open rule refused.
+    pub fn count_refused_files(&self, n: u64) {
+        Counters::add(&self.counters.files_refused, n);
     }
 
     /// A snapshot of the counters.
@@ -300,60 +351,67 @@ impl Symbolizer {
     }
 
     fn symbolize_process(&self, pid: u32, addrs: &[u64]) -> Result<Vec<Symbolized>, Error> {
-        let maps = process::read_maps(pid)?;
+        let maps = ProcessMaps::read(pid)?;
         // Group addresses by mapping so each object is resolved once per call.
-        let mut by_mapping: HashMap<Option<usize>, Vec<usize>> = HashMap::new();
+        let mut by_mapping: HashMap<Option<&Mapping>, Vec<usize>> = HashMap::new();
         for (i, &addr) in addrs.iter().enumerate() {
-            by_mapping
-                .entry(process::find_mapping(&maps, addr))
-                .or_default()
-                .push(i);
+            by_mapping.entry(maps.find(addr)).or_default().push(i);
         }
         let mut out: Vec<Option<Symbolized>> = vec![None; addrs.len()];
         let mut perf_map: Option<Option<Arc<PerfMap>>> = None;
-        for (mapping, indices) in by_mapping {
-            let entry = mapping.map(|m| &maps[m]);
-            let kind = entry.map(MapEntry::kind);
+        for (entry, indices) in by_mapping {
+            let kind = entry.map(Mapping::kind);
             let object = match (entry, kind) {
-                (Some(entry), Some(MappingKind::File { path, deleted })) => {
-                    let open = process::open_path(pid, entry, path, deleted);
-                    Some((
-                        self.cache.open(&open, Path::new(path), &self.counters),
-                        path.to_owned(),
-                    ))
+                (Some(entry), Some(MappingKind::File)) => {
+                    let opened = process::open_mapped_file(pid, entry);
+                    Some(match opened {
+                        Ok(file) => self.cache.open_file(
+                            &file,
+                            Path::new(&entry.path),
+                            process::MAX_OBJECT_BYTES,
+                            &self.counters,
+                        ),
+                        Err(e) => {
+                            Counters::bump(&self.counters.files_refused);
+                            tracing::debug!("not symbolized: {e}");
+                            Err(Error::io(&entry.path, std::io::Error::other(e.to_string())))
+                        }
+                    })
                 }
-                (Some(entry), Some(MappingKind::Vdso)) => Some((
-                    process::read_vdso(pid, entry).and_then(|bytes| {
+                (Some(entry), Some(MappingKind::Vdso)) => {
+                    Some(process::read_vdso(pid, entry).and_then(|bytes| {
                         self.cache
                             .open_bytes(bytes, Path::new("[vdso]"), &self.counters)
-                    }),
-                    "[vdso]".to_owned(),
-                )),
+                    }))
+                }
                 _ => None,
             };
             for i in indices {
                 let addr = addrs[i];
                 out[i] = Some(match (entry, kind, &object) {
-                    (Some(entry), _, Some((Ok(obj), path))) => {
+                    (Some(entry), _, Some(Ok(obj))) => {
                         let offset = entry.file_offset(addr);
-                        self.in_object(obj, path, offset, AddressKind::FileOffset)
+                        self.in_object(obj, entry.display_name(), offset, AddressKind::FileOffset)
                             .with_addr(addr)
                     }
-                    (Some(entry), _, Some((Err(_), path))) => {
-                        self.unresolved(addr, Some(module(path, None, entry.file_offset(addr))))
-                    }
+                    (Some(entry), _, Some(Err(_))) => self.unresolved(
+                        addr,
+                        Some(module(entry.display_name(), None, entry.file_offset(addr))),
+                    ),
                     (_, None | Some(MappingKind::Anonymous), None) => {
                         let map = perf_map.get_or_insert_with(|| self.perf_map(pid));
                         self.in_perf_map(map.as_deref(), entry, addr)
                     }
                     (entry, _, _) => {
-                        let m = entry.map(|e| module(&e.name, None, e.file_offset(addr)));
+                        let m = entry.map(|e| module(e.display_name(), None, e.file_offset(addr)));
                         self.unresolved(addr, m)
                     }
                 });
             }
-            if let Some((Err(e), _)) = &object {
-                self.counters.error(e);
+            if let Some(Err(e)) = &object {
+                if !matches!(kind, Some(MappingKind::File)) {
+                    self.counters.error(e);
+                }
             }
         }
         Ok(out
@@ -369,16 +427,8 @@ impl Symbolizer {
             .collect())
     }
 
-    fn in_perf_map(
-        &self,
-        map: Option<&PerfMap>,
-        entry: Option<&MapEntry>,
-        addr: u64,
-    ) -> Symbolized {
-        let module = entry.map(|e| {
-            let name = if e.name.is_empty() { "[anon]" } else { &e.name };
-            module(name, None, e.file_offset(addr))
-        });
+    fn in_perf_map(&self, map: Option<&PerfMap>, entry: Option<&Mapping>, addr: u64) -> Symbolized {
+        let module = entry.map(|e| module(e.display_name(), None, e.file_offset(addr)));
         match map.and_then(|m| m.lookup(addr)) {
             Some(name) => {
                 Counters::bump(&self.counters.resolved_perf_map);
@@ -402,45 +452,41 @@ impl Symbolizer {
         }
     }
 
-    /// The perf map of `pid`, re-read when the file changed.
+    /// The perf map of `pid`, with what was appended since it was last read.
     fn perf_map(&self, pid: u32) -> Option<Arc<PerfMap>> {
         if !self.perf_maps {
             return None;
         }
-        for path in crate::perfmap::candidates(pid) {
-            let Ok(meta) = fs::metadata(&path) else {
-                continue;
-            };
-            let identity = FileIdentity::of(&meta);
-            if let Some((id, _, map)) = lock(&self.perf_map_cache).get(&path) {
-                if *id == identity {
-                    return Some(Arc::clone(map));
-                }
+        let mut cache = lock(&self.perf_map_cache);
+        if !cache.contains_key(&pid) && cache.len() >= PERF_MAPS_KEPT {
+            if let Some(oldest) = cache.iter().min_by_key(|(_, (t, _))| *t).map(|(p, _)| *p) {
+                cache.remove(&oldest);
             }
-            let text = match fs::read(&path) {
-                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                Err(e) => {
-                    self.counters.error(&Error::io(&path, e));
-                    continue;
-                }
-            };
-            let (map, bad) = PerfMap::parse(&text);
-            Counters::add(&self.counters.perf_map_errors, bad);
-            let map = Arc::new(map);
-            let mut cache = lock(&self.perf_map_cache);
-            if cache.len() >= PERF_MAPS_KEPT {
-                if let Some(oldest) = cache
-                    .iter()
-                    .min_by_key(|(_, (_, t, _))| *t)
-                    .map(|(p, _)| p.clone())
-                {
-                    cache.remove(&oldest);
-                }
-            }
-            cache.insert(path, (identity, Instant::now(), Arc::clone(&map)));
-            return Some(map);
         }
-        None
+        let (used, reader) = cache.entry(pid).or_insert_with(|| {
+            (
+                Instant::now(),
+                PerfMapReader::new(&ProcessFacts::read(pid, "")),
+            )
+        });
+        *used = Instant::now();
+        let before = reader.counts();
+        let result = reader.refresh();
+        let after = reader.counts();
+        Counters::add(
+            &self.counters.perf_map_errors,
+            after.bad_lines - before.bad_lines,
+        );
+        if after.refused > before.refused || (after.capped && !before.capped) {
+            Counters::bump(&self.counters.perf_maps_refused);
+        }
+        match result {
+            Ok(_) => Some(reader.map()),
+            Err(e) => {
+                tracing::debug!("no perf map: {e}");
+                (!reader.map().is_empty()).then(|| reader.map())
+            }
+        }
     }
 
     fn kernel_symbols(&self) -> Result<Arc<KernelSymbols>, Error> {

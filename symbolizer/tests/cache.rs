@@ -125,3 +125,53 @@ fn shared_between_threads() {
     assert_eq!(stats.objects_parsed, 1, "{stats:?}");
     assert_eq!(stats.dwarf_parsed, 1, "{stats:?}");
 }
+
+/// Two different programs that claim the same build-id: each is named from
+/// its own symbols (the cache keys by build-id and content, not build-id alone).
+#[test]
+fn a_forged_build_id_gets_its_own_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "-Wl,--build-id=0x0123456789abcdef0123456789abcdef01234567";
+    let mut bins = Vec::new();
+    for name in ["genuine_fn", "forged_fn"] {
+        let src = dir.path().join(format!("{name}.c"));
+        std::fs::write(
+            &src,
+            format!(
+                "volatile int s; __attribute__((noinline)) void {name}(void) {{ for (int i = 0; i < 100; i++) s += i; }}\n\
+                 int main(void) {{ {name}(); return 0; }}\n"
+            ),
+        )
+        .unwrap();
+        let bin = dir.path().join(name);
+        common::run(
+            std::process::Command::new("gcc")
+                .args(["-O1", id, "-o"])
+                .arg(&bin)
+                .arg(&src),
+        );
+        bins.push((name, bin));
+    }
+    let s = Symbolizer::new();
+    for (name, bin) in &bins {
+        let f = common::functions(bin)
+            .into_iter()
+            .find(|f| f.name == *name)
+            .unwrap();
+        let out = s
+            .symbolize(
+                &Source::Elf {
+                    path: bin,
+                    addresses: AddressKind::VirtualAddress,
+                },
+                &[f.addr],
+            )
+            .unwrap();
+        assert_eq!(
+            out[0].module.as_ref().unwrap().build_id.as_deref(),
+            Some("0123456789abcdef0123456789abcdef01234567")
+        );
+        assert_eq!(common::outer_function(&out[0]), Some(*name), "{out:?}");
+    }
+    assert_eq!(s.cached_objects(), 2);
+}

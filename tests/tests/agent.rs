@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use serde_json::Value;
 use smolder_e2e::{
-    compile_c, python_check, require_ebpf, require_tool, smolder_bin, workspace_root,
+    compile_c, python_check, require_ebpf, require_tool, run_ok, smolder_bin, workspace_root,
 };
 use smolder_profiles_proto::otlp::collector::profiles::v1development::ExportProfilesServiceRequest;
 
@@ -754,5 +754,116 @@ fn sigterm_flushes_the_last_interval() {
         "{summary}"
     );
     drop(receiver.child);
+    drop(work);
+}
+
+/// Burns CPU in a shared library, and once running deletes the library and
+/// puts a FIFO at its path (user nobody can do this in its own directory).
+const FIFO_LIB_C: &str = r#"
+volatile unsigned long sink;
+__attribute__((noinline)) void lib_hot(void) { for (long i = 0; i < 1000000; i++) sink += i * i; }
+"#;
+const FIFO_MAIN_C: &str = r#"
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+void lib_hot(void);
+int main(int argc, char **argv) {
+    unlink(argv[1]);
+    mkfifo(argv[1], 0666);
+    printf("ready\n");
+    fflush(stdout);
+    for (;;) lib_hot();
+}
+"#;
+
+/// A process (user nobody) maps a file, deletes it and puts a FIFO at its
+/// path: the agent (root) keeps writing intervals, `/healthz` stays 200 and
+/// SIGTERM ends it within its budget.
+#[test]
+fn a_fifo_at_a_deleted_mapped_path_does_not_stall_the_agent() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = one_at_a_time();
+    require_tool("setpriv", "util-linux");
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    let lib = dir.path().join("libvictim.so");
+    run_ok(
+        Command::new("gcc")
+            .args(["-O1", "-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg({
+                let src = dir.path().join("victim.c");
+                std::fs::write(&src, FIFO_LIB_C).unwrap();
+                src
+            }),
+    );
+    let main = dir.path().join("fifo_main");
+    run_ok(
+        Command::new("gcc")
+            .args(["-O1", "-o"])
+            .arg(&main)
+            .arg({
+                let src = dir.path().join("main.c");
+                std::fs::write(&src, FIFO_MAIN_C).unwrap();
+                src
+            })
+            .arg(format!("-L{}", dir.path().display()))
+            .arg(format!("-Wl,-rpath,{}", dir.path().display()))
+            .arg("-lvictim"),
+    );
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&main)
+        .arg(&lib)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let work = KillOnDrop(child);
+    assert_eq!(line.trim(), "ready");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&lib)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+
+    // Root's own directory: the agent keeps no CAP_DAC_OVERRIDE.
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("intervals");
+    let agent = Agent::start(
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--output-dir",
+            out.to_str().unwrap(),
+            "-i",
+            "1s",
+            "-F",
+            "99",
+            "--pid",
+            &work.0.id().to_string(),
+        ],
+        &[],
+    );
+    let intervals = || {
+        std::fs::read_dir(&out)
+            .map(|d| d.filter_map(Result::ok).count())
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(30), "three intervals written", || {
+        intervals() >= 3
+    });
+    assert_eq!(agent.get("/healthz").0, 200);
+    let (took, stderr) = agent.stop();
+    assert!(
+        took < Duration::from_secs(5),
+        "exit took {took:?}: {stderr}"
+    );
     drop(work);
 }

@@ -114,47 +114,6 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
-fn add_sampler_stats(a: &SamplerStats, b: &SamplerStats) -> SamplerStats {
-    SamplerStats {
-        samples: a.samples + b.samples,
-        lost: a.lost + b.lost,
-        events_lost: a.events_lost + b.events_lost,
-        user_read_faults: a.user_read_faults + b.user_read_faults,
-        truncated: a.truncated + b.truncated,
-        kernel_stack_errors: a.kernel_stack_errors + b.kernel_stack_errors,
-        user_no_unwind_info: a.user_no_unwind_info + b.user_no_unwind_info,
-        // A gauge: the current sampler's.
-        unwind_tables: b.unwind_tables,
-        ..SamplerStats::default()
-    }
-}
-
-fn add_aggregator_stats(a: &AggregatorStats, b: &AggregatorStats) -> AggregatorStats {
-    AggregatorStats {
-        samples: a.samples + b.samples,
-        unmapped_frames: a.unmapped_frames + b.unmapped_frames,
-        maps_unreadable: a.maps_unreadable + b.maps_unreadable,
-        objects_unopenable: a.objects_unopenable + b.objects_unopenable,
-        unsymbolized_frames: a.unsymbolized_frames + b.unsymbolized_frames,
-        samples_of_vanished_processes: a.samples_of_vanished_processes
-            + b.samples_of_vanished_processes,
-    }
-}
-
-fn add_exporter_stats(a: &ExporterStats, b: &ExporterStats) -> ExporterStats {
-    ExporterStats {
-        exported_batches: a.exported_batches + b.exported_batches,
-        failed_batches: a.failed_batches + b.failed_batches,
-        failed_attempts: a.failed_attempts + b.failed_attempts,
-        retries: a.retries + b.retries,
-        dropped_batches: a.dropped_batches + b.dropped_batches,
-        dropped_bytes: a.dropped_bytes + b.dropped_bytes,
-        rejected_profiles: a.rejected_profiles + b.rejected_profiles,
-        queue_bytes: b.queue_bytes,
-        queue_limit_bytes: b.queue_limit_bytes,
-    }
-}
-
 /// The sampling loop's state.
 struct Running {
     config: AgentConfig,
@@ -340,29 +299,26 @@ impl Running {
         // now and then, so that a long-running agent holds no stale files.
         let reset = u64::from(self.config.aggregator_reset_intervals.max(1));
         if self.intervals.is_multiple_of(reset) {
-            self.aggregator_base =
-                add_aggregator_stats(&self.aggregator_base, &self.aggregator.stats());
+            self.aggregator_base += self.aggregator.stats();
             self.aggregator = Aggregator::new();
         }
         self.publish_counters(processes);
     }
 
     fn counters(&self, processes: u64) -> Counters {
-        let sampler = add_sampler_stats(
-            &self.sampler_base,
-            &self
+        let sampler = self.sampler_base
+            + self
                 .sampler
                 .as_ref()
                 .map(Sampler::stats)
-                .unwrap_or_default(),
-        );
-        let aggregator = add_aggregator_stats(&self.aggregator_base, &self.aggregator.stats());
+                .unwrap_or_default();
+        let aggregator = self.aggregator_base + self.aggregator.stats();
         let exporter = self.exporter.as_ref().map(|e| {
             let base = *self
                 .exporter_base
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            add_exporter_stats(&base, &e.stats())
+            base + e.stats()
         });
         Counters {
             samples: sampler.samples,
@@ -376,6 +332,8 @@ impl Running {
             unsymbolized_frames: aggregator.unsymbolized_frames,
             symbolization_errors: self.symbolizer.stats().errors(),
             objects_unopenable: aggregator.objects_unopenable,
+            perf_maps_refused: aggregator.perf_maps_refused,
+            jit_frames_named: aggregator.jit_frames_named,
             samples_of_vanished_processes: aggregator.samples_of_vanished_processes,
             intervals: self.intervals,
             local_write_errors: self.local_write_errors,
@@ -395,7 +353,7 @@ impl Running {
     /// program at the latest when the process exits).
     fn stop_sampler(&mut self) {
         if let Some(sampler) = self.sampler.take() {
-            self.sampler_base = add_sampler_stats(&self.sampler_base, &sampler.stats());
+            self.sampler_base += sampler.stats();
             // Should the thread not start, the closure, sampler and all, is
             // dropped right here instead.
             let _ = std::thread::Builder::new()
@@ -432,8 +390,7 @@ impl Running {
                 }
             }
             // The aggregator's profile config follows the new frequency.
-            self.aggregator_base =
-                add_aggregator_stats(&self.aggregator_base, &self.aggregator.stats());
+            self.aggregator_base += self.aggregator.stats();
             self.aggregator = Aggregator::new();
         }
         self.selector = ProcessSelector::new(new.filter.clone());
@@ -444,7 +401,7 @@ impl Running {
                 tokio::spawn(async move {
                     let stats = old.shutdown(SHUTDOWN_BUDGET).await;
                     let mut base = base.lock().unwrap_or_else(PoisonError::into_inner);
-                    *base = add_exporter_stats(&base, &stats);
+                    *base += stats;
                 });
             }
             self.exporter_config = exporter_config;
@@ -604,7 +561,7 @@ pub async fn run(
                 .exporter_base
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            Some(add_exporter_stats(&base, &stats))
+            Some(base + stats)
         }
         None => None,
     };

@@ -170,6 +170,10 @@ pub struct Counters {
     pub symbolization_errors: u64,
     /// Binaries that could not be opened (gone, too large, outside the root).
     pub objects_unopenable: u64,
+    /// Perf maps refused by the open rule or cut at their caps.
+    pub perf_maps_refused: u64,
+    /// JIT frames named from perf maps.
+    pub jit_frames_named: u64,
     /// Samples of processes that exited before their mappings were read.
     pub samples_of_vanished_processes: u64,
     /// Intervals finished.
@@ -297,6 +301,18 @@ pub fn prometheus_text(c: &Counters) -> String {
         "counter",
         "Binaries that could not be opened (gone, too large, or outside the process's root).",
         &[("", c.objects_unopenable)],
+    );
+    family(
+        "smolder_perf_maps_refused_total",
+        "counter",
+        "Perf maps not read: not a regular file owned by the process inside its root, or over the cap.",
+        &[("", c.perf_maps_refused)],
+    );
+    family(
+        "smolder_jit_frames_named_total",
+        "counter",
+        "Frames in anonymous executable memory named from the process's perf map.",
+        &[("", c.jit_frames_named)],
     );
     family(
         "smolder_samples_of_vanished_processes_total",

@@ -77,6 +77,12 @@ struct Summary {
     unsymbolized: u64,
     /// Samples of processes that exited before their mappings were read.
     vanished: u64,
+    /// Mapped files the open rule refused (frames keep mapping + offset).
+    files_refused: u64,
+    /// Perf maps refused (FIFO, symbolic link, other owner) or capped.
+    perf_maps_refused: u64,
+    /// JIT frames named from perf maps.
+    jit_named: u64,
 }
 
 /// A command forked and held before `exec` until the sampler follows its
@@ -344,6 +350,9 @@ async fn record(args: &RecordArgs, symbolizer: &Symbolizer) -> Result<Option<Exi
             table_bytes: stats.unwind_table_bytes,
             unsymbolized: agg.unsymbolized_frames,
             vanished: agg.samples_of_vanished_processes,
+            files_refused: agg.objects_unopenable,
+            perf_maps_refused: agg.perf_maps_refused,
+            jit_named: agg.jit_frames_named,
         },
         args,
     );
@@ -390,7 +399,7 @@ fn default_title(args: &RecordArgs) -> String {
 
 fn print_summary(s: &Summary, args: &RecordArgs) {
     eprintln!(
-        "smolder: recorded {:.2}s at {} Hz: {} samples ({} lost), {} processes, {} unwinding failures, {} partial stacks, {} unwind tables ({} KiB), {} frames without a name{vanished} -> {output}",
+        "smolder: recorded {:.2}s at {} Hz: {} samples ({} lost), {} processes, {} unwinding failures, {} partial stacks, {} unwind tables ({} KiB), {} frames without a name{vanished}{skipped} -> {output}",
         s.duration.as_secs_f64(),
         args.frequency,
         s.samples,
@@ -408,6 +417,25 @@ fn print_summary(s: &Summary, args: &RecordArgs) {
             )
         } else {
             String::new()
+        },
+        skipped = {
+            let mut parts = Vec::new();
+            if s.jit_named > 0 {
+                parts.push(format!("{} JIT frames named from perf maps", s.jit_named));
+            }
+            if s.files_refused > 0 {
+                parts.push(format!(
+                    "{} mapped files not opened (replaced, not regular, too large or outside the process's root)",
+                    s.files_refused
+                ));
+            }
+            if s.perf_maps_refused > 0 {
+                parts.push(format!(
+                    "{} perf maps skipped (not a regular file owned by the process, or over the cap)",
+                    s.perf_maps_refused
+                ));
+            }
+            parts.iter().map(|p| format!(", {p}")).collect::<String>()
         },
         output = args.output.display()
     );

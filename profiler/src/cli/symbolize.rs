@@ -111,6 +111,17 @@ pub fn run(args: &SymbolizeArgs) -> Result<()> {
     }
     out.flush()?;
     let stats = symbolizer.stats();
+    if stats.files_refused > 0 {
+        eprintln!(
+            "smolder: {what}: {} mapped file(s) not opened (replaced, not a regular file, too large or outside the process's root)",
+            stats.files_refused
+        );
+    }
+    if stats.perf_maps_refused > 0 {
+        eprintln!(
+            "smolder: {what}: perf map skipped: not a regular file owned by the process inside its root, or over the cap"
+        );
+    }
     if stats.errors() > 0 {
         eprintln!(
             "smolder: {what}: {} error(s) while reading symbols; frames that could not be named are shown as ??",

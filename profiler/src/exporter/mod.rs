@@ -94,6 +94,30 @@ pub struct ExporterStats {
     pub queue_limit_bytes: u64,
 }
 
+/// Totals of two exporters' lifetimes: counters add up, the queue gauges
+/// are the later one's.
+impl std::ops::AddAssign for ExporterStats {
+    fn add_assign(&mut self, b: ExporterStats) {
+        self.exported_batches += b.exported_batches;
+        self.failed_batches += b.failed_batches;
+        self.failed_attempts += b.failed_attempts;
+        self.retries += b.retries;
+        self.dropped_batches += b.dropped_batches;
+        self.dropped_bytes += b.dropped_bytes;
+        self.rejected_profiles += b.rejected_profiles;
+        self.queue_bytes = b.queue_bytes;
+        self.queue_limit_bytes = b.queue_limit_bytes;
+    }
+}
+
+impl std::ops::Add for ExporterStats {
+    type Output = ExporterStats;
+    fn add(mut self, b: ExporterStats) -> ExporterStats {
+        self += b;
+        self
+    }
+}
+
 struct State {
     queue: ByteQueue<ExportProfilesServiceRequest>,
     stats: ExporterStats,

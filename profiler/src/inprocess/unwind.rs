@@ -12,7 +12,7 @@ use framehop::{ExplicitModuleSectionInfo, Module, Unwinder};
 use object::{Object, ObjectSection, ObjectSegment};
 
 use super::perf::UserRegs;
-use crate::pipeline::{MapEntry, ProcessMaps};
+use crate::pipeline::{Mapping, ProcessMaps};
 
 /// A missing module triggers at most one re-read of the maps this often.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -118,7 +118,7 @@ impl std::ops::Deref for SectionBytes {
 }
 
 /// A framehop module for one executable mapping of an ELF file.
-fn module_for(entry: &MapEntry) -> Option<Module<SectionBytes>> {
+fn module_for(entry: &Mapping) -> Option<Module<SectionBytes>> {
     let file = std::fs::File::open(format!(
         "/proc/self/map_files/{:x}-{:x}",
         entry.start, entry.end

@@ -1,17 +1,20 @@
 //! The aggregator: raw stacks in, a symbolized OTLP `ProfilesData` out.
 //!
 //! On arrival, each user PC is resolved to (object, file offset) through the
-//! process's `/proc/PID/maps` (read when the process is first seen, re-read
-//! on a miss or after exec), and the object file is opened right away, so
-//! processes that exit and binaries that are deleted before the end of the
-//! recording still symbolize. Identical stacks are counted once with their
-//! timestamps. [`Aggregator::finish`] symbolizes every distinct address once
-//! per object and builds the profile.
+//! process's mappings ([`ProcessMaps`] of the symbolizer's process model,
+//! read when the process is first seen, re-read on a miss or after exec),
+//! and the object file is opened right away by the one open rule
+//! ([`open_mapped_file`]), so processes that exit and binaries that are
+//! deleted before the end of the recording still symbolize. A file the rule
+//! refuses is never looked up elsewhere: its frames keep the mapping's name
+//! and their offsets, and it is counted. PCs in anonymous executable memory
+//! are JIT code, named from the process's perf map ([`PerfMapReader`], read
+//! while the process lives and re-read as it grows). Identical stacks are
+//! counted once with their timestamps. [`Aggregator::finish`] symbolizes
+//! every distinct address once per object and builds the profile.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
@@ -19,9 +22,9 @@ use smolder_profiles_proto::{
     int_value, string_value, FrameType, LocationSpec, MappingSpec, ProfileBuilder, ProfileConfig,
     SourceLine,
 };
-use smolder_symbolizer::{Source, Symbolized, Symbolizer};
+use smolder_symbolizer::process::{open_mapped_file, Mapping, MappingKind, ProcessMaps};
+use smolder_symbolizer::{PerfMapReader, ProcessFacts, Source, Symbolized, Symbolizer};
 
-use super::maps::{MapEntry, ProcessMaps};
 use super::process::ProcessInfo;
 
 /// A process's mappings are re-read on a miss at most this often, once it
@@ -55,13 +58,41 @@ pub struct AggregatorStats {
     pub unmapped_frames: u64,
     /// Processes whose `/proc/PID/maps` could not be read (gone too early).
     pub maps_unreadable: u64,
-    /// Object files that could not be opened for symbolization.
+    /// Object files that the open rule refused or could not open (replaced,
+    /// deleted without `map_files`, not a regular file, too large, outside
+    /// the process's root): their frames keep the mapping name and offset.
     pub objects_unopenable: u64,
+    /// JIT frames (anonymous executable memory) named from a perf map.
+    pub jit_frames_named: u64,
+    /// Perf maps refused by the open rule (FIFO, symbolic link, another
+    /// owner) or cut at their caps.
+    pub perf_maps_refused: u64,
     /// Frames that got no function name.
     pub unsymbolized_frames: u64,
     /// Samples with user frames of a process that exited before its
     /// mappings could be read: their frames stay raw addresses.
     pub samples_of_vanished_processes: u64,
+}
+
+impl std::ops::AddAssign for AggregatorStats {
+    fn add_assign(&mut self, b: AggregatorStats) {
+        self.samples += b.samples;
+        self.unmapped_frames += b.unmapped_frames;
+        self.maps_unreadable += b.maps_unreadable;
+        self.objects_unopenable += b.objects_unopenable;
+        self.jit_frames_named += b.jit_frames_named;
+        self.perf_maps_refused += b.perf_maps_refused;
+        self.unsymbolized_frames += b.unsymbolized_frames;
+        self.samples_of_vanished_processes += b.samples_of_vanished_processes;
+    }
+}
+
+impl std::ops::Add for AggregatorStats {
+    type Output = AggregatorStats;
+    fn add(mut self, b: AggregatorStats) -> AggregatorStats {
+        self += b;
+        self
+    }
 }
 
 /// An object file, opened while its process was alive.
@@ -86,8 +117,24 @@ struct MappingRecord {
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum UserFrame {
-    Mapped { mapping: MappingId, pc: u64 },
-    Unmapped { pc: u64 },
+    Mapped {
+        mapping: MappingId,
+        pc: u64,
+    },
+    /// In anonymous executable memory: named from the perf map, if any.
+    Jit {
+        pc: u64,
+    },
+    Unmapped {
+        pc: u64,
+    },
+}
+
+/// The perf map of a process and when it was last read.
+struct JitNames {
+    reader: PerfMapReader,
+    read_at: Instant,
+    refused: bool,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -109,6 +156,7 @@ struct ProcessState {
     maps_read_unix_nano: u64,
     maps_reads: u32,
     exited: bool,
+    jit: Option<JitNames>,
 }
 
 pub struct Aggregator {
@@ -153,6 +201,7 @@ impl Aggregator {
     pub fn on_exec(&mut self, pid: u32) {
         if let Some(p) = self.processes.get_mut(&pid) {
             p.maps_read_at = None;
+            p.jit = None;
             p.info = ProcessInfo::read(pid, &p.info.name);
         }
     }
@@ -180,21 +229,25 @@ impl Aggregator {
                 return;
             }
         }
-        let entries: Vec<MapEntry> = state.maps.entries().to_vec();
+        let entries: Vec<Mapping> = state.maps.entries().to_vec();
         for entry in entries.iter().filter(|e| e.is_file()) {
             self.object(pid, entry);
         }
     }
 
     /// The object of a file mapping, opened on first sight.
-    fn object(&mut self, pid: u32, entry: &MapEntry) -> u32 {
+    fn object(&mut self, pid: u32, entry: &Mapping) -> u32 {
         if let Some(&id) = self.object_index.get(&(entry.dev, entry.inode)) {
             return id;
         }
-        let file = open_mapped_file(pid, entry);
-        if file.is_none() {
-            self.stats.objects_unopenable += 1;
-        }
+        let file = match open_mapped_file(pid, entry) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::debug!("frames stay unnamed: {e}");
+                self.stats.objects_unopenable += 1;
+                None
+            }
+        };
         let id = self.objects.len() as u32;
         self.objects.push(ObjectFile {
             path: entry.path.clone(),
@@ -235,7 +288,11 @@ impl Aggregator {
                 }
             }
         };
-        let Some(entry) = entry.filter(MapEntry::is_file) else {
+        if entry.as_ref().map(Mapping::kind) == Some(MappingKind::Anonymous) {
+            self.read_perf_map(pid, pc);
+            return UserFrame::Jit { pc };
+        }
+        let Some(entry) = entry.filter(Mapping::is_file) else {
             self.stats.unmapped_frames += 1;
             return UserFrame::Unmapped { pc };
         };
@@ -254,6 +311,39 @@ impl Aggregator {
         UserFrame::Mapped { mapping, pc }
     }
 
+    /// Reads the perf map of `pid` the first time it has a JIT frame, and
+    /// again (what was appended) when `pc` is not in it, at most every
+    /// [`MAPS_REFRESH_INTERVAL`], while the process lives.
+    fn read_perf_map(&mut self, pid: u32, pc: u64) {
+        let Some(state) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        if state.exited {
+            return;
+        }
+        let jit = state.jit.get_or_insert_with(|| {
+            let facts = ProcessFacts::read(pid, &state.info.name);
+            JitNames {
+                reader: PerfMapReader::new(&facts),
+                read_at: Instant::now() - MAPS_REFRESH_INTERVAL * 2,
+                refused: false,
+            }
+        });
+        if jit.read_at.elapsed() < MAPS_REFRESH_INTERVAL || jit.reader.map().lookup(pc).is_some() {
+            return;
+        }
+        jit.read_at = Instant::now();
+        let result = jit.reader.refresh();
+        let counts = jit.reader.counts();
+        if !jit.refused && (counts.refused > 0 || counts.capped) {
+            jit.refused = true;
+            self.stats.perf_maps_refused += 1;
+            if let Err(e) = result {
+                tracing::info!("perf map not read: {e}");
+            }
+        }
+    }
+
     /// Adds one sampled stack.
     pub fn add(&mut self, sample: &StackSample<'_>) {
         self.stats.samples += 1;
@@ -266,6 +356,7 @@ impl Aggregator {
                 maps_read_unix_nano: 0,
                 maps_reads: 0,
                 exited: false,
+                jit: None,
             });
         if self
             .processes
@@ -336,15 +427,43 @@ impl Aggregator {
             offsets.sort_unstable();
             offsets.dedup();
             let obj = &self.objects[object as usize];
-            let path = match &obj.file {
-                Some(f) => fd_path(f),
-                None => PathBuf::from(&obj.path),
+            // A file the open rule refused is never looked up by its path.
+            let Some(file) = &obj.file else {
+                continue;
             };
-            for sym in symbolizer.symbolize_file_offsets(&path, &offsets) {
+            for sym in symbolizer.symbolize_process_file(file, &obj.path, &offsets) {
                 if let Some(id) = sym.module.as_ref().and_then(|m| m.build_id.clone()) {
                     build_ids.insert(object, id);
                 }
                 symbols.insert((object, sym.addr), sym);
+            }
+        }
+        // JIT frames, per process, from its perf map as last read.
+        let mut jit_pcs: HashMap<u32, Vec<u64>> = HashMap::new();
+        for key in stacks.keys() {
+            for (i, frame) in key.user.iter().enumerate() {
+                if let UserFrame::Jit { pc } = frame {
+                    jit_pcs.entry(key.pid).or_default().push(lookup_pc(*pc, i));
+                }
+            }
+        }
+        let mut jit_symbols: HashMap<(u32, u64), Symbolized> = HashMap::new();
+        for (pid, mut pcs) in jit_pcs {
+            pcs.sort_unstable();
+            pcs.dedup();
+            let Some(jit) = self.processes.get_mut(&pid).and_then(|p| {
+                if !p.exited {
+                    if let Some(j) = p.jit.as_mut() {
+                        let _ = j.reader.refresh();
+                    }
+                }
+                p.jit.as_ref()
+            }) else {
+                continue;
+            };
+            let map = jit.reader.map();
+            for sym in symbolizer.symbolize_perf_map(&map, None, &pcs) {
+                jit_symbols.insert((pid, sym.addr), sym);
             }
         }
         kernel_pcs.sort_unstable();
@@ -388,6 +507,23 @@ impl Aggregator {
                             address: pc,
                             lines: frame_lines(sym, &mut self.stats),
                             frame_type: FrameType::Native,
+                        }
+                    }
+                    UserFrame::Jit { pc } => {
+                        let sym = jit_symbols.get(&(key.pid, lookup_pc(pc, i)));
+                        let lines = frame_lines(sym, &mut self.stats);
+                        let frame_type = match lines.first() {
+                            Some(l) => {
+                                self.stats.jit_frames_named += 1;
+                                jit_frame_type(&l.function)
+                            }
+                            None => FrameType::Native,
+                        };
+                        LocationSpec {
+                            address: pc,
+                            lines,
+                            frame_type,
+                            ..LocationSpec::default()
                         }
                     }
                     UserFrame::Unmapped { pc } => {
@@ -449,67 +585,35 @@ fn frame_lines(sym: Option<&Symbolized>, stats: &mut AggregatorStats) -> Vec<Sou
         .collect()
 }
 
-/// Mapped files larger than this are not opened for symbolization: a
-/// process could map a huge file to make the profiler parse it.
-pub const MAX_OBJECT_BYTES: u64 = 2 << 30;
-
-/// Opens the file of a mapping the way the process sees it: through
-/// `map_files` (the mapped file itself, deleted or not; needs
-/// CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN), else by its path resolved
-/// inside the process's root (works across mount namespaces; symbolic
-/// links in a container cannot lead out of it). Only the mapped inode, a
-/// regular file of at most [`MAX_OBJECT_BYTES`], is kept.
-fn open_mapped_file(pid: u32, entry: &MapEntry) -> Option<File> {
-    let check = |file: File| {
-        let meta = file.metadata().ok()?;
-        (meta.ino() == entry.inode && meta.is_file() && meta.len() <= MAX_OBJECT_BYTES)
-            .then_some(file)
-    };
-    File::open(format!(
-        "/proc/{pid}/map_files/{:x}-{:x}",
-        entry.start, entry.end
-    ))
-    .ok()
-    .and_then(check)
-    .or_else(|| open_in_root(pid, &entry.path).and_then(check))
-}
-
-/// `path` opened with `openat2(RESOLVE_IN_ROOT)` under `/proc/PID/root`:
-/// `..` and absolute symbolic links resolve inside the process's root,
-/// and magic links (`/proc/self/...`) are refused.
-fn open_in_root(pid: u32, path: &str) -> Option<File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let root = File::open(format!("/proc/{pid}/root")).ok()?;
-    let relative = std::ffi::CString::new(path.trim_start_matches('/')).ok()?;
-    // SAFETY: open_how is a plain C struct; all zeroes is its empty value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: openat2 reads the NUL-terminated path and `how`, both alive
-    // for the call, and returns a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            relative.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-    // SAFETY: the kernel just returned this fd; nothing else owns it.
-    Some(unsafe { File::from_raw_fd(fd) })
+/// The runtime a perf-map name comes from, by the prefixes runtimes write:
+/// V8 (`JS:`, `LazyCompile:`, `Function:`, `Builtin:`…), CPython (`py::`);
+/// the semantic conventions have no type for "JIT of an unknown runtime",
+/// so others stay native.
+fn jit_frame_type(name: &str) -> FrameType {
+    const V8: [&str; 9] = [
+        "JS:",
+        "LazyCompile:",
+        "Function:",
+        "Builtin:",
+        "BytecodeHandler:",
+        "Script:",
+        "Eval:",
+        "Stub:",
+        "RegExp:",
+    ];
+    if name.starts_with("py::") {
+        FrameType::CPython
+    } else if V8.iter().any(|p| name.starts_with(p)) || name.contains(".js:") {
+        FrameType::V8Js
+    } else {
+        FrameType::Native
+    }
 }
 
 fn unix_nano_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn fd_path(file: &File) -> PathBuf {
-    use std::os::fd::AsRawFd;
-    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 #[cfg(test)]

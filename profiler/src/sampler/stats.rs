@@ -49,6 +49,40 @@ pub struct SamplerStats {
     pub unwind_processes_loaded: u64,
 }
 
+/// Totals of two sampler lifetimes (the agent restarts its sampler):
+/// counters add up, gauges (tables resident now) are the later one's.
+impl std::ops::AddAssign for SamplerStats {
+    fn add_assign(&mut self, b: SamplerStats) {
+        self.samples += b.samples;
+        self.lost += b.lost;
+        self.events_lost += b.events_lost;
+        self.user_read_faults += b.user_read_faults;
+        self.truncated += b.truncated;
+        self.kernel_stack_errors += b.kernel_stack_errors;
+        self.events_parsed += b.events_parsed;
+        self.events_malformed += b.events_malformed;
+        self.user_unknown_mapping += b.user_unknown_mapping;
+        self.user_no_unwind_info += b.user_no_unwind_info;
+        self.user_table_missing += b.user_table_missing;
+        self.table_frames += b.table_frames;
+        self.fp_frames += b.fp_frames;
+        self.stack_copies_lost += b.stack_copies_lost;
+        self.unwind_tables = b.unwind_tables;
+        self.unwind_table_bytes = b.unwind_table_bytes;
+        self.unwind_tables_evicted += b.unwind_tables_evicted;
+        self.unwind_table_failures += b.unwind_table_failures;
+        self.unwind_processes_loaded += b.unwind_processes_loaded;
+    }
+}
+
+impl std::ops::Add for SamplerStats {
+    type Output = SamplerStats;
+    fn add(mut self, b: SamplerStats) -> SamplerStats {
+        self += b;
+        self
+    }
+}
+
 /// Reads the kernel-side counters from the `STATS` map.
 pub(super) fn read_kernel(map: &Map, into: &mut SamplerStats) -> Result<(), MapError> {
     let array: PerCpuArray<&aya::maps::MapData, u64> = PerCpuArray::try_from(map)?;

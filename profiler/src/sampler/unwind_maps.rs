@@ -19,7 +19,7 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 
 use super::raw::{self, MappingEntry, ProcMappings, UnwindTableEntry};
-use crate::pipeline::{MapEntry, ProcessMaps};
+use crate::pipeline::{Mapping, ProcessMaps};
 use crate::unwind::{build_for_mapping, ElfLayout, TableKey, UnwindRow};
 
 /// Bytes of one row in `UNWIND_ROWS`.
@@ -387,7 +387,7 @@ impl Worker {
     fn table_for(
         &mut self,
         pid: u32,
-        entry: &MapEntry,
+        entry: &Mapping,
         pinned: &[TableKey],
     ) -> Option<(TableKey, &Resident)> {
         let identity = (entry.dev, entry.inode);

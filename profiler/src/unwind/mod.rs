@@ -6,7 +6,7 @@
 //! stack with those rows. The same rows are what the eBPF walker in
 //! `profiler/bpf/sampler.bpf.c` binary-searches (layout: `struct
 //! smolder_unwind_row` in `sampler.h`), so the user-space walk is its test
-//! oracle and the engine of the in-process profiler. Knows nothing of BPF
+//! oracle (the in-process profiler unwinds with framehop). Knows nothing of BPF
 //! maps: loading tables into the kernel is the sampler's business.
 //!
 //! ```
@@ -33,8 +33,8 @@ mod process;
 mod table;
 mod walk;
 
-pub use process::{build_for_mapping, open_mapping, TableCache};
-pub use table::{ElfLayout, TableKey, UnwindError, UnwindSource, UnwindTable};
+pub use process::{build_for_mapping, TableCache};
+pub use table::{read_object, ElfLayout, TableKey, UnwindError, UnwindSource, UnwindTable};
 pub use walk::{MappedTable, Regs, StepEnd, UnwindTables, Walk, MAX_WALK_FRAMES};
 
 /// How a row computes the CFA (`SMOLDER_CFA_*` in `sampler.h`).

@@ -1,25 +1,20 @@
-//! The unwind tables of a running process: its executable mappings from
-//! `/proc/PID/maps`, each file opened through `/proc/PID/map_files` (so
-//! deleted files and other mount namespaces work) and its table built once
-//! per binary, whatever the number of processes mapping it.
+//! The unwind tables of a running process: its executable mappings, read
+//! through the symbolizer's process model, each file opened by its one rule
+//! ([`smolder_symbolizer::process::open_mapped_file`]: inside the process's
+//! root, checked, never a host path) and read into owned memory, and its
+//! table built once per binary, whatever the number of processes mapping it.
 
-use std::{collections::HashMap, fs::File, io, path::Path, sync::Arc};
+use std::{collections::HashMap, io, sync::Arc};
 
-use crate::pipeline::{MapEntry, ProcessMaps};
+use smolder_symbolizer::process::open_mapped_file;
 
+use crate::pipeline::{Mapping, ProcessMaps};
+
+use super::table::read_object;
 use super::{MappedTable, TableKey, UnwindError, UnwindTable, UnwindTables};
 
-/// Opens the file behind a mapping of process `pid`.
-pub fn open_mapping(pid: u32, entry: &MapEntry) -> io::Result<File> {
-    let by_range = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
-    File::open(&by_range).or_else(|_| {
-        let rooted = format!("/proc/{pid}/root{}", entry.path);
-        File::open(&rooted).or_else(|_| File::open(Path::new(&entry.path)))
-    })
-}
-
 /// Identity of the file of a mapping without opening it.
-pub fn file_identity(entry: &MapEntry) -> (u64, u64) {
+pub fn file_identity(entry: &Mapping) -> (u64, u64) {
     (entry.dev, entry.inode)
 }
 
@@ -27,7 +22,7 @@ pub fn file_identity(entry: &MapEntry) -> (u64, u64) {
 /// `known` says the key is already built (then `None`).
 pub fn build_for_mapping(
     pid: u32,
-    entry: &MapEntry,
+    entry: &Mapping,
     known: impl Fn(&TableKey) -> bool,
 ) -> Result<(TableKey, Option<UnwindTable>), UnwindError> {
     let name = || format!("{} (pid {pid})", entry.path);
@@ -35,12 +30,14 @@ pub fn build_for_mapping(
         path: name(),
         source,
     };
-    let file = open_mapping(pid, entry).map_err(io_err)?;
-    let key = TableKey::of_file(&file).map_err(io_err)?;
+    let file = open_mapped_file(pid, entry).map_err(|e| io_err(io::Error::other(e)))?;
+    let meta = file.metadata().map_err(io_err)?;
+    let bytes = read_object(&file).map_err(io_err)?;
+    let key = TableKey::of_bytes(&bytes, &meta);
     if known(&key) {
         return Ok((key, None));
     }
-    let table = UnwindTable::from_file(&file, &name())?;
+    let table = UnwindTable::from_elf(&bytes, &name())?;
     Ok((key, Some(table)))
 }
 
@@ -65,7 +62,7 @@ impl TableCache {
     pub fn table_for(
         &mut self,
         pid: u32,
-        entry: &MapEntry,
+        entry: &Mapping,
     ) -> Result<Arc<UnwindTable>, UnwindError> {
         if let Some(t) = self
             .by_file
@@ -93,7 +90,7 @@ impl UnwindTables {
     /// The executable mappings of process `pid` with their tables; a file
     /// whose table cannot be built is walked with frame pointers (logged).
     pub fn for_process(pid: u32, cache: &mut TableCache) -> io::Result<UnwindTables> {
-        let maps = ProcessMaps::read(pid)?;
+        let maps = ProcessMaps::read(pid).map_err(io::Error::other)?;
         let mut tables = UnwindTables::default();
         for entry in maps.entries() {
             let table = if entry.is_file() {

@@ -59,11 +59,15 @@ pub enum UnwindSource {
     DebugFrame,
 }
 
-/// What identifies a binary across processes: its GNU build-id, or, without
-/// one, the file's identity on disk.
+/// What identifies a binary across processes: its GNU build-id together
+/// with a keyed hash of its content (a binary that claims another's
+/// build-id gets its own table), or, without one, the file's identity on disk.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TableKey {
-    BuildId(Vec<u8>),
+    BuildId {
+        id: Vec<u8>,
+        content: u64,
+    },
     File {
         dev: u64,
         inode: u64,
@@ -136,17 +140,16 @@ impl UnwindTable {
         Self::from_file(&file, &path.display().to_string())
     }
 
-    /// Builds the table of an open ELF file; `name` is for errors only.
+    /// Builds the table of an open ELF file; `name` is for errors only. The
+    /// file is read into owned memory (at most
+    /// [`smolder_symbolizer::process::MAX_OBJECT_BYTES`]), never mapped: a
+    /// process truncating its binary while it is read cannot fault us.
     pub fn from_file(file: &File, name: &str) -> Result<UnwindTable, UnwindError> {
-        let io_err = |source| UnwindError::Io {
+        let bytes = read_object(file).map_err(|source| UnwindError::Io {
             path: name.to_owned(),
             source,
-        };
-        // SAFETY: the file is mapped read-only and only read while the map
-        // lives; a binary truncated under us is the documented risk of
-        // every ELF reader that maps (SIGBUS), as with addr2line and perf.
-        let map = unsafe { memmap2::Mmap::map(file) }.map_err(io_err)?;
-        Self::from_elf(&map, name)
+        })?;
+        Self::from_elf(&bytes, name)
     }
 
     /// Builds the table from the bytes of an ELF file.
@@ -262,27 +265,33 @@ impl UnwindTable {
     }
 }
 
+/// The bytes of an object file of a profiled process, capped.
+pub fn read_object(file: &File) -> io::Result<Vec<u8>> {
+    smolder_symbolizer::process::read_capped(file, smolder_symbolizer::process::MAX_OBJECT_BYTES)
+}
+
 impl TableKey {
-    /// The key of an open file: its build-id when it has one (read from the
-    /// ELF notes), else its device, inode, size and mtime.
-    pub fn of_file(file: &File) -> io::Result<TableKey> {
-        let meta = file.metadata()?;
-        // SAFETY: read-only map, read while it lives (see UnwindTable::from_file).
-        if let Ok(map) = unsafe { memmap2::Mmap::map(file) } {
-            if let Some(id) = object::File::parse(&*map)
-                .ok()
-                .and_then(|o| o.build_id().ok().flatten().map(<[u8]>::to_vec))
-                .filter(|id| !id.is_empty())
-            {
-                return Ok(TableKey::BuildId(id));
-            }
+    /// The key of the ELF file `meta` describes and `data` holds: its
+    /// build-id and content hash when it has a build-id (read from the ELF
+    /// notes), else its device, inode, size and mtime.
+    pub fn of_bytes(data: &[u8], meta: &std::fs::Metadata) -> TableKey {
+        static SECRET: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        if let Some(id) = object::File::parse(data)
+            .ok()
+            .and_then(|o| o.build_id().ok().flatten().map(<[u8]>::to_vec))
+            .filter(|id| !id.is_empty())
+        {
+            use std::hash::BuildHasher;
+            let content = SECRET.get_or_init(Default::default).hash_one(data);
+            return TableKey::BuildId { id, content };
         }
-        Ok(TableKey::File {
+        TableKey::File {
             dev: meta.dev(),
             inode: meta.ino(),
             size: meta.size(),
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        })
+        }
     }
 }
 
