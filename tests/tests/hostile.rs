@@ -262,6 +262,10 @@ fn node_jit_function_is_named_with_perf_share() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("hot.js");
     std::fs::write(&script, NODE_JS).unwrap();
+    // --perf-basic-prof also turns on V8's code log, in the working
+    // directory unless told where.
+    let v8_log = dir.path().join("v8.log");
+    let v8_log = format!("--logfile={}", v8_log.display());
 
     let ours = dir.path().join("smolder.folded");
     let stderr = smolder_ok([
@@ -275,6 +279,8 @@ fn node_jit_function_is_named_with_perf_share() {
         "--".as_ref(),
         node.as_os_str(),
         "--perf-basic-prof".as_ref(),
+        "--no-logfile-per-isolate".as_ref(),
+        v8_log.as_ref(),
         script.as_os_str(),
     ]);
     let ours = std::fs::read_to_string(&ours).unwrap();
@@ -294,7 +300,7 @@ fn node_jit_function_is_named_with_perf_share() {
             .arg(&data)
             .arg("--")
             .arg(&node)
-            .arg("--perf-basic-prof")
+            .args(["--perf-basic-prof", "--no-logfile-per-isolate", &v8_log])
             .arg(&script),
     );
     let text = dir.path().join("perf.txt");
