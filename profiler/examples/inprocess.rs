@@ -5,6 +5,8 @@
 //! ```sh
 //! cargo run --release -p smolder --example inprocess -- --hz 999 --seconds 3 --out /tmp/prof
 //! ```
+//! `--cpu-seconds S` runs each worker for S seconds of its own CPU time
+//! instead of S seconds on the clock.
 //! With `--export-every SECONDS` it also exports a profile per interval to
 //! the OTLP endpoint of `OTEL_EXPORTER_OTLP_ENDPOINT`.
 //! It prints a JSON summary: which sampler ran, samples, the CPU time they
@@ -38,10 +40,22 @@ fn work_gamma(n: u64) -> u64 {
 }
 
 /// Burns CPU for `run_for`; returns the CPU time this thread used.
-fn worker(index: usize, run_for: Duration) -> u64 {
+/// How long a worker runs: on the clock, or on its own CPU time (the same
+/// work whatever else the machine is doing).
+#[derive(Clone, Copy)]
+enum RunFor {
+    Clock(Duration),
+    Cpu(Duration),
+}
+
+fn worker(index: usize, run_for: RunFor) -> u64 {
     let start = Instant::now();
+    let running = || match run_for {
+        RunFor::Clock(d) => start.elapsed() < d,
+        RunFor::Cpu(d) => thread_cpu_ns() < d.as_nanos() as u64,
+    };
     let mut acc = 0;
-    while start.elapsed() < run_for {
+    while running() {
         acc ^= work_alpha(600_000);
         acc ^= if index == 1 {
             smolder::with_labels(&[("endpoint", "/api")], || work_beta(300_000))
@@ -67,6 +81,7 @@ fn thread_cpu_ns() -> u64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut hz = 99;
     let mut seconds = 2.0;
+    let mut cpu_time = false;
     let mut out = std::env::temp_dir();
     let mut fallback = false;
     let mut export_every = None;
@@ -75,6 +90,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match arg.as_str() {
             "--hz" => hz = args.next().ok_or("--hz N")?.parse()?,
             "--seconds" => seconds = args.next().ok_or("--seconds S")?.parse()?,
+            // Each worker runs for S seconds of its own CPU time instead.
+            "--cpu-seconds" => {
+                seconds = args.next().ok_or("--cpu-seconds S")?.parse()?;
+                cpu_time = true;
+            }
             "--out" => out = args.next().ok_or("--out DIR")?.into(),
             "--fallback" => fallback = true,
             // Long-running mode: export each interval to the OTLP endpoint
@@ -87,7 +107,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    let run_for = Duration::from_secs_f64(seconds);
+    let run_for = match cpu_time {
+        false => RunFor::Clock(Duration::from_secs_f64(seconds)),
+        true => RunFor::Cpu(Duration::from_secs_f64(seconds)),
+    };
     let mut builder = smolder::Profiler::builder()
         .frequency_hz(hz)
         .signal_fallback_only(fallback);

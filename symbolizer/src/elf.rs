@@ -23,6 +23,8 @@ use crate::{debugfile, Error, Frame};
 pub(crate) enum Backing {
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
+    /// What lookups read of a profiled process's file.
+    Copied(crate::process::ElfCopy),
 }
 
 impl Deref for Backing {
@@ -31,6 +33,7 @@ impl Deref for Backing {
         match self {
             Backing::Mapped(m) => m,
             Backing::Owned(v) => v,
+            Backing::Copied(c) => c,
         }
     }
 }
@@ -51,14 +54,16 @@ impl Backing {
         Ok(Backing::Mapped(map))
     }
 
-    /// Reads all of `file` into owned memory, at most `cap` bytes: a copy
-    /// that the process owning the file cannot truncate under us.
+    /// Copies what lookups read of `file` (at most `cap` bytes; code and
+    /// data are not copied): a copy that the process owning the file
+    /// cannot truncate under us.
     pub(crate) fn read(file: &File, path: &Path, cap: u64) -> Result<Backing, Error> {
-        let bytes = crate::process::read_capped(file, cap).map_err(|e| Error::io(path, e))?;
-        if bytes.is_empty() {
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len == 0 {
             return Err(Error::object(path, "empty file"));
         }
-        Ok(Backing::Owned(bytes))
+        let copy = crate::process::read_elf_copy(file, cap).map_err(|e| Error::io(path, e))?;
+        Ok(Backing::Copied(copy))
     }
 }
 
@@ -276,7 +281,7 @@ impl ElfObject {
         self.loads
             .iter()
             .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz)
-            .map(|s| s.offset + (vaddr - s.vaddr))
+            .and_then(|s| s.offset.checked_add(vaddr - s.vaddr))
     }
 
     fn symbols(&self, which: Which, env: &Env<'_>) -> &SymbolTable {

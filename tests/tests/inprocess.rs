@@ -155,13 +155,13 @@ fn check_shares_threads_labels(run: &Run) {
 
 #[test]
 fn in_process_at_99_hz_without_root() {
-    let run = run_unprivileged(&["--hz", "99", "--seconds", "5"]);
+    let run = run_unprivileged(&["--hz", "99", "--cpu-seconds", "3"]);
     check_shares_threads_labels(&run);
 }
 
 #[test]
 fn in_process_at_999_hz_captures_95_percent_of_cpu_time() {
-    let run = run_unprivileged(&["--hz", "999", "--seconds", "2"]);
+    let run = run_unprivileged(&["--hz", "999", "--cpu-seconds", "1"]);
     check_shares_threads_labels(&run);
     let sampled = run.summary["sampled_cpu_ns"].as_f64().unwrap();
     let used = run.summary["workload_cpu_ns"].as_f64().unwrap();
@@ -229,8 +229,8 @@ fn long_running_mode_exports_every_interval_over_otlp() {
         .args([
             "--hz",
             "99",
-            "--seconds",
-            "8",
+            "--cpu-seconds",
+            "4",
             "--export-every",
             "1",
             "--out",
@@ -256,7 +256,7 @@ fn long_running_mode_exports_every_interval_over_otlp() {
         .filter(|p| p.extension().is_some_and(|e| e == "bin"))
         .collect();
     requests.sort();
-    // 8 s in 1 s intervals, and the last part at stop. An interval ends
+    // 4 s of CPU per worker in 1 s intervals, and the last part at stop. An interval ends
     // only once the previous one is symbolized (the first parses the debug
     // info of this debug build, seconds on a busy machine), so how many
     // there are depends on the CPU; that every sample arrives does not.

@@ -265,9 +265,10 @@ impl UnwindTable {
     }
 }
 
-/// The bytes of an object file of a profiled process, capped.
-pub fn read_object(file: &File) -> io::Result<Vec<u8>> {
-    smolder_symbolizer::process::read_capped(file, smolder_symbolizer::process::MAX_OBJECT_BYTES)
+/// What unwinding reads of an object file of a profiled process (headers,
+/// `.eh_frame`, `.debug_frame`, notes), copied, capped.
+pub fn read_object(file: &File) -> io::Result<smolder_symbolizer::process::ElfCopy> {
+    smolder_symbolizer::process::read_elf_copy(file, smolder_symbolizer::process::MAX_OBJECT_BYTES)
 }
 
 impl TableKey {
