@@ -44,7 +44,7 @@ use crate::pipeline::{Interval, Recording};
 use crate::sampler::{Sampler, SamplerConfig, SamplerError, SamplerEvent, SamplerStats};
 
 pub use config::{AgentConfig, ExporterSettings, FilterConfig, Retention};
-pub use privileges::drop_capabilities;
+pub use privileges::{drop_capabilities, UnprivilegedRuntime};
 pub use report::{AgentState, Counters, IntervalReport};
 
 /// SIGTERM to exit: the agent is gone within this long.
@@ -126,6 +126,8 @@ struct Running {
     sampler_base: SamplerStats,
     /// Stats of exporters replaced by a reload, added when they finish.
     exporter_base: Arc<Mutex<ExporterStats>>,
+    /// Where exporters run: threads without capabilities.
+    export_threads: UnprivilegedRuntime,
 }
 
 fn start_sampler(config: &AgentConfig) -> Result<Sampler, AgentError> {
@@ -142,7 +144,12 @@ fn start_sampler(config: &AgentConfig) -> Result<Sampler, AgentError> {
     })?)
 }
 
-fn start_exporter(config: Option<&ExporterConfig>) -> Result<Option<Exporter>, AgentError> {
+/// Starts the exporter's tasks on `threads` (no capabilities).
+fn start_exporter(
+    config: Option<&ExporterConfig>,
+    threads: &UnprivilegedRuntime,
+) -> Result<Option<Exporter>, AgentError> {
+    let _inside = threads.handle().enter();
     config
         .map(|c| Exporter::start(c.clone()).map_err(AgentError::Exporter))
         .transpose()
@@ -330,7 +337,7 @@ impl Running {
                 .reconfigure(new.frequency_hz, new.filter.process_filter());
         }
         if exporter_config != self.exporter_config {
-            let replacement = start_exporter(exporter_config.as_ref())?;
+            let replacement = start_exporter(exporter_config.as_ref(), &self.export_threads)?;
             if let Some(old) = std::mem::replace(&mut self.exporter, replacement) {
                 let base = Arc::clone(&self.exporter_base);
                 tokio::spawn(async move {
@@ -390,11 +397,26 @@ pub async fn run(
     );
     // kallsyms is slow to read: before the sampler, or samples pile up.
     let _ = symbolizer.symbolize(&Source::Kernel, &[0]);
-    let http = match config.http {
-        Some(addr) => Some(http::HttpServer::start(addr, Arc::clone(&state)).await?),
-        None => None,
+    // The page and the exporter run on threads that hold no capability.
+    let http_threads = config
+        .http
+        .map(|_| UnprivilegedRuntime::start("smolder-http"))
+        .transpose()?;
+    let http = match (config.http, &http_threads) {
+        (Some(addr), Some(threads)) => Some(
+            threads
+                .handle()
+                .spawn(http::HttpServer::start(addr, Arc::clone(&state)))
+                .await
+                .map_err(|e| AgentError::Io {
+                    action: format!("starting the HTTP server on {addr}"),
+                    source: std::io::Error::other(e.to_string()),
+                })??,
+        ),
+        _ => None,
     };
-    let exporter = start_exporter(exporter_config.as_ref())?;
+    let export_threads = UnprivilegedRuntime::start("smolder-export")?;
+    let exporter = start_exporter(exporter_config.as_ref(), &export_threads)?;
     let store = open_store(&config)?;
     let sampler = start_sampler(&config)?;
     let mut running = Running {
@@ -410,6 +432,7 @@ pub async fn run(
         local_write_errors: 0,
         sampler_base: SamplerStats::default(),
         exporter_base: Arc::new(Mutex::new(ExporterStats::default())),
+        export_threads,
         config,
     };
     running.publish_counters(0);
