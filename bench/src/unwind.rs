@@ -181,11 +181,11 @@ fn smolder_run(exe: &Path, depth: u32, table_bytes: u64) -> Result<SmolderRun> {
         let (mut samples, mut complete, mut frames) = (0usize, 0usize, 0usize);
         while Instant::now() < end {
             for event in sampler.next_events_blocking() {
-                if let SamplerEvent::Sample(s) = event {
-                    if s.pid == pid {
+                if let SamplerEvent::Sample { sample, flags } = event {
+                    if sample.pid == pid {
                         samples += 1;
-                        frames += s.user_stack.len();
-                        complete += usize::from(s.flags.contains(SampleFlags::USER_COMPLETE));
+                        frames += sample.user.len();
+                        complete += usize::from(flags.contains(SampleFlags::USER_COMPLETE));
                     }
                 }
             }

@@ -20,7 +20,22 @@ use std::{
 
 use object::{Object, ObjectSymbol};
 use smolder::pipeline::ProcessMaps;
-use smolder::sampler::{RawSample, SampleFlags, Sampler, SamplerConfig, SamplerEvent, StackCopy};
+use smolder::pipeline::Sample;
+use smolder::sampler::{SampleFlags, Sampler, SamplerConfig, SamplerEvent, StackCopy};
+
+/// A sample with the kernel walker's flags.
+#[derive(Debug)]
+struct Seen {
+    sample: Sample,
+    flags: SampleFlags,
+}
+
+impl std::ops::Deref for Seen {
+    type Target = Sample;
+    fn deref(&self) -> &Sample {
+        &self.sample
+    }
+}
 use smolder::unwind::{StepEnd, TableCache, UnwindTable, UnwindTables};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -219,11 +234,7 @@ fn sample(
     cpu_time: Duration,
     copy: bool,
     unwind_table_bytes: u64,
-) -> Option<(
-    Vec<RawSample>,
-    Vec<StackCopy>,
-    smolder::sampler::SamplerStats,
-)> {
+) -> Option<(Vec<Seen>, Vec<StackCopy>, smolder::sampler::SamplerStats)> {
     let mut sampler = start(SamplerConfig {
         frequency_hz: 199,
         pid_filter: Some(vec![]),
@@ -241,9 +252,9 @@ fn sample(
     let mut copies = Vec::new();
     while cpu_seconds(pid) - cpu_start < cpu_time.as_secs_f64() && Instant::now() < give_up {
         for event in sampler.next_events_blocking() {
-            if let SamplerEvent::Sample(s) = event {
-                if s.pid == pid {
-                    samples.push(s);
+            if let SamplerEvent::Sample { sample, flags } = event {
+                if sample.pid == pid {
+                    samples.push(Seen { sample, flags });
                 }
             }
         }
@@ -297,7 +308,7 @@ struct Outcome {
     max_depth: usize,
 }
 
-fn judge(samples: &[RawSample], main: &std::ops::Range<u64>) -> Outcome {
+fn judge(samples: &[Seen], main: &std::ops::Range<u64>) -> Outcome {
     let mut o = Outcome {
         samples: samples.len(),
         reach_main: 0,
@@ -306,18 +317,15 @@ fn judge(samples: &[RawSample], main: &std::ops::Range<u64>) -> Outcome {
     };
     for s in samples {
         // Return addresses point just after the call inside main.
-        if s.user_stack
-            .iter()
-            .skip(1)
-            .any(|pc| main.contains(&(pc - 1)))
-            || s.user_stack.first().is_some_and(|pc| main.contains(pc))
+        if s.user.iter().skip(1).any(|pc| main.contains(&(pc - 1)))
+            || s.user.first().is_some_and(|pc| main.contains(pc))
         {
             o.reach_main += 1;
         }
         if s.flags.contains(SampleFlags::USER_COMPLETE) {
             o.complete += 1;
         }
-        o.max_depth = o.max_depth.max(s.user_stack.len());
+        o.max_depth = o.max_depth.max(s.user.len());
     }
     o
 }
@@ -408,20 +416,20 @@ fn kernel_walk_matches_user_space_walk() {
         for copy in &copies {
             let Some(sample) = samples
                 .iter()
-                .find(|s| s.tid == copy.tid && s.time_ns == copy.time_ns)
+                .find(|s| s.tid == copy.tid && s.time_unix_nano == copy.time_ns)
             else {
                 continue;
             };
             compared += 1;
             let walk = tables.unwind(copy.regs, &copy.stack, copy.regs.sp);
-            if walk.frames == sample.user_stack {
+            if walk.frames == sample.user {
                 equal += 1;
             } else {
                 // Only a copy cut short may stop the user-space walk early.
                 assert_eq!(walk.end, StepEnd::ReadFault, "{name}: walks differ");
                 assert_eq!(
                     walk.frames,
-                    sample.user_stack[..walk.frames.len().min(sample.user_stack.len())],
+                    sample.user[..walk.frames.len().min(sample.user.len())],
                     "{name}: user-space walk is not a prefix of the kernel's"
                 );
                 prefix += 1;
@@ -462,9 +470,9 @@ fn tables_load_on_the_first_sample_of_an_unknown_process() {
     let mut samples = Vec::new();
     while cpu_seconds(pid) - cpu_start < 1.5 && Instant::now() < give_up {
         for event in sampler.next_events_blocking() {
-            if let SamplerEvent::Sample(s) = event {
-                if s.pid == pid {
-                    samples.push(s);
+            if let SamplerEvent::Sample { sample, flags } = event {
+                if sample.pid == pid {
+                    samples.push(Seen { sample, flags });
                 }
             }
         }

@@ -306,6 +306,98 @@ fn status_field(pid: u32, field: &str) -> String {
 
 const NEEDED_CAPS: u64 = (1 << 39) | (1 << 38) | (1 << 34) | (1 << 19) | (1 << 2);
 
+/// A thread of a process, with its capability sets.
+#[derive(Debug)]
+struct Thread {
+    /// `Name:` of its status, then its id.
+    name: String,
+    cap_eff: u64,
+    cap_prm: u64,
+}
+
+fn threads(pid: u32) -> Vec<Thread> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid: u32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let mask = |name: &str| u64::from_str_radix(&field(name), 16).unwrap();
+        out.push(Thread {
+            name: format!("{} ({tid})", field("Name")),
+            cap_eff: mask("CapEff"),
+            cap_prm: mask("CapPrm"),
+        });
+    }
+    out
+}
+
+/// Capabilities are per thread: the agent's HTTP server and OTLP exporter
+/// run on threads of their own that hold none, while the sampling threads
+/// keep the five the sampler needs.
+#[test]
+fn http_and_exporter_threads_hold_no_capabilities() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir.path().join("received"), 0);
+    let work = workload(dir.path(), &[]);
+    let agent = Agent::start(
+        &[
+            "--endpoint",
+            &receiver.endpoint(),
+            "--http",
+            "127.0.0.1:0",
+            "-i",
+            "1s",
+            "--pid",
+            &work.0.id().to_string(),
+        ],
+        &[],
+    );
+    // The page answers and an export arrives: both kinds of thread work.
+    assert_eq!(agent.get("/healthz").0, 200);
+    wait_until(Duration::from_secs(30), "an export", || {
+        receiver.accepted() >= 1
+    });
+    let threads = threads(agent.pid());
+    for prefix in ["smolder-http", "smolder-export"] {
+        let named: Vec<&Thread> = threads
+            .iter()
+            .filter(|t| t.name.starts_with(prefix))
+            .collect();
+        assert!(!named.is_empty(), "no {prefix} thread in {threads:?}");
+        for t in named {
+            assert_eq!((t.cap_eff, t.cap_prm), (0, 0), "{t:?}");
+        }
+    }
+    let others: Vec<&Thread> = threads
+        .iter()
+        .filter(|t| !t.name.starts_with("smolder-http") && !t.name.starts_with("smolder-export"))
+        .collect();
+    assert!(!others.is_empty());
+    for t in others {
+        assert_eq!(t.cap_eff, NEEDED_CAPS, "{t:?}");
+    }
+    let (took, stderr) = agent.stop();
+    assert!(
+        took < Duration::from_secs(5),
+        "exit took {took:?}: {stderr}"
+    );
+    drop(receiver.child);
+    drop(work);
+}
+
 #[test]
 fn exports_the_workload_to_the_official_receiver() {
     if !require_ebpf() {
@@ -322,23 +414,16 @@ fn exports_the_workload_to_the_official_receiver() {
             ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e"),
         ],
     );
-    // Only the capabilities it needs, in every thread.
-    for task in std::fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap() {
-        let tid: u32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", agent.pid())).unwrap();
-        for set in ["CapEff", "CapPrm"] {
-            let hex = status
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{set}:")))
-                .unwrap()
-                .trim();
-            assert_eq!(
-                u64::from_str_radix(hex, 16).unwrap(),
-                NEEDED_CAPS,
-                "{set} of thread {tid}"
-            );
-        }
+    // Only the capabilities it needs in the sampling threads, none in the
+    // exporter's.
+    for thread in threads(agent.pid()) {
+        let want = if thread.name.starts_with("smolder-export") {
+            0
+        } else {
+            NEEDED_CAPS
+        };
+        assert_eq!(thread.cap_eff, want, "CapEff of {thread:?}");
+        assert_eq!(thread.cap_prm, want, "CapPrm of {thread:?}");
     }
     // Whole-host symbolization is slow the first time in a debug build.
     wait_until(Duration::from_secs(90), "two accepted exports", || {

@@ -3,9 +3,10 @@
 //! into one OTLP `ProfilesData` with a resource per process, which goes to
 //! the OTLP exporter, the local store and the HTTP page.
 //!
-//! Owns the sampling loop, its configuration (file, environment, flags),
-//! the cgroup/name filters, `service.name` per process, reloads and the
-//! bounded shutdown. Signals and the command line are the CLI's business:
+//! Drives the pipeline's [`Recording`] (the one sampling loop, which reads
+//! each process's facts once: the filters and `service.name` come from
+//! there); owns the configuration (file, environment, flags), the sinks,
+//! reloads and the bounded shutdown. Signals and the command line are the CLI's business:
 //! they arrive here as [`Control`] messages.
 //!
 //! ```no_run
@@ -35,19 +36,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use smolder_profiles_proto::otlp::common::v1::any_value::Value;
-use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
-use smolder_profiles_proto::ProfileConfig;
 use smolder_symbolizer::{Source, Symbolizer};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::exporter::{Exporter, ExporterConfig, ExporterError, ExporterStats, ResourceAttributes};
-use crate::pipeline::{Aggregator, AggregatorStats};
+use crate::pipeline::{Interval, Recording};
 use crate::sampler::{Sampler, SamplerConfig, SamplerError, SamplerEvent, SamplerStats};
 
 pub use config::{AgentConfig, ExporterSettings, FilterConfig, Retention};
-pub use filter::ProcessSelector;
-pub use privileges::drop_capabilities;
+pub use privileges::{drop_capabilities, UnprivilegedRuntime};
 pub use report::{AgentState, Counters, IntervalReport};
 
 /// SIGTERM to exit: the agent is gone within this long.
@@ -95,7 +92,7 @@ pub struct AgentSummary {
     pub exporter: Option<ExporterStats>,
 }
 
-fn now_unix_nano() -> u64 {
+fn unix_nano_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -120,21 +117,17 @@ struct Running {
     exporter_config: Option<ExporterConfig>,
     resource: ResourceAttributes,
     state: Arc<AgentState>,
-    symbolizer: Arc<Symbolizer>,
     sampler: Option<Sampler>,
-    aggregator: Aggregator,
-    selector: ProcessSelector,
+    recording: Recording,
     exporter: Option<Exporter>,
     store: Option<local::LocalStore>,
-    interval_start: Instant,
-    interval_start_unix: u64,
     intervals: u64,
-    samples_kept: u64,
     local_write_errors: u64,
     sampler_base: SamplerStats,
-    aggregator_base: AggregatorStats,
     /// Stats of exporters replaced by a reload, added when they finish.
     exporter_base: Arc<Mutex<ExporterStats>>,
+    /// Where exporters run: threads without capabilities.
+    export_threads: UnprivilegedRuntime,
 }
 
 fn start_sampler(config: &AgentConfig) -> Result<Sampler, AgentError> {
@@ -151,7 +144,12 @@ fn start_sampler(config: &AgentConfig) -> Result<Sampler, AgentError> {
     })?)
 }
 
-fn start_exporter(config: Option<&ExporterConfig>) -> Result<Option<Exporter>, AgentError> {
+/// Starts the exporter's tasks on `threads` (no capabilities).
+fn start_exporter(
+    config: Option<&ExporterConfig>,
+    threads: &UnprivilegedRuntime,
+) -> Result<Option<Exporter>, AgentError> {
+    let _inside = threads.handle().enter();
     config
         .map(|c| Exporter::start(c.clone()).map_err(AgentError::Exporter))
         .transpose()
@@ -167,52 +165,7 @@ fn open_store(config: &AgentConfig) -> Result<Option<local::LocalStore>, AgentEr
 
 impl Running {
     fn feed(&mut self, events: Vec<SamplerEvent>) {
-        for event in events {
-            match event {
-                SamplerEvent::Sample(s) => {
-                    if !self.selector.facts(s.pid, &s.comm).keep {
-                        continue;
-                    }
-                    self.samples_kept += 1;
-                    self.aggregator.add(&s.stack_sample());
-                }
-                SamplerEvent::Exec { pid, .. } => {
-                    self.aggregator.on_exec(pid);
-                    self.selector.forget(pid);
-                }
-                SamplerEvent::Exit { pid, .. } => self.aggregator.on_exit(pid),
-            }
-        }
-    }
-
-    /// `service.name` from each process's own `OTEL_SERVICE_NAME`.
-    fn name_services(&self, data: &mut ProfilesData) {
-        for rp in &mut data.resource_profiles {
-            let Some(resource) = rp.resource.as_mut() else {
-                continue;
-            };
-            let pid = resource.attributes.iter().find_map(|kv| {
-                match (
-                    kv.key.as_str(),
-                    kv.value.as_ref().and_then(|v| v.value.as_ref()),
-                ) {
-                    ("process.pid", Some(Value::IntValue(pid))) => u32::try_from(*pid).ok(),
-                    _ => None,
-                }
-            });
-            if let Some(name) = pid.and_then(|pid| self.selector.service_name(pid)) {
-                if !resource
-                    .attributes
-                    .iter()
-                    .any(|kv| kv.key == "service.name")
-                {
-                    resource.attributes.push(smolder_profiles_proto::key_value(
-                        "service.name",
-                        smolder_profiles_proto::string_value(name),
-                    ));
-                }
-            }
-        }
+        self.recording.feed(events);
     }
 
     /// Ends the current interval: symbolize, label, hand to every sink.
@@ -221,30 +174,27 @@ impl Running {
     async fn finish_interval(&mut self, within: Option<Duration>) {
         // The next interval starts where this one ends: samples that arrive
         // while this one is symbolized belong to the next.
-        let now = Instant::now();
-        let now_unix = now_unix_nano();
-        let duration = now - self.interval_start;
-        let profile_config = ProfileConfig::cpu(
-            self.config.frequency_hz,
-            self.interval_start_unix,
-            duration.as_nanos() as u64,
-        );
-        let mut data = match within {
+        let end_unix = unix_nano_now();
+        let Interval {
+            mut data,
+            start_unix_nano: start_unix,
+            duration,
+        } = match within {
             None => {
-                let (aggregator, symbolizer) = (&mut self.aggregator, &self.symbolizer);
-                blocking(|| aggregator.finish(symbolizer, profile_config))
+                let recording = &mut self.recording;
+                blocking(|| recording.finish_interval_at(end_unix))
             }
             Some(limit) => {
-                let mut aggregator = std::mem::take(&mut self.aggregator);
-                let symbolizer = Arc::clone(&self.symbolizer);
+                let successor = self.recording.successor();
+                let mut recording = std::mem::replace(&mut self.recording, successor);
                 let work = tokio::task::spawn_blocking(move || {
-                    let data = aggregator.finish(&symbolizer, profile_config);
-                    (aggregator, data)
+                    let interval = recording.finish_interval_at(end_unix);
+                    (recording, interval)
                 });
                 match tokio::time::timeout(limit, work).await {
-                    Ok(Ok((aggregator, data))) => {
-                        self.aggregator = aggregator;
-                        data
+                    Ok(Ok((recording, interval))) => {
+                        self.recording = recording;
+                        interval
                     }
                     _ => {
                         tracing::warn!(
@@ -255,12 +205,8 @@ impl Running {
                 }
             }
         };
-        let start_unix = self.interval_start_unix;
-        self.interval_start = now;
-        self.interval_start_unix = now_unix;
         self.intervals += 1;
 
-        self.name_services(&mut data);
         self.resource.apply(&mut data);
         let report =
             blocking(|| IntervalReport::new(data, start_unix, duration, self.config.frequency_hz));
@@ -293,14 +239,11 @@ impl Running {
         let processes = report.processes.len() as u64;
         self.state.set_latest(report);
 
-        self.selector
-            .retain(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
-        // Opened binaries stay open until the aggregator goes: start afresh
-        // now and then, so that a long-running agent holds no stale files.
+        // Opened binaries stay open until the recording forgets them: start
+        // afresh now and then, so that a long-running agent holds no stale files.
         let reset = u64::from(self.config.aggregator_reset_intervals.max(1));
         if self.intervals.is_multiple_of(reset) {
-            self.aggregator_base += self.aggregator.stats();
-            self.aggregator = Aggregator::new();
+            self.recording.forget_processes();
         }
         self.publish_counters(processes);
     }
@@ -312,7 +255,8 @@ impl Running {
                 .as_ref()
                 .map(Sampler::stats)
                 .unwrap_or_default();
-        let aggregator = self.aggregator_base + self.aggregator.stats();
+        let recording = self.recording.stats();
+        let aggregator = recording.aggregator;
         let exporter = self.exporter.as_ref().map(|e| {
             let base = *self
                 .exporter_base
@@ -322,7 +266,7 @@ impl Running {
         });
         Counters {
             samples: sampler.samples,
-            samples_kept: self.samples_kept,
+            samples_kept: recording.samples_kept,
             samples_lost: sampler.lost,
             events_lost: sampler.events_lost,
             unwind_failures: sampler.user_read_faults
@@ -330,7 +274,7 @@ impl Running {
                 + sampler.kernel_stack_errors
                 + sampler.user_no_unwind_info,
             unsymbolized_frames: aggregator.unsymbolized_frames,
-            symbolization_errors: self.symbolizer.stats().errors(),
+            symbolization_errors: self.recording.symbolizer().stats().errors(),
             objects_unopenable: aggregator.objects_unopenable,
             perf_maps_refused: aggregator.perf_maps_refused,
             jit_frames_named: aggregator.jit_frames_named,
@@ -389,13 +333,11 @@ impl Running {
                     return Err(e);
                 }
             }
-            // The aggregator's profile config follows the new frequency.
-            self.aggregator_base += self.aggregator.stats();
-            self.aggregator = Aggregator::new();
+            self.recording
+                .reconfigure(new.frequency_hz, new.filter.process_filter());
         }
-        self.selector = ProcessSelector::new(new.filter.clone());
         if exporter_config != self.exporter_config {
-            let replacement = start_exporter(exporter_config.as_ref())?;
+            let replacement = start_exporter(exporter_config.as_ref(), &self.export_threads)?;
             if let Some(old) = std::mem::replace(&mut self.exporter, replacement) {
                 let base = Arc::clone(&self.exporter_base);
                 tokio::spawn(async move {
@@ -455,31 +397,42 @@ pub async fn run(
     );
     // kallsyms is slow to read: before the sampler, or samples pile up.
     let _ = symbolizer.symbolize(&Source::Kernel, &[0]);
-    let http = match config.http {
-        Some(addr) => Some(http::HttpServer::start(addr, Arc::clone(&state)).await?),
-        None => None,
+    // The page and the exporter run on threads that hold no capability.
+    let http_threads = config
+        .http
+        .map(|_| UnprivilegedRuntime::start("smolder-http"))
+        .transpose()?;
+    let http = match (config.http, &http_threads) {
+        (Some(addr), Some(threads)) => Some(
+            threads
+                .handle()
+                .spawn(http::HttpServer::start(addr, Arc::clone(&state)))
+                .await
+                .map_err(|e| AgentError::Io {
+                    action: format!("starting the HTTP server on {addr}"),
+                    source: std::io::Error::other(e.to_string()),
+                })??,
+        ),
+        _ => None,
     };
-    let exporter = start_exporter(exporter_config.as_ref())?;
+    let export_threads = UnprivilegedRuntime::start("smolder-export")?;
+    let exporter = start_exporter(exporter_config.as_ref(), &export_threads)?;
     let store = open_store(&config)?;
     let sampler = start_sampler(&config)?;
     let mut running = Running {
         resource: config.resource(env),
-        selector: ProcessSelector::new(config.filter.clone()),
+        recording: Recording::new(symbolizer, config.frequency_hz)
+            .with_filter(config.filter.process_filter()),
         exporter_config,
         state: Arc::clone(&state),
-        symbolizer,
         sampler: Some(sampler),
-        aggregator: Aggregator::new(),
         exporter,
         store,
-        interval_start: Instant::now(),
-        interval_start_unix: now_unix_nano(),
         intervals: 0,
-        samples_kept: 0,
         local_write_errors: 0,
         sampler_base: SamplerStats::default(),
-        aggregator_base: AggregatorStats::default(),
         exporter_base: Arc::new(Mutex::new(ExporterStats::default())),
+        export_threads,
         config,
     };
     running.publish_counters(0);

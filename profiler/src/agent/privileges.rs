@@ -9,7 +9,9 @@
 //!
 //! Capabilities belong to threads: call [`drop_capabilities`] before any
 //! other thread starts (before the tokio runtime), so that every thread
-//! inherits the reduced sets.
+//! inherits the reduced sets. The threads that talk to the network (the
+//! HTTP page, the OTLP exporter) need none: they run on an
+//! [`UnprivilegedRuntime`], whose threads clear every set as they start.
 
 use caps::{CapSet, Capability, CapsHashSet};
 
@@ -64,4 +66,89 @@ pub fn drop_capabilities() -> Result<Vec<String>, AgentError> {
 /// The capability mask that [`NEEDED`] makes in `/proc/PID/status`.
 pub fn needed_mask() -> u64 {
     NEEDED.iter().fold(0, |mask, c| mask | c.bitmask())
+}
+
+/// Clears every capability of the calling thread (effective, permitted,
+/// inheritable, ambient), for good: `no_new_privs` keeps an `execve` from
+/// giving any back.
+pub fn drop_all_capabilities_of_this_thread() -> Result<(), AgentError> {
+    if let Err(e) = caps::clear(None, CapSet::Ambient) {
+        tracing::debug!("clearing the ambient capabilities: {e}");
+    }
+    caps::clear(None, CapSet::Inheritable).map_err(caps_error("clearing inheritable"))?;
+    caps::clear(None, CapSet::Effective).map_err(caps_error("clearing effective"))?;
+    caps::clear(None, CapSet::Permitted).map_err(caps_error("clearing permitted"))?;
+    Ok(())
+}
+
+/// A tokio runtime for work that touches the network and nothing of the
+/// host (the HTTP page, the OTLP exporter): its threads, named `name`, drop
+/// every capability as they start (capabilities belong to threads; the
+/// sampling threads keep [`NEEDED`]). A thread that cannot drop them
+/// panics rather than serve with them.
+pub struct UnprivilegedRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl UnprivilegedRuntime {
+    pub fn start(name: &str) -> Result<UnprivilegedRuntime, AgentError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(2)
+            .thread_name(name)
+            .on_thread_start(|| {
+                if let Err(e) = drop_all_capabilities_of_this_thread() {
+                    panic!("a network thread kept its capabilities: {e}");
+                }
+            })
+            .enable_all()
+            .build()
+            .map_err(|source| AgentError::Io {
+                action: format!("starting the {name} threads"),
+                source,
+            })?;
+        Ok(UnprivilegedRuntime {
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        match &self.runtime {
+            Some(runtime) => runtime.handle(),
+            None => unreachable!("the runtime is only taken on drop"),
+        }
+    }
+}
+
+impl Drop for UnprivilegedRuntime {
+    fn drop(&mut self) {
+        // Dropped from async code: a plain drop would block there.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_threads_hold_no_capabilities() {
+        let runtime = UnprivilegedRuntime::start("smolder-test-net").unwrap();
+        let (effective, permitted) = runtime
+            .handle()
+            .block_on(async {
+                tokio::spawn(async {
+                    (
+                        caps::read(None, CapSet::Effective).unwrap(),
+                        caps::read(None, CapSet::Permitted).unwrap(),
+                    )
+                })
+                .await
+            })
+            .unwrap();
+        assert!(effective.is_empty(), "{effective:?}");
+        assert!(permitted.is_empty(), "{permitted:?}");
+    }
 }

@@ -1,24 +1,23 @@
 //! `smolder record`: sample a command, some processes or the whole host
 //! with the eBPF sampler, and write a symbolized profile or flamegraph.
 
-use std::io::Write as _;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use smolder_flamegraph::{render, FlamegraphOptions};
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
-use smolder_profiles_proto::{write_profile, Format, ProfileConfig};
+use smolder_profiles_proto::{write_profile, Format};
 use smolder_symbolizer::{Source, Symbolizer};
 
 use super::io::write_output_with;
 use smolder::agent::config::{parse_duration, parse_frequency};
-use smolder::pipeline::Aggregator;
-use smolder::sampler::{Sampler, SamplerConfig, SamplerEvent};
+use smolder::pipeline::Recording;
+use smolder::sampler::{GatedChild, Sampler, SamplerConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RecordFormat {
@@ -85,141 +84,8 @@ struct Summary {
     jit_named: u64,
 }
 
-/// A command forked and held before `exec` until the sampler follows its
-/// pid, so that not one of its samples is missed. (`std::process::Command`
-/// cannot do this: its `spawn` waits for the `exec`.)
-struct GatedChild {
-    pid: libc::pid_t,
-    /// Writing a byte lets the child go on to `exec`.
-    gate: Option<OwnedFd>,
-    /// Carries the child's errno when `exec` fails; closed by a successful `exec`.
-    exec_error: Option<OwnedFd>,
-}
-
-fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the array we own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("creating a pipe");
-    }
-    // SAFETY: both fds were just created and are owned only here.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-impl GatedChild {
-    fn spawn(command: &[String]) -> Result<GatedChild> {
-        use std::ffi::CString;
-        use std::os::fd::AsRawFd;
-        let args = command
-            .iter()
-            .map(|a| CString::new(a.as_str()).with_context(|| format!("{a:?} contains a NUL byte")))
-            .collect::<Result<Vec<CString>>>()?;
-        if args.is_empty() {
-            bail!("no command given after --");
-        }
-        let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-        argv.push(std::ptr::null());
-        let (gate_read, gate_write) = cloexec_pipe()?;
-        let (error_read, error_write) = cloexec_pipe()?;
-        // SAFETY: between fork and exec the child calls only async-signal-safe
-        // functions (read, write, execvp, _exit) on memory prepared before the fork.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(std::io::Error::last_os_error()).context("fork");
-        }
-        if pid == 0 {
-            unsafe {
-                let mut byte = 0u8;
-                libc::read(gate_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
-                libc::execvp(argv[0], argv.as_ptr());
-                let errno = *libc::__errno_location();
-                libc::write(error_write.as_raw_fd(), (&errno as *const i32).cast(), 4);
-                libc::_exit(127);
-            }
-        }
-        drop(gate_read);
-        drop(error_write);
-        Ok(GatedChild {
-            pid,
-            gate: Some(gate_write),
-            exec_error: Some(error_read),
-        })
-    }
-
-    fn id(&self) -> u32 {
-        self.pid as u32
-    }
-
-    /// Lets the child `exec` the command; fails if the `exec` failed.
-    fn release(&mut self, program: &str) -> Result<()> {
-        use std::io::Read;
-        if let Some(gate) = self.gate.take() {
-            std::fs::File::from(gate)
-                .write_all(b"g")
-                .context("releasing the command")?;
-        }
-        if let Some(error) = self.exec_error.take() {
-            let mut errno = [0u8; 4];
-            if std::fs::File::from(error).read_exact(&mut errno).is_ok() {
-                let _ = self.wait();
-                let err = std::io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
-                bail!("cannot run {program}: {err}");
-            }
-        }
-        Ok(())
-    }
-
-    fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child with a valid out-pointer.
-        match unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) } {
-            0 => Ok(None),
-            p if p == self.pid => Ok(Some(ExitStatus::from_raw(status))),
-            _ => Err(std::io::Error::last_os_error()).context("waiting for the command"),
-        }
-    }
-
-    fn wait(&mut self) -> Result<ExitStatus> {
-        let mut status = 0;
-        loop {
-            // SAFETY: as in try_wait.
-            match unsafe { libc::waitpid(self.pid, &mut status, 0) } {
-                p if p == self.pid => return Ok(ExitStatus::from_raw(status)),
-                _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
-                    continue
-                }
-                _ => {
-                    return Err(std::io::Error::last_os_error()).context("waiting for the command")
-                }
-            }
-        }
-    }
-}
-
-fn now_unix_nano() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Hands the events to the aggregator; returns the processes that exec'd.
-fn feed(aggregator: &mut Aggregator, events: Vec<SamplerEvent>) -> Vec<u32> {
-    let mut execs = Vec::new();
-    for event in events {
-        match event {
-            SamplerEvent::Sample(s) => aggregator.add(&s.stack_sample()),
-            SamplerEvent::Exec { pid, .. } => {
-                aggregator.on_exec(pid);
-                execs.push(pid);
-            }
-            SamplerEvent::Exit { pid, .. } => aggregator.on_exit(pid),
-        }
-    }
-    execs
 }
 
 /// Runs `record`; returns the exit status of the recorded command, if any.
@@ -241,10 +107,10 @@ pub fn run(args: &RecordArgs) -> Result<Option<ExitStatus>> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    runtime.block_on(record(args, &symbolizer))
+    runtime.block_on(record(args, Arc::new(symbolizer)))
 }
 
-async fn record(args: &RecordArgs, symbolizer: &Symbolizer) -> Result<Option<ExitStatus>> {
+async fn record(args: &RecordArgs, symbolizer: Arc<Symbolizer>) -> Result<Option<ExitStatus>> {
     let pid_filter = if args.all {
         None
     } else {
@@ -271,21 +137,20 @@ async fn record(args: &RecordArgs, symbolizer: &Symbolizer) -> Result<Option<Exi
             sampler
                 .add_pid(gated.id())
                 .context("following the command")?;
-            gated.release(&args.command[0])?;
+            gated.release()?;
             Some(gated)
         }
     };
     let start = Instant::now();
-    let start_unix = now_unix_nano();
     let deadline = args.duration.map(|d| start + d);
-    let mut aggregator = Aggregator::new();
+    let mut recording = Recording::new(symbolizer, args.frequency);
     let mut status = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             events = sampler.next_events() => {
-                let execs = feed(&mut aggregator, events.context("reading samples")?);
+                let execs = recording.feed(events.context("reading samples")?);
                 // The command replaced smolder's image with its own: load its
                 // unwind tables now rather than on its first partial samples.
                 if let Some(pid) = child.as_ref().map(GatedChild::id).filter(|p| execs.contains(p)) {
@@ -310,10 +175,7 @@ async fn record(args: &RecordArgs, symbolizer: &Symbolizer) -> Result<Option<Exi
         }
     }
     // What the kernel already wrote is still in the ring buffer.
-    feed(
-        &mut aggregator,
-        sampler.next_events().await.context("reading samples")?,
-    );
+    recording.feed(sampler.next_events().await.context("reading samples")?);
     let elapsed = start.elapsed();
     if let (Some(gated), None) = (&mut child, status) {
         // Ctrl-C or the duration ended the recording: the command goes on
@@ -323,11 +185,8 @@ async fn record(args: &RecordArgs, symbolizer: &Symbolizer) -> Result<Option<Exi
     let stats = sampler.stats();
     drop(sampler);
 
-    let data = aggregator.finish(
-        symbolizer,
-        ProfileConfig::cpu(args.frequency, start_unix, elapsed.as_nanos() as u64),
-    );
-    let agg = aggregator.stats();
+    let data = recording.finish_interval().data;
+    let agg = recording.stats().aggregator;
     if agg.samples == 0 && args.format == RecordFormat::Svg {
         eprintln!(
             "smolder: no samples were taken (did the command run on a CPU?): no flamegraph written"

@@ -24,7 +24,7 @@ mod perf;
 mod unwind;
 
 pub use labels::with_labels;
-pub use perf::{parse_sample, PerfSample, UserRegs};
+pub use perf::UserRegs;
 pub use unwind::StackUnwinder;
 
 use std::collections::HashMap;
@@ -40,9 +40,9 @@ use smolder_profiles_proto::{
     int_value, string_value, write_profile, Format, LocationSpec, ProfileBuilder, ProfileConfig,
     SourceLine,
 };
-use smolder_symbolizer::Symbolizer;
+use smolder_symbolizer::{ProcessFacts, Symbolizer};
 
-use crate::pipeline::{Aggregator, ProcessInfo, StackSample};
+use crate::pipeline::{resource_attributes, Recording, Sample};
 use perf::ThreadEvent;
 
 /// Why profiling could not start, or its result could not be written.
@@ -373,8 +373,7 @@ impl ProfilerGuard {
                     .map_err(|_| ProfilerError::Thread("it panicked".into()));
                 labels::stop_recording();
                 let mut collected = collected?;
-                let config = interval_config(&self.started, collected.interval_start);
-                let data = collected.aggregator.finish(&collected.symbolizer, config);
+                let data = collected.recording.finish_interval().data;
                 #[cfg(feature = "exporter")]
                 if let Some(export) = collected.export.take() {
                     export.finish(data.clone());
@@ -407,21 +406,10 @@ impl Drop for StopOnDrop {
 }
 
 struct Collected {
-    aggregator: Aggregator,
-    symbolizer: Symbolizer,
-    /// Start (unix ns) of what the aggregator holds.
-    interval_start: u64,
+    recording: Recording,
     stats: ProfileStats,
     #[cfg(feature = "exporter")]
     export: Option<exporting::ExportThread>,
-}
-
-/// The profile config of the interval from `start_unix` to now.
-fn interval_config(started: &Started, start_unix: u64) -> ProfileConfig {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    ProfileConfig::cpu(started.hz, start_unix, now.saturating_sub(start_unix))
 }
 
 #[cfg(feature = "exporter")]
@@ -555,9 +543,9 @@ fn reader(
     let mut events: HashMap<u32, ThreadEvent> = HashMap::from([(first.tid, first)]);
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut refused: std::collections::HashSet<u32> = std::collections::HashSet::new();
-    let mut aggregator = Aggregator::new();
-    let symbolizer = Symbolizer::new();
-    #[cfg_attr(not(feature = "exporter"), allow(unused_mut))]
+    let mut recording = Recording::new(Arc::new(Symbolizer::new()), settings.frequency_hz)
+        .starting_at(started.unix_nano);
+    #[cfg(feature = "exporter")]
     let mut interval_start = started.unix_nano;
     let mut stats = ProfileStats::default();
     let mut batch = Vec::new();
@@ -646,15 +634,15 @@ fn reader(
             }
             let labels = labels::labels_at(s.tid, s.time);
             let name = names.get(&s.tid).map_or("", String::as_str);
-            aggregator.add(&StackSample {
+            recording.add(&Sample {
                 pid: s.pid,
                 tid: s.tid,
                 cpu: s.cpu,
                 time_unix_nano: (i128::from(s.time) + started.monotonic_to_unix).max(0) as u64,
-                thread_name: name,
-                kernel: &[],
-                user: &user,
-                labels: labels.as_deref().unwrap_or(&[]),
+                thread_name: name.to_owned(),
+                kernel: Vec::new(),
+                user,
+                labels: labels.map(|l| l.to_vec()).unwrap_or_default(),
             });
         }
         if newest > 0 {
@@ -669,9 +657,9 @@ fn reader(
             if Instant::now()
                 >= started.at + Duration::from_nanos(interval_start - started.unix_nano) + *every
             {
-                let config = interval_config(&started, interval_start);
-                interval_start = config.time_unix_nano + config.duration_nano;
-                thread.send(aggregator.finish(&symbolizer, config));
+                let interval = recording.finish_interval();
+                interval_start = interval.start_unix_nano + interval.duration.as_nanos() as u64;
+                thread.send(interval.data);
             }
         }
         wait_for_samples(&events, Duration::from_millis(10));
@@ -679,9 +667,7 @@ fn reader(
     stats.threads = seen.len();
     stats.profiler_cpu_ns = thread_cpu_ns();
     Collected {
-        aggregator,
-        symbolizer,
-        interval_start,
+        recording,
         stats,
         #[cfg(feature = "exporter")]
         export: export.map(|(_, thread)| thread),
@@ -693,8 +679,8 @@ fn reader(
 fn from_pprof_report(report: &pprof::Report, started: &Started) -> Profile {
     let mut builder = ProfileBuilder::new(started.config());
     let cpu = builder.default_profile_type();
-    let info = ProcessInfo::read(std::process::id(), "");
-    let resource = builder.resource(info.resource_attributes());
+    let facts = ProcessFacts::read(std::process::id(), "");
+    let resource = builder.resource(resource_attributes(&facts));
     let mut stats = ProfileStats {
         sampled_cpu_ns: 0,
         ..ProfileStats::default()

@@ -24,9 +24,10 @@ const SAMPLE_TYPE: u64 = sys::bindings::PERF_SAMPLE_TID as u64
     | sys::bindings::PERF_SAMPLE_REGS_USER as u64
     | sys::bindings::PERF_SAMPLE_STACK_USER as u64;
 
-/// One sample as the kernel wrote it.
+/// One `PERF_RECORD_SAMPLE` as the kernel wrote it: registers and stack
+/// bytes, still to be unwound into a pipeline `Sample`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PerfSample {
+pub struct PerfRecord {
     pub pid: u32,
     pub tid: u32,
     /// CLOCK_MONOTONIC nanoseconds.
@@ -150,7 +151,7 @@ impl ThreadEvent {
     }
 
     /// Reads every record the kernel has written since the last call.
-    pub fn read(&mut self, samples: &mut Vec<PerfSample>) -> RingCounts {
+    pub fn read(&mut self, samples: &mut Vec<PerfRecord>) -> RingCounts {
         let mut counts = RingCounts::default();
         let page = page_size();
         let size = (page * self.data_pages) as u64;
@@ -192,7 +193,7 @@ impl ThreadEvent {
                 record.extend_from_slice(&data[..end - data.len()]);
             }
             match kind {
-                sys::bindings::PERF_RECORD_SAMPLE => match parse_sample(&record[8..]) {
+                sys::bindings::PERF_RECORD_SAMPLE => match parse_record(&record[8..]) {
                     Some(s) => samples.push(s),
                     None => counts.malformed += 1,
                 },
@@ -237,7 +238,7 @@ fn page_size() -> usize {
 
 /// Parses the body of a `PERF_RECORD_SAMPLE` with [`SAMPLE_TYPE`]; `None`
 /// when it is shorter than its own fields say.
-pub fn parse_sample(body: &[u8]) -> Option<PerfSample> {
+pub fn parse_record(body: &[u8]) -> Option<PerfRecord> {
     let mut pos = 0usize;
     let u64_at = |pos: &mut usize| -> Option<u64> {
         let v = u64::from_ne_bytes(body.get(*pos..*pos + 8)?.try_into().ok()?);
@@ -267,7 +268,7 @@ pub fn parse_sample(body: &[u8]) -> Option<PerfSample> {
         stack.extend_from_slice(&data[..dyn_size.min(stack_size)]);
     }
     let pid_tid = pid_tid.to_ne_bytes();
-    Some(PerfSample {
+    Some(PerfRecord {
         pid: u32::from_ne_bytes(pid_tid[..4].try_into().ok()?),
         tid: u32::from_ne_bytes(pid_tid[4..].try_into().ok()?),
         time,
@@ -307,7 +308,7 @@ mod tests {
 
     #[test]
     fn parses_a_sample_and_trims_the_stack_to_its_dynamic_size() {
-        let s = parse_sample(&body(&[1; 64], 24)).unwrap();
+        let s = parse_record(&body(&[1; 64], 24)).unwrap();
         assert_eq!(
             (s.pid, s.tid, s.time, s.cpu, s.period),
             (7, 9, 1000, 1, 1_000_000)
@@ -327,13 +328,13 @@ mod tests {
     fn short_or_lying_records_are_rejected() {
         let full = body(&[1; 64], 64);
         for cut in [0, 8, 30, 60, full.len() - 1] {
-            assert!(parse_sample(&full[..cut]).is_none(), "cut at {cut}");
+            assert!(parse_record(&full[..cut]).is_none(), "cut at {cut}");
         }
         let mut lying = body(&[1; 16], 16);
         // claim a stack larger than the record
         let at = 8 * 8;
         lying[at..at + 8].copy_from_slice(&(1u64 << 40).to_ne_bytes());
-        assert!(parse_sample(&lying).is_none());
+        assert!(parse_record(&lying).is_none());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use smolder_profiles_proto::{
 use smolder_symbolizer::process::{open_mapped_file, Mapping, MappingKind, ProcessMaps};
 use smolder_symbolizer::{PerfMapReader, ProcessFacts, Source, Symbolized, Symbolizer};
 
-use super::process::ProcessInfo;
+use super::process::resource_attributes;
 
 /// A process's mappings are re-read on a miss at most this often, once it
 /// has had [`EARLY_MAPS_READS`] reads: a new program maps its libraries in
@@ -34,20 +34,26 @@ use super::process::ProcessInfo;
 const MAPS_REFRESH_INTERVAL: Duration = Duration::from_millis(50);
 const EARLY_MAPS_READS: u32 = 8;
 
-/// One sampled stack, as the sampler (or the in-process profiler) saw it.
-#[derive(Clone, Copy, Debug)]
-pub struct StackSample<'a> {
+/// One sampled stack: the one shape every producer (the eBPF sampler, the
+/// in-process profiler) hands the aggregator.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// Process (tgid).
     pub pid: u32,
+    /// Thread.
     pub tid: u32,
     pub cpu: u32,
+    /// When it was taken, in unix nanoseconds.
     pub time_unix_nano: u64,
-    pub thread_name: &'a str,
-    /// Kernel PCs, leaf first (the interrupted PC, then return addresses).
-    pub kernel: &'a [u64],
+    /// `comm` of the thread.
+    pub thread_name: String,
+    /// Kernel PCs, leaf first (the interrupted PC, then return addresses);
+    /// empty when the sample hit user mode.
+    pub kernel: Vec<u64>,
     /// User PCs, leaf first (the user IP, then return addresses).
-    pub user: &'a [u64],
+    pub user: Vec<u64>,
     /// Extra sample attributes (the in-process profiler's scope labels).
-    pub labels: &'a [(String, String)],
+    pub labels: Vec<(String, String)>,
 }
 
 /// What went missing on the way, for the run summary and `/metrics`.
@@ -149,7 +155,6 @@ struct StackKey {
 }
 
 struct ProcessState {
-    info: ProcessInfo,
     maps: ProcessMaps,
     maps_read_at: Option<Instant>,
     /// The same moment in the samples' clock (unix nanoseconds).
@@ -160,6 +165,10 @@ struct ProcessState {
 }
 
 pub struct Aggregator {
+    /// What each process seen is (name, command line, cgroup, service
+    /// name, uid), read once per process image: the resource attributes,
+    /// the perf map's owner and the callers' filters all come from here.
+    facts: HashMap<u32, ProcessFacts>,
     processes: HashMap<u32, ProcessState>,
     objects: Vec<ObjectFile>,
     object_index: HashMap<(u64, u64), u32>,
@@ -178,6 +187,7 @@ impl Default for Aggregator {
 impl Aggregator {
     pub fn new() -> Aggregator {
         Aggregator {
+            facts: HashMap::new(),
             processes: HashMap::new(),
             objects: Vec::new(),
             object_index: HashMap::new(),
@@ -197,20 +207,42 @@ impl Aggregator {
         self.processes.len()
     }
 
-    /// The process replaced its image: its mappings and name are read anew.
+    /// The facts of `pid`, read from `/proc/PID` on first sight (`comm`,
+    /// the sample's thread name, names a process that is already gone).
+    pub fn facts(&mut self, pid: u32, comm: &str) -> &ProcessFacts {
+        self.facts
+            .entry(pid)
+            .or_insert_with(|| ProcessFacts::read(pid, comm))
+    }
+
+    /// The process replaced its image: its facts and mappings are read anew.
     pub fn on_exec(&mut self, pid: u32) {
+        if let Some(old) = self.facts.remove(&pid) {
+            self.facts.insert(pid, ProcessFacts::read(pid, &old.comm));
+        }
         if let Some(p) = self.processes.get_mut(&pid) {
             p.maps_read_at = None;
             p.jit = None;
-            p.info = ProcessInfo::read(pid, &p.info.name);
         }
     }
 
     /// The process exited: what was read of it stays until `finish`.
     pub fn on_exit(&mut self, pid: u32) {
-        if let Some(p) = self.processes.get_mut(&pid) {
-            p.exited = true;
+        match self.processes.get_mut(&pid) {
+            Some(p) => p.exited = true,
+            // Never sampled (filtered out): nothing to keep.
+            None => {
+                self.facts.remove(&pid);
+            }
         }
+    }
+
+    /// Forgets the facts of processes with no samples here for which
+    /// `alive` no longer holds (their exit was not seen).
+    pub fn forget_facts_unless(&mut self, alive: impl Fn(u32) -> bool) {
+        let processes = &self.processes;
+        self.facts
+            .retain(|pid, _| processes.contains_key(pid) || alive(*pid));
     }
 
     /// Reads (or re-reads) a process's mappings and opens their files.
@@ -321,8 +353,12 @@ impl Aggregator {
         if state.exited {
             return;
         }
+        let facts = &self.facts;
         let jit = state.jit.get_or_insert_with(|| {
-            let facts = ProcessFacts::read(pid, &state.info.name);
+            let facts = facts
+                .get(&pid)
+                .cloned()
+                .unwrap_or_else(|| ProcessFacts::read(pid, ""));
             JitNames {
                 reader: PerfMapReader::new(&facts),
                 read_at: Instant::now() - MAPS_REFRESH_INTERVAL * 2,
@@ -345,12 +381,12 @@ impl Aggregator {
     }
 
     /// Adds one sampled stack.
-    pub fn add(&mut self, sample: &StackSample<'_>) {
+    pub fn add(&mut self, sample: &Sample) {
         self.stats.samples += 1;
+        self.facts(sample.pid, &sample.thread_name);
         self.processes
             .entry(sample.pid)
             .or_insert_with(|| ProcessState {
-                info: ProcessInfo::read(sample.pid, sample.thread_name),
                 maps: ProcessMaps::default(),
                 maps_read_at: None,
                 maps_read_unix_nano: 0,
@@ -382,10 +418,10 @@ impl Aggregator {
             pid: sample.pid,
             tid: sample.tid,
             cpu: sample.cpu,
-            thread_name: sample.thread_name.to_owned(),
-            kernel: sample.kernel.to_vec(),
+            thread_name: sample.thread_name.clone(),
+            kernel: sample.kernel.clone(),
             user,
-            labels: sample.labels.to_vec(),
+            labels: sample.labels.clone(),
         };
         self.stacks
             .entry(key)
@@ -479,8 +515,18 @@ impl Aggregator {
         // A stable order: by process, thread, then first timestamp.
         entries.sort_by_key(|(k, ts)| (k.pid, k.tid, ts.first().copied().unwrap_or(0)));
         for (key, timestamps) in entries {
-            let info = &self.processes[&key.pid].info;
-            let resource = builder.resource(info.resource_attributes());
+            // `add` read the facts of every process it kept a stack of.
+            let attributes = self.facts.get(&key.pid).map_or_else(
+                || {
+                    resource_attributes(&ProcessFacts {
+                        pid: key.pid,
+                        comm: key.thread_name.clone(),
+                        ..ProcessFacts::default()
+                    })
+                },
+                resource_attributes,
+            );
+            let resource = builder.resource(attributes);
             let mut locations = Vec::with_capacity(key.kernel.len() + key.user.len());
             for (i, &pc) in key.kernel.iter().enumerate() {
                 let lines = frame_lines(kernel_symbols.get(&lookup_pc(pc, i)), &mut self.stats);
@@ -549,7 +595,16 @@ impl Aggregator {
                 builder.add_sample(resource, cpu, stack, &attrs, 1, Some(ts));
             }
         }
-        self.processes.retain(|_, p| !p.exited);
+        let gone: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, p)| p.exited)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in gone {
+            self.processes.remove(&pid);
+            self.facts.remove(&pid);
+        }
         builder.finish()
     }
 }
@@ -633,15 +688,14 @@ mod tests {
             our_own_pcs_symbolize_with_mapping_and_build_id as *const () as usize as u64 + 1;
         let mut agg = Aggregator::new();
         for t in 0..3 {
-            agg.add(&StackSample {
+            agg.add(&Sample {
                 pid: std::process::id(),
                 tid: 7,
                 cpu: 1,
                 time_unix_nano: 1_000 + t,
-                thread_name: "tester",
-                kernel: &[],
-                user: &[pc, caller],
-                labels: &[],
+                thread_name: "tester".into(),
+                user: vec![pc, caller],
+                ..Sample::default()
             });
         }
         let symbolizer = Symbolizer::new();
@@ -666,15 +720,13 @@ mod tests {
     #[test]
     fn unknown_addresses_are_kept_and_counted() {
         let mut agg = Aggregator::new();
-        agg.add(&StackSample {
+        agg.add(&Sample {
             pid: std::process::id(),
             tid: 1,
-            cpu: 0,
             time_unix_nano: 5,
-            thread_name: "t",
-            kernel: &[],
-            user: &[0x10],
-            labels: &[],
+            thread_name: "t".into(),
+            user: vec![0x10],
+            ..Sample::default()
         });
         let data = agg.finish(&Symbolizer::new(), ProfileConfig::cpu(99, 0, 10));
         validate(&data).unwrap();

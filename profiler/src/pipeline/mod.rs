@@ -1,13 +1,17 @@
 //! The pipeline from raw stacks to profiles, shared by `smolder record`, the
-//! agent and the in-process profiler: process metadata (`process`) and the
-//! symbolizing aggregator (`aggregate`). A process's mappings and files are
-//! read through the symbolizer's process model
-//! ([`smolder_symbolizer::process`]). No eBPF here: samples come in as plain
-//! [`StackSample`]s.
+//! agent and the in-process profiler: the sampling loop's state
+//! (`recording`), the symbolizing aggregator (`aggregate`) and the resource
+//! attributes of a process (`process`). A process's mappings, files and
+//! facts are read through the symbolizer's process model
+//! ([`smolder_symbolizer::process`]). No eBPF here: every producer hands
+//! over the one [`Sample`] shape.
 
 pub mod aggregate;
 pub mod process;
+pub mod recording;
 
-pub use aggregate::{Aggregator, AggregatorStats, StackSample};
-pub use process::ProcessInfo;
+pub use aggregate::{Aggregator, AggregatorStats, Sample};
+pub use process::resource_attributes;
+pub use recording::{Interval, ProcessFilter, Recording, RecordingStats};
 pub use smolder_symbolizer::process::{Mapping, ProcessMaps};
+pub use smolder_symbolizer::ProcessFacts;

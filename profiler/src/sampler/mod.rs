@@ -15,14 +15,15 @@
 //!
 //! let mut sampler = Sampler::start(SamplerConfig::default())?;
 //! for event in sampler.next_events().await? {
-//!     if let SamplerEvent::Sample(s) = event {
-//!         println!("{} {} {} user frames", s.pid, s.comm, s.user_stack.len());
+//!     if let SamplerEvent::Sample { sample, .. } = event {
+//!         println!("{} {} {} user frames", sample.pid, sample.thread_name, sample.user.len());
 //!     }
 //! }
 //! # Ok(())
 //! # }
 //! ```
 
+mod child;
 mod clock;
 mod raw;
 mod stats;
@@ -47,10 +48,12 @@ use aya::{
 };
 use tokio::io::unix::AsyncFd;
 
+pub use child::{ChildError, GatedChild};
 pub use clock::BootClock;
 pub use raw::{ParseError, SampleFlags};
 pub use stats::SamplerStats;
 
+use crate::pipeline::Sample;
 use crate::unwind::Regs;
 use unwind_maps::UnwindLoader;
 
@@ -112,7 +115,10 @@ impl Default for SamplerConfig {
 /// One record from the kernel program.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SamplerEvent {
-    Sample(RawSample),
+    /// What one CPU was running at one tick, in the pipeline's one sample
+    /// shape (unix time; user PCs leaf first, the interrupted IP then
+    /// return addresses), with what the kernel walker says of the stack.
+    Sample { sample: Sample, flags: SampleFlags },
     /// The process replaced its image: its mappings changed.
     Exec {
         pid: u32,
@@ -120,30 +126,7 @@ pub enum SamplerEvent {
         time_ns: u64,
     },
     /// The last thread of the process exited.
-    Exit {
-        pid: u32,
-        time_ns: u64,
-    },
-}
-
-/// What one CPU was running at one tick.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawSample {
-    /// Process (tgid).
-    pub pid: u32,
-    /// Thread.
-    pub tid: u32,
-    pub cpu: u32,
-    /// Unix nanoseconds.
-    pub time_ns: u64,
-    /// Thread name.
-    pub comm: String,
-    /// Kernel PCs, leaf first; empty when the sample hit user mode.
-    pub kernel_stack: Vec<u64>,
-    /// User PCs, leaf first; the first is the interrupted user IP, the
-    /// others are return addresses.
-    pub user_stack: Vec<u64>,
-    pub flags: SampleFlags,
+    Exit { pid: u32, time_ns: u64 },
 }
 
 /// A copy of the user stack of one sample ([`SamplerConfig::stack_copy_pid`]):
@@ -158,22 +141,6 @@ pub struct StackCopy {
     pub regs: Regs,
     /// The bytes at `regs.sp ..`.
     pub stack: Vec<u8>,
-}
-
-impl RawSample {
-    /// The sample as the pipeline's aggregator takes it.
-    pub fn stack_sample(&self) -> crate::pipeline::StackSample<'_> {
-        crate::pipeline::StackSample {
-            pid: self.pid,
-            tid: self.tid,
-            cpu: self.cpu,
-            time_unix_nano: self.time_ns,
-            thread_name: &self.comm,
-            kernel: &self.kernel_stack,
-            user: &self.user_stack,
-            labels: &[],
-        }
-    }
 }
 
 /// Why the sampler could not start or read.
@@ -591,16 +558,19 @@ impl Sampler {
                     });
                     continue;
                 }
-                raw::RawEvent::Sample(s) => SamplerEvent::Sample(RawSample {
-                    pid: s.pid,
-                    tid: s.tid,
-                    cpu: s.cpu,
-                    time_ns: unix(s.boot_time_ns),
-                    comm: s.comm,
-                    kernel_stack: s.kernel_stack,
-                    user_stack: s.user_stack,
+                raw::RawEvent::Sample(s) => SamplerEvent::Sample {
+                    sample: Sample {
+                        pid: s.pid,
+                        tid: s.tid,
+                        cpu: s.cpu,
+                        time_unix_nano: unix(s.boot_time_ns),
+                        thread_name: s.comm,
+                        kernel: s.kernel_stack,
+                        user: s.user_stack,
+                        labels: Vec::new(),
+                    },
                     flags: s.flags,
-                }),
+                },
                 raw::RawEvent::Exec { pid, time_ns, comm } => SamplerEvent::Exec {
                     pid,
                     comm,

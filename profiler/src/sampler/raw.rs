@@ -196,7 +196,7 @@ impl std::ops::BitOr for SampleFlags {
 /// One ring buffer record, decoded; times are still CLOCK_BOOTTIME.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawEvent {
-    Sample(ParsedSample),
+    Sample(SampleRecord),
     Exec {
         pid: u32,
         time_ns: u64,
@@ -222,7 +222,7 @@ pub struct ParsedStackCopy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedSample {
+pub struct SampleRecord {
     pub pid: u32,
     pub tid: u32,
     pub cpu: u32,
@@ -372,7 +372,7 @@ fn parse_sample(bytes: &[u8], pid: u32, boot_time_ns: u64) -> Result<RawEvent, P
     else {
         return Err(bad);
     };
-    Ok(RawEvent::Sample(ParsedSample {
+    Ok(RawEvent::Sample(SampleRecord {
         pid,
         tid,
         cpu,

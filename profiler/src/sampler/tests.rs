@@ -59,9 +59,26 @@ async fn collect(sampler: &mut Sampler, for_how_long: Duration) -> Vec<SamplerEv
     all
 }
 
-fn samples(events: &[SamplerEvent]) -> impl Iterator<Item = &RawSample> {
+/// A sample with the kernel walker's flags.
+#[derive(Debug)]
+struct Seen<'a> {
+    sample: &'a Sample,
+    flags: SampleFlags,
+}
+
+impl std::ops::Deref for Seen<'_> {
+    type Target = Sample;
+    fn deref(&self) -> &Sample {
+        self.sample
+    }
+}
+
+fn samples(events: &[SamplerEvent]) -> impl Iterator<Item = Seen<'_>> {
     events.iter().filter_map(|e| match e {
-        SamplerEvent::Sample(s) => Some(s),
+        SamplerEvent::Sample { sample, flags } => Some(Seen {
+            sample,
+            flags: *flags,
+        }),
         _ => None,
     })
 }
@@ -235,7 +252,7 @@ fn samples_a_filtered_busy_process_with_frame_pointer_stacks() {
             program.path.display()
         );
 
-        let all: Vec<&RawSample> = samples(&events).collect();
+        let all: Vec<Seen> = samples(&events).collect();
         // The event ticks per CPU: the process gets 99 samples per second
         // it spends on a CPU, however busy the machine is with other tests.
         let rate = all.len() as f64 / on_cpu;
@@ -272,16 +289,16 @@ fn samples_a_filtered_busy_process_with_frame_pointer_stacks() {
         for s in &all {
             assert!(!s.flags.contains(SampleFlags::KTHREAD));
             let names: Vec<&str> = s
-                .user_stack
+                .user
                 .iter()
                 .map(|&pc| program.function_of(pc).unwrap_or("?"))
                 .collect();
-            if s.user_stack.len() >= 3 && s.user_stack[..3].iter().all(|&pc| in_text(pc)) {
+            if s.user.len() >= 3 && s.user[..3].iter().all(|&pc| in_text(pc)) {
                 good += 1;
             }
             // Return addresses point just after the call: look up pc - 1.
             let callers: Vec<&str> = s
-                .user_stack
+                .user
                 .iter()
                 .skip(1)
                 .map(|&pc| program.function_of(pc - 1).unwrap_or("?"))
@@ -336,22 +353,22 @@ fn samples_every_process_without_a_filter() {
             pids.contains(&a.pid()) && pids.contains(&b.pid()),
             "pids seen: {pids:?}"
         );
-        let dd_in_kernel: Vec<&RawSample> = samples(&events)
+        let dd_in_kernel: Vec<Seen> = samples(&events)
             .filter(|s| s.pid == b.pid() && s.flags.contains(SampleFlags::KERNEL_MODE))
             .collect();
         assert!(!dd_in_kernel.is_empty(), "no kernel-mode sample of dd");
         for s in dd_in_kernel {
             assert!(
-                !s.kernel_stack.is_empty(),
+                !s.kernel.is_empty(),
                 "kernel-mode sample without a kernel stack: {s:?}"
             );
             assert!(
-                s.kernel_stack.iter().all(|&pc| pc >= 0xffff_8000_0000_0000),
+                s.kernel.iter().all(|&pc| pc >= 0xffff_8000_0000_0000),
                 "{s:?}"
             );
             // User registers saved at kernel entry: the IP is in user space.
             assert!(
-                s.user_stack
+                s.user
                     .first()
                     .is_some_and(|&ip| ip > 0 && ip < 0x8000_0000_0000),
                 "{s:?}"
@@ -363,16 +380,16 @@ fn samples_every_process_without_a_filter() {
             .as_nanos() as u64;
         for s in samples(&events) {
             assert!(
-                now.abs_diff(s.time_ns) < 10_000_000_000,
+                now.abs_diff(s.time_unix_nano) < 10_000_000_000,
                 "sample time {} vs now {now}",
-                s.time_ns
+                s.time_unix_nano
             );
             assert!(s.cpu < 4096);
             if s.flags.contains(SampleFlags::KTHREAD) {
-                assert!(s.user_stack.is_empty());
+                assert!(s.user.is_empty());
             }
             if !s.flags.contains(SampleFlags::KERNEL_MODE) {
-                assert!(s.kernel_stack.is_empty());
+                assert!(s.kernel.is_empty());
             }
         }
     });
