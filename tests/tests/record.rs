@@ -518,3 +518,40 @@ fn record_passes_the_exit_status_through_and_explains_bad_targets() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A kernel without BTF (simulated: the loader pointed at a missing BTF
+/// file): `record` and `agent` stop before loading anything, with one line
+/// that names what is missing, not a verifier or loader dump.
+#[test]
+fn missing_btf_is_one_line_naming_it() {
+    let missing = "/nonexistent/smolder-test/vmlinux";
+    for (what, args) in [
+        (
+            "record",
+            vec!["record", "-a", "-d", "1s", "-o", "/dev/null"],
+        ),
+        (
+            "agent",
+            vec!["agent", "--output-dir", "/nonexistent/smolder-test"],
+        ),
+    ] {
+        let out = Command::new(smolder_e2e::smolder_bin())
+            .args(&args)
+            .env("SMOLDER_BTF_PATH", missing)
+            .env("SMOLDER_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run smolder");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{what}: one line, got: {stderr}");
+        assert!(
+            lines[0].starts_with(
+                "smolder: error: cannot start the eBPF sampler: the kernel has no BTF:"
+            ) && lines[0].contains(missing)
+                && lines[0].contains("CONFIG_DEBUG_INFO_BTF"),
+            "{what}: {stderr}"
+        );
+    }
+}

@@ -34,16 +34,19 @@ use std::{
     error::Error as StdError,
     io,
     os::fd::OwnedFd,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use aya::{
+    maps::MapType,
     maps::{HashMap as BpfHashMap, MapData, RingBuf},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        BtfTracePoint, PerfEvent,
+        BtfTracePoint, PerfEvent, ProgramType,
     },
-    Btf, Ebpf, EbpfLoader,
+    sys::BpfHelper,
+    Btf, Ebpf, EbpfLoader, Endianness,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -67,7 +70,11 @@ const MAP_STATS: &str = "STATS";
 const MAP_UNWIND_ROWS: &str = "UNWIND_ROWS";
 const MAP_UNWIND_TABLES: &str = "UNWIND_TABLES";
 const MAP_PROC_MAPPINGS: &str = "PROC_MAPPINGS";
-const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+/// Where the kernel publishes its BTF.
+pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+/// Environment variable that points the loader at another BTF file
+/// (for a kernel without `/sys/kernel/btf/vmlinux`, or to test that case).
+pub const BTF_PATH_ENV: &str = "SMOLDER_BTF_PATH";
 
 /// What to sample and how records reach user space.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +100,9 @@ pub struct SamplerConfig {
     /// Debug: send a copy of the user stack (up to 64 KiB) with every sample
     /// of this process, read with [`Sampler::take_stack_copies`].
     pub stack_copy_pid: Option<u32>,
+    /// The kernel's BTF, for CO-RE relocations and BTF tracepoints. `None`:
+    /// `$SMOLDER_BTF_PATH` if set, else `/sys/kernel/btf/vmlinux`.
+    pub btf_path: Option<PathBuf>,
 }
 
 impl Default for SamplerConfig {
@@ -105,7 +115,18 @@ impl Default for SamplerConfig {
             bpf_stats: false,
             unwind_table_bytes: 64 << 20,
             stack_copy_pid: None,
+            btf_path: None,
         }
+    }
+}
+
+impl SamplerConfig {
+    /// The BTF file the loader reads ([`SamplerConfig::btf_path`]).
+    pub fn resolved_btf_path(&self) -> PathBuf {
+        self.btf_path
+            .clone()
+            .or_else(|| std::env::var_os(BTF_PATH_ENV).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(BTF_PATH))
     }
 }
 
@@ -191,10 +212,22 @@ pub enum SamplerError {
         source: Box<dyn StdError + Send + Sync>,
     },
     #[error(
-        "{BTF_PATH} is missing: the kernel has no BTF (CONFIG_DEBUG_INFO_BTF=y \
-         is needed by the eBPF sampler)"
+        "the kernel has no BTF: {} is missing (the eBPF sampler needs a kernel \
+         built with CONFIG_DEBUG_INFO_BTF=y; the minimum kernel is 5.17)",
+        path.display()
     )]
-    NoBtf,
+    NoBtf { path: PathBuf },
+    /// The kernel lacks a feature the kernel program uses: probed before
+    /// loading, so that an old kernel gets this rather than a verifier log.
+    #[error(
+        "the kernel ({release}) lacks {feature}, which the eBPF sampler needs \
+         (Linux {since} or later; the minimum kernel is 5.17)"
+    )]
+    MissingFeature {
+        feature: &'static str,
+        since: &'static str,
+        release: String,
+    },
     #[error("invalid sampler configuration: {0}")]
     Config(String),
     #[error("{action}")]
@@ -211,7 +244,12 @@ impl SamplerError {
     /// True when the machine or the caller's privileges cannot run eBPF at
     /// all (as opposed to a bug in the sampler).
     pub fn is_unsupported(&self) -> bool {
-        matches!(self, SamplerError::Permission { .. } | SamplerError::NoBtf)
+        matches!(
+            self,
+            SamplerError::Permission { .. }
+                | SamplerError::NoBtf { .. }
+                | SamplerError::MissingFeature { .. }
+        )
     }
 
     fn kernel(action: impl Into<String>, source: impl StdError + Send + Sync + 'static) -> Self {
@@ -320,12 +358,18 @@ impl Sampler {
     /// Errors: [`SamplerError::Permission`] names the missing capabilities
     /// (CAP_BPF + CAP_PERFMON suffice to load, attach and read, kernel stacks
     /// included; CAP_SYSLOG is for reading `/proc/kallsyms` addresses),
-    /// [`SamplerError::NoBtf`] when the kernel has no BTF.
+    /// [`SamplerError::NoBtf`] when the kernel has no BTF,
+    /// [`SamplerError::MissingFeature`] when it lacks a helper, map or
+    /// program type the kernel program uses.
     pub fn start(config: SamplerConfig) -> Result<Sampler, SamplerError> {
         validate(&config)?;
-        if !std::path::Path::new(BTF_PATH).exists() {
-            return Err(SamplerError::NoBtf);
+        let btf_path = config.resolved_btf_path();
+        if !btf_path.exists() {
+            return Err(SamplerError::NoBtf { path: btf_path });
         }
+        probe_kernel_features()?;
+        let btf = Btf::parse_file(&btf_path, Endianness::default())
+            .map_err(|e| SamplerError::kernel(format!("reading {}", btf_path.display()), e))?;
         let filtering = config.pid_filter.is_some();
         // Best effort: BPF_ENABLE_STATS needs CAP_SYS_ADMIN, sampling does not.
         let stats_fd = if config.bpf_stats {
@@ -345,6 +389,7 @@ impl Sampler {
             .unwrap_or(u32::MAX)
             .max(1);
         let mut bpf = EbpfLoader::new()
+            .btf(Some(&btf))
             .override_global("filter_enabled", &filter_flag, true)
             .override_global("stack_copy_tgid", &copy_tgid, true)
             .map_max_entries(MAP_EVENTS, config.ring_buffer_bytes)
@@ -390,8 +435,6 @@ impl Sampler {
 
         // Process events first, so that no exec or fork after the first
         // sample is missed. Raw BTF tracepoints: no tracefs needed.
-        let btf = Btf::from_sys_fs()
-            .map_err(|e| SamplerError::kernel(format!("reading {BTF_PATH}"), e))?;
         let mut process_events = vec![
             (PROG_EXEC, "sched_process_exec"),
             (PROG_EXIT, "sched_process_exit"),
@@ -674,6 +717,67 @@ fn validate(config: &SamplerConfig) -> Result<(), SamplerError> {
         return Err(SamplerError::Config("poll_interval must be > 0".into()));
     }
     Ok(())
+}
+
+/// Checks, before anything is loaded, that the kernel has what the kernel
+/// program uses (newest first, so the error names the feature that sets the
+/// minimum): the helpers it calls from its perf_event program, the ring
+/// buffer map and BTF-enabled tracepoints. Probes load a two-instruction
+/// program per helper and read the verifier's answer, as libbpf does.
+fn probe_kernel_features() -> Result<(), SamplerError> {
+    const HELPERS: &[(BpfHelper, &str, &str)] = &[
+        (BpfHelper::BPF_FUNC_loop, "the bpf_loop helper", "5.17"),
+        (
+            BpfHelper::BPF_FUNC_task_pt_regs,
+            "the bpf_task_pt_regs helper",
+            "5.15",
+        ),
+        (
+            BpfHelper::BPF_FUNC_get_current_task_btf,
+            "the bpf_get_current_task_btf helper",
+            "5.11",
+        ),
+        (
+            BpfHelper::BPF_FUNC_ringbuf_reserve,
+            "the BPF ring buffer helpers",
+            "5.8",
+        ),
+        (
+            BpfHelper::BPF_FUNC_ktime_get_boot_ns,
+            "the bpf_ktime_get_boot_ns helper",
+            "5.8",
+        ),
+    ];
+    let missing = |feature, since| SamplerError::MissingFeature {
+        feature,
+        since,
+        release: kernel_release(),
+    };
+    for &(helper, feature, since) in HELPERS {
+        let supported = aya::sys::is_helper_supported(ProgramType::PerfEvent, helper)
+            .map_err(|e| SamplerError::kernel(format!("probing the kernel for {feature}"), e))?;
+        if !supported {
+            return Err(missing(feature, since));
+        }
+    }
+    let ring = aya::sys::is_map_supported(MapType::RingBuf)
+        .map_err(|e| SamplerError::kernel("probing the kernel for the BPF ring buffer", e))?;
+    if !ring {
+        return Err(missing("the BPF ring buffer map", "5.8"));
+    }
+    let tracing = aya::sys::is_program_supported(ProgramType::Tracing)
+        .map_err(|e| SamplerError::kernel("probing the kernel for BTF tracepoints (tp_btf)", e))?;
+    if !tracing {
+        return Err(missing("BTF tracepoints (tp_btf programs)", "5.5"));
+    }
+    Ok(())
+}
+
+/// `uname -r`, for error messages.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown release".into())
 }
 
 fn missing(what: &str, name: &str) -> SamplerError {
