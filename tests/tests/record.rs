@@ -128,11 +128,19 @@ fn record_command_matches_perf_record_and_reaches_main() {
     ]);
     let perf_shares = shares(&folded(&perf_folded), &hot);
 
+    let mut heaviest = ours.clone();
+    heaviest.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let heaviest: Vec<String> = heaviest
+        .iter()
+        .take(5)
+        .map(|(f, n)| format!("{n} {}", f.join(";")))
+        .collect();
     for name in hot {
         let (a, b) = (our_shares[name], perf_shares[name]);
         assert!(
             (a - b).abs() <= 0.03,
-            "{name}: smolder {a:.3} vs perf {b:.3} ({our_shares:?} vs {perf_shares:?})"
+            "{name}: smolder {a:.3} vs perf {b:.3} ({our_shares:?} vs {perf_shares:?}); \
+             smolder said: {stderr}; its heaviest stacks: {heaviest:#?}"
         );
     }
     assert!(

@@ -228,6 +228,21 @@ pub enum SamplerError {
         since: &'static str,
         release: String,
     },
+    /// `perf_event_open` refused with EACCES under `kernel.perf_event_paranoid`
+    /// above 2: Debian's and Ubuntu's kernels then demand CAP_SYS_ADMIN, which
+    /// CAP_PERFMON does not replace.
+    #[error(
+        "{action}: refused (EACCES) with kernel.perf_event_paranoid = {level}: this \
+         kernel (a Debian or Ubuntu patch) then allows perf events only with \
+         CAP_SYS_ADMIN; set `sysctl kernel.perf_event_paranoid=2`, or keep \
+         CAP_SYS_ADMIN (`smolder agent --keep-capabilities`)"
+    )]
+    PerfParanoid {
+        action: String,
+        level: i32,
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
     #[error("invalid sampler configuration: {0}")]
     Config(String),
     #[error("{action}")]
@@ -247,6 +262,7 @@ impl SamplerError {
         matches!(
             self,
             SamplerError::Permission { .. }
+                | SamplerError::PerfParanoid { .. }
                 | SamplerError::NoBtf { .. }
                 | SamplerError::MissingFeature { .. }
         )
@@ -464,15 +480,21 @@ impl Sampler {
                 false,
             )
             .map_err(|e| {
-                SamplerError::kernel(
-                    format!(
-                        "opening the cpu-clock perf event at {} Hz on CPU {cpu}",
-                        config.frequency_hz
-                    ),
-                    e,
-                )
+                let action = format!(
+                    "opening the cpu-clock perf event at {} Hz on CPU {cpu}",
+                    config.frequency_hz
+                );
+                match perf_paranoid_refusal(&e) {
+                    Some(level) => SamplerError::PerfParanoid {
+                        action,
+                        level,
+                        source: Box::new(e),
+                    },
+                    None => SamplerError::kernel(action, e),
+                }
             })?;
         }
+        log_program_sizes(&bpf);
 
         let events = bpf
             .take_map(MAP_EVENTS)
@@ -721,8 +743,8 @@ fn validate(config: &SamplerConfig) -> Result<(), SamplerError> {
 
 /// Checks, before anything is loaded, that the kernel has what the kernel
 /// program uses (newest first, so the error names the feature that sets the
-/// minimum): the helpers it calls from its perf_event program, the ring
-/// buffer map and BTF-enabled tracepoints. Probes load a two-instruction
+/// minimum): the helpers it calls from its perf_event program and the ring
+/// buffer map. Probes load a two-instruction
 /// program per helper and read the verifier's answer, as libbpf does.
 fn probe_kernel_features() -> Result<(), SamplerError> {
     const HELPERS: &[(BpfHelper, &str, &str)] = &[
@@ -765,12 +787,47 @@ fn probe_kernel_features() -> Result<(), SamplerError> {
     if !ring {
         return Err(missing("the BPF ring buffer map", "5.8"));
     }
-    let tracing = aya::sys::is_program_supported(ProgramType::Tracing)
-        .map_err(|e| SamplerError::kernel("probing the kernel for BTF tracepoints (tp_btf)", e))?;
-    if !tracing {
-        return Err(missing("BTF tracepoints (tp_btf programs)", "5.5"));
-    }
+    // BTF tracepoints (tp_btf, 5.5) are older than bpf_loop: not probed (a
+    // tracing-program probe needs CAP_SYS_ADMIN, which the agent drops).
     Ok(())
+}
+
+/// `Some(level)` when `err` is EACCES and `kernel.perf_event_paranoid` is
+/// above 2 (the level at which Debian's and Ubuntu's patch wants
+/// CAP_SYS_ADMIN for any perf event).
+fn perf_paranoid_refusal(err: &(dyn StdError + 'static)) -> Option<i32> {
+    let mut cause = Some(err);
+    let mut eacces = false;
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            eacces |= io.raw_os_error() == Some(libc::EACCES);
+        }
+        cause = e.source();
+    }
+    let level: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (eacces && level > 2).then_some(level)
+}
+
+/// Logs the size of each loaded program as the kernel reports it: the
+/// instructions after verification (xlated) and how many the verifier
+/// processed (its limit is 1,000,000; reported by kernels 5.16 and later).
+fn log_program_sizes(bpf: &Ebpf) {
+    for name in [PROG_SAMPLE, PROG_FORK, PROG_EXEC, PROG_EXIT] {
+        let Some(info) = bpf.program(name).and_then(|p| p.info().ok()) else {
+            continue;
+        };
+        let xlated = info.size_translated().map_or(0, |bytes| bytes / 8);
+        let verified = info
+            .verified_instruction_count()
+            .map_or_else(|| "not reported".to_owned(), |n| n.to_string());
+        tracing::info!(
+            "eBPF program {name}: {xlated} instructions (xlated), verifier processed {verified} (limit 1000000)"
+        );
+    }
 }
 
 /// `uname -r`, for error messages.
