@@ -15,10 +15,18 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `smolder` binary of this build profile, built once per test process.
+/// The `smolder` binary of this build profile, built once per test process;
+/// `$SMOLDER_BIN` instead when set (a prebuilt binary, for test executables
+/// run where cargo cannot build, such as the kernel matrix's guests, whose
+/// root file system is the host's, read-only: `tests/kernels/run`).
 pub fn smolder_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("SMOLDER_BIN") {
+            let bin = PathBuf::from(bin);
+            assert!(bin.is_file(), "SMOLDER_BIN={} is not a file", bin.display());
+            return bin;
+        }
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/<test> -> target/<profile>
         let profile_dir = exe

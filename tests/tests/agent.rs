@@ -31,6 +31,11 @@ int main(void) { for (;;) dispatch(); }
 /// slow on a loaded machine).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long the Python receiver may take to import grpcio and the stubs
+/// (minutes, not seconds, from a guest kernel's 9p root under emulation:
+/// `tests/kernels/run`).
+const RECEIVER_START_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Lines a child writes, collected by a thread.
 #[derive(Clone, Default)]
 struct Lines(Arc<Mutex<Vec<String>>>);
@@ -122,7 +127,7 @@ impl Receiver {
         errors.follow(child.stderr.take().unwrap());
         let child = KillOnDrop(child);
         let first = lines
-            .wait_for(Duration::from_secs(30), |l| l.contains("\"port\""))
+            .wait_for(RECEIVER_START_TIMEOUT, |l| l.contains("\"port\""))
             .unwrap_or_else(|| {
                 panic!(
                     "the receiver did not start (are grpcio and opentelemetry-proto installed? .ci/run installs them): {}",

@@ -128,11 +128,19 @@ fn record_command_matches_perf_record_and_reaches_main() {
     ]);
     let perf_shares = shares(&folded(&perf_folded), &hot);
 
+    let mut heaviest = ours.clone();
+    heaviest.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let heaviest: Vec<String> = heaviest
+        .iter()
+        .take(5)
+        .map(|(f, n)| format!("{n} {}", f.join(";")))
+        .collect();
     for name in hot {
         let (a, b) = (our_shares[name], perf_shares[name]);
         assert!(
             (a - b).abs() <= 0.03,
-            "{name}: smolder {a:.3} vs perf {b:.3} ({our_shares:?} vs {perf_shares:?})"
+            "{name}: smolder {a:.3} vs perf {b:.3} ({our_shares:?} vs {perf_shares:?}); \
+             smolder said: {stderr}; its heaviest stacks: {heaviest:#?}"
         );
     }
     assert!(
@@ -516,5 +524,42 @@ fn record_passes_the_exit_status_through_and_explains_bad_targets() {
         let stderr = String::from_utf8_lossy(&r.stderr);
         assert_ne!(r.status.code(), Some(0), "{args:?}");
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// A kernel without BTF (simulated: the loader pointed at a missing BTF
+/// file): `record` and `agent` stop before loading anything, with one line
+/// that names what is missing, not a verifier or loader dump.
+#[test]
+fn missing_btf_is_one_line_naming_it() {
+    let missing = "/nonexistent/smolder-test/vmlinux";
+    for (what, args) in [
+        (
+            "record",
+            vec!["record", "-a", "-d", "1s", "-o", "/dev/null"],
+        ),
+        (
+            "agent",
+            vec!["agent", "--output-dir", "/nonexistent/smolder-test"],
+        ),
+    ] {
+        let out = Command::new(smolder_e2e::smolder_bin())
+            .args(&args)
+            .env("SMOLDER_BTF_PATH", missing)
+            .env("SMOLDER_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run smolder");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{what}: one line, got: {stderr}");
+        assert!(
+            lines[0].starts_with(
+                "smolder: error: cannot start the eBPF sampler: the kernel has no BTF:"
+            ) && lines[0].contains(missing)
+                && lines[0].contains("CONFIG_DEBUG_INFO_BTF"),
+            "{what}: {stderr}"
+        );
     }
 }

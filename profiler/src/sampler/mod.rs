@@ -35,16 +35,19 @@ use std::{
     error::Error as StdError,
     io,
     os::fd::OwnedFd,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use aya::{
+    maps::MapType,
     maps::{HashMap as BpfHashMap, MapData, RingBuf},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        BtfTracePoint, PerfEvent,
+        BtfTracePoint, PerfEvent, ProgramType,
     },
-    Btf, Ebpf, EbpfLoader,
+    sys::BpfHelper,
+    Btf, Ebpf, EbpfLoader, Endianness,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -70,7 +73,11 @@ const MAP_STATS: &str = "STATS";
 const MAP_UNWIND_ROWS: &str = "UNWIND_ROWS";
 const MAP_UNWIND_TABLES: &str = "UNWIND_TABLES";
 const MAP_PROC_MAPPINGS: &str = "PROC_MAPPINGS";
-const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+/// Where the kernel publishes its BTF.
+pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+/// Environment variable that points the loader at another BTF file
+/// (for a kernel without `/sys/kernel/btf/vmlinux`, or to test that case).
+pub const BTF_PATH_ENV: &str = "SMOLDER_BTF_PATH";
 
 /// What to sample and how records reach user space.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +103,9 @@ pub struct SamplerConfig {
     /// Debug: send a copy of the user stack (up to 64 KiB) with every sample
     /// of this process, read with [`Sampler::take_stack_copies`].
     pub stack_copy_pid: Option<u32>,
+    /// The kernel's BTF, for CO-RE relocations and BTF tracepoints. `None`:
+    /// `$SMOLDER_BTF_PATH` if set, else `/sys/kernel/btf/vmlinux`.
+    pub btf_path: Option<PathBuf>,
 }
 
 impl Default for SamplerConfig {
@@ -108,7 +118,18 @@ impl Default for SamplerConfig {
             bpf_stats: false,
             unwind_table_bytes: 64 << 20,
             stack_copy_pid: None,
+            btf_path: None,
         }
+    }
+}
+
+impl SamplerConfig {
+    /// The BTF file the loader reads ([`SamplerConfig::btf_path`]).
+    pub fn resolved_btf_path(&self) -> PathBuf {
+        self.btf_path
+            .clone()
+            .or_else(|| std::env::var_os(BTF_PATH_ENV).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(BTF_PATH))
     }
 }
 
@@ -158,10 +179,37 @@ pub enum SamplerError {
         source: Box<dyn StdError + Send + Sync>,
     },
     #[error(
-        "{BTF_PATH} is missing: the kernel has no BTF (CONFIG_DEBUG_INFO_BTF=y \
-         is needed by the eBPF sampler)"
+        "the kernel has no BTF: {} is missing (the eBPF sampler needs a kernel \
+         built with CONFIG_DEBUG_INFO_BTF=y; the minimum kernel is 5.17)",
+        path.display()
     )]
-    NoBtf,
+    NoBtf { path: PathBuf },
+    /// The kernel lacks a feature the kernel program uses: probed before
+    /// loading, so that an old kernel gets this rather than a verifier log.
+    #[error(
+        "the kernel ({release}) lacks {feature}, which the eBPF sampler needs \
+         (Linux {since} or later; the minimum kernel is 5.17)"
+    )]
+    MissingFeature {
+        feature: &'static str,
+        since: &'static str,
+        release: String,
+    },
+    /// `perf_event_open` refused with EACCES under `kernel.perf_event_paranoid`
+    /// above 2: Debian's and Ubuntu's kernels then demand CAP_SYS_ADMIN, which
+    /// CAP_PERFMON does not replace.
+    #[error(
+        "{action}: refused (EACCES) with kernel.perf_event_paranoid = {level}: this \
+         kernel (a Debian or Ubuntu patch) then allows perf events only with \
+         CAP_SYS_ADMIN; set `sysctl kernel.perf_event_paranoid=2`, or keep \
+         CAP_SYS_ADMIN (`smolder agent --keep-capabilities`)"
+    )]
+    PerfParanoid {
+        action: String,
+        level: i32,
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
     #[error("invalid sampler configuration: {0}")]
     Config(String),
     #[error("{action}")]
@@ -178,7 +226,13 @@ impl SamplerError {
     /// True when the machine or the caller's privileges cannot run eBPF at
     /// all (as opposed to a bug in the sampler).
     pub fn is_unsupported(&self) -> bool {
-        matches!(self, SamplerError::Permission { .. } | SamplerError::NoBtf)
+        matches!(
+            self,
+            SamplerError::Permission { .. }
+                | SamplerError::PerfParanoid { .. }
+                | SamplerError::NoBtf { .. }
+                | SamplerError::MissingFeature { .. }
+        )
     }
 
     fn kernel(action: impl Into<String>, source: impl StdError + Send + Sync + 'static) -> Self {
@@ -287,12 +341,18 @@ impl Sampler {
     /// Errors: [`SamplerError::Permission`] names the missing capabilities
     /// (CAP_BPF + CAP_PERFMON suffice to load, attach and read, kernel stacks
     /// included; CAP_SYSLOG is for reading `/proc/kallsyms` addresses),
-    /// [`SamplerError::NoBtf`] when the kernel has no BTF.
+    /// [`SamplerError::NoBtf`] when the kernel has no BTF,
+    /// [`SamplerError::MissingFeature`] when it lacks a helper, map or
+    /// program type the kernel program uses.
     pub fn start(config: SamplerConfig) -> Result<Sampler, SamplerError> {
         validate(&config)?;
-        if !std::path::Path::new(BTF_PATH).exists() {
-            return Err(SamplerError::NoBtf);
+        let btf_path = config.resolved_btf_path();
+        if !btf_path.exists() {
+            return Err(SamplerError::NoBtf { path: btf_path });
         }
+        probe_kernel_features()?;
+        let btf = Btf::parse_file(&btf_path, Endianness::default())
+            .map_err(|e| SamplerError::kernel(format!("reading {}", btf_path.display()), e))?;
         let filtering = config.pid_filter.is_some();
         // Best effort: BPF_ENABLE_STATS needs CAP_SYS_ADMIN, sampling does not.
         let stats_fd = if config.bpf_stats {
@@ -312,6 +372,7 @@ impl Sampler {
             .unwrap_or(u32::MAX)
             .max(1);
         let mut bpf = EbpfLoader::new()
+            .btf(Some(&btf))
             .override_global("filter_enabled", &filter_flag, true)
             .override_global("stack_copy_tgid", &copy_tgid, true)
             .map_max_entries(MAP_EVENTS, config.ring_buffer_bytes)
@@ -357,8 +418,6 @@ impl Sampler {
 
         // Process events first, so that no exec or fork after the first
         // sample is missed. Raw BTF tracepoints: no tracefs needed.
-        let btf = Btf::from_sys_fs()
-            .map_err(|e| SamplerError::kernel(format!("reading {BTF_PATH}"), e))?;
         let mut process_events = vec![
             (PROG_EXEC, "sched_process_exec"),
             (PROG_EXIT, "sched_process_exit"),
@@ -388,15 +447,21 @@ impl Sampler {
                 false,
             )
             .map_err(|e| {
-                SamplerError::kernel(
-                    format!(
-                        "opening the cpu-clock perf event at {} Hz on CPU {cpu}",
-                        config.frequency_hz
-                    ),
-                    e,
-                )
+                let action = format!(
+                    "opening the cpu-clock perf event at {} Hz on CPU {cpu}",
+                    config.frequency_hz
+                );
+                match perf_paranoid_refusal(&e) {
+                    Some(level) => SamplerError::PerfParanoid {
+                        action,
+                        level,
+                        source: Box::new(e),
+                    },
+                    None => SamplerError::kernel(action, e),
+                }
             })?;
         }
+        log_program_sizes(&bpf);
 
         let events = bpf
             .take_map(MAP_EVENTS)
@@ -644,6 +709,102 @@ fn validate(config: &SamplerConfig) -> Result<(), SamplerError> {
         return Err(SamplerError::Config("poll_interval must be > 0".into()));
     }
     Ok(())
+}
+
+/// Checks, before anything is loaded, that the kernel has what the kernel
+/// program uses (newest first, so the error names the feature that sets the
+/// minimum): the helpers it calls from its perf_event program and the ring
+/// buffer map. Probes load a two-instruction
+/// program per helper and read the verifier's answer, as libbpf does.
+fn probe_kernel_features() -> Result<(), SamplerError> {
+    const HELPERS: &[(BpfHelper, &str, &str)] = &[
+        (BpfHelper::BPF_FUNC_loop, "the bpf_loop helper", "5.17"),
+        (
+            BpfHelper::BPF_FUNC_task_pt_regs,
+            "the bpf_task_pt_regs helper",
+            "5.15",
+        ),
+        (
+            BpfHelper::BPF_FUNC_get_current_task_btf,
+            "the bpf_get_current_task_btf helper",
+            "5.11",
+        ),
+        (
+            BpfHelper::BPF_FUNC_ringbuf_reserve,
+            "the BPF ring buffer helpers",
+            "5.8",
+        ),
+        (
+            BpfHelper::BPF_FUNC_ktime_get_boot_ns,
+            "the bpf_ktime_get_boot_ns helper",
+            "5.8",
+        ),
+    ];
+    let missing = |feature, since| SamplerError::MissingFeature {
+        feature,
+        since,
+        release: kernel_release(),
+    };
+    for &(helper, feature, since) in HELPERS {
+        let supported = aya::sys::is_helper_supported(ProgramType::PerfEvent, helper)
+            .map_err(|e| SamplerError::kernel(format!("probing the kernel for {feature}"), e))?;
+        if !supported {
+            return Err(missing(feature, since));
+        }
+    }
+    let ring = aya::sys::is_map_supported(MapType::RingBuf)
+        .map_err(|e| SamplerError::kernel("probing the kernel for the BPF ring buffer", e))?;
+    if !ring {
+        return Err(missing("the BPF ring buffer map", "5.8"));
+    }
+    // BTF tracepoints (tp_btf, 5.5) are older than bpf_loop: not probed (a
+    // tracing-program probe needs CAP_SYS_ADMIN, which the agent drops).
+    Ok(())
+}
+
+/// `Some(level)` when `err` is EACCES and `kernel.perf_event_paranoid` is
+/// above 2 (the level at which Debian's and Ubuntu's patch wants
+/// CAP_SYS_ADMIN for any perf event).
+fn perf_paranoid_refusal(err: &(dyn StdError + 'static)) -> Option<i32> {
+    let mut cause = Some(err);
+    let mut eacces = false;
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            eacces |= io.raw_os_error() == Some(libc::EACCES);
+        }
+        cause = e.source();
+    }
+    let level: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (eacces && level > 2).then_some(level)
+}
+
+/// Logs the size of each loaded program as the kernel reports it: the
+/// instructions after verification (xlated) and how many the verifier
+/// processed (its limit is 1,000,000; reported by kernels 5.16 and later).
+fn log_program_sizes(bpf: &Ebpf) {
+    for name in [PROG_SAMPLE, PROG_FORK, PROG_EXEC, PROG_EXIT] {
+        let Some(info) = bpf.program(name).and_then(|p| p.info().ok()) else {
+            continue;
+        };
+        let xlated = info.size_translated().map_or(0, |bytes| bytes / 8);
+        let verified = info
+            .verified_instruction_count()
+            .map_or_else(|| "not reported".to_owned(), |n| n.to_string());
+        tracing::info!(
+            "eBPF program {name}: {xlated} instructions (xlated), verifier processed {verified} (limit 1000000)"
+        );
+    }
+}
+
+/// `uname -r`, for error messages.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown release".into())
 }
 
 fn missing(what: &str, name: &str) -> SamplerError {
