@@ -28,6 +28,7 @@ impl Read for Chunked<'_> {
 }
 
 fuzz_target!(|data: &[u8]| {
+    common::let_the_library_catch_panics();
     let detected = detect(data);
     if let Ok(decoded) = read_profile(data) {
         let (format, gzip) = detected
