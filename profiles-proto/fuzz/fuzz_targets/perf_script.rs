@@ -10,6 +10,7 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fuzz_target!(|data: &[u8]| {
+    common::let_the_library_catch_panics();
     let Some((&mode, text)) = data.split_first() else {
         return;
     };
