@@ -148,7 +148,10 @@ fn record_command_matches_perf_record_and_reaches_main() {
         .map(|(_, n)| n)
         .sum();
     // 1.5 s of CPU at 999 Hz is about 1,500 samples, whatever the CPU.
-    assert!(total as f64 >= 0.6 * 1.5 * 999.0, "too few samples: {total}");
+    assert!(
+        total as f64 >= 0.6 * 1.5 * 999.0,
+        "too few samples: {total}"
+    );
     assert!(
         reach as f64 >= 0.99 * total as f64,
         "only {reach} of {total} stacks reach main"

@@ -30,6 +30,8 @@ pub mod http;
 pub mod local;
 pub mod privileges;
 pub mod report;
+pub mod store;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -499,7 +501,9 @@ pub async fn run(
     // kallsyms is slow to read: before the sampler, or samples pile up.
     let _ = symbolizer.symbolize(&Source::Kernel, &[0]);
     let http = match config.http {
-        Some(addr) => Some(http::HttpServer::start(addr, Arc::clone(&state)).await?),
+        Some(addr) => Some(
+            http::HttpServer::start(addr, Arc::clone(&state), config.output_dir.as_deref()).await?,
+        ),
         None => None,
     };
     let exporter = start_exporter(exporter_config.as_ref())?;
