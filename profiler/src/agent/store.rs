@@ -206,7 +206,7 @@ pub fn summarize(data: &ProfilesData) -> IntervalSummary {
         }
     }
     if start == u64::MAX {
-        return IntervalSummary::default();
+        (start, end) = (0, 0);
     }
     IntervalSummary {
         start_ns: start,

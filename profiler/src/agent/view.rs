@@ -719,7 +719,7 @@ fn inline_graph(svg: &[u8]) -> String {
     out
 }
 
-/// Self and total samples per function, most total first.
+/// Self and total samples per function, most self first (as `pprof -top`).
 pub fn top_functions(data: &ProfilesData) -> Vec<(String, i64, i64)> {
     let options = FoldOptions {
         annotate: false,
@@ -746,7 +746,7 @@ pub fn top_functions(data: &ProfilesData) -> Vec<(String, i64, i64)> {
         .into_iter()
         .map(|(name, (own, total))| (name, own, total))
         .collect();
-    rows.sort_by(|a, b| b.2.cmp(&a.2).then(b.1.cmp(&a.1)).then(a.0.cmp(&b.0)));
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0)));
     rows
 }
 
@@ -1103,9 +1103,9 @@ mod tests {
     fn top_functions_count_self_and_total_once_per_stack() {
         let data = smolder_profiles_proto::read_folded("main;f;f 3\nmain;g 1\n").unwrap();
         let top = top_functions(&data);
-        assert_eq!(top[0], ("main".to_owned(), 0, 4));
-        assert_eq!(top[1], ("f".to_owned(), 3, 3));
-        assert_eq!(top[2], ("g".to_owned(), 1, 1));
+        assert_eq!(top[0], ("f".to_owned(), 3, 3));
+        assert_eq!(top[1], ("g".to_owned(), 1, 1));
+        assert_eq!(top[2], ("main".to_owned(), 0, 4));
     }
 
     #[test]
