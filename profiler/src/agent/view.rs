@@ -460,6 +460,7 @@ fn cache_key(what: &str, query: &ViewQuery, files: &[&[StoredInterval]]) -> u64 
     query.selection.hash(&mut h);
     query.format.hash(&mut h);
     query.icicle.hash(&mut h);
+    query.diff.hash(&mut h);
     for list in files {
         list.len().hash(&mut h);
         for f in *list {
