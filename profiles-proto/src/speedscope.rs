@@ -91,6 +91,9 @@ impl Frames {
     }
 }
 
+/// One speedscope profile's stacks, weights and unit.
+type SampledBody = (Vec<Vec<usize>>, Vec<i64>, &'static str);
+
 /// speedscope's unit for a sample type's unit.
 fn speedscope_unit(unit: &str) -> &'static str {
     match unit {
@@ -114,7 +117,7 @@ pub fn write_speedscope(data: &ProfilesData, name: &str) -> Vec<u8> {
     let mut frames = Frames::default();
     let mut profiles: Vec<Value> = Vec::new();
     let mut by_process: HashMap<String, usize> = HashMap::new();
-    let mut bodies: Vec<(Vec<Vec<usize>>, Vec<i64>, &'static str)> = Vec::new();
+    let mut bodies: Vec<SampledBody> = Vec::new();
     let mut scratch = Vec::new();
     for (resource, profile) in view.profiles() {
         let value_type = view.value_type(profile.sample_type.as_ref());

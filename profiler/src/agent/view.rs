@@ -235,7 +235,7 @@ pub fn format_time(ns: u64) -> String {
 pub fn parse_time(text: &str) -> Result<u64, String> {
     let text = text.trim();
     if let Ok(secs) = text.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 && secs < 1e11 {
+        if secs.is_finite() && (0.0..1e11).contains(&secs) {
             return Ok((secs * 1e9) as u64);
         }
         return Err(format!("{text}: unix seconds out of range"));
@@ -904,10 +904,10 @@ fn page_html(
         );
     }
     let s = &query.selection;
-    let _ = write!(
+    let _ = writeln!(
         body,
         "</nav>\n<form id=\"custom\" action=\"/view\" method=\"get\">custom: from <input type=\"text\" name=\"from\" value=\"{}\"> to <input type=\"text\" name=\"to\" value=\"{}\"> (RFC 3339 or unix seconds, UTC) \
-         service <input type=\"text\" name=\"service\" value=\"{}\"> exe <input type=\"text\" name=\"exe\" value=\"{}\"> pid <input type=\"text\" name=\"pid\" value=\"{}\"> thread <input type=\"text\" name=\"thread\" value=\"{}\"> <button type=\"submit\">show</button></form>\n",
+         service <input type=\"text\" name=\"service\" value=\"{}\"> exe <input type=\"text\" name=\"exe\" value=\"{}\"> pid <input type=\"text\" name=\"pid\" value=\"{}\"> thread <input type=\"text\" name=\"thread\" value=\"{}\"> <button type=\"submit\">show</button></form>",
         format_time(query.range.from_ns),
         format_time(query.range.to_ns),
         escape(&s.services.join(",")),
@@ -931,9 +931,9 @@ fn page_html(
         );
     }
     body.push_str("</p>\n");
-    let _ = write!(
+    let _ = writeln!(
         body,
-        "<p>Search (regular expression): <input type=\"text\" id=\"search\" value=\"{}\"> <span id=\"search-result\"></span></p>\n",
+        "<p>Search (regular expression): <input type=\"text\" id=\"search\" value=\"{}\"> <span id=\"search-result\"></span></p>",
         escape(&query.search)
     );
 
@@ -950,12 +950,12 @@ fn page_html(
     };
     match (graph(false), graph(true)) {
         (Some(flame), Some(icicle)) => {
-            let _ = write!(
+            let _ = writeln!(
                 body,
                 "<div class=\"tabs\"><button class=\"on\" data-show=\"flamegraph\">flamegraph</button><button data-show=\"icicle\">icicle</button> \
                  <a href=\"/profile?{q}&amp;format=svg\">interactive SVG (zoom)</a></div>\
                  <div class=\"graph\" id=\"flamegraph\" data-name=\"flamegraph\" data-total=\"{samples}\">{flame}</div>\
-                 <div class=\"graph hidden\" id=\"icicle\" data-name=\"icicle\" data-total=\"{samples}\">{icicle}</div>\n",
+                 <div class=\"graph hidden\" id=\"icicle\" data-name=\"icicle\" data-total=\"{samples}\">{icicle}</div>",
                 q = escape(&range_q)
             );
         }
@@ -963,10 +963,10 @@ fn page_html(
     }
 
     let top = top_functions(merged);
-    let _ = write!(
+    let _ = writeln!(
         body,
         "<h2>Top functions</h2><p class=\"muted\">{} functions; self: samples in the function itself, total: samples with it on the stack. Click a heading to sort.</p>\
-         <div class=\"scroll\"><table id=\"top\" class=\"sortable\"><thead><tr><th>function</th><th>self</th><th>self %</th><th>total</th><th>total %</th></tr></thead><tbody>\n",
+         <div class=\"scroll\"><table id=\"top\" class=\"sortable\"><thead><tr><th>function</th><th>self</th><th>self %</th><th>total</th><th>total %</th></tr></thead><tbody>",
         top.len()
     );
     let pct = |n: i64| 100.0 * n as f64 / samples.max(1) as f64;
@@ -990,9 +990,9 @@ fn page_html(
         before_range.from_ns / 1_000_000_000,
         before_range.to_ns / 1_000_000_000
     );
-    let _ = write!(
+    let _ = writeln!(
         body,
-        "<h2>Compare</h2><p><a id=\"diff-link\" href=\"{}\">diff against the {} before</a> (red grew, blue shrank; shares, not counts).</p>\n",
+        "<h2>Compare</h2><p><a id=\"diff-link\" href=\"{}\">diff against the {} before</a> (red grew, blue shrank; shares, not counts).</p>",
         escape(&compare_href),
         escape(&human_span(query.range.len_ns()))
     );
@@ -1012,9 +1012,9 @@ fn page_html(
         let mut svg = Vec::new();
         match render_diff(before, merged, &options, &mut svg) {
             Ok(summary) => {
-                let _ = write!(
+                let _ = writeln!(
                     body,
-                    "<p>Before: {} to {}, {} samples; after: {} samples.</p><div class=\"graph\" id=\"diff-flamegraph\" data-name=\"diff\" data-total=\"{}\">{}</div>\n",
+                    "<p>Before: {} to {}, {} samples; after: {} samples.</p><div class=\"graph\" id=\"diff-flamegraph\" data-name=\"diff\" data-total=\"{}\">{}</div>",
                     format_time(before_range.from_ns),
                     format_time(before_range.to_ns),
                     summary.before_samples,
@@ -1024,9 +1024,9 @@ fn page_html(
                 );
             }
             Err(e) => {
-                let _ = write!(
+                let _ = writeln!(
                     body,
-                    "<p id=\"diff-flamegraph\">No diff: {}</p>\n",
+                    "<p id=\"diff-flamegraph\">No diff: {}</p>",
                     escape(&e.to_string())
                 );
             }
