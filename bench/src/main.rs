@@ -9,6 +9,7 @@
 //! cargo run --release -p smolder-bench -- record       # sampling overhead: smolder vs perf vs bpftrace (root)
 //! cargo run --release -p smolder-bench -- agent        # smolder agent vs bpftrace, 60 s at 19 Hz (root)
 //! cargo run --release -p smolder-bench -- generate -o perf.txt   # the input only
+//! cargo run --release -p smolder-bench -- view         # the agent's /profile and /view on 1 h and 24 h of a busy host
 //! ```
 //!
 //! The input is `perf script` text: a real recording of `fixtures/workload.c`
@@ -28,6 +29,7 @@ mod measure;
 mod perf_script;
 mod record;
 mod unwind;
+mod view;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -103,9 +105,12 @@ fn main() {
 
 fn run() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("inprocess") {
+    match args.next().as_deref() {
         // Issue 7: smolder::Profiler vs pprof-rs in-process; own options and `--child` runs.
-        return inprocess::main(args);
+        Some("inprocess") => return inprocess::main(args),
+        // Issue 14: merging and drawing 1 h and 24 h of the agent's store.
+        Some("view") => return view::main(args),
+        _ => {}
     }
     let config = parse_args()?;
     let temp;

@@ -199,7 +199,7 @@ fn process_name(resource: Option<&crate::otlp::resource::v1::Resource>) -> Optio
     attr("process.executable.name").or_else(|| attr("service.name"))
 }
 
-fn process_label(resource: Option<&crate::otlp::resource::v1::Resource>) -> String {
+pub(crate) fn process_label(resource: Option<&crate::otlp::resource::v1::Resource>) -> String {
     let attr = |key: &str| -> Option<String> {
         resource?
             .attributes

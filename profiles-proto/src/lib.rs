@@ -36,6 +36,7 @@ mod format;
 mod merge;
 mod perf_script;
 pub mod pprof;
+mod speedscope;
 mod validate;
 mod view;
 
@@ -58,8 +59,9 @@ pub use format::{
     detect, read_profile, read_profile_from, write_profile, write_profile_gzip, Decoded, Format,
     ReadOptions, DEFAULT_MAX_INPUT_SIZE,
 };
-pub use merge::{location_spec, merge};
+pub use merge::{location_spec, merge, Merger};
 pub use perf_script::{read_perf_script, read_perf_script_from};
 pub use pprof::{decode_pprof, encode_pprof, from_pprof, to_pprof};
+pub use speedscope::{write_chrome_cpuprofile, write_speedscope};
 pub use validate::{validate, ValidationError};
 pub use view::{sample_weight, FrameLine, ProfileView};

@@ -2,11 +2,13 @@
 //! (resources with equal attributes become one, identical samples merge).
 
 use crate::builder::{
-    LocationSpec, MappingSpec, ProfileBuilder, ProfileConfig, SourceLine, BUILD_ID_KEY,
+    LocationSpec, MappingSpec, ProfileBuilder, ProfileConfig, ProfileTypeId, SourceLine,
+    BUILD_ID_KEY,
 };
-use crate::otlp::profiles::v1development::{Location, ProfilesData};
+use crate::otlp::profiles::v1development::{Location, ProfilesData, Sample};
+use crate::otlp::resource::v1::Resource;
 use crate::pprof::any_value_to_string;
-use crate::view::ProfileView;
+use crate::view::{sample_weight, ProfileView};
 
 /// Re-reads a location of `view` as the builder's input type.
 pub fn location_spec(view: &ProfileView<'_>, location: &Location) -> LocationSpec {
@@ -54,9 +56,63 @@ pub fn location_spec(view: &ProfileView<'_>, location: &Location) -> LocationSpe
 /// type, period type and period share a profile type; the time range
 /// becomes the union of the inputs' ranges.
 pub fn merge<'a>(inputs: impl IntoIterator<Item = &'a ProfilesData>) -> ProfilesData {
-    let mut builder: Option<ProfileBuilder> = None;
-    let mut types: Vec<(ProfileConfig, crate::builder::ProfileTypeId)> = Vec::new();
+    let mut merger = Merger::default();
     for data in inputs {
+        merger.add(data);
+    }
+    merger.finish()
+}
+
+/// A merge fed one profile at a time, so that merging many profiles (the
+/// agent's intervals of a day) holds only the merged result and the profile
+/// being added, never all the inputs.
+///
+/// ```
+/// use smolder_profiles_proto::{read_folded, write_folded, FoldOptions, Merger};
+///
+/// let mut merger = Merger::without_timestamps();
+/// for text in ["main;f 2\n", "main;f 3\nmain;g 1\n"] {
+///     merger.add(&read_folded(text).unwrap()); // each input can be dropped here
+/// }
+/// let merged = merger.finish();
+/// assert_eq!(write_folded(&merged, &FoldOptions::default()), "main;f 5\nmain;g 1\n");
+/// ```
+#[derive(Default)]
+pub struct Merger {
+    builder: Option<ProfileBuilder>,
+    types: Vec<(ProfileConfig, ProfileTypeId)>,
+    drop_timestamps: bool,
+    samples: i64,
+}
+
+impl Merger {
+    /// A merge that keeps every sample's timestamps.
+    pub fn new() -> Merger {
+        Merger::default()
+    }
+
+    /// A merge that sums the values of identical samples instead of keeping
+    /// one timestamp per observation: what a long range needs to stay
+    /// bounded by its distinct stacks rather than by its sample count.
+    pub fn without_timestamps() -> Merger {
+        Merger {
+            drop_timestamps: true,
+            ..Merger::default()
+        }
+    }
+
+    /// Adds every sample of `data`.
+    pub fn add(&mut self, data: &ProfilesData) {
+        self.add_selected(data, |_, _, _| true);
+    }
+
+    /// Adds the samples of `data` that `keep` accepts (given the view of
+    /// `data`, the sample's resource and the sample).
+    pub fn add_selected(
+        &mut self,
+        data: &ProfilesData,
+        mut keep: impl FnMut(&ProfileView<'_>, Option<&Resource>, &Sample) -> bool,
+    ) {
         let view = ProfileView::new(data);
         for (resource, profile) in view.profiles() {
             let (sample_type, period_type) = (
@@ -70,33 +126,40 @@ pub fn merge<'a>(inputs: impl IntoIterator<Item = &'a ProfilesData>) -> Profiles
                 time_unix_nano: profile.time_unix_nano,
                 duration_nano: profile.duration_nano,
             };
-            let b = builder.get_or_insert_with(|| ProfileBuilder::new(config.clone()));
+            let b = self
+                .builder
+                .get_or_insert_with(|| ProfileBuilder::new(config.clone()));
             let same_kind = |c: &ProfileConfig| {
                 c.sample_type == config.sample_type
                     && c.period_type == config.period_type
                     && c.period == config.period
             };
-            let type_id = match types.iter().position(|(c, _)| same_kind(c)) {
+            let type_id = match self.types.iter().position(|(c, _)| same_kind(c)) {
                 Some(i) => {
-                    let id = types[i].1;
+                    let id = self.types[i].1;
                     let merged = b.profile_config_mut(id);
                     widen(merged, &config);
-                    types[i].0 = merged.clone();
+                    self.types[i].0 = merged.clone();
                     id
                 }
-                None if types.is_empty() => {
-                    types.push((config, b.default_profile_type()));
-                    types[0].1
+                None if self.types.is_empty() => {
+                    self.types.push((config, b.default_profile_type()));
+                    self.types[0].1
                 }
                 None => {
                     let id = b.add_profile_type(config.clone());
-                    types.push((config, id));
+                    self.types.push((config, id));
                     id
                 }
             };
-            let resource_id =
-                b.resource(resource.map(|r| r.attributes.clone()).unwrap_or_default());
+            let mut resource_id = None;
             for sample in &profile.samples {
+                if !keep(&view, resource, sample) {
+                    continue;
+                }
+                let resource_id = *resource_id.get_or_insert_with(|| {
+                    b.resource(resource.map(|r| r.attributes.clone()).unwrap_or_default())
+                });
                 let stack: Vec<i32> = view
                     .stack(sample.stack_index)
                     .map(|l| b.location(&location_spec(&view, l)))
@@ -119,13 +182,14 @@ pub fn merge<'a>(inputs: impl IntoIterator<Item = &'a ProfilesData>) -> Profiles
                         )
                     })
                     .collect();
-                if sample.timestamps_unix_nano.is_empty() {
+                self.samples = self.samples.saturating_add(sample_weight(sample));
+                if sample.timestamps_unix_nano.is_empty() || self.drop_timestamps {
                     b.add_sample(
                         resource_id,
                         type_id,
                         stack,
                         &attrs,
-                        sample.values.iter().fold(0i64, |a, &v| a.saturating_add(v)),
+                        sample_weight(sample),
                         None,
                     );
                 } else {
@@ -137,9 +201,24 @@ pub fn merge<'a>(inputs: impl IntoIterator<Item = &'a ProfilesData>) -> Profiles
             }
         }
     }
-    match builder {
-        Some(b) => b.finish(),
-        None => ProfilesData::default(),
+
+    /// The total weight of the samples added so far (`sample_weight`).
+    pub fn total(&self) -> i64 {
+        self.samples
+    }
+
+    /// Distinct samples held so far: what the merge's memory grows with.
+    pub fn distinct_samples(&self) -> usize {
+        self.builder
+            .as_ref()
+            .map_or(0, ProfileBuilder::sample_count)
+    }
+
+    pub fn finish(self) -> ProfilesData {
+        match self.builder {
+            Some(b) => b.finish(),
+            None => ProfilesData::default(),
+        }
     }
 }
 

@@ -559,9 +559,208 @@ fn own_vdso(entry: &Mapping, len: usize) -> Option<Vec<u8>> {
     Some(bytes.to_vec())
 }
 
+/// The parts of an ELF file that symbolization and unwinding read (headers,
+/// symbol tables, notes, `.eh_frame`, debug sections), copied into an
+/// anonymous mapping the size of the file; code and data are left as zero
+/// pages that cost no memory. A copy: the process owning the file cannot
+/// truncate it under us (no SIGBUS), and a 100 MiB binary whose tables
+/// take 5 MiB costs 5 MiB.
+pub struct ElfCopy(memmap2::MmapMut);
+
+impl std::ops::Deref for ElfCopy {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ElfCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ElfCopy({} bytes)", self.0.len())
+    }
+}
+
+/// Sections that are mapped into memory but read by no lookup: the bulk of
+/// a binary.
+fn section_is_skipped(name: &[u8], flags: u64) -> bool {
+    const KEEP_ALLOCATED: &[&[u8]] = &[
+        b".dynsym",
+        b".dynstr",
+        b".eh_frame",
+        b".eh_frame_hdr",
+        b".gnu_debuglink",
+        b".gnu_debugaltlink",
+        b".gnu_debugdata",
+        b".debug_frame",
+    ];
+    let allocated = flags & object::elf::SHF_ALLOC.0 != 0;
+    allocated && !name.starts_with(b".note") && !KEEP_ALLOCATED.contains(&name)
+}
+
+/// Reads what an [`ElfCopy`] holds from `file`, at most `cap` bytes in all;
+/// a file that is not ELF is copied whole (under the same cap).
+pub fn read_elf_copy(file: &File, cap: u64) -> io::Result<ElfCopy> {
+    use object::read::elf::{FileHeader, SectionHeader};
+    let len = file.metadata()?.len();
+    if len > cap {
+        return Err(io::Error::other(format!(
+            "{len} bytes, over the cap of {cap}"
+        )));
+    }
+    let size = usize::try_from(len).map_err(io::Error::other)?;
+    let mut copy = memmap2::MmapOptions::new().len(size.max(1)).map_anon()?;
+    let mut fill = |copy: &mut memmap2::MmapMut, offset: u64, bytes: u64| -> io::Result<()> {
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let end = usize::try_from(offset.saturating_add(bytes))
+            .map_err(io::Error::other)?
+            .min(size);
+        if start >= end {
+            return Ok(());
+        }
+        // A file that shrank since fstat reads short: the rest stays zero.
+        let mut at = start;
+        while at < end {
+            match file.read_at(&mut copy[at..end], at as u64) {
+                Ok(0) => break,
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    fill(&mut copy, 0, 64)?;
+    let is_elf64 = copy.get(..5) == Some(b"\x7fELF\x02");
+    let is_elf32 = copy.get(..5) == Some(b"\x7fELF\x01");
+    if !(is_elf64 || is_elf32) {
+        fill(&mut copy, 0, len)?;
+        return Ok(ElfCopy(copy));
+    }
+    fn headers<H: FileHeader<Endian = object::Endianness>>(
+        copy: &mut memmap2::MmapMut,
+        fill: &mut dyn FnMut(&mut memmap2::MmapMut, u64, u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let bad = |e: object::read::Error| io::Error::other(e.to_string());
+        let (ph, ph_len, sh, sh_len) = {
+            let header = H::parse(&copy[..]).map_err(bad)?;
+            let endian = header.endian().map_err(bad)?;
+            let ph = header.e_phoff(endian).into();
+            let ph_len = u64::from(header.e_phnum(endian)) * u64::from(header.e_phentsize(endian));
+            let sh = header.e_shoff(endian).into();
+            // e_shnum 0 with sections means the count is in the first header.
+            let sh_len =
+                u64::from(header.e_shnum(endian).max(1)) * u64::from(header.e_shentsize(endian));
+            (ph, ph_len, sh, sh_len)
+        };
+        fill(copy, ph, ph_len)?;
+        fill(copy, sh, sh_len)?;
+        let first = H::parse(&copy[..]).map_err(bad)?;
+        let endian = first.endian().map_err(bad)?;
+        if let Ok(count) = first.shnum(endian, &copy[..]) {
+            let sh_all = u64::from(count) * u64::from(first.e_shentsize(endian));
+            fill(copy, sh, sh_all)?;
+        }
+        // Section names, then the sections themselves.
+        let sections: Vec<(u64, u64, u32, u64, u32)> = {
+            let header = H::parse(&copy[..]).map_err(bad)?;
+            let table = header.section_headers(endian, &copy[..]).map_err(bad)?;
+            table
+                .iter()
+                .map(|s| {
+                    (
+                        s.sh_offset(endian).into(),
+                        s.sh_size(endian).into(),
+                        s.sh_type(endian).0,
+                        s.sh_flags(endian).0,
+                        s.sh_name(endian),
+                    )
+                })
+                .collect()
+        };
+        let strndx = {
+            let header = H::parse(&copy[..]).map_err(bad)?;
+            header.shstrndx(endian, &copy[..]).map_err(bad)? as usize
+        };
+        if let Some(&(offset, size, ..)) = sections.get(strndx) {
+            fill(copy, offset, size)?;
+        }
+        let names = sections
+            .get(strndx)
+            .map(|&(offset, size, ..)| (offset, size));
+        for &(offset, size, kind, flags, name) in &sections {
+            if kind == object::elf::SHT_NOBITS.0 || kind == object::elf::SHT_NULL.0 {
+                continue;
+            }
+            let name = names
+                .and_then(|(o, s)| {
+                    let table = copy
+                        .get(usize::try_from(o).ok()?..usize::try_from(o.checked_add(s)?).ok()?)?;
+                    let rest = table.get(usize::try_from(name).ok()?..)?;
+                    Some(rest[..rest.iter().position(|&b| b == 0)?].to_vec())
+                })
+                .unwrap_or_default();
+            if !section_is_skipped(&name, flags) {
+                fill(copy, offset, size)?;
+            }
+        }
+        Ok(())
+    }
+    let result = if is_elf64 {
+        headers::<object::elf::FileHeader64<object::Endianness>>(&mut copy, &mut fill)
+    } else {
+        headers::<object::elf::FileHeader32<object::Endianness>>(&mut copy, &mut fill)
+    };
+    if result.is_err() {
+        // Headers that do not parse: keep the bytes, let the parser say why.
+        fill(&mut copy, 0, len)?;
+    }
+    Ok(ElfCopy(copy))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_elf_copy_holds_the_tables_and_leaves_code_out() {
+        use object::{Object, ObjectSection};
+        let exe = std::env::current_exe().unwrap();
+        let whole = std::fs::read(&exe).unwrap();
+        let copy = read_elf_copy(&File::open(&exe).unwrap(), MAX_OBJECT_BYTES).unwrap();
+        assert_eq!(copy.len(), whole.len());
+        let file = object::File::parse(&*copy).unwrap();
+        let range = |name: &str| {
+            let (start, size) = file.section_by_name(name).unwrap().file_range().unwrap();
+            start as usize..(start + size) as usize
+        };
+        for kept in [
+            ".eh_frame",
+            ".symtab",
+            ".strtab",
+            ".debug_info",
+            ".debug_line",
+        ] {
+            assert_eq!(copy[range(kept)], whole[range(kept)], "{kept}");
+        }
+        assert!(
+            copy[range(".text")].iter().all(|&b| b == 0),
+            "code is not copied"
+        );
+        // Not ELF: copied whole.
+        let mut text = temp_file();
+        std::io::Write::write_all(&mut text.1, b"not an ELF file").unwrap();
+        let copy = read_elf_copy(&File::open(&text.0).unwrap(), 1 << 20).unwrap();
+        assert_eq!(&copy[..], b"not an ELF file");
+        // Over the cap: refused.
+        assert!(read_elf_copy(&File::open(&text.0).unwrap(), 4).is_err());
+        let _ = std::fs::remove_file(&text.0);
+    }
+
+    fn temp_file() -> (std::path::PathBuf, File) {
+        let path = std::env::temp_dir().join(format!("smolder-elfcopy-{}", std::process::id()));
+        let file = File::create(&path).unwrap();
+        (path, file)
+    }
 
     const MAPS: &str = "\
 55d5c7a00000-55d5c7a22000 r--p 00000000 fd:01 1835053                    /usr/bin/cat
@@ -665,162 +864,4 @@ garbage line
             Err(Error::ProcessGone { .. })
         ));
     }
-}
-
-/// The parts of an ELF file that symbolization and unwinding read (headers,
-/// symbol tables, notes, `.eh_frame`, debug sections), copied into an
-/// anonymous mapping the size of the file; code and data are left as zero
-/// pages that cost no memory. A copy: the process owning the file cannot
-/// truncate it under us (no SIGBUS), and a 100 MiB binary whose tables
-/// take 5 MiB costs 5 MiB.
-pub struct ElfCopy(memmap2::MmapMut);
-
-impl std::ops::Deref for ElfCopy {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for ElfCopy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ElfCopy({} bytes)", self.0.len())
-    }
-}
-
-/// Sections that are mapped into memory but read by no lookup: the bulk of
-/// a binary.
-fn section_is_skipped(name: &[u8], flags: u64) -> bool {
-    const KEEP_ALLOCATED: &[&[u8]] = &[
-        b".dynsym",
-        b".dynstr",
-        b".eh_frame",
-        b".eh_frame_hdr",
-        b".gnu_debuglink",
-        b".gnu_debugaltlink",
-        b".gnu_debugdata",
-        b".debug_frame",
-    ];
-    let allocated = flags & object::elf::SHF_ALLOC.0 != 0;
-    allocated && !name.starts_with(b".note") && !KEEP_ALLOCATED.contains(&name)
-}
-
-/// Reads what an [`ElfCopy`] holds from `file`, at most `cap` bytes in all;
-/// a file that is not ELF is copied whole (under the same cap).
-pub fn read_elf_copy(file: &File, cap: u64) -> io::Result<ElfCopy> {
-    use object::read::elf::{FileHeader, SectionHeader};
-    let len = file.metadata()?.len();
-    if len > cap {
-        return Err(io::Error::other(format!(
-            "{len} bytes, over the cap of {cap}"
-        )));
-    }
-    let size = usize::try_from(len).map_err(io::Error::other)?;
-    let mut copy = memmap2::MmapOptions::new().len(size.max(1)).map_anon()?;
-    let mut fill = |copy: &mut memmap2::MmapMut, offset: u64, bytes: u64| -> io::Result<()> {
-        let start = usize::try_from(offset).map_err(io::Error::other)?;
-        let end = usize::try_from(offset.saturating_add(bytes))
-            .map_err(io::Error::other)?
-            .min(size);
-        if start >= end {
-            return Ok(());
-        }
-        // A file that shrank since fstat reads short: the rest stays zero.
-        let mut at = start;
-        while at < end {
-            match file.read_at(&mut copy[at..end], at as u64) {
-                Ok(0) => break,
-                Ok(n) => at += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    };
-    fill(&mut copy, 0, 64)?;
-    let is_elf64 = copy.get(..5) == Some(b"\x7fELF\x02");
-    let is_elf32 = copy.get(..5) == Some(b"\x7fELF\x01");
-    if !(is_elf64 || is_elf32) {
-        fill(&mut copy, 0, len)?;
-        return Ok(ElfCopy(copy));
-    }
-    fn headers<H: FileHeader<Endian = object::Endianness>>(
-        copy: &mut memmap2::MmapMut,
-        fill: &mut dyn FnMut(&mut memmap2::MmapMut, u64, u64) -> io::Result<()>,
-    ) -> io::Result<()> {
-        let bad = |e: object::read::Error| io::Error::other(e.to_string());
-        let (ph, ph_len, sh, sh_len) = {
-            let header = H::parse(&copy[..]).map_err(bad)?;
-            let endian = header.endian().map_err(bad)?;
-            let ph = header.e_phoff(endian).into();
-            let ph_len = u64::from(header.e_phnum(endian)) * u64::from(header.e_phentsize(endian));
-            let sh = header.e_shoff(endian).into();
-            // e_shnum 0 with sections means the count is in the first header.
-            let sh_len =
-                u64::from(header.e_shnum(endian).max(1)) * u64::from(header.e_shentsize(endian));
-            (ph, ph_len, sh, sh_len)
-        };
-        fill(copy, ph, ph_len)?;
-        fill(copy, sh, sh_len)?;
-        let first = H::parse(&copy[..]).map_err(bad)?;
-        let endian = first.endian().map_err(bad)?;
-        if let Ok(count) = first.shnum(endian, &copy[..]) {
-            let sh_all = u64::try_from(count).unwrap_or(0) * u64::from(first.e_shentsize(endian));
-            fill(copy, sh, sh_all)?;
-        }
-        // Section names, then the sections themselves.
-        let sections: Vec<(u64, u64, u32, u64, u32)> = {
-            let header = H::parse(&copy[..]).map_err(bad)?;
-            let table = header.section_headers(endian, &copy[..]).map_err(bad)?;
-            table
-                .iter()
-                .map(|s| {
-                    (
-                        s.sh_offset(endian).into(),
-                        s.sh_size(endian).into(),
-                        s.sh_type(endian).0,
-                        s.sh_flags(endian).0,
-                        s.sh_name(endian),
-                    )
-                })
-                .collect()
-        };
-        let strndx = {
-            let header = H::parse(&copy[..]).map_err(bad)?;
-            header.shstrndx(endian, &copy[..]).map_err(bad)? as usize
-        };
-        if let Some(&(offset, size, ..)) = sections.get(strndx) {
-            fill(copy, offset, size)?;
-        }
-        let names = sections
-            .get(strndx)
-            .map(|&(offset, size, ..)| (offset, size));
-        for &(offset, size, kind, flags, name) in &sections {
-            if kind == object::elf::SHT_NOBITS.0 || kind == object::elf::SHT_NULL.0 {
-                continue;
-            }
-            let name = names
-                .and_then(|(o, s)| {
-                    let table = copy
-                        .get(usize::try_from(o).ok()?..usize::try_from(o.checked_add(s)?).ok()?)?;
-                    let rest = table.get(usize::try_from(name).ok()?..)?;
-                    Some(rest[..rest.iter().position(|&b| b == 0)?].to_vec())
-                })
-                .unwrap_or_default();
-            if !section_is_skipped(&name, flags) {
-                fill(copy, offset, size)?;
-            }
-        }
-        Ok(())
-    }
-    let result = if is_elf64 {
-        headers::<object::elf::FileHeader64<object::Endianness>>(&mut copy, &mut fill)
-    } else {
-        headers::<object::elf::FileHeader32<object::Endianness>>(&mut copy, &mut fill)
-    };
-    if result.is_err() {
-        // Headers that do not parse: keep the bytes, let the parser say why.
-        fill(&mut copy, 0, len)?;
-    }
-    Ok(ElfCopy(copy))
 }

@@ -66,21 +66,32 @@ impl Default for AgentConfig {
     }
 }
 
-/// How many interval files `output_dir` keeps.
+/// What `output_dir` keeps: intervals younger than `max_age`, at most
+/// `count` of them and `bytes` in all; those older than `compact_after`
+/// merged into one file per 5 minutes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Retention {
-    /// Intervals kept (each an OTLP file and an SVG).
+    /// Intervals kept (each an OTLP file, and an SVG until compacted).
     pub count: usize,
     /// Bytes kept, all files together.
     pub bytes: u64,
+    /// Intervals that started longer than this before the newest one go.
+    #[serde(with = "duration_text")]
+    pub max_age: Duration,
+    /// Intervals that started longer than this before the newest one are
+    /// merged into one file per 5 minutes (their SVGs go).
+    #[serde(with = "duration_text")]
+    pub compact_after: Duration,
 }
 
 impl Default for Retention {
     fn default() -> Self {
         Retention {
-            count: 360,
+            count: 10_000,
             bytes: 512 << 20,
+            max_age: Duration::from_secs(24 * 3600),
+            compact_after: Duration::from_secs(3600),
         }
     }
 }
@@ -217,6 +228,9 @@ impl AgentConfig {
         }
         if self.retention.count == 0 {
             return bad("retention.count must be > 0".into());
+        }
+        if self.retention.max_age.is_zero() {
+            return bad("retention.max_age must be > 0".into());
         }
         Ok(())
     }

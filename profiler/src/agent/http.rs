@@ -3,15 +3,17 @@
 //! page needs nothing else), `/process/PID` shows one process's graph,
 //! `/flamegraph.svg` and `/process/PID/flamegraph.svg` serve the SVGs,
 //! `/metrics` the counters in Prometheus text format, `/healthz` whether
-//! intervals keep finishing.
+//! intervals keep finishing; `/view` (the page of any time range) and
+//! `/profile` (that range merged, in every format) read the local store
+//! through [`super::view`].
 //!
-//! Owns only reading [`AgentState`]; it never touches the sampler.
+//! Owns only reading [`AgentState`] and the store; it never touches the sampler.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -19,6 +21,8 @@ use axum::Router;
 use tokio::sync::oneshot;
 
 use super::report::{prometheus_text, AgentState, IntervalReport};
+use super::store::StoreReader;
+use super::view::{ViewFormat, ViewQuery, ViewState};
 use super::AgentError;
 
 /// A running server; dropping `shutdown` (or sending on it) stops it.
@@ -29,8 +33,13 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `addr` and serves in a task.
-    pub async fn start(addr: SocketAddr, state: Arc<AgentState>) -> Result<HttpServer, AgentError> {
+    /// Binds `addr` and serves in a task; `store` is the `--output-dir`
+    /// that `/view` and `/profile` read.
+    pub async fn start(
+        addr: SocketAddr,
+        state: Arc<AgentState>,
+        store: Option<std::path::PathBuf>,
+    ) -> Result<HttpServer, AgentError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AgentError::Io {
@@ -48,7 +57,15 @@ impl HttpServer {
             .route("/process/{pid}/flamegraph.svg", get(process_svg))
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
-            .with_state(state);
+            .with_state(state)
+            .merge(
+                Router::new()
+                    .route("/profile", get(profile))
+                    .route("/view", get(view_page))
+                    .with_state(Arc::new(ViewState::new(
+                        store.as_deref().map(StoreReader::new),
+                    ))),
+            );
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
@@ -127,14 +144,17 @@ fn interval_line(report: &IntervalReport) -> String {
     )
 }
 
+const VIEW_LINKS: &str = "<p id=\"ranges\">Any time range, merged: <a href=\"/view?last=5m\">last 5 min</a> · <a href=\"/view?last=1h\">last 1 h</a> · <a href=\"/view?last=24h\">last 24 h</a> (top functions, flamegraph, icicle, search, diff, downloads).</p>";
+
 async fn index(State(state): State<Arc<AgentState>>) -> Html<String> {
     let Some(report) = state.latest() else {
         return page(
             "smolder agent",
-            "<h1>smolder agent</h1><p>No interval has finished yet: reload in a few seconds.</p>",
+            &format!("<h1>smolder agent</h1>{VIEW_LINKS}<p>No interval has finished yet: reload in a few seconds.</p>"),
         );
     };
     let mut body = String::from("<h1>smolder agent</h1>\n");
+    body.push_str(VIEW_LINKS);
     body.push_str(&interval_line(&report));
     body.push_str("<table id=\"processes\"><tr><th>PID</th><th>process</th><th>service</th><th>samples</th><th>CPU (% of one core)</th><th></th></tr>\n");
     let max = report.processes.first().map_or(1, |p| p.samples.max(1));
@@ -223,5 +243,65 @@ async fn healthz(State(state): State<Arc<AgentState>>) -> Response {
             "no interval finished recently\n",
         )
             .into_response()
+    }
+}
+
+fn view_error(e: super::view::ViewError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, format!("{}\n", e.message)).into_response()
+}
+
+/// `/profile?last=1h&format=pprof`: every stored interval of the range,
+/// merged, in one format (pprof by default, as Go's `/debug/pprof/profile`).
+async fn profile(State(view): State<Arc<ViewState>>, RawQuery(query): RawQuery) -> Response {
+    let query = match ViewQuery::parse(query.as_deref().unwrap_or(""), ViewFormat::Pprof) {
+        Ok(q) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let work = {
+        let query = query.clone();
+        tokio::task::spawn_blocking(move || view.profile(&query))
+    };
+    match work.await {
+        Ok(Ok(bytes)) => {
+            let file = format!(
+                "attachment; filename=\"smolder-{}-{}.{}\"",
+                query.range.from_ns / 1_000_000_000,
+                query.range.to_ns / 1_000_000_000,
+                query.format.extension()
+            );
+            let disposition = if query.format == ViewFormat::Svg {
+                "inline".to_owned()
+            } else {
+                file
+            };
+            (
+                [
+                    (header::CONTENT_TYPE, query.format.content_type().to_owned()),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                bytes.as_ref().clone(),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => view_error(e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// `/view?last=1h`: the page of a time range.
+async fn view_page(State(view): State<Arc<ViewState>>, RawQuery(query): RawQuery) -> Response {
+    let query = match ViewQuery::parse(query.as_deref().unwrap_or(""), ViewFormat::Svg) {
+        Ok(q) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match tokio::task::spawn_blocking(move || view.page(&query)).await {
+        Ok(Ok(html)) => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            html.as_ref().clone(),
+        )
+            .into_response(),
+        Ok(Err(e)) => view_error(e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

@@ -1,22 +1,27 @@
 //! The local store of `--output-dir`: each interval as an OTLP file
 //! (`profile-<unix ms>.otlp`, a binary `ProfilesData`) and a flamegraph
-//! (`profile-<unix ms>.svg`), the oldest removed beyond a count or a byte
-//! total.
+//! (`profile-<unix ms>.svg`); intervals older than `retention.compact_after`
+//! merged into one OTLP file per 5 minutes (named after its first
+//! interval, without SVG); the oldest removed beyond `retention.max_age`,
+//! a count or a byte total.
 //!
 //! Owns only files named `profile-*` in its directory; files are written
 //! under a temporary name and renamed, so readers never see half a file.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use smolder_flamegraph::{render, FlamegraphOptions};
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
-use smolder_profiles_proto::{write_profile, Format};
+use smolder_profiles_proto::{write_profile, Format, Merger};
 
 use super::config::Retention;
 use super::AgentError;
 
 const PREFIX: &str = "profile-";
+/// Compacted files each hold this much time, aligned to it.
+pub const COMPACT_SPAN_MS: u64 = 5 * 60 * 1000;
 
 pub struct LocalStore {
     dir: PathBuf,
@@ -28,7 +33,10 @@ pub struct LocalStore {
 pub struct Stored {
     pub otlp: PathBuf,
     pub svg: Option<PathBuf>,
+    /// Intervals removed by the retention.
     pub removed: usize,
+    /// Intervals merged into compacted files.
+    pub compacted: usize,
 }
 
 fn io_error(action: String) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -78,8 +86,14 @@ impl LocalStore {
             }
             Err(_) => None,
         };
-        let removed = self.apply_retention()?;
-        Ok(Stored { otlp, svg, removed })
+        let compacted = self.compact(stamp_ms)?;
+        let removed = self.apply_retention(stamp_ms)?;
+        Ok(Stored {
+            otlp,
+            svg,
+            removed,
+            compacted,
+        })
     }
 
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
@@ -90,14 +104,12 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Removes the oldest intervals (both files) while more than
-    /// `count` intervals or `bytes` bytes are kept; returns how many went.
-    fn apply_retention(&self) -> Result<usize, AgentError> {
+    /// The stored intervals: base name (which sorts by time) -> its stamp,
+    /// files and bytes.
+    fn list(&self) -> Result<BTreeMap<String, Interval>, AgentError> {
         let entries = std::fs::read_dir(&self.dir)
             .map_err(io_error(format!("listing {}", self.dir.display())))?;
-        // interval base name -> (files, total bytes); names sort by time.
-        let mut intervals: std::collections::BTreeMap<String, (Vec<PathBuf>, u64)> =
-            Default::default();
+        let mut intervals: BTreeMap<String, Interval> = BTreeMap::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(base) = name
@@ -107,29 +119,119 @@ impl LocalStore {
             else {
                 continue;
             };
+            let Some(stamp_ms) = base.strip_prefix(PREFIX).and_then(|s| s.parse().ok()) else {
+                continue;
+            };
             let size = entry.metadata().map_or(0, |m| m.len());
-            let slot = intervals.entry(base.to_owned()).or_default();
-            slot.0.push(entry.path());
-            slot.1 += size;
-        }
-        let mut total: u64 = intervals.values().map(|(_, b)| b).sum();
-        let mut count = intervals.len();
-        let mut removed = 0;
-        for (files, bytes) in intervals.values() {
-            // The newest interval always stays, whatever its size.
-            if count <= 1 || (count <= self.retention.count && total <= self.retention.bytes) {
-                break;
+            let slot = intervals.entry(base.to_owned()).or_insert(Interval {
+                stamp_ms,
+                files: Vec::new(),
+                bytes: 0,
+            });
+            if name.ends_with(".otlp") {
+                slot.files.insert(0, entry.path());
+            } else {
+                slot.files.push(entry.path());
             }
-            for file in files {
-                if let Err(e) = std::fs::remove_file(file) {
-                    tracing::warn!("removing {}: {e}", file.display());
+            slot.bytes += size;
+        }
+        Ok(intervals)
+    }
+
+    /// Merges the intervals of each 5-minute span that ended more than
+    /// `compact_after` before `newest_ms` into one OTLP file (named after
+    /// the span's first interval; timestamps and SVGs dropped); returns
+    /// how many intervals were merged.
+    fn compact(&self, newest_ms: u64) -> Result<usize, AgentError> {
+        let horizon = newest_ms.saturating_sub(self.retention.compact_after.as_millis() as u64);
+        let mut spans: BTreeMap<u64, Vec<Interval>> = BTreeMap::new();
+        for (_, interval) in self.list()? {
+            let span = interval.stamp_ms / COMPACT_SPAN_MS;
+            if (span + 1) * COMPACT_SPAN_MS <= horizon {
+                spans.entry(span).or_default().push(interval);
+            }
+        }
+        let mut compacted = 0;
+        for (_, intervals) in spans {
+            let done = intervals.len() == 1 && intervals[0].files.len() == 1;
+            if done {
+                continue;
+            }
+            let mut merger = Merger::without_timestamps();
+            for interval in &intervals {
+                let Some(otlp) = interval
+                    .files
+                    .first()
+                    .filter(|p| p.extension().is_some_and(|e| e == "otlp"))
+                else {
+                    continue;
+                };
+                if let Some(data) = super::store::read_stored(otlp) {
+                    merger.add(&data);
                 }
             }
-            total -= bytes;
+            let target = self
+                .dir
+                .join(format!("{PREFIX}{:013}.otlp", intervals[0].stamp_ms));
+            let bytes = write_profile(&merger.finish(), Format::OtlpBinary)
+                .map_err(|e| AgentError::Config(format!("encoding a compacted span: {e}")))?;
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)
+                .map_err(io_error(format!("compacting into {}", target.display())))?;
+            tmp.write_all(&bytes)
+                .map_err(io_error(format!("writing {}", target.display())))?;
+            // Readers may miss the span for a moment, never count it twice.
+            for file in intervals.iter().flat_map(|i| &i.files) {
+                if *file != target {
+                    remove(file);
+                }
+            }
+            tmp.persist(&target)
+                .map_err(|e| io_error(format!("writing {}", target.display()))(e.error))?;
+            compacted += intervals.len();
+        }
+        Ok(compacted)
+    }
+
+    /// Removes the intervals (all their files) that started more than
+    /// `max_age` before `newest_ms`, then the oldest while more than
+    /// `count` intervals or `bytes` bytes are kept; returns how many went.
+    fn apply_retention(&self, newest_ms: u64) -> Result<usize, AgentError> {
+        let intervals = self.list()?;
+        let oldest_kept = newest_ms.saturating_sub(self.retention.max_age.as_millis() as u64);
+        let mut total: u64 = intervals.values().map(|i| i.bytes).sum();
+        let mut count = intervals.len();
+        let mut removed = 0;
+        for interval in intervals.values() {
+            // The newest interval always stays, whatever its size.
+            let too_old = interval.stamp_ms < oldest_kept && interval.stamp_ms < newest_ms;
+            if count <= 1
+                || (!too_old && count <= self.retention.count && total <= self.retention.bytes)
+            {
+                break;
+            }
+            for file in &interval.files {
+                remove(file);
+            }
+            total -= interval.bytes;
             count -= 1;
             removed += 1;
         }
         Ok(removed)
+    }
+}
+
+struct Interval {
+    stamp_ms: u64,
+    /// The OTLP file first, when there is one.
+    files: Vec<PathBuf>,
+    bytes: u64,
+}
+
+fn remove(file: &Path) {
+    if let Err(e) = std::fs::remove_file(file) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("removing {}: {e}", file.display());
+        }
     }
 }
 
@@ -147,6 +249,7 @@ mod tests {
             Retention {
                 count: 3,
                 bytes: u64::MAX,
+                ..Retention::default()
             },
         )
         .unwrap();
@@ -178,11 +281,110 @@ mod tests {
             Retention {
                 count: 100,
                 bytes: one * 2,
+                ..Retention::default()
             },
         )
         .unwrap();
         let stored = by_bytes.store(&data, 6, "t").unwrap();
         assert_eq!(stored.removed, 2);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn retention_by_time_removes_old_intervals_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not the store's: left alone.
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        std::fs::write(dir.path().join("profile-old.otlp"), "not a stamp").unwrap();
+        let data = read_folded("main;work 5\n").unwrap();
+        let hour = 3_600_000u64;
+        let store = LocalStore::open(
+            dir.path(),
+            Retention {
+                max_age: std::time::Duration::from_secs(2 * 3600),
+                compact_after: std::time::Duration::from_secs(100 * 3600),
+                ..Retention::default()
+            },
+        )
+        .unwrap();
+        let t0 = 1_700_000_000_000u64;
+        for stamp in [t0, t0 + hour, t0 + 2 * hour] {
+            let stored = store.store(&data, stamp, "t").unwrap();
+            assert_eq!(stored.removed, 0, "{stamp}");
+        }
+        // At t0 + 2 h, t0 is 2 h old exactly and stays; at t0 + 3 h it goes,
+        // and t0 + 1 h is 2 h old exactly.
+        let stored = store.store(&data, t0 + 3 * hour, "t").unwrap();
+        assert_eq!(stored.removed, 1);
+        let names = names(dir.path());
+        assert!(
+            !names.iter().any(|n| n.contains(&t0.to_string())),
+            "{names:?}"
+        );
+        for kept in [t0 + hour, t0 + 2 * hour, t0 + 3 * hour] {
+            assert!(
+                names.contains(&format!("profile-{kept:013}.otlp")),
+                "{kept}: {names:?}"
+            );
+            assert!(
+                names.contains(&format!("profile-{kept:013}.svg")),
+                "{kept}: {names:?}"
+            );
+        }
+        assert!(names.contains(&"notes.txt".to_owned()));
+        assert!(names.contains(&"profile-old.otlp".to_owned()));
+        assert_eq!(names.len(), 8, "{names:?}");
+    }
+
+    #[test]
+    fn old_intervals_are_compacted_per_five_minutes_with_the_same_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(
+            dir.path(),
+            Retention {
+                compact_after: std::time::Duration::from_secs(600),
+                ..Retention::default()
+            },
+        )
+        .unwrap();
+        // 30 intervals of 10 s from a 5-minute boundary, then 20 minutes later.
+        let t0 = 1_700_000_100_000u64 - 1_700_000_100_000 % COMPACT_SPAN_MS;
+        let mut expected = 0;
+        for i in 0..30u64 {
+            let data = read_folded(&format!("main;work {}\nmain;idle 1\n", i + 1)).unwrap();
+            expected += i + 2;
+            store.store(&data, t0 + i * 10_000, "t").unwrap();
+        }
+        let last = read_folded("main;late 7\n").unwrap();
+        let stored = store.store(&last, t0 + 20 * 60_000, "t").unwrap();
+        assert_eq!(stored.compacted, 30);
+        let names = names(dir.path());
+        assert_eq!(
+            names,
+            [
+                format!("profile-{t0:013}.otlp"),
+                format!("profile-{:013}.otlp", t0 + 20 * 60_000),
+                format!("profile-{:013}.svg", t0 + 20 * 60_000),
+            ]
+        );
+        let merged = smolder_profiles_proto::read_profile(
+            &std::fs::read(dir.path().join(&names[0])).unwrap(),
+        )
+        .unwrap()
+        .data;
+        let summary = super::super::store::summarize(&merged);
+        assert_eq!(summary.samples as u64, expected);
+        // Compacting again changes nothing.
+        let again = store.store(&last, t0 + 20 * 60_000 + 10_000, "t").unwrap();
+        assert_eq!(again.compacted, 0);
     }
 }

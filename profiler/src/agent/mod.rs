@@ -31,6 +31,8 @@ pub mod http;
 pub mod local;
 pub mod privileges;
 pub mod report;
+pub mod store;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -406,7 +408,11 @@ pub async fn run(
         (Some(addr), Some(threads)) => Some(
             threads
                 .handle()
-                .spawn(http::HttpServer::start(addr, Arc::clone(&state)))
+                .spawn(http::HttpServer::start(
+                    addr,
+                    Arc::clone(&state),
+                    config.output_dir.clone(),
+                ))
                 .await
                 .map_err(|e| AgentError::Io {
                     action: format!("starting the HTTP server on {addr}"),

@@ -23,6 +23,9 @@ pub struct AgentArgs {
     /// Keep each interval here as an OTLP file and a flamegraph SVG
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
+    /// Remove stored intervals older than this (default 24h)
+    #[arg(long, value_name = "DURATION", value_parser = smolder::agent::config::parse_duration)]
+    pub retention_max_age: Option<Duration>,
     /// Serve the page, /metrics and /healthz on this address (e.g. 127.0.0.1:7070)
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: Option<SocketAddr>,
@@ -62,6 +65,9 @@ impl AgentArgs {
         }
         if let Some(dir) = &self.output_dir {
             config.output_dir = Some(dir.clone());
+        }
+        if let Some(age) = self.retention_max_age {
+            config.retention.max_age = age;
         }
         if let Some(addr) = self.http {
             config.http = Some(addr);

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use smolder_profiles_proto::{gzip, write_folded_comm_rooted, write_profile, FoldOptions, Format};
+use smolder_profiles_proto::{
+    gzip, write_chrome_cpuprofile, write_folded_comm_rooted, write_profile, write_speedscope,
+    FoldOptions, Format,
+};
 
 use super::io::{read_input, write_output, InputArgs};
 
@@ -18,15 +21,29 @@ pub enum OutputFormat {
     Pprof,
     /// folded stacks (`a;b;c COUNT`)
     Folded,
+    /// speedscope's JSON file format (one sampled profile per process)
+    Speedscope,
+    /// Chrome `.cpuprofile` JSON, which the Firefox Profiler, Chrome DevTools and speedscope open
+    Cpuprofile,
 }
 
 impl OutputFormat {
-    pub fn format(self) -> Format {
+    /// The profiles-proto format, for the formats it can also read.
+    pub fn format(self) -> Option<Format> {
         match self {
-            OutputFormat::Otlp => Format::OtlpBinary,
-            OutputFormat::OtlpJson => Format::OtlpJson,
-            OutputFormat::Pprof => Format::Pprof,
-            OutputFormat::Folded => Format::Folded,
+            OutputFormat::Otlp => Some(Format::OtlpBinary),
+            OutputFormat::OtlpJson => Some(Format::OtlpJson),
+            OutputFormat::Pprof => Some(Format::Pprof),
+            OutputFormat::Folded => Some(Format::Folded),
+            OutputFormat::Speedscope | OutputFormat::Cpuprofile => None,
+        }
+    }
+
+    fn describe(self) -> String {
+        match (self.format(), self) {
+            (Some(format), _) => format.to_string(),
+            (None, OutputFormat::Speedscope) => "speedscope JSON".into(),
+            (None, _) => "Chrome cpuprofile JSON".into(),
         }
     }
 }
@@ -60,7 +77,17 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     let mut bytes = if args.process_root {
         write_folded_comm_rooted(&decoded.data, &FoldOptions::default()).into_bytes()
     } else {
-        write_profile(&decoded.data, args.format.format())?
+        match args.format.format() {
+            Some(format) => write_profile(&decoded.data, format)?,
+            None if matches!(args.format, OutputFormat::Speedscope) => {
+                let name = args.input.file_name().map_or_else(
+                    || "smolder".to_owned(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                write_speedscope(&decoded.data, &name)
+            }
+            None => write_chrome_cpuprofile(&decoded.data),
+        }
     };
     if args.gzip && !matches!(args.format, OutputFormat::Pprof) {
         bytes = gzip(&bytes);
@@ -72,7 +99,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         decoded.format,
         if decoded.gzip { ", gzip" } else { "" },
         args.output.display(),
-        args.format.format(),
+        args.format.describe(),
         bytes.len()
     );
     Ok(())
