@@ -405,7 +405,7 @@ fn the_merged_range_in_pprof_the_page_and_speedscope() {
     let bin = compile_c(
         dir.path(),
         "smolder_hot",
-        HOT_C,
+        &smolder_e2e::with_cpu_budget(HOT_C),
         &["-O1", "-g", "-fno-omit-frame-pointer"],
     );
     let store = dir.path().join("store");

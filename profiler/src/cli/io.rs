@@ -108,7 +108,10 @@ fn open_input(path: &Path) -> Result<(File, Option<u64>)> {
     } else {
         bail!("is not a regular file or a pipe");
     };
-    // Reads block from here on: a FIFO without a writer reads as empty.
+    if kind.is_fifo() {
+        wait_for_a_writer(&file)?;
+    }
+    // Reads block from here on.
     // SAFETY: fcntl on a descriptor this function owns, with plain flags.
     unsafe {
         use std::os::fd::AsRawFd;
@@ -119,6 +122,37 @@ fn open_input(path: &Path) -> Result<(File, Option<u64>)> {
         }
     }
     Ok((file, size))
+}
+
+/// How long a FIFO may wait for its writer (`mkfifo f; smolder convert f &
+/// perf script > f` opens the reading end first).
+const FIFO_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until a FIFO has data or its writer has come and gone; a FIFO
+/// that no writer opens in [`FIFO_WRITER_WAIT`] is an empty input, not a
+/// hang.
+fn wait_for_a_writer(file: &File) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut poll = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = std::time::Instant::now() + FIFO_WRITER_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // SAFETY: one valid pollfd for the length of the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis() as libc::c_int) };
+        match ready {
+            0 => bail!(
+                "empty input: no writer opened the FIFO within {} s",
+                FIFO_WRITER_WAIT.as_secs()
+            ),
+            n if n > 0 => return Ok(()),
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return Err(std::io::Error::last_os_error()).context("cannot wait on the FIFO"),
+        }
+    }
 }
 
 /// The first panic message seen while a [`quietly`] call runs.
