@@ -99,8 +99,30 @@ impl DwarfInfo {
     }
 
     /// The frames for `vaddr`, innermost first. On broken DWARF, the frames
-    /// found before the error come back with it.
+    /// found before the error come back with it. DWARF that makes the
+    /// parser itself panic (an arithmetic overflow in addr2line on a
+    /// garbled unit) is broken DWARF too, not the end of the profiler.
     pub(crate) fn frames(
+        &self,
+        vaddr: u64,
+        env: &Env<'_>,
+        names: &NameCache,
+    ) -> Result<Vec<Frame>, (Vec<Frame>, Error)> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.frames_of(vaddr, env, names)
+        }))
+        .unwrap_or_else(|_| {
+            Err((
+                Vec::new(),
+                Error::object(
+                    &self.path,
+                    "the DWARF parser failed on this file's debug info",
+                ),
+            ))
+        })
+    }
+
+    fn frames_of(
         &self,
         vaddr: u64,
         env: &Env<'_>,
