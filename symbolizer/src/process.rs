@@ -427,28 +427,6 @@ fn maps_dev(dev: u64) -> u64 {
     (u64::from(libc::major(dev)) << 32) | u64::from(libc::minor(dev))
 }
 
-/// Reads all of `file`, at most `cap` bytes (more is an error, not a
-/// silent cut), into owned memory: a process that truncates the file
-/// later cannot touch a copy.
-pub fn read_capped(file: &File, cap: u64) -> io::Result<Vec<u8>> {
-    let len = file.metadata()?.len();
-    if len > cap {
-        return Err(io::Error::other(format!(
-            "{len} bytes, over the cap of {cap}"
-        )));
-    }
-    // The size may change under us: never trust it past the cap.
-    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    let mut reader = file.take(cap.saturating_add(1));
-    reader.read_to_end(&mut out)?;
-    if out.len() as u64 > cap {
-        return Err(io::Error::other(format!(
-            "grew over the cap of {cap} bytes"
-        )));
-    }
-    Ok(out)
-}
-
 /// What smolder needs to know of a process, read once: for filters,
 /// resource attributes and `service.name`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

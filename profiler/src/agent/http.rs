@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use super::report::{prometheus_text, AgentState, IntervalReport};
 use super::store::StoreReader;
+use super::view::escape;
 use super::view::{ViewFormat, ViewQuery, ViewState};
 use super::AgentError;
 
@@ -94,21 +95,6 @@ impl HttpServer {
             self.task.abort();
         }
     }
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The SVG as an element to put in HTML: without its XML declaration and

@@ -546,35 +546,31 @@ impl ViewState {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The cached rendering of `key`, counted as a hit.
+    fn cache_hit(&self, key: u64) -> Option<Arc<Vec<u8>>> {
+        let hit = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)?;
+        self.stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cache_hits += 1;
+        Some(hit)
+    }
+
     fn cached(
         &self,
         key: u64,
         make: impl FnOnce() -> Result<Vec<u8>, ViewError>,
     ) -> Result<Arc<Vec<u8>>, ViewError> {
-        if let Some(hit) = self
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-        {
-            self.stats
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .cache_hits += 1;
+        if let Some(hit) = self.cache_hit(key) {
             return Ok(hit);
         }
         let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
         // Made while waiting for the turn?
-        if let Some(hit) = self
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-        {
-            self.stats
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .cache_hits += 1;
+        if let Some(hit) = self.cache_hit(key) {
             return Ok(hit);
         }
         let value = Arc::new(make()?);
