@@ -333,3 +333,202 @@ fn node_jit_function_is_named_with_perf_share() {
         "hotLoop leaf share: smolder {our_share:.3} vs perf {perf_share:.3}"
     );
 }
+
+/// A library with a hot function, and a program (run as nobody) that
+/// `dlopen`s it by the path in `argv[1]`, says so, and calls it for
+/// `argv[2]` seconds of CPU time.
+const NS_LIB_C: &str = r#"
+volatile unsigned long sink;
+__attribute__((noinline)) void ns_hot(void) { for (long i = 0; i < 100000; i++) sink += i * i; }
+"#;
+const NS_MAIN_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    void *h = dlopen(argv[1], RTLD_NOW);
+    if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+    void (*hot)(void) = (void (*)(void))dlsym(h, "ns_hot");
+    printf("ready\n");
+    fflush(stdout);
+    cpu_budget(atof(argv[2]));
+    while (!cpu_budget_spent) hot();
+    return 0;
+}
+"#;
+
+/// Reports every open of one file, with the opening process's pid and
+/// command, until its stdin closes (fanotify `FAN_OPEN` through ctypes:
+/// nothing to install; unlike inotify it names who opened the file).
+const FANOTIFY_PY: &str = r#"
+import ctypes, os, select, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+FAN_CLASS_NOTIF, FAN_MARK_ADD, FAN_OPEN = 0, 1, 0x20
+fd = libc.fanotify_init(FAN_CLASS_NOTIF, os.O_RDONLY)
+if fd < 0 or libc.fanotify_mark(fd, FAN_MARK_ADD, ctypes.c_uint64(FAN_OPEN), -100, sys.argv[1].encode()) < 0:
+    sys.exit("fanotify: " + os.strerror(ctypes.get_errno()))
+print("watching", flush=True)
+opens = []
+while True:
+    ready, _, _ = select.select([fd, sys.stdin], [], [])
+    if fd in ready:
+        buf = os.read(fd, 65536)
+        i = 0
+        while i + 24 <= len(buf):
+            length, _, _, _, mask, efd, pid = struct.unpack_from("<IBBHQii", buf, i)
+            if efd >= 0:
+                os.close(efd)
+            try:
+                comm = open("/proc/%d/comm" % pid).read().strip()
+            except OSError:
+                comm = "?"
+            opens.append("%d:%s" % (pid, comm))
+            i += length
+    if sys.stdin in ready and not sys.stdin.buffer.read1(1):
+        break
+print(" ".join(opens), flush=True)
+"#;
+
+/// A process in its own mount namespace maps a library from a tmpfs only it
+/// sees; then a tmpfs stacked on that directory puts, at the mapped path, an
+/// absolute symbolic link to a host file (a copy of the library in a
+/// root-only directory). `record -p` as root never opens the host file
+/// (fanotify `FAN_OPEN`, which names the opener): with CAP_SYS_ADMIN it reads the mapped file itself
+/// through `map_files` and names its frames; without (the agent's
+/// capabilities) the open rule refuses the link, and the frames stay
+/// unnamed and are counted in the summary.
+#[test]
+fn a_symlink_to_a_host_file_in_a_mount_namespace_is_never_opened() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    require_tool("unshare", "util-linux");
+    require_tool("setpriv", "util-linux");
+    require_tool("python3", "python3");
+    let dir = nobody_dir();
+    let lib = compile_c(
+        dir.path(),
+        "libns.so",
+        NS_LIB_C,
+        &["-O1", "-shared", "-fPIC"],
+    );
+    let prog = compile_c(
+        dir.path(),
+        "ns_main",
+        &smolder_e2e::with_cpu_budget(NS_MAIN_C),
+        &["-O1", "-ldl"],
+    );
+    // The host file: a copy of the library that only root can reach.
+    let secret_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(secret_dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let secret = secret_dir.path().join("libsecret.so");
+    std::fs::copy(&lib, &secret).unwrap();
+    let mount_point = dir.path().join("ns");
+    std::fs::create_dir(&mount_point).unwrap();
+    let ready = dir.path().join("ready");
+
+    let mut watcher = KillOnDrop(
+        Command::new("python3")
+            .args(["-c", FANOTIFY_PY])
+            .arg(&secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(read_line(&mut watcher.0), "watching");
+
+    let script = r#"
+set -e
+mount -t tmpfs -o mode=755 none "$1"
+cp "$2" "$1/libns.so"
+chmod 755 "$1/libns.so"
+setpriv --reuid=65534 --regid=65534 --clear-groups "$3" "$1/libns.so" 30 > "$5" &
+child=$!
+until grep -q ready "$5" 2>/dev/null; do
+    kill -0 "$child"
+    sleep 0.05
+done
+mount -t tmpfs -o mode=755 none "$1"
+ln -s "$4" "$1/libns.so"
+echo "$child"
+wait "$child"
+"#;
+    let mut ns = KillOnDrop(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+            .arg(&mount_point)
+            .arg(&lib)
+            .arg(&prog)
+            .arg(&secret)
+            .arg(&ready)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid: i32 = read_line(&mut ns.0)
+        .parse()
+        .expect("the pid of the process in its mount namespace");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mapped = format!("{}/libns.so", mount_point.display());
+    assert!(maps.contains(&mapped), "{maps}");
+
+    let record = |wrapper: &[&str], name: &str| -> (String, String) {
+        let out = dir.path().join(name);
+        let mut cmd = Command::new(wrapper.first().copied().unwrap_or("env"));
+        cmd.args(wrapper.iter().skip(1))
+            .arg(smolder_e2e::smolder_bin())
+            .args([
+                "record",
+                "-p",
+                &pid.to_string(),
+                "-d",
+                "1",
+                "--format",
+                "folded",
+                "-o",
+            ])
+            .arg(&out);
+        let output = run_ok(&mut cmd);
+        (
+            std::fs::read_to_string(&out).unwrap(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // Root with every capability: map_files gives the mapped file itself.
+    let (named, _) = record(&[], "full.folded");
+    assert!(named.contains("ns_hot"), "{named}");
+    // The agent's capabilities (no CAP_SYS_ADMIN, no CAP_CHECKPOINT_RESTORE):
+    // the path is all there is, and it is a link out of the namespace.
+    let (unnamed, stderr) = record(
+        &[
+            "setpriv",
+            "--bounding-set=-sys_admin,-checkpoint_restore",
+            "--inh-caps=-all",
+        ],
+        "no_sys_admin.folded",
+    );
+    assert!(!unnamed.is_empty(), "no samples of the process: {stderr}");
+    assert!(!unnamed.contains("ns_hot"), "{unnamed}");
+    assert!(
+        stderr.contains("mapped files not opened"),
+        "the refused file is not counted: {stderr}"
+    );
+    let without_name: u64 = stderr
+        .split(" frames without a name")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(without_name > 0, "{stderr}");
+
+    // SAFETY: kill(2) on the process this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    drop(watcher.0.stdin.take());
+    let opens = read_line(&mut watcher.0);
+    assert_eq!(
+        opens, "",
+        "the host file behind the link was opened by (pid:command)"
+    );
+}
