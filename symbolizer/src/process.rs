@@ -504,16 +504,18 @@ impl ProcessFacts {
     }
 }
 
-/// The bytes of the vDSO mapped at `entry` in process `pid`.
+/// The bytes of the vDSO mapped at `entry` in process `pid`. A vDSO of
+/// the kernel's own size is the kernel's image, read from smolder's own
+/// vDSO: a process can make its copy writable and rewrite it, so its
+/// memory is read only for a vDSO of another layout (a 32-bit process),
+/// and then at most [`MAX_VDSO_BYTES`].
 pub(crate) fn read_vdso(pid: u32, entry: &Mapping) -> Result<Vec<u8>, Error> {
     let len = usize::try_from(entry.end - entry.start)
         .ok()
-        .filter(|&l| l > 0 && l <= 1 << 24)
+        .filter(|&l| l > 0 && l as u64 <= MAX_VDSO_BYTES)
         .ok_or_else(|| Error::object("[vdso]", "implausible vDSO size"))?;
-    if pid == std::process::id() {
-        if let Some(bytes) = own_vdso(entry, len) {
-            return Ok(bytes);
-        }
+    if let Some(image) = kernel_vdso().filter(|image| image.len() == len) {
+        return Ok(image.to_vec());
     }
     let path = format!("/proc/{pid}/mem");
     let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
@@ -523,18 +525,27 @@ pub(crate) fn read_vdso(pid: u32, entry: &Mapping) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
-/// Our own vDSO, read in place: the auxiliary vector gives its address.
-fn own_vdso(entry: &Mapping, len: usize) -> Option<Vec<u8>> {
-    // SAFETY: getauxval has no preconditions.
-    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
-    if base == 0 || base != entry.start {
-        return None;
-    }
-    let ptr = usize::try_from(base).ok()? as *const u8;
-    // SAFETY: the kernel maps the vDSO readable for the life of the process at
-    // AT_SYSINFO_EHDR, and `entry` (from our own maps) says it spans `len` bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
-    Some(bytes.to_vec())
+/// The largest vDSO read from a process's memory (x86-64's is 8 KiB).
+pub const MAX_VDSO_BYTES: u64 = 1 << 20;
+
+/// The kernel's vDSO image as mapped into smolder itself (at
+/// `AT_SYSINFO_EHDR`, its length from our own maps), or `None` without one.
+pub(crate) fn kernel_vdso() -> Option<&'static [u8]> {
+    static IMAGE: std::sync::OnceLock<Option<&'static [u8]>> = std::sync::OnceLock::new();
+    *IMAGE.get_or_init(|| {
+        // SAFETY: getauxval has no preconditions.
+        let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+        let maps = ProcessMaps::read(std::process::id()).ok()?;
+        let entry = maps
+            .entries()
+            .iter()
+            .find(|e| e.kind() == MappingKind::Vdso && e.start == base)?;
+        let len = usize::try_from(entry.end - entry.start).ok()?;
+        let ptr = usize::try_from(base).ok()? as *const u8;
+        // SAFETY: the kernel maps the vDSO readable at AT_SYSINFO_EHDR for the
+        // life of the process, and our own maps say it spans `len` bytes.
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    })
 }
 
 /// The parts of an ELF file that symbolization and unwinding read (headers,

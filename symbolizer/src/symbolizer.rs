@@ -198,6 +198,32 @@ impl Symbolizer {
         out
     }
 
+    /// Symbolizes file offsets into the vDSO of a process whose `[vdso]`
+    /// mapping is `len` bytes long. The names come from the kernel's image
+    /// (smolder's own vDSO), never from the process's memory, so they can be
+    /// looked up after the process exited; a vDSO of another size (a 32-bit
+    /// process) is left unnamed and counted.
+    pub fn symbolize_vdso(&self, len: u64, offsets: &[u64]) -> Vec<Symbolized> {
+        Counters::add(&self.counters.addresses, offsets.len() as u64);
+        let object = process::kernel_vdso()
+            .filter(|image| image.len() as u64 == len)
+            .ok_or_else(|| Error::object("[vdso]", "not the kernel's vDSO layout"))
+            .and_then(|image| {
+                self.cache
+                    .open_bytes(image.to_vec(), Path::new("[vdso]"), &self.counters)
+            });
+        match object {
+            Ok(obj) => self.in_object_all(&obj, "[vdso]", AddressKind::FileOffset, offsets),
+            Err(e) => {
+                self.counters.error(&e);
+                offsets
+                    .iter()
+                    .map(|&addr| self.unresolved(addr, Some(module("[vdso]", None, addr))))
+                    .collect()
+            }
+        }
+    }
+
     /// Names absolute addresses of JIT code from a perf map, one result per
     /// address; `mapping` is the anonymous mapping they fall in.
     pub fn symbolize_perf_map(

@@ -250,7 +250,8 @@ fn vdso_of_our_own_process_and_of_a_child() {
     check(std::process::id(), start);
     assert_eq!(s.stats().objects_parsed, 1);
 
-    // A child's vDSO, read through /proc/PID/mem: the same image, cached by build-id.
+    // A child's vDSO: the kernel's image again (smolder's own copy, not the
+    // child's memory), cached by build-id.
     let child =
         common::serve(Command::new(common::build_c(dir.path(), "vdso-child", &[])).arg("serve"));
     check(child.pid(), vdso_start(child.pid()));

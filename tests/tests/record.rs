@@ -169,6 +169,91 @@ fn record_command_matches_perf_record_and_reaches_main() {
         .any(|(f, _)| f.iter().filter(|x| *x == "descend").count() == 25));
 }
 
+/// Reads the monotonic clock (a vDSO call, no system call) for one second
+/// of CPU time.
+const CLOCK_C: &str = r#"
+#include <time.h>
+__attribute__((noinline)) void read_clock(void) {
+    struct timespec ts;
+    while (!cpu_budget_spent) clock_gettime(CLOCK_MONOTONIC, &ts);
+}
+int main(void) { cpu_budget(1.0); read_clock(); return 0; }
+"#;
+
+/// The functions of the kernel's vDSO, as binutils `nm -D` lists them in a
+/// dump of this process's vDSO (the oracle).
+fn vdso_functions(dir: &Path) -> std::collections::HashSet<String> {
+    // SAFETY: getauxval has no preconditions.
+    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let line = maps.lines().find(|l| l.ends_with("[vdso]")).unwrap();
+    let (start, end) = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    let (start, end) = (
+        u64::from_str_radix(start, 16).unwrap(),
+        u64::from_str_radix(end, 16).unwrap(),
+    );
+    assert_eq!(base, start);
+    // SAFETY: the kernel keeps the vDSO mapped readable at AT_SYSINFO_EHDR.
+    let image = unsafe { std::slice::from_raw_parts(base as *const u8, (end - start) as usize) };
+    let dump = dir.join("vdso.so");
+    std::fs::write(&dump, image).unwrap();
+    let nm = run_ok(Command::new("nm").args(["-D", "--defined-only"]).arg(&dump));
+    String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (_, kind, name) = (it.next()?, it.next()?, it.next()?);
+            matches!(kind, "T" | "t" | "W" | "w")
+                .then(|| name.split('@').next().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn vdso_frames_are_named_from_the_kernels_image() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    require_tool("nm", "binutils");
+    let dir = tempfile::tempdir().unwrap();
+    let prog = compile_c(dir.path(), "clock", &with_cpu_budget(CLOCK_C), FP_FLAGS);
+    let out = dir.path().join("clock.folded");
+    smolder_ok([
+        "record".as_ref(),
+        "-F".as_ref(),
+        "499".as_ref(),
+        "--format".as_ref(),
+        "folded".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--".as_ref(),
+        prog.as_os_str(),
+    ]);
+    let functions = vdso_functions(dir.path());
+    assert!(
+        functions.iter().any(|f| f.contains("clock_gettime")),
+        "{functions:?}"
+    );
+    let lines = folded(&out);
+    let total: u64 = lines.iter().map(|(_, n)| n).sum();
+    let in_vdso: u64 = lines
+        .iter()
+        .filter(|(f, _)| f.last().is_some_and(|leaf| functions.contains(leaf)))
+        .map(|(_, n)| n)
+        .sum();
+    // Most of the loop's time is spent inside the vDSO's clock_gettime.
+    assert!(
+        in_vdso as f64 >= 0.3 * total as f64,
+        "{in_vdso} of {total} samples have a vDSO function as leaf: {lines:?}"
+    );
+}
+
 /// Copies /dev/zero to /dev/null for one second of CPU time.
 const SYSCALLS_C: &str = r#"
 #include <fcntl.h>

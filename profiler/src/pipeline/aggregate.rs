@@ -108,6 +108,8 @@ struct ObjectFile {
     /// Open handle: symbolized through `/proc/self/fd/N` even after the
     /// process exited or the file was deleted.
     file: Option<File>,
+    /// For the vDSO (no file): its size, to be named from the kernel's image.
+    vdso_len: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -284,9 +286,24 @@ impl Aggregator {
         self.objects.push(ObjectFile {
             path: entry.path.clone(),
             file,
+            vdso_len: None,
         });
         self.object_index.insert((entry.dev, entry.inode), id);
         id
+    }
+
+    /// The object of a `[vdso]` mapping of `len` bytes: one per size, as
+    /// every process of a kind shares the kernel's image.
+    fn vdso_object(&mut self, len: u64) -> u32 {
+        if let Some(id) = self.objects.iter().position(|o| o.vdso_len == Some(len)) {
+            return id as u32;
+        }
+        self.objects.push(ObjectFile {
+            path: "[vdso]".to_owned(),
+            file: None,
+            vdso_len: Some(len),
+        });
+        (self.objects.len() - 1) as u32
     }
 
     /// `time_unix_nano` is when the sample was taken: mappings read before
@@ -324,11 +341,15 @@ impl Aggregator {
             self.read_perf_map(pid, pc);
             return UserFrame::Jit { pc };
         }
-        let Some(entry) = entry.filter(Mapping::is_file) else {
+        let Some(entry) = entry.filter(|e| e.is_file() || e.kind() == MappingKind::Vdso) else {
             self.stats.unmapped_frames += 1;
             return UserFrame::Unmapped { pc };
         };
-        let object = self.object(pid, &entry);
+        let object = if entry.is_file() {
+            self.object(pid, &entry)
+        } else {
+            self.vdso_object(entry.end - entry.start)
+        };
         let record = MappingRecord {
             object,
             start: entry.start,
@@ -463,11 +484,13 @@ impl Aggregator {
             offsets.sort_unstable();
             offsets.dedup();
             let obj = &self.objects[object as usize];
-            // A file the open rule refused is never looked up by its path.
-            let Some(file) = &obj.file else {
-                continue;
+            let symbolized = match (&obj.file, obj.vdso_len) {
+                (Some(file), _) => symbolizer.symbolize_process_file(file, &obj.path, &offsets),
+                (None, Some(len)) => symbolizer.symbolize_vdso(len, &offsets),
+                // A file the open rule refused is never looked up by its path.
+                (None, None) => continue,
             };
-            for sym in symbolizer.symbolize_process_file(file, &obj.path, &offsets) {
+            for sym in symbolized {
                 if let Some(id) = sym.module.as_ref().and_then(|m| m.build_id.clone()) {
                     build_ids.insert(object, id);
                 }
