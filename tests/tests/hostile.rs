@@ -532,3 +532,96 @@ wait "$child"
         "the host file behind the link was opened by (pid:command)"
     );
 }
+
+/// Prints the address of its hot function, then waits.
+const DEBUGLINK_C: &str = r#"
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((noinline)) void linked_hot(void) { for (;;) pause(); }
+int main(void) { printf("%lx\n", (unsigned long)&linked_hot); fflush(stdout); linked_hot(); return 0; }
+"#;
+
+/// A `.gnu_debuglink` section: the name, NUL, padding to 4 bytes, the CRC32
+/// of the debug file.
+fn debuglink_section(name: &str, debug_file: &[u8]) -> Vec<u8> {
+    let mut section = name.as_bytes().to_vec();
+    section.push(0);
+    while section.len() % 4 != 0 {
+        section.push(0);
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(debug_file);
+    section.extend_from_slice(&crc.sum().to_le_bytes());
+    section
+}
+
+/// A stripped binary run by nobody names its debug file
+/// `../../<dir>/secret.debug`: a valid debug file with the right CRC, one
+/// `..` away from where the debug root lookup would go. `symbolize -p` as
+/// root refuses the link and says so, and leaves the function unnamed; the
+/// same file under a plain name at the debug root names it (the control).
+#[test]
+fn a_debug_link_with_parent_dirs_is_refused() {
+    require_tool("objcopy", "binutils");
+    let dir = nobody_dir();
+    let full = compile_c(dir.path(), "linked_full", DEBUGLINK_C, &["-O1", "-g"]);
+    let debug_root = tempfile::tempdir().unwrap();
+    let debug_dir = debug_root
+        .path()
+        .join(dir.path().strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&debug_dir).unwrap();
+    let secret = debug_dir.join("secret.debug");
+    run_ok(
+        Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(&full)
+            .arg(&secret),
+    );
+    let secret_bytes = std::fs::read(&secret).unwrap();
+
+    let symbolize_hot = |link: &str, name: &str| -> (String, String) {
+        let section = dir.path().join(format!("{name}.link"));
+        std::fs::write(&section, debuglink_section(link, &secret_bytes)).unwrap();
+        let binary = dir.path().join(name);
+        run_ok(
+            Command::new("objcopy")
+                .arg("--strip-all")
+                .arg(format!(
+                    "--add-section=.gnu_debuglink={}",
+                    section.display()
+                ))
+                .arg(&full)
+                .arg(&binary),
+        );
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut child = as_nobody(&binary, &[]);
+        let addr = read_line(&mut child.0);
+        let pid = child.0.id().to_string();
+        let out = smolder([
+            "symbolize".as_ref(),
+            "-p".as_ref(),
+            pid.as_ref(),
+            "--debug-root".as_ref(),
+            debug_root.path().as_os_str(),
+            std::ffi::OsStr::new(&addr),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The control: a plain name under the debug root is found and named.
+    std::fs::copy(&secret, debug_dir.join("plain.debug")).unwrap();
+    let (named, _) = symbolize_hot("plain.debug", "linked_plain");
+    assert!(named.contains("linked_hot"), "{named}");
+    // The debug root lookup would be <root>/<dir>/../../<dir>/secret.debug.
+    let parent = dir.path().file_name().unwrap().to_str().unwrap();
+    let hostile_link = format!("../{parent}/secret.debug");
+    let (refused, stderr) = symbolize_hot(&hostile_link, "linked_hostile");
+    assert!(!refused.contains("linked_hot"), "{refused}");
+    assert!(
+        stderr.contains("1 debug link(s) refused"),
+        "the refused link is not reported: {stderr}"
+    );
+}

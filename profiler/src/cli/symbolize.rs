@@ -122,6 +122,12 @@ pub fn run(args: &SymbolizeArgs) -> Result<()> {
             "smolder: {what}: perf map skipped: not a regular file owned by the process inside its root, or over the cap"
         );
     }
+    if stats.debug_links_refused > 0 {
+        eprintln!(
+            "smolder: {what}: {} debug link(s) refused: a .gnu_debuglink that is not a plain file name, or a .gnu_debugaltlink outside the debug root",
+            stats.debug_links_refused
+        );
+    }
     if stats.errors() > 0 {
         eprintln!(
             "smolder: {what}: {} error(s) while reading symbols; frames that could not be named are shown as ??",
