@@ -59,7 +59,7 @@ pub use format::{
     detect, read_profile, read_profile_from, write_profile, write_profile_gzip, Decoded, Format,
     ReadOptions, DEFAULT_MAX_INPUT_SIZE,
 };
-pub use merge::{location_spec, merge, Merger};
+pub use merge::{location_spec, merge, Merger, INSTANCE_ATTRIBUTES};
 pub use perf_script::{read_perf_script, read_perf_script_from};
 pub use pprof::{decode_pprof, encode_pprof, from_pprof, to_pprof};
 pub use speedscope::{write_chrome_cpuprofile, write_speedscope};

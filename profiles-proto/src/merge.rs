@@ -82,8 +82,18 @@ pub struct Merger {
     builder: Option<ProfileBuilder>,
     types: Vec<(ProfileConfig, ProfileTypeId)>,
     drop_timestamps: bool,
+    coarse: bool,
     samples: i64,
 }
+
+/// Resource and sample attributes that name one process, thread or CPU
+/// rather than what ran: a coarse merge drops them.
+pub const INSTANCE_ATTRIBUTES: &[&str] = &[
+    "process.pid",
+    "process.command_line",
+    "thread.id",
+    "cpu.logical_number",
+];
 
 impl Merger {
     /// A merge that keeps every sample's timestamps.
@@ -97,6 +107,20 @@ impl Merger {
     pub fn without_timestamps() -> Merger {
         Merger {
             drop_timestamps: true,
+            ..Merger::default()
+        }
+    }
+
+    /// A merge by what ran rather than where: no timestamps, no addresses
+    /// (locations keep their functions, lines and the mapped file's name and
+    /// build-id), and none of the [`INSTANCE_ATTRIBUTES`] (PIDs, command
+    /// lines, thread ids, CPUs). Its size is bounded by the distinct code
+    /// paths of the programs seen, whatever the number of processes that
+    /// ran them: what a day of a churning host needs.
+    pub fn coarse() -> Merger {
+        Merger {
+            drop_timestamps: true,
+            coarse: true,
             ..Merger::default()
         }
     }
@@ -157,12 +181,26 @@ impl Merger {
                 if !keep(&view, resource, sample) {
                     continue;
                 }
+                let coarse = self.coarse;
                 let resource_id = *resource_id.get_or_insert_with(|| {
-                    b.resource(resource.map(|r| r.attributes.clone()).unwrap_or_default())
+                    let mut attributes = resource.map(|r| r.attributes.clone()).unwrap_or_default();
+                    if coarse {
+                        attributes.retain(|kv| !INSTANCE_ATTRIBUTES.contains(&kv.key.as_str()));
+                    }
+                    b.resource(attributes)
                 });
                 let stack: Vec<i32> = view
                     .stack(sample.stack_index)
-                    .map(|l| b.location(&location_spec(&view, l)))
+                    .map(|l| {
+                        let mut spec = location_spec(&view, l);
+                        if coarse {
+                            spec.address = 0;
+                            if let Some(m) = spec.mapping.as_mut() {
+                                (m.memory_start, m.memory_limit, m.file_offset) = (0, 0, 0);
+                            }
+                        }
+                        b.location(&spec)
+                    })
                     .collect();
                 let stack = b.stack(&stack);
                 let attrs: Vec<i32> = sample
@@ -174,6 +212,9 @@ impl Merger {
                             .get(usize::try_from(i).ok()?)
                     })
                     .filter(|kv| kv.value.is_some())
+                    .filter(|kv| {
+                        !coarse || !INSTANCE_ATTRIBUTES.contains(&view.string(kv.key_strindex))
+                    })
                     .map(|kv| {
                         b.attribute(
                             view.string(kv.key_strindex),
@@ -250,6 +291,86 @@ mod tests {
             write_folded(&merged, &FoldOptions::default()),
             "main;f 5\nmain;g 1\nmain;h 4\n"
         );
+    }
+
+    #[test]
+    fn a_coarse_merge_keeps_what_ran_not_where() {
+        use crate::builder::{
+            LocationSpec, MappingSpec, ProfileBuilder, ProfileConfig, SourceLine,
+        };
+        use crate::otlp::common::v1::{any_value::Value, AnyValue, KeyValue};
+        let string = |s: &str| AnyValue {
+            value: Some(Value::StringValue(s.to_owned())),
+        };
+        let int = |i: i64| AnyValue {
+            value: Some(Value::IntValue(i)),
+        };
+        // Two processes of one program, loaded at different addresses.
+        let process = |pid: i64, base: u64| {
+            let mut b = ProfileBuilder::new(ProfileConfig::cpu(99, 0, 0));
+            let kv = |k: &str, v| KeyValue {
+                key: k.to_owned(),
+                value: Some(v),
+                ..KeyValue::default()
+            };
+            let r = b.resource(vec![
+                kv("process.pid", int(pid)),
+                kv("process.executable.name", string("app")),
+            ]);
+            let loc = b.location(&LocationSpec {
+                mapping: Some(MappingSpec {
+                    memory_start: base,
+                    memory_limit: base + 0x1000,
+                    file_offset: 0,
+                    filename: "/usr/bin/app".to_owned(),
+                    build_id: None,
+                }),
+                address: base + 0x10,
+                lines: vec![SourceLine {
+                    function: "work".to_owned(),
+                    ..SourceLine::default()
+                }],
+                ..LocationSpec::default()
+            });
+            let stack = b.stack(&[loc]);
+            let tid = b.attribute("thread.id", int(pid), "");
+            let name = b.attribute("thread.name", string("worker"), "");
+            let t = b.default_profile_type();
+            b.add_sample(r, t, stack, &[tid, name], 3, Some(5));
+            b.finish()
+        };
+        let (a, b) = (process(10, 0x1000), process(11, 0x8000));
+        let mut fine = Merger::without_timestamps();
+        let mut coarse = Merger::coarse();
+        for data in [&a, &b] {
+            fine.add(data);
+            coarse.add(data);
+        }
+        assert_eq!(fine.distinct_samples(), 2);
+        assert_eq!(coarse.distinct_samples(), 1);
+        assert_eq!(coarse.total(), 6);
+        let merged = coarse.finish();
+        crate::validate::validate(&merged).unwrap();
+        let view = ProfileView::new(&merged);
+        let (resource, profile) = view.profiles().next().unwrap();
+        let keys: Vec<&str> = resource
+            .unwrap()
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect();
+        assert_eq!(keys, ["process.executable.name"]);
+        let sample = &profile.samples[0];
+        assert_eq!(sample_weight(sample), 6);
+        let names: Vec<&str> = sample
+            .attribute_indices
+            .iter()
+            .map(|&i| view.string(view.dictionary().attribute_table[i as usize].key_strindex))
+            .collect();
+        assert_eq!(names, ["thread.name"]);
+        let location = view.stack(sample.stack_index).next().unwrap();
+        assert_eq!(location.address, 0);
+        assert_eq!(location_spec(&view, location).lines[0].function, "work");
     }
 
     #[test]

@@ -582,7 +582,7 @@ fn the_merged_range_in_pprof_the_page_and_speedscope() {
     let pages = open_in_speedscope(&[("range.json", &speedscope)]);
     let page = pages[0].as_deref().expect("speedscope stopped at an error");
     assert!(
-        page.contains("Left Heavy") && page.contains("smolder_hot ["),
+        page.contains("Left Heavy") && page.contains("smolder_hot"),
         "speedscope did not open the range: {page}"
     );
     drop(agent);

@@ -140,8 +140,9 @@ impl LocalStore {
 
     /// Merges the intervals of each 5-minute span that ended more than
     /// `compact_after` before `newest_ms` into one OTLP file (named after
-    /// the span's first interval; timestamps and SVGs dropped); returns
-    /// how many intervals were merged.
+    /// the span's first interval), by what ran ([`Merger::coarse`]:
+    /// timestamps, addresses, PIDs, thread ids, CPUs and SVGs dropped);
+    /// returns how many intervals were merged.
     fn compact(&self, newest_ms: u64) -> Result<usize, AgentError> {
         let horizon = newest_ms.saturating_sub(self.retention.compact_after.as_millis() as u64);
         let mut spans: BTreeMap<u64, Vec<Interval>> = BTreeMap::new();
@@ -157,7 +158,7 @@ impl LocalStore {
             if done {
                 continue;
             }
-            let mut merger = Merger::without_timestamps();
+            let mut merger = Merger::coarse();
             for interval in &intervals {
                 let Some(otlp) = interval
                     .files

@@ -319,9 +319,21 @@ impl StoreReader {
 
     /// Merges `intervals`, keeping what `selection` selects: one file read
     /// and decoded at a time, timestamps dropped, so memory grows with the
-    /// distinct stacks of the range, not with its length.
-    pub fn merge(&self, intervals: &[StoredInterval], selection: &Selection) -> Merged {
-        let mut merger = Merger::without_timestamps();
+    /// distinct stacks of the range, not with its length. By default the
+    /// merge is by what ran ([`Merger::coarse`]: no addresses, PIDs, thread
+    /// ids or CPUs), so it does not grow with the processes a churning host
+    /// starts either; `full_detail` keeps them.
+    pub fn merge(
+        &self,
+        intervals: &[StoredInterval],
+        selection: &Selection,
+        full_detail: bool,
+    ) -> Merged {
+        let mut merger = if full_detail {
+            Merger::without_timestamps()
+        } else {
+            Merger::coarse()
+        };
         let mut merged = 0;
         for interval in intervals {
             let Some(data) = read_stored(&interval.path) else {

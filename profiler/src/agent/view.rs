@@ -139,6 +139,10 @@ pub struct ViewQuery {
     pub diff: bool,
     pub before: Option<Range>,
     pub search: String,
+    /// `detail=full`: keep addresses, PIDs, thread ids and CPUs (a merge
+    /// whose size grows with the processes of the range) instead of merging
+    /// by what ran (the default, bounded by the distinct code paths).
+    pub full_detail: bool,
 }
 
 /// Decodes `application/x-www-form-urlencoded` text.
@@ -406,6 +410,12 @@ impl ViewQuery {
                 .find(|(k, _)| k == "search")
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default(),
+            full_detail: match pairs.iter().rev().find(|(k, _)| k == "detail") {
+                None => false,
+                Some((_, d)) if d == "full" => true,
+                Some((_, d)) if d == "coarse" => false,
+                Some((_, d)) => return Err(format!("detail={d}: use full or coarse")),
+            },
         })
     }
 
@@ -461,6 +471,7 @@ fn cache_key(what: &str, query: &ViewQuery, files: &[&[StoredInterval]]) -> u64 
     query.format.hash(&mut h);
     query.icicle.hash(&mut h);
     query.diff.hash(&mut h);
+    query.full_detail.hash(&mut h);
     for list in files {
         list.len().hash(&mut h);
         for f in *list {
@@ -612,7 +623,7 @@ impl ViewState {
         }
         let key = cache_key("profile", query, &[&files]);
         self.cached(key, || {
-            let merged = store.merge(&files, &query.selection);
+            let merged = store.merge(&files, &query.selection, query.full_detail);
             encode(&merged.data, query, &title(query, merged.samples))
         })
     }
@@ -632,10 +643,12 @@ impl ViewState {
             &[&files, &before_files],
         );
         self.cached(key, || {
-            let merged = store.merge(&files, &query.selection);
-            let before = query
-                .diff
-                .then(|| store.merge(&before_files, &query.selection).data);
+            let merged = store.merge(&files, &query.selection, query.full_detail);
+            let before = query.diff.then(|| {
+                store
+                    .merge(&before_files, &query.selection, query.full_detail)
+                    .data
+            });
             Ok(
                 page_html(query, &files, &merged.data, merged.samples, before.as_ref())
                     .into_bytes(),

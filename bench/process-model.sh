@@ -1,0 +1,58 @@
+#!/bin/bash
+# What the single process model changed: opens, /proc reads, CPU and RSS of
+# `smolder agent` and `smolder record -a`, two builds side by side in one run
+# on the same host activity.
+#
+#   bench/process-model.sh OLD_SMOLDER NEW_SMOLDER [SECONDS]
+#
+# For each binary and each mode, two runs of SECONDS (default 60):
+#  1. under `strace -f -e trace=open,openat,openat2`: opens of files under
+#     /proc (every /proc read starts with one) and of everything else,
+#     successful and failed;
+#  2. under GNU time: CPU (user + system over wall) and peak RSS, no tracer.
+# The agent runs `-F 19 -i 10s --output-dir DIR`; record runs
+# `record -a -F 19 -d SECONDS --format otlp`. Runs alternate old/new so that
+# host activity that drifts over time touches both alike.
+set -euo pipefail
+old=$1
+new=$2
+secs=${3:-60}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+run() { # label binary mode traced
+    local label=$1 bin=$2 mode=$3 traced=$4
+    local out=$work/$label-$mode
+    mkdir -p "$out"
+    local cmd
+    if [ "$mode" = agent ]; then
+        cmd=(timeout -s TERM "$secs" "$bin" agent -F 19 -i 10s --output-dir "$out/store")
+    else
+        cmd=("$bin" record -a -F 19 -d "$secs" --format otlp -o "$out/rec.pb")
+    fi
+    if [ "$traced" = yes ]; then
+        strace -f -qq -e trace=open,openat,openat2 -o "$out/strace" "${cmd[@]}" \
+            >/dev/null 2>"$out/stderr" || true
+        local proc_ok proc_fail other_ok other_fail
+        proc_ok=$(grep -E '"/proc/' "$out/strace" | grep -cvE '= -1 ' || true)
+        proc_fail=$(grep -E '"/proc/' "$out/strace" | grep -cE '= -1 ' || true)
+        other_ok=$(grep -vE '"/proc/' "$out/strace" | grep -E 'open' | grep -cvE '= -1 ' || true)
+        other_fail=$(grep -vE '"/proc/' "$out/strace" | grep -E 'open' | grep -cE '= -1 ' || true)
+        printf '%-4s %-6s opens: /proc %6d (+%d failed), other files %6d (+%d failed)\n' \
+            "$label" "$mode" "$proc_ok" "$proc_fail" "$other_ok" "$other_fail"
+    else
+        /usr/bin/time -f '%U %S %e %M' -o "$out/time" "${cmd[@]}" >/dev/null 2>"$out/stderr" || true
+        read -r user sys wall rss_kib <"$out/time"
+        awk -v l="$label" -v m="$mode" -v u="$user" -v s="$sys" -v w="$wall" -v r="$rss_kib" \
+            'BEGIN { printf "%-4s %-6s CPU %5.2f %% of one core (%.1f s over %.0f s), peak RSS %d MiB\n", l, m, 100 * (u + s) / w, u + s, w, r / 1024 }'
+    fi
+}
+
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+for mode in agent record; do
+    for traced in yes no; do
+        run old "$old" "$mode" "$traced"
+        run new "$new" "$mode" "$traced"
+    done
+done
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
