@@ -546,7 +546,7 @@ int main(void) { printf("%lx\n", (unsigned long)&linked_hot); fflush(stdout); li
 fn debuglink_section(name: &str, debug_file: &[u8]) -> Vec<u8> {
     let mut section = name.as_bytes().to_vec();
     section.push(0);
-    while section.len() % 4 != 0 {
+    while !section.len().is_multiple_of(4) {
         section.push(0);
     }
     let mut crc = flate2::Crc::new();
