@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use smolder_e2e::{
-    compile_c, require_ebpf, require_tool, rich_profile, smolder_bin, smolder_ok, HOT_C,
+    compile_c, require_ebpf, require_tool, rich_profile, run_ok, smolder_bin, smolder_ok, HOT_C,
 };
 use smolder_profiles_proto::{read_profile, sample_weight, write_profile, Format, ProfileView};
 
@@ -562,6 +562,83 @@ fn the_merged_range_in_pprof_the_page_and_speedscope() {
         diff.contains("<svg") && diff.contains("hot_alpha"),
         "{}",
         &diff[..diff.len().min(500)]
+    );
+
+    // Driven as a user would (DevTools protocol, real mouse events): each
+    // heading of the top table sorts it, one way then the other, and a drag
+    // over the middle half of the chart narrows the range to it.
+    let chromium = require_tool("chromium", "Debian chromium");
+    let driver = smolder_e2e::workspace_root().join("tests/oracles/page_driver.py");
+    let driven = run_ok(
+        Command::new("python3")
+            .arg(&driver)
+            .arg(&chromium)
+            .arg(format!("http://{addr}/view?last=1h")),
+    );
+    let driven: serde_json::Value = serde_json::from_slice(&driven.stdout).unwrap();
+    let headings: Vec<&str> = driven["headings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    assert_eq!(headings, ["function", "self", "self %", "total", "total %"]);
+    for heading in headings {
+        let clicks = driven["sorted"][heading].as_array().unwrap();
+        let column = |i: usize| -> Vec<&str> {
+            clicks[i]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect()
+        };
+        let (first, second) = (column(0), column(1));
+        assert!(first.len() > 1, "{heading}: {first:?}");
+        if heading == "function" {
+            // The page compares names with the browser's collation
+            // (localeCompare): the second click must reverse the first.
+            let reversed: Vec<&str> = first.iter().rev().copied().collect();
+            assert_eq!(second, reversed, "{heading}");
+        } else {
+            let num = |v: &[&str]| -> Vec<f64> { v.iter().map(|x| x.parse().unwrap()).collect() };
+            let (first, second) = (num(&first), num(&second));
+            assert!(
+                first.windows(2).all(|w| w[0] >= w[1]),
+                "{heading} {first:?}"
+            );
+            assert!(
+                second.windows(2).all(|w| w[0] <= w[1]),
+                "{heading} {second:?}"
+            );
+        }
+    }
+    let drag = &driven["drag"];
+    let (chart_from, chart_to) = (
+        drag["before"]["from"].as_f64().unwrap() / 1000.0,
+        drag["before"]["to"].as_f64().unwrap() / 1000.0,
+    );
+    let search = drag["after"]["search"].as_str().unwrap();
+    let param = |key: &str| -> f64 {
+        search
+            .trim_start_matches('?')
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= after the drag: {search}"))
+            .parse()
+            .unwrap()
+    };
+    let (from, to) = (param("from"), param("to"));
+    let span = chart_to - chart_from;
+    assert!(
+        (from - (chart_from + 0.25 * span)).abs() <= 0.02 * span + 1.0
+            && (to - (chart_from + 0.75 * span)).abs() <= 0.02 * span + 1.0,
+        "the drag over the middle half gave {from}..{to} of {chart_from}..{chart_to}"
+    );
+    let narrowed: i64 = drag["after"]["total"].as_str().unwrap().parse().unwrap();
+    assert!(
+        narrowed <= endpoint_total("") && narrowed >= 0,
+        "the narrowed range shows {narrowed} samples"
     );
 
     // The same range as speedscope: schema-valid, and speedscope opens it.
