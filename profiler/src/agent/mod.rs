@@ -177,6 +177,7 @@ impl Running {
         // The next interval starts where this one ends: samples that arrive
         // while this one is symbolized belong to the next.
         let end_unix = unix_nano_now();
+        self.state.finishing();
         let Interval {
             mut data,
             start_unix_nano: start_unix,
@@ -202,6 +203,7 @@ impl Running {
                         tracing::warn!(
                             "the last interval was not symbolized within {limit:?}: dropped"
                         );
+                        self.state.interval_done();
                         return;
                     }
                 }

@@ -192,9 +192,19 @@ pub struct AgentState {
     latest: RwLock<Option<Arc<IntervalReport>>>,
     counters: Mutex<Counters>,
     last_interval_at: Mutex<Instant>,
+    /// When the interval being finished (symbolized, written) ended, while
+    /// that work runs.
+    finishing_since: Mutex<Option<Instant>>,
+    /// Whether any interval finished yet.
+    finished_one: std::sync::atomic::AtomicBool,
     /// The interval length now (for `/healthz`).
     interval: Mutex<Duration>,
 }
+
+/// How long `/healthz` waits for the first interval after the start (BPF
+/// load, then the first symbolization of every binary on the host) and for
+/// the finishing of one interval, before it calls the agent stalled.
+pub const HEALTH_GRACE: Duration = Duration::from_secs(60);
 
 impl AgentState {
     pub fn new(interval: Duration) -> AgentState {
@@ -202,8 +212,18 @@ impl AgentState {
             latest: RwLock::new(None),
             counters: Mutex::new(Counters::default()),
             last_interval_at: Mutex::new(Instant::now()),
+            finishing_since: Mutex::new(None),
+            finished_one: std::sync::atomic::AtomicBool::new(false),
             interval: Mutex::new(interval),
         }
+    }
+
+    /// An interval ended; its symbolization and writing start now.
+    pub fn finishing(&self) {
+        *self
+            .finishing_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
     }
 
     pub fn latest(&self) -> Option<Arc<IntervalReport>> {
@@ -219,6 +239,17 @@ impl AgentState {
             .last_interval_at
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.interval_done();
+    }
+
+    /// The interval being finished is done (stored and published, or dropped).
+    pub fn interval_done(&self) {
+        *self
+            .finishing_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        self.finished_one
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn counters(&self) -> Counters {
@@ -234,14 +265,28 @@ impl AgentState {
     }
 
     /// Healthy while intervals keep finishing: the last one ended less
-    /// than three intervals ago.
+    /// than three intervals ago. A slow host is not a stalled agent: the
+    /// first interval may take [`HEALTH_GRACE`] after the start, and so may
+    /// the symbolization of an interval that has ended.
     pub fn healthy(&self) -> bool {
         let interval = *self.interval.lock().unwrap_or_else(PoisonError::into_inner);
-        self.last_interval_at
+        let since_last = self
+            .last_interval_at
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .elapsed()
-            < interval * 3 + Duration::from_secs(1)
+            .elapsed();
+        if since_last < interval * 3 + Duration::from_secs(1) {
+            return true;
+        }
+        if !self.finished_one.load(std::sync::atomic::Ordering::Relaxed)
+            && since_last < HEALTH_GRACE + interval
+        {
+            return true;
+        }
+        self.finishing_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|t| t.elapsed() < HEALTH_GRACE)
     }
 }
 
@@ -408,6 +453,36 @@ pub fn prometheus_text(c: &Counters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_allows_a_slow_start_and_a_slow_interval_but_not_a_stall() {
+        let state = AgentState::new(Duration::from_secs(1));
+        let ago = |s: u64| Instant::now().checked_sub(Duration::from_secs(s)).unwrap();
+        let set_last = |t: Instant| *state.last_interval_at.lock().unwrap() = t;
+        assert!(state.healthy(), "just started");
+        set_last(ago(10));
+        assert!(
+            state.healthy(),
+            "no interval yet, within the start-up grace"
+        );
+        set_last(ago(62));
+        assert!(!state.healthy(), "no interval a minute after the start");
+        state.interval_done();
+        set_last(ago(2));
+        assert!(state.healthy(), "intervals finishing");
+        set_last(ago(10));
+        assert!(
+            !state.healthy(),
+            "stalled: nothing finished for 10 intervals"
+        );
+        state.finishing();
+        assert!(state.healthy(), "an interval is being symbolized");
+        *state.finishing_since.lock().unwrap() = Some(ago(61));
+        assert!(
+            !state.healthy(),
+            "its symbolization has taken over a minute"
+        );
+    }
 
     #[test]
     fn processes_by_share_and_graphs() {
