@@ -38,11 +38,21 @@ run() { # label binary mode traced
         proc_fail=$(grep -E '"/proc/' "$out/strace" | grep -cE '= -1 ' || true)
         other_ok=$(grep -vE '"/proc/' "$out/strace" | grep -E 'open' | grep -cvE '= -1 ' || true)
         other_fail=$(grep -vE '"/proc/' "$out/strace" | grep -E 'open' | grep -cE '= -1 ' || true)
-        printf '%-4s %-6s opens: /proc %6d (+%d failed), other files %6d (+%d failed)\n' \
-            "$label" "$mode" "$proc_ok" "$proc_fail" "$other_ok" "$other_fail"
+        local pids
+        pids=$(grep -oE '"/proc/[0-9]+/' "$out/strace" | sort -u | wc -l)
+        printf '%-4s %-6s opens: /proc %6d (+%d failed) of %d processes, other files %6d (+%d failed)\n' \
+            "$label" "$mode" "$proc_ok" "$proc_fail" "$pids" "$other_ok" "$other_fail"
+        # Per /proc entry: how often each is opened per process seen.
+        grep -oE '"/proc/[0-9]+/[a-z_]+' "$out/strace" | sed -E 's|"/proc/[0-9]+/||' | sort | uniq -c |
+            awk -v p="$pids" -v l="$label" -v m="$mode" '{ printf "%-4s %-6s   /proc/PID/%-10s %6d opens, %.2f per process\n", l, m, $2, $1, $1 / p }'
+        grep -vE '"/proc/' "$out/strace" | grep -oE 'open[a-z0-9]*\(AT_FDCWD, "[^"]*"|open[a-z0-9]*\([0-9]+, "[^"]*"' |
+            sed -E 's/.*"(.*)"/\1/; s|/[^/]*$||' | sort | uniq -c | sort -rn | head -5 |
+            awk -v l="$label" -v m="$mode" '{ printf "%-4s %-6s   other: %6d in %s\n", l, m, $1, $2 }' 
     else
         /usr/bin/time -f '%U %S %e %M' -o "$out/time" "${cmd[@]}" >/dev/null 2>"$out/stderr" || true
-        read -r user sys wall rss_kib <"$out/time"
+        # (GNU time puts "Command exited with non-zero status" first when
+        # timeout ends the agent.)
+        read -r user sys wall rss_kib < <(tail -n 1 "$out/time")
         awk -v l="$label" -v m="$mode" -v u="$user" -v s="$sys" -v w="$wall" -v r="$rss_kib" \
             'BEGIN { printf "%-4s %-6s CPU %5.2f %% of one core (%.1f s over %.0f s), peak RSS %d MiB\n", l, m, 100 * (u + s) / w, u + s, w, r / 1024 }'
     fi

@@ -131,7 +131,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let profile = guard.stop()?;
     profile.write_otlp(out.join("profile.pb"))?;
-    profile.write_flamegraph(out.join("profile.svg"))?;
+    // With --export-every, `stop` returns what came after the last export,
+    // which may be nothing at all: no flamegraph then.
+    let left: usize = profile
+        .data
+        .resource_profiles
+        .iter()
+        .flat_map(|r| &r.scope_profiles)
+        .flat_map(|s| &s.profiles)
+        .map(|p| p.samples.len())
+        .sum();
+    if left > 0 {
+        profile.write_flamegraph(out.join("profile.svg"))?;
+    } else {
+        eprintln!("no samples since the last export: no flamegraph written");
+    }
     println!(
         "{{\"sampler\":\"{:?}\",\"samples\":{},\"lost\":{},\"threads\":{},\"sampled_cpu_ns\":{},\"workload_cpu_ns\":{},\"profiler_cpu_ns\":{},\"unwind_failures\":{}}}",
         profile.sampler,

@@ -363,7 +363,9 @@ impl ProfilerGuard {
         }
     }
 
-    /// Stops sampling and returns the symbolized profile.
+    /// Stops sampling and returns the symbolized profile: everything since
+    /// the start, or with `export_every` what came after the last export
+    /// (exported too), which may hold no sample.
     pub fn stop(self) -> Result<Profile, ProfilerError> {
         match self.backend {
             Backend::Perf { stop, thread } => {
