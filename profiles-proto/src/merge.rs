@@ -182,20 +182,27 @@ impl Merger {
                         )
                     })
                     .collect();
+                let link = match sample.link_index {
+                    0 => 0,
+                    _ => crate::links::sample_link(&view, sample)
+                        .map_or(0, |l| b.link(l.trace_id, l.span_id)),
+                };
                 self.samples = self.samples.saturating_add(sample_weight(sample));
                 if sample.timestamps_unix_nano.is_empty() || self.drop_timestamps {
-                    b.add_sample(
-                        resource_id,
-                        type_id,
-                        stack,
-                        &attrs,
-                        sample_weight(sample),
-                        None,
-                    );
+                    let weight = sample_weight(sample);
+                    b.add_linked_sample(resource_id, type_id, stack, &attrs, link, weight, None);
                 } else {
                     for (i, &ts) in sample.timestamps_unix_nano.iter().enumerate() {
                         let value = sample.values.get(i).copied().unwrap_or(1);
-                        b.add_sample(resource_id, type_id, stack, &attrs, value, Some(ts));
+                        b.add_linked_sample(
+                            resource_id,
+                            type_id,
+                            stack,
+                            &attrs,
+                            link,
+                            value,
+                            Some(ts),
+                        );
                     }
                 }
             }
