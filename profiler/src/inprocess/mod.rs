@@ -21,9 +21,13 @@
 
 mod labels;
 mod perf;
+#[cfg(feature = "tracing")]
+mod tracing_layer;
 mod unwind;
 
 pub use labels::with_labels;
+#[cfg(feature = "tracing")]
+pub use tracing_layer::{TracingLayer, SPAN_NAME_KEY};
 pub use perf::UserRegs;
 pub use unwind::StackUnwinder;
 
@@ -86,6 +90,9 @@ pub struct ProfileStats {
     pub unwind_failures: u64,
     /// CPU time of the profiler's own thread, in ns.
     pub profiler_cpu_ns: u64,
+    /// Times a thread changed its labels so often between two reads that
+    /// older changes were dropped (their samples may carry wrong labels).
+    pub label_log_overflows: u64,
 }
 
 /// A finished profile: the OTLP `ProfilesData` (symbolized), with writers.
@@ -548,6 +555,7 @@ fn reader(
     #[cfg(feature = "exporter")]
     let mut interval_start = started.unix_nano;
     let mut stats = ProfileStats::default();
+    let mut timeline = labels::Timeline::default();
     let mut batch = Vec::new();
     let mut seen = std::collections::HashSet::new();
     #[cfg(feature = "exporter")]
@@ -617,22 +625,23 @@ fn reader(
                 e.disable();
             }
         }
+        let read_at = labels::monotonic_ns();
         for e in events.values_mut() {
             let counts = e.read(&mut batch);
             stats.lost += counts.lost;
         }
-        let mut newest = 0;
+        // After the rings: every change earlier than a sample read is logged.
+        timeline.collect();
         for s in batch.drain(..) {
             seen.insert(s.tid);
             stats.samples += 1;
             stats.sampled_cpu_ns += s.period;
-            newest = newest.max(s.time);
             let Some(regs) = s.regs else { continue };
             let user = unwinder.unwind(regs, &s.stack);
             if user.len() <= 1 {
                 stats.unwind_failures += 1;
             }
-            let labels = labels::labels_at(s.tid, s.time);
+            let context = timeline.at(s.tid, s.time);
             let name = names.get(&s.tid).map_or("", String::as_str);
             recording.add(&Sample {
                 pid: s.pid,
@@ -642,13 +651,13 @@ fn reader(
                 thread_name: name.to_owned(),
                 kernel: Vec::new(),
                 user,
-                labels: labels.map(|l| l.to_vec()).unwrap_or_default(),
+                labels: context.map(|c| c.labels.clone()).unwrap_or_default(),
+                link: context.and_then(|c| c.link),
             });
         }
-        if newest > 0 {
-            // Spans that ended a second before the newest sample cannot match anything still in a ring.
-            labels::prune_before(newest.saturating_sub(1_000_000_000));
-        }
+        // A sample still to come was taken after the rings were read (a
+        // margin for one being written meanwhile).
+        timeline.prune_before(read_at.saturating_sub(5_000_000));
         if stopping {
             break;
         }
@@ -665,6 +674,7 @@ fn reader(
         wait_for_samples(&events, Duration::from_millis(10));
     }
     stats.threads = seen.len();
+    stats.label_log_overflows = timeline.overflows;
     stats.profiler_cpu_ns = thread_cpu_ns();
     Collected {
         recording,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
 use smolder_profiles_proto::{
     int_value, string_value, FrameType, LocationSpec, MappingSpec, ProfileBuilder, ProfileConfig,
-    SourceLine,
+    SourceLine, TraceLink,
 };
 use smolder_symbolizer::process::{open_mapped_file, Mapping, MappingKind, ProcessMaps};
 use smolder_symbolizer::{PerfMapReader, ProcessFacts, Source, Symbolized, Symbolizer};
@@ -54,6 +54,9 @@ pub struct Sample {
     pub user: Vec<u64>,
     /// Extra sample attributes (the in-process profiler's scope labels).
     pub labels: Vec<(String, String)>,
+    /// The trace span it was taken in (the in-process profiler's
+    /// `TracingLayer`).
+    pub link: Option<TraceLink>,
 }
 
 /// What went missing on the way, for the run summary and `/metrics`.
@@ -152,6 +155,7 @@ struct StackKey {
     kernel: Vec<u64>,
     user: Vec<UserFrame>,
     labels: Vec<(String, String)>,
+    link: Option<TraceLink>,
 }
 
 struct ProcessState {
@@ -422,6 +426,7 @@ impl Aggregator {
             kernel: sample.kernel.clone(),
             user,
             labels: sample.labels.clone(),
+            link: sample.link,
         };
         self.stacks
             .entry(key)
@@ -591,8 +596,9 @@ impl Aggregator {
             for (k, v) in &key.labels {
                 attrs.push(builder.attribute(k, string_value(v), ""));
             }
+            let link = key.link.map_or(0, |l| builder.link(l.trace_id, l.span_id));
             for ts in timestamps {
-                builder.add_sample(resource, cpu, stack, &attrs, 1, Some(ts));
+                builder.add_linked_sample(resource, cpu, stack, &attrs, link, 1, Some(ts));
             }
         }
         let gone: Vec<u32> = self
