@@ -33,7 +33,7 @@ pub use unwind::StackUnwinder;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -293,15 +293,20 @@ impl ProfilerBuilder {
         let unwinder = StackUnwinder::new();
         labels::start_recording();
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let intervals = Arc::new(AtomicU64::new(0));
+        let shared = Shared {
+            stop: stop.clone(),
+            intervals: intervals.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("smolder-profiler".into())
-            .spawn(move || reader(self, first, unwinder, started, &flag))
+            .spawn(move || reader(self, first, unwinder, started, &shared))
             .map_err(|e| ProfilerError::Thread(e.to_string()));
         ProfilerGuard {
             backend: Backend::Perf {
                 stop: StopOnDrop(stop),
                 thread,
+                intervals,
             },
             started,
         }
@@ -352,6 +357,7 @@ enum Backend {
     Perf {
         stop: StopOnDrop,
         thread: Result<JoinHandle<Collected>, ProfilerError>,
+        intervals: Arc<AtomicU64>,
     },
     Signal(Box<pprof::ProfilerGuard<'static>>),
 }
@@ -370,10 +376,18 @@ impl ProfilerGuard {
         }
     }
 
+    /// Intervals exported so far in long-running mode (`export_every`).
+    pub fn intervals_exported(&self) -> u64 {
+        match &self.backend {
+            Backend::Perf { intervals, .. } => intervals.load(Ordering::Acquire),
+            Backend::Signal(_) => 0,
+        }
+    }
+
     /// Stops sampling and returns the symbolized profile.
     pub fn stop(self) -> Result<Profile, ProfilerError> {
         match self.backend {
-            Backend::Perf { stop, thread } => {
+            Backend::Perf { stop, thread, .. } => {
                 drop(stop);
                 let collected = thread?
                     .join()
@@ -410,6 +424,12 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
     }
+}
+
+/// What the reader thread shares with the guard.
+struct Shared {
+    stop: Arc<AtomicBool>,
+    intervals: Arc<AtomicU64>,
 }
 
 struct Collected {
@@ -544,7 +564,7 @@ fn reader(
     first: ThreadEvent,
     mut unwinder: StackUnwinder,
     started: Started,
-    stop: &AtomicBool,
+    shared: &Shared,
 ) -> Collected {
     let me = gettid();
     let mut events: HashMap<u32, ThreadEvent> = HashMap::from([(first.tid, first)]);
@@ -571,7 +591,7 @@ fn reader(
     let mut names_read_at: Option<Instant> = None;
     let mut found_at: HashMap<u32, Instant> = HashMap::new();
     loop {
-        let stopping = stop.load(Ordering::Acquire);
+        let stopping = shared.stop.load(Ordering::Acquire);
         if !stopping {
             // New threads are found within one loop (~10 ms): every thread
             // present gets its event before the unwinder's set-up below.
@@ -669,6 +689,7 @@ fn reader(
                 let interval = recording.finish_interval();
                 interval_start = interval.start_unix_nano + interval.duration.as_nanos() as u64;
                 thread.send(interval.data);
+                shared.intervals.fetch_add(1, Ordering::Release);
             }
         }
         wait_for_samples(&events, Duration::from_millis(10));
