@@ -389,7 +389,15 @@ impl ProfileBuilder {
         value: i64,
         timestamp: Option<u64>,
     ) {
-        self.add_linked_sample(resource, profile_type, stack, attributes, 0, value, timestamp)
+        self.add_linked_sample(
+            resource,
+            profile_type,
+            stack,
+            attributes,
+            0,
+            value,
+            timestamp,
+        )
     }
 
     /// [`ProfileBuilder::add_sample`] with a link (from

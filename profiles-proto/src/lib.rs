@@ -33,11 +33,11 @@ mod encoding;
 mod error;
 pub mod folded;
 mod format;
+mod links;
 mod merge;
 mod perf_script;
 pub mod pprof;
 mod speedscope;
-mod links;
 mod validate;
 mod view;
 

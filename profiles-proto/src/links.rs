@@ -5,8 +5,8 @@
 //! one trace.
 
 use crate::otlp::profiles::v1development::{ProfilesData, Sample};
-use crate::view::ProfileView;
 use crate::pprof::any_value_to_string;
+use crate::view::ProfileView;
 
 /// pprof label of a sample's trace id.
 pub const TRACE_ID_LABEL: &str = "trace_id";
@@ -181,7 +181,10 @@ mod tests {
         for d in [&back, &merged] {
             let view = ProfileView::new(d);
             let (_, p) = view.profiles().next().unwrap();
-            assert!(p.samples.iter().all(|s| sample_link(&view, s) == Some(link)));
+            assert!(p
+                .samples
+                .iter()
+                .all(|s| sample_link(&view, s) == Some(link)));
             // The ids became the link, not attributes too.
             assert!(p.samples.iter().all(|s| s.attribute_indices.is_empty()));
         }

@@ -149,7 +149,10 @@ pub fn with_labels<R>(labels: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
             replace_context(self.0.take());
         }
     }
-    let _restore = Restore(replace_context(nested_context(labels.iter().copied(), None)));
+    let _restore = Restore(replace_context(nested_context(
+        labels.iter().copied(),
+        None,
+    )));
     f()
 }
 

@@ -26,9 +26,9 @@ mod tracing_layer;
 mod unwind;
 
 pub use labels::with_labels;
+pub use perf::UserRegs;
 #[cfg(feature = "tracing")]
 pub use tracing_layer::{TracingLayer, SPAN_NAME_KEY};
-pub use perf::UserRegs;
 pub use unwind::StackUnwinder;
 
 use std::collections::HashMap;
