@@ -570,7 +570,10 @@ fn reader(
     let mut events: HashMap<u32, ThreadEvent> = HashMap::from([(first.tid, first)]);
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut refused: std::collections::HashSet<u32> = std::collections::HashSet::new();
-    let mut recording = Recording::new(Arc::new(Symbolizer::new()), settings.frequency_hz)
+    // Every file symbolized is one this process maps itself: mapped, so
+    // that only the pages of the units and symbols looked up are read.
+    let symbolizer = Symbolizer::builder().map_own_process_files(true).build();
+    let mut recording = Recording::new(Arc::new(symbolizer), settings.frequency_hz)
         .starting_at(started.unix_nano);
     #[cfg(feature = "exporter")]
     let mut interval_start = started.unix_nano;
