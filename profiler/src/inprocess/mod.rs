@@ -558,6 +558,11 @@ fn thread_name(tid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// Addresses whose symbols are kept from one interval to the next (a few
+/// hundred bytes each): a later interval parses debug info only for
+/// addresses it has not seen.
+const KEPT_SYMBOLS: usize = 16_384;
+
 /// The background thread: follows threads, reads rings, unwinds.
 fn reader(
     settings: ProfilerBuilder,
@@ -574,7 +579,8 @@ fn reader(
     // that only the pages of the units and symbols looked up are read.
     let symbolizer = Symbolizer::builder().map_own_process_files(true).build();
     let mut recording = Recording::new(Arc::new(symbolizer), settings.frequency_hz)
-        .starting_at(started.unix_nano);
+        .starting_at(started.unix_nano)
+        .keeping_symbols(KEPT_SYMBOLS);
     #[cfg(feature = "exporter")]
     let mut interval_start = started.unix_nano;
     let mut stats = ProfileStats::default();
@@ -690,6 +696,9 @@ fn reader(
                 >= started.at + Duration::from_nanos(interval_start - started.unix_nano) + *every
             {
                 let interval = recording.finish_interval();
+                // What was parsed goes; what it gave is kept (`KEPT_SYMBOLS`),
+                // so memory after an interval is the same from one to the next.
+                recording.symbolizer().clear_cache();
                 interval_start = interval.start_unix_nano + interval.duration.as_nanos() as u64;
                 thread.send(interval.data);
                 shared.intervals.fetch_add(1, Ordering::Release);

@@ -180,6 +180,17 @@ pub struct Aggregator {
     mapping_index: HashMap<MappingRecord, MappingId>,
     stacks: HashMap<StackKey, Vec<u64>>,
     stats: AggregatorStats,
+    /// What addresses of objects were symbolized as, kept across intervals
+    /// when the driver asked for it ([`Aggregator::keep_symbols`]).
+    memo: Option<SymbolMemo>,
+}
+
+/// Symbolized file offsets per object, and each object's build-id, at
+/// most `max_entries` of them: when full, it is emptied and refilled.
+struct SymbolMemo {
+    max_entries: usize,
+    symbols: HashMap<(u32, u64), Symbolized>,
+    build_ids: HashMap<u32, String>,
 }
 
 impl Default for Aggregator {
@@ -199,7 +210,21 @@ impl Aggregator {
             mapping_index: HashMap::new(),
             stacks: HashMap::new(),
             stats: AggregatorStats::default(),
+            memo: None,
         }
+    }
+
+    /// Keeps what each object address was symbolized as (at most
+    /// `max_entries` addresses), so that a later interval symbolizes only
+    /// addresses not seen before and the symbolizer may drop its parsed
+    /// objects in between. Only for a recording whose objects stay the
+    /// same files (the in-process profiler: its own mappings).
+    pub fn keep_symbols(&mut self, max_entries: usize) {
+        self.memo = Some(SymbolMemo {
+            max_entries,
+            symbols: HashMap::new(),
+            build_ids: HashMap::new(),
+        });
     }
 
     pub fn stats(&self) -> AggregatorStats {
@@ -467,6 +492,21 @@ impl Aggregator {
         for (object, mut offsets) in per_object {
             offsets.sort_unstable();
             offsets.dedup();
+            if let Some(memo) = &self.memo {
+                offsets.retain(|&offset| match memo.symbols.get(&(object, offset)) {
+                    Some(sym) => {
+                        symbols.insert((object, offset), sym.clone());
+                        false
+                    }
+                    None => true,
+                });
+                if let Some(id) = memo.build_ids.get(&object) {
+                    build_ids.insert(object, id.clone());
+                }
+                if offsets.is_empty() {
+                    continue;
+                }
+            }
             let obj = &self.objects[object as usize];
             // A file the open rule refused is never looked up by its path.
             let Some(file) = &obj.file else {
@@ -476,7 +516,16 @@ impl Aggregator {
                 if let Some(id) = sym.module.as_ref().and_then(|m| m.build_id.clone()) {
                     build_ids.insert(object, id);
                 }
+                if let Some(memo) = &mut self.memo {
+                    if memo.symbols.len() >= memo.max_entries {
+                        memo.symbols.clear();
+                    }
+                    memo.symbols.insert((object, sym.addr), sym.clone());
+                }
                 symbols.insert((object, sym.addr), sym);
+            }
+            if let (Some(memo), Some(id)) = (&mut self.memo, build_ids.get(&object)) {
+                memo.build_ids.insert(object, id.clone());
             }
         }
         // JIT frames, per process, from its perf map as last read.
@@ -509,10 +558,14 @@ impl Aggregator {
         }
         kernel_pcs.sort_unstable();
         kernel_pcs.dedup();
-        let kernel_symbols: HashMap<u64, Symbolized> = symbolizer
-            .symbolize(&Source::Kernel, &kernel_pcs)
-            .map(|v| v.into_iter().map(|s| (s.addr, s)).collect())
-            .unwrap_or_default();
+        // kallsyms is read only when a sample has kernel frames (never in-process).
+        let kernel_symbols: HashMap<u64, Symbolized> = match kernel_pcs.is_empty() {
+            true => HashMap::new(),
+            false => symbolizer
+                .symbolize(&Source::Kernel, &kernel_pcs)
+                .map(|v| v.into_iter().map(|s| (s.addr, s)).collect())
+                .unwrap_or_default(),
+        };
 
         let mut builder = ProfileBuilder::new(config);
         let cpu = builder.default_profile_type();
