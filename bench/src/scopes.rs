@@ -56,17 +56,26 @@ impl Scope {
     }
 
     fn dispatch(self) -> Option<Dispatch> {
-        let Scope::Span { otel, layer } = self else {
+        let Scope::Span {
+            otel: otel_on,
+            layer,
+        } = self
+        else {
             return None;
         };
         let registry = tracing_subscriber::registry();
-        let smolder = layer.then(smolder::TracingLayer::default);
-        Some(if otel {
+        let smolder = smolder::TracingLayer::default;
+        // (Not an `Option` layer: a `None` layer hints the level OFF and
+        // would disable every span.)
+        let otel = || {
             let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-            let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"));
-            Dispatch::new(registry.with(otel).with(smolder))
-        } else {
-            Dispatch::new(registry.with(smolder))
+            tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))
+        };
+        Some(match (otel_on, layer) {
+            (false, false) => Dispatch::new(registry),
+            (false, true) => Dispatch::new(registry.with(smolder())),
+            (true, false) => Dispatch::new(registry.with(otel())),
+            (true, true) => Dispatch::new(registry.with(otel()).with(smolder())),
         })
     }
 }

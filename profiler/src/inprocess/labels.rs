@@ -184,11 +184,18 @@ impl Timeline {
     pub fn collect(&mut self) {
         let mut logs = lock(&LOGS);
         logs.retain(|log| {
-            let drained = std::mem::take(&mut *lock(&log.changes));
-            self.overflows += log.overflows.swap(0, Ordering::Relaxed);
-            if !drained.is_empty() {
-                self.threads.entry(log.tid).or_default().extend(drained);
+            // Drained in place: the thread's log keeps its capacity, so its
+            // next changes do not grow a fresh vector (page faults on the
+            // thread that changes its context).
+            let mut changes = lock(&log.changes);
+            if !changes.is_empty() {
+                self.threads
+                    .entry(log.tid)
+                    .or_default()
+                    .extend(changes.drain(..));
             }
+            drop(changes);
+            self.overflows += log.overflows.swap(0, Ordering::Relaxed);
             // Only the registry holds it: the thread exited.
             Arc::strong_count(log) > 1
         });
