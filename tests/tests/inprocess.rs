@@ -517,12 +517,13 @@ fn long_running_mode_keeps_memory_flat_over_ten_intervals() {
         .map(|v| v.as_u64().unwrap())
         .collect();
     assert!(rss.len() >= 10, "only {} intervals: {summary}", rss.len());
-    // From the third interval on, what the profiler keeps is bounded: RSS
-    // may move by allocator noise, not grow with the intervals.
+    // From the third interval on, what the profiler keeps is bounded: the
+    // parsed debug info it keeps may grow by 16 MiB (`PARSED_BYTES`) before
+    // it is dropped, plus allocator noise; not with the intervals.
     let base = rss[2];
     let peak = *rss[2..10].iter().max().unwrap();
     assert!(
-        peak <= base + 2048,
+        peak <= base + 16 * 1024 + 2048,
         "RSS grew from {base} KiB to {peak} KiB over intervals 3-10: {rss:?}"
     );
 }

@@ -563,6 +563,22 @@ fn thread_name(tid: u32) -> String {
 /// addresses it has not seen.
 const KEPT_SYMBOLS: usize = 16_384;
 
+/// In long-running mode, how much the process may grow past its size after
+/// the first interval before the symbolizer's parsed objects are dropped.
+#[cfg(feature = "exporter")]
+const PARSED_BYTES: u64 = 16 << 20;
+
+/// This process's resident memory (`/proc/self/statm`), bytes.
+#[cfg(feature = "exporter")]
+fn resident_bytes() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
+}
+
 /// The background thread: follows threads, reads rings, unwinds.
 fn reader(
     settings: ProfilerBuilder,
@@ -598,6 +614,8 @@ fn reader(
         }
     });
     let mut names_read_at: Option<Instant> = None;
+    #[cfg(feature = "exporter")]
+    let mut parsed_since: Option<u64> = None;
     let mut found_at: HashMap<u32, Instant> = HashMap::new();
     loop {
         let stopping = shared.stop.load(Ordering::Acquire);
@@ -696,9 +714,19 @@ fn reader(
                 >= started.at + Duration::from_nanos(interval_start - started.unix_nano) + *every
             {
                 let interval = recording.finish_interval();
-                // What was parsed goes; what it gave is kept (`KEPT_SYMBOLS`),
-                // so memory after an interval is the same from one to the next.
-                recording.symbolizer().clear_cache();
+                // Debug info parsed for one interval is kept for the next
+                // while the process grew by less than `PARSED_BYTES` since
+                // the last drop; past it, what was parsed goes (what it gave
+                // stays, `KEPT_SYMBOLS`) and a later new address parses again.
+                let rss = resident_bytes();
+                match parsed_since {
+                    Some(base) if rss > base + PARSED_BYTES => {
+                        recording.symbolizer().clear_cache();
+                        parsed_since = Some(resident_bytes());
+                    }
+                    Some(_) => {}
+                    None => parsed_since = Some(rss),
+                }
                 interval_start = interval.start_unix_nano + interval.duration.as_nanos() as u64;
                 thread.send(interval.data);
                 shared.intervals.fetch_add(1, Ordering::Release);
