@@ -18,19 +18,12 @@ use opentelemetry::trace::TracerProvider;
 use tracing::Dispatch;
 use tracing_subscriber::layer::SubscriberExt;
 
+use crate::inprocess::thread_cpu_ns;
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const ITERATIONS: u64 = 200_000;
 
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Scope {

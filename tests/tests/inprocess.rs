@@ -223,21 +223,27 @@ fn without_default_features_there_is_no_aya_clap_or_agent() {
     }
 }
 
-#[test]
-fn long_running_mode_exports_every_interval_over_otlp() {
+/// Starts the OTLP receiver (tests/oracles/otlp_receiver.py) writing each
+/// request into `dir`; returns it and its port.
+fn start_receiver(dir: &Path) -> (std::process::Child, u64) {
     require_tool("python3", "python3");
-    let dir = tempfile::tempdir().unwrap();
     let mut receiver = Command::new("python3")
         .arg(workspace_root().join("tests/oracles/otlp_receiver.py"))
         .arg("--out")
-        .arg(dir.path())
+        .arg(dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start the receiver");
     let mut lines =
         std::io::BufRead::lines(std::io::BufReader::new(receiver.stdout.take().unwrap()));
     let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    let port = first["port"].as_u64().expect("the receiver's port");
+    (receiver, first["port"].as_u64().expect("the receiver's port"))
+}
+
+#[test]
+fn long_running_mode_exports_every_interval_over_otlp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut receiver, port) = start_receiver(dir.path());
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(example())
         .args([
@@ -467,19 +473,8 @@ fn samples_in_traced_requests_carry_span_names_and_links() {
 /// (0.5 s of its requests), while it exports over OTLP to a receiver.
 #[test]
 fn long_running_mode_keeps_memory_flat_over_ten_intervals() {
-    require_tool("python3", "python3");
     let receiver_dir = tempfile::tempdir().unwrap();
-    let mut receiver = Command::new("python3")
-        .arg(workspace_root().join("tests/oracles/otlp_receiver.py"))
-        .arg("--out")
-        .arg(receiver_dir.path())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the receiver");
-    let mut lines =
-        std::io::BufRead::lines(std::io::BufReader::new(receiver.stdout.take().unwrap()));
-    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    let port = first["port"].as_u64().expect("the receiver's port");
+    let (mut receiver, port) = start_receiver(receiver_dir.path());
     let out = tempfile::tempdir().unwrap();
     // Requests for at least 12 s of CPU time (6 s per worker): more than
     // ten intervals of 0.5 s, however busy the machine.
