@@ -24,7 +24,6 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const ITERATIONS: u64 = 200_000;
 
-
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Scope {
     Labels,

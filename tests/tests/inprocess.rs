@@ -237,7 +237,10 @@ fn start_receiver(dir: &Path) -> (std::process::Child, u64) {
     let mut lines =
         std::io::BufRead::lines(std::io::BufReader::new(receiver.stdout.take().unwrap()));
     let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    (receiver, first["port"].as_u64().expect("the receiver's port"))
+    (
+        receiver,
+        first["port"].as_u64().expect("the receiver's port"),
+    )
 }
 
 #[test]
