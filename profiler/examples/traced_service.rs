@@ -15,7 +15,8 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`. At the end the profile of the last
 //! interval is written as `profile.pb` (OTLP) and `profile.pprof`, and a
 //! JSON summary is printed: each request's trace and span id, samples, and
-//! the resident memory after each exported interval.
+//! the resident memory after each exported interval. `--intervals N` keeps
+//! serving requests until N intervals were exported.
 
 use std::collections::VecDeque;
 use std::hint::black_box;
@@ -99,6 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut request_cpu_ms = 20.0;
     let mut out = std::env::temp_dir();
     let mut export_every = None;
+    let mut until_intervals = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -114,6 +116,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     args.next().ok_or("--export-every SECONDS")?.parse()?,
                 ))
             }
+            // Serve requests (past --requests) until N intervals were exported.
+            "--intervals" => until_intervals = Some(args.next().ok_or("--intervals N")?.parse()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -138,16 +142,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
     ));
     let cpu_ns = (request_cpu_ms * 1e6) as u64;
+    let enough = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (1..=2)
         .map(|w| {
             let queue = queue.clone();
+            let enough = enough.clone();
             std::thread::Builder::new()
                 .name(format!("http-worker-{w}"))
                 .spawn(move || {
                     let mut served = Vec::new();
                     loop {
-                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                        let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+                        let next = queue.pop_front();
+                        if let (Some(request), Some(_)) = (next, until_intervals) {
+                            // Served requests come back until there were enough intervals.
+                            queue.push_back(request);
+                        }
+                        drop(queue);
                         let Some((kind, id)) = next else { break };
+                        if enough.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
                         served.push(serve(kind, id, cpu_ns));
                     }
                     served
@@ -159,6 +174,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while !workers.iter().all(|w| w.is_finished()) {
         if guard.intervals_exported() > rss_after_interval.len() as u64 {
             rss_after_interval.push(rss_kib());
+        }
+        if until_intervals.is_some_and(|n: u64| rss_after_interval.len() as u64 >= n) {
+            enough.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
