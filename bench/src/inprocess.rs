@@ -70,7 +70,7 @@ fn work_gamma(n: u64) -> u64 {
     spin(black_box(n)).rotate_left(2)
 }
 
-fn thread_cpu_ns() -> u64 {
+pub(crate) fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -10,6 +10,7 @@
 //! cargo run --release -p smolder-bench -- agent        # smolder agent vs bpftrace, 60 s at 19 Hz (root)
 //! cargo run --release -p smolder-bench -- generate -o perf.txt   # the input only
 //! cargo run --release -p smolder-bench -- view         # the agent's /profile and /view on 1 h and 24 h of a busy host
+//! cargo run --release -p smolder-bench -- scopes       # cost of a labelled scope / tracing span, TracingLayer on vs off
 //! ```
 //!
 //! The input is `perf script` text: a real recording of `fixtures/workload.c`
@@ -28,6 +29,7 @@ mod inprocess;
 mod measure;
 mod perf_script;
 mod record;
+mod scopes;
 mod unwind;
 mod view;
 
@@ -110,6 +112,8 @@ fn run() -> Result<()> {
         Some("inprocess") => return inprocess::main(args),
         // Issue 14: merging and drawing 1 h and 24 h of the agent's store.
         Some("view") => return view::main(args),
+        // Issue 16: the cost of a labelled scope or a `tracing` span, TracingLayer on vs off.
+        Some("scopes") => return scopes::main(args),
         _ => {}
     }
     let config = parse_args()?;

@@ -41,6 +41,8 @@ pub use inprocess::{
     with_labels, Profile, ProfileStats, Profiler, ProfilerBuilder, ProfilerError, ProfilerGuard,
     SamplerKind,
 };
+#[cfg(feature = "tracing")]
+pub use inprocess::{TracingLayer, SPAN_NAME_KEY};
 
 #[cfg(feature = "sampler")]
 pub mod sampler;

@@ -9,8 +9,8 @@ use prost::Message;
 
 use crate::otlp::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use crate::otlp::profiles::v1development::{
-    Function, KeyValueAndUnit, Line, Location, Mapping, Profile, ProfilesData, ProfilesDictionary,
-    ResourceProfiles, Sample, ScopeProfiles, Stack, ValueType,
+    Function, KeyValueAndUnit, Line, Link, Location, Mapping, Profile, ProfilesData,
+    ProfilesDictionary, ResourceProfiles, Sample, ScopeProfiles, Stack, ValueType,
 };
 use crate::otlp::resource::v1::Resource;
 
@@ -213,6 +213,7 @@ pub struct ProfileBuilder {
     locations: Table<LocationSpec, Location>,
     stacks: Table<Vec<i32>, Stack>,
     attributes: Table<(i32, i32, Vec<u8>), KeyValueAndUnit>,
+    links: Table<([u8; 16], [u8; 8]), Link>,
     profile_types: Vec<ProfileConfig>,
     resources: Vec<ResourceEntry>,
     resource_index: HashMap<Vec<u8>, usize>,
@@ -231,6 +232,7 @@ impl ProfileBuilder {
             locations: Table::new(),
             stacks: Table::new(),
             attributes: Table::new(),
+            links: Table::new(),
             profile_types: vec![config],
             resources: Vec::new(),
             resource_index: HashMap::new(),
@@ -348,6 +350,15 @@ impl ProfileBuilder {
         })
     }
 
+    /// Interns a trace link (the span a sample was taken in): a 16-byte
+    /// trace id and an 8-byte span id, as `link_table` carries them.
+    pub fn link(&mut self, trace_id: [u8; 16], span_id: [u8; 8]) -> i32 {
+        self.links.intern((trace_id, span_id), || Link {
+            trace_id: trace_id.to_vec(),
+            span_id: span_id.to_vec(),
+        })
+    }
+
     /// The resource with these attributes (one per process), created on first use.
     pub fn resource(&mut self, attributes: Vec<KeyValue>) -> ResourceId {
         let key = Resource {
@@ -378,6 +389,30 @@ impl ProfileBuilder {
         value: i64,
         timestamp: Option<u64>,
     ) {
+        self.add_linked_sample(
+            resource,
+            profile_type,
+            stack,
+            attributes,
+            0,
+            value,
+            timestamp,
+        )
+    }
+
+    /// [`ProfileBuilder::add_sample`] with a link (from
+    /// [`ProfileBuilder::link`]; 0 is none).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_linked_sample(
+        &mut self,
+        resource: ResourceId,
+        profile_type: ProfileTypeId,
+        stack: i32,
+        attributes: &[i32],
+        link: i32,
+        value: i64,
+        timestamp: Option<u64>,
+    ) {
         let entry = &mut self.resources[resource.0];
         if entry.profiles.len() <= profile_type.0 {
             entry.profiles.resize_with(profile_type.0 + 1, || None);
@@ -393,7 +428,7 @@ impl ProfileBuilder {
         let key = SampleKey {
             stack,
             attributes,
-            link: 0,
+            link,
         };
         let slot = match profile.index.get(&key) {
             Some(&slot) => slot,
@@ -489,7 +524,7 @@ impl ProfileBuilder {
                 mapping_table: self.mappings.rows,
                 location_table: self.locations.rows,
                 function_table: self.functions.rows,
-                link_table: vec![Default::default()],
+                link_table: self.links.rows,
                 string_table: strings.rows,
                 attribute_table: self.attributes.rows,
                 stack_table: self.stacks.rows,

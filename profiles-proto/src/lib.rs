@@ -33,6 +33,7 @@ mod encoding;
 mod error;
 pub mod folded;
 mod format;
+mod links;
 mod merge;
 mod perf_script;
 pub mod pprof;
@@ -58,6 +59,9 @@ pub use folded::{
 pub use format::{
     detect, read_profile, read_profile_from, write_profile, write_profile_gzip, Decoded, Format,
     ReadOptions, DEFAULT_MAX_INPUT_SIZE,
+};
+pub use links::{
+    parse_trace_id, retain_trace, sample_link, TraceLink, SPAN_ID_LABEL, TRACE_ID_LABEL,
 };
 pub use merge::{location_spec, merge, Merger, INSTANCE_ATTRIBUTES};
 pub use perf_script::{read_perf_script, read_perf_script_from};

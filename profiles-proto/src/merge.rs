@@ -113,8 +113,8 @@ impl Merger {
 
     /// A merge by what ran rather than where: no timestamps, no addresses
     /// (locations keep their functions, lines and the mapped file's name and
-    /// build-id), and none of the [`INSTANCE_ATTRIBUTES`] (PIDs, command
-    /// lines, thread ids, CPUs). Its size is bounded by the distinct code
+    /// build-id), no trace links, and none of the [`INSTANCE_ATTRIBUTES`]
+    /// (PIDs, command lines, thread ids, CPUs). Its size is bounded by the distinct code
     /// paths of the programs seen, whatever the number of processes that
     /// ran them: what a day of a churning host needs.
     pub fn coarse() -> Merger {
@@ -223,20 +223,29 @@ impl Merger {
                         )
                     })
                     .collect();
+                // A trace link names one request: a coarse merge drops it.
+                let link = match sample.link_index {
+                    0 => 0,
+                    _ if coarse => 0,
+                    _ => crate::links::sample_link(&view, sample)
+                        .map_or(0, |l| b.link(l.trace_id, l.span_id)),
+                };
                 self.samples = self.samples.saturating_add(sample_weight(sample));
                 if sample.timestamps_unix_nano.is_empty() || self.drop_timestamps {
-                    b.add_sample(
-                        resource_id,
-                        type_id,
-                        stack,
-                        &attrs,
-                        sample_weight(sample),
-                        None,
-                    );
+                    let weight = sample_weight(sample);
+                    b.add_linked_sample(resource_id, type_id, stack, &attrs, link, weight, None);
                 } else {
                     for (i, &ts) in sample.timestamps_unix_nano.iter().enumerate() {
                         let value = sample.values.get(i).copied().unwrap_or(1);
-                        b.add_sample(resource_id, type_id, stack, &attrs, value, Some(ts));
+                        b.add_linked_sample(
+                            resource_id,
+                            type_id,
+                            stack,
+                            &attrs,
+                            link,
+                            value,
+                            Some(ts),
+                        );
                     }
                 }
             }

@@ -21,6 +21,7 @@ use crate::builder::{
 };
 use crate::encoding::{gunzip_if_gzip, gzip};
 use crate::error::{Error, Result};
+use crate::links::{TraceLink, SPAN_ID_LABEL, TRACE_ID_LABEL};
 use crate::otlp::common::v1::{any_value, AnyValue, KeyValue};
 use crate::otlp::profiles::v1development::ProfilesData;
 use crate::view::{sample_weight, ProfileView};
@@ -304,6 +305,14 @@ pub fn to_pprof(data: &ProfilesData) -> PprofProfile {
             for (k, v) in view.attributes(&s.attribute_indices) {
                 labels.push(label(&mut strings, k, Some(v)));
             }
+            if s.link_index > 0 {
+                if let Some(link) = crate::links::sample_link(&view, s) {
+                    let trace = string_value(&link.trace_id_hex());
+                    let span = string_value(&link.span_id_hex());
+                    labels.push(label(&mut strings, TRACE_ID_LABEL, Some(&trace)));
+                    labels.push(label(&mut strings, SPAN_ID_LABEL, Some(&span)));
+                }
+            }
             let mut values = vec![(count_col, count)];
             if let Some(col) = derived {
                 values.push((col, count.saturating_mul(profile.period)));
@@ -582,6 +591,18 @@ pub fn from_pprof(p: &PprofProfile) -> Result<ProfilesData> {
         let stack = builder.stack(&stack);
         let mut resource_attrs: Vec<KeyValue> = Vec::new();
         let mut sample_attrs = Vec::new();
+        // The `trace_id` and `span_id` labels, valid together, are the link.
+        let label_str = |name: &str| {
+            s.label
+                .iter()
+                .find(|l| l.str != 0 && string(l.key, "label.key").is_ok_and(|k| k == name))
+                .and_then(|l| string(l.str, "label.str").ok())
+        };
+        let link = match (label_str(TRACE_ID_LABEL), label_str(SPAN_ID_LABEL)) {
+            (Some(t), Some(sp)) => TraceLink::from_hex(t, sp),
+            _ => None,
+        };
+        let link_index = link.map_or(0, |l| builder.link(l.trace_id, l.span_id));
         for l in &s.label {
             let key = string(l.key, "label.key")?;
             let value = if l.str != 0 {
@@ -589,6 +610,9 @@ pub fn from_pprof(p: &PprofProfile) -> Result<ProfilesData> {
             } else {
                 int_value(l.num)
             };
+            if link.is_some() && (key == TRACE_ID_LABEL || key == SPAN_ID_LABEL) {
+                continue;
+            }
             if is_resource_key(key) {
                 resource_attrs.push(key_value(key, value));
             } else {
@@ -600,7 +624,15 @@ pub fn from_pprof(p: &PprofProfile) -> Result<ProfilesData> {
         for (col, &value) in s.value.iter().enumerate() {
             if let Some(t) = type_ids[col] {
                 if value != 0 {
-                    builder.add_sample(resource, t, stack, &sample_attrs, value, None);
+                    builder.add_linked_sample(
+                        resource,
+                        t,
+                        stack,
+                        &sample_attrs,
+                        link_index,
+                        value,
+                        None,
+                    );
                 }
             }
         }

@@ -59,6 +59,16 @@ struct Inner {
     identities: HashMap<FileIdentity, CacheKey>,
 }
 
+/// How a file of a profiled process is read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ReadFile {
+    /// What lookups read of it, copied, at most `cap` bytes.
+    Copy { cap: u64 },
+    /// Mapped: the profiled process is the caller (see
+    /// `SymbolizerBuilder::map_own_process_files`).
+    Map,
+}
+
 pub(crate) struct ObjectCache {
     budget: usize,
     /// Keys the content hash with a secret of this process, so that no file
@@ -105,12 +115,13 @@ impl ObjectCache {
 
     /// The object in `file`, a file of a profiled process opened by the
     /// rule of [`crate::process`]: read into owned memory (at most `cap`
-    /// bytes), so that truncating it cannot reach us.
+    /// bytes), so that truncating it cannot reach us; mapped only where
+    /// the profiled process is the caller itself ([`ReadFile::Map`]).
     pub(crate) fn open_file(
         &self,
         file: &File,
         logical_path: &Path,
-        cap: u64,
+        read: ReadFile,
         counters: &Counters,
     ) -> Result<Arc<ElfObject>, Error> {
         let meta = file.metadata().map_err(|e| Error::io(logical_path, e))?;
@@ -119,7 +130,10 @@ impl ObjectCache {
             return Ok(obj);
         }
         Counters::bump(&counters.cache_misses);
-        let backing = Backing::read(file, logical_path, cap)?;
+        let backing = match read {
+            ReadFile::Copy { cap } => Backing::read(file, logical_path, cap)?,
+            ReadFile::Map => Backing::map(file, logical_path)?,
+        };
         let obj = ElfObject::parse(Arc::new(backing), logical_path, logical_path)?;
         Ok(self.insert_file(identity, obj, counters))
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cache::ObjectCache;
+use crate::cache::{ObjectCache, ReadFile};
 use crate::elf::{unhex, ElfObject, Env, Resolution};
 use crate::kernel::KernelSymbols;
 use crate::perfmap::{PerfMap, PerfMapReader};
@@ -33,6 +33,7 @@ pub struct Symbolizer {
     demangle: bool,
     inlined: bool,
     perf_maps: bool,
+    map_process_files: bool,
     cache: ObjectCache,
     perf_map_cache: Mutex<HashMap<u32, CachedPerfMap>>,
     kernel: Mutex<Option<(Instant, Arc<KernelSymbols>)>>,
@@ -47,6 +48,7 @@ pub struct SymbolizerBuilder {
     demangle: bool,
     inlined: bool,
     perf_maps: bool,
+    map_process_files: bool,
 }
 
 impl Default for SymbolizerBuilder {
@@ -57,6 +59,7 @@ impl Default for SymbolizerBuilder {
             demangle: true,
             inlined: true,
             perf_maps: true,
+            map_process_files: false,
         }
     }
 }
@@ -96,12 +99,23 @@ impl SymbolizerBuilder {
         self
     }
 
+    /// For a process that symbolizes itself only (the in-process
+    /// profiler): map the files given to [`Symbolizer::symbolize_process_file`]
+    /// instead of copying what lookups read of them, so that only the
+    /// pages lookups touch are read (default false). Never for another
+    /// process's files: one it truncates while mapped raises SIGBUS here.
+    pub fn map_own_process_files(mut self, on: bool) -> Self {
+        self.map_process_files = on;
+        self
+    }
+
     pub fn build(self) -> Symbolizer {
         Symbolizer {
             debug_root: self.debug_root,
             demangle: self.demangle,
             inlined: self.inlined,
             perf_maps: self.perf_maps,
+            map_process_files: self.map_process_files,
             cache: ObjectCache::new(self.cache_bytes),
             perf_map_cache: Mutex::new(HashMap::new()),
             kernel: Mutex::new(None),
@@ -179,12 +193,16 @@ impl Symbolizer {
         offsets: &[u64],
     ) -> Vec<Symbolized> {
         Counters::add(&self.counters.addresses, offsets.len() as u64);
-        let out = match self.cache.open_file(
-            file,
-            Path::new(name),
-            process::MAX_OBJECT_BYTES,
-            &self.counters,
-        ) {
+        let read = match self.map_process_files {
+            true => ReadFile::Map,
+            false => ReadFile::Copy {
+                cap: process::MAX_OBJECT_BYTES,
+            },
+        };
+        let out = match self
+            .cache
+            .open_file(file, Path::new(name), read, &self.counters)
+        {
             Ok(obj) => self.in_object_all(&obj, name, AddressKind::FileOffset, offsets),
             Err(e) => {
                 self.counters.error(&e);
@@ -394,7 +412,9 @@ impl Symbolizer {
                         Ok(file) => self.cache.open_file(
                             &file,
                             Path::new(&entry.path),
-                            process::MAX_OBJECT_BYTES,
+                            ReadFile::Copy {
+                                cap: process::MAX_OBJECT_BYTES,
+                            },
                             &self.counters,
                         ),
                         Err(e) => {

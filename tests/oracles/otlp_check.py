@@ -2,7 +2,7 @@
 """Decode an OTLP profiles file with the official opentelemetry-proto
 package and check the profiles/v1development invariants from Python.
 
-usage: otlp_check.py FILE --as data|request|json [--gzip]
+usage: otlp_check.py FILE --as data|request|json [--gzip] [--functions F,G]
 Prints one JSON object: resources, samples, total weight, function names
 of leaf frames with their weights. Exits 1 with a message on any violation.
 """
@@ -52,6 +52,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("file")
     ap.add_argument("--as", dest="kind", choices=["data", "request", "json"], required=True)
+    # For each of these functions: the weight of the samples whose stack
+    # holds it, per link ("TRACE_ID/SPAN_ID" in hex, "" for none).
+    ap.add_argument("--functions", default="")
     args = ap.parse_args()
     raw = open(args.file, "rb").read()
     if raw[:2] == b"\x1f\x8b":
@@ -99,6 +102,11 @@ def main():
     samples = 0
     total = 0
     leaves = {}
+    wanted = [f for f in args.functions.split(",") if f]
+    links_by_function = {f: {} for f in wanted}
+    for i, link in enumerate(d.link_table):
+        if i > 0 and (len(link.trace_id) != 16 or len(link.span_id) != 8):
+            fail(f"link_table[{i}] has a {len(link.trace_id)}-byte trace_id, {len(link.span_id)}-byte span_id")
     resources = []
     for rp in msg.resource_profiles:
         attrs = {kv.key: json_format.MessageToDict(kv.value) for kv in rp.resource.attributes}
@@ -122,6 +130,14 @@ def main():
                     weight = sum(s.values) if s.values else len(s.timestamps_unix_nano)
                     total += weight
                     locs = d.stack_table[s.stack_index].location_indices
+                    if wanted:
+                        link = d.link_table[s.link_index]
+                        key = f"{link.trace_id.hex()}/{link.span_id.hex()}" if s.link_index else ""
+                        names = {S[d.function_table[line.function_index].name_strindex]
+                                 for li in locs for line in d.location_table[li].lines}
+                        for f in wanted:
+                            if any(n.endswith(f) for n in names):
+                                links_by_function[f][key] = links_by_function[f].get(key, 0) + weight
                     if locs:
                         loc = d.location_table[locs[0]]
                         if loc.lines:
@@ -132,6 +148,8 @@ def main():
         "samples": samples,
         "total": total,
         "leaves": leaves,
+        "links": len(d.link_table) - 1,
+        "links_by_function": links_by_function,
         "strings": len(S),
     }, sort_keys=True))
 

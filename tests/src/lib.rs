@@ -99,12 +99,18 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 /// package (`tests/oracles/otlp_check.py`) as `kind` (`data`, `request` or
 /// `json`), checking the schema's invariants from Python; returns its summary.
 pub fn python_check(file: &Path, kind: &str) -> serde_json::Value {
+    python_check_with(file, kind, &[])
+}
+
+/// [`python_check`] with more arguments for the checker (`--functions F,G`).
+pub fn python_check_with(file: &Path, kind: &str, args: &[&str]) -> serde_json::Value {
     require_tool("python3", "python3");
     let script = workspace_root().join("tests/oracles/otlp_check.py");
     let out = Command::new("python3")
         .arg(&script)
         .arg(file)
         .args(["--as", kind])
+        .args(args)
         .output()
         .expect("run python3");
     let stderr = String::from_utf8_lossy(&out.stderr);

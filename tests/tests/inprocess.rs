@@ -2,37 +2,51 @@
 //! itself (profiler/examples/inprocess.rs), run as an unprivileged user:
 //! the known functions carry their shares, every thread appears, labels
 //! reach the samples, and at 999 Hz the samples account for at least 95% of
-//! the CPU time the workload used.
+//! the CPU time the workload used. A traced service (profiler/examples/
+//! traced_service.rs): samples carry their `tracing` span and its
+//! OpenTelemetry link through OTLP (read by the official decoder), pprof
+//! (`go tool pprof -tagfocus`) and `smolder flamegraph --trace-id`, and its
+//! memory stays flat while it exports interval after interval.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use smolder_e2e::{require_tool, run_ok, workspace_root};
+use smolder_e2e::{require_tool, run_ok, smolder_ok, workspace_root};
 use smolder_profiles_proto::{
-    pprof::any_value_to_string, read_profile, sample_weight, ProfileView,
+    pprof::any_value_to_string, read_profile, sample_link, sample_weight, ProfileView,
 };
+
+/// Builds example `name` of the smolder crate with `features`.
+fn build_example(name: &str, features: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_ok(Command::new(cargo).current_dir(workspace_root()).args([
+        "build",
+        "--quiet",
+        "-p",
+        "smolder",
+        "--features",
+        features,
+        "--example",
+        name,
+    ]));
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    // The unprivileged user must be able to run it from a copy it can read.
+    let copy = std::env::temp_dir().join(format!("smolder-{name}-{}", std::process::id()));
+    std::fs::copy(profile_dir.join("examples").join(name), &copy).unwrap();
+    copy
+}
 
 fn example() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        run_ok(Command::new(cargo).current_dir(workspace_root()).args([
-            "build",
-            "--quiet",
-            "-p",
-            "smolder",
-            "--example",
-            "inprocess",
-        ]));
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-        // The unprivileged user must be able to run it from a copy it can read.
-        let copy = std::env::temp_dir().join(format!("smolder-inprocess-{}", std::process::id()));
-        std::fs::copy(profile_dir.join("examples/inprocess"), &copy).unwrap();
-        copy
-    })
+    BIN.get_or_init(|| build_example("inprocess", "exporter"))
+}
+
+fn traced_service() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_example("traced_service", "exporter,tracing"))
 }
 
 struct Run {
@@ -209,21 +223,30 @@ fn without_default_features_there_is_no_aya_clap_or_agent() {
     }
 }
 
-#[test]
-fn long_running_mode_exports_every_interval_over_otlp() {
+/// Starts the OTLP receiver (tests/oracles/otlp_receiver.py) writing each
+/// request into `dir`; returns it and its port.
+fn start_receiver(dir: &Path) -> (std::process::Child, u64) {
     require_tool("python3", "python3");
-    let dir = tempfile::tempdir().unwrap();
     let mut receiver = Command::new("python3")
         .arg(workspace_root().join("tests/oracles/otlp_receiver.py"))
         .arg("--out")
-        .arg(dir.path())
+        .arg(dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start the receiver");
     let mut lines =
         std::io::BufRead::lines(std::io::BufReader::new(receiver.stdout.take().unwrap()));
     let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    let port = first["port"].as_u64().expect("the receiver's port");
+    (
+        receiver,
+        first["port"].as_u64().expect("the receiver's port"),
+    )
+}
+
+#[test]
+fn long_running_mode_exports_every_interval_over_otlp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut receiver, port) = start_receiver(dir.path());
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(example())
         .args([
@@ -280,4 +303,227 @@ fn long_running_mode_exports_every_interval_over_otlp() {
     let taken = summary["samples"].as_i64().expect("samples in the summary");
     assert!(taken > 0, "{summary}");
     assert_eq!(total, taken, "exported samples vs samples taken: {summary}");
+}
+
+/// One request of the traced service: its span name, trace id, span id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Request {
+    name: String,
+    trace_id: String,
+    span_id: String,
+}
+
+fn requests(summary: &serde_json::Value) -> Vec<Request> {
+    summary["requests"]
+        .as_array()
+        .expect("requests in the summary")
+        .iter()
+        .map(|r| Request {
+            name: r["name"].as_str().unwrap().to_owned(),
+            trace_id: r["trace_id"].as_str().unwrap().to_owned(),
+            span_id: r["span_id"].as_str().unwrap().to_owned(),
+        })
+        .collect()
+}
+
+/// Functions named in `go tool pprof -top` output.
+fn go_pprof_top(pprof: &Path, tagfocus: &str) -> String {
+    require_tool("go", "golang-go");
+    let out = run_ok(
+        Command::new("go")
+            .args(["tool", "pprof", "-top", "-nodecount=1000"])
+            .arg(format!("-tagfocus={tagfocus}"))
+            .arg(pprof)
+            .env("HOME", std::env::temp_dir())
+            .env("PPROF_TMPDIR", std::env::temp_dir()),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn samples_in_traced_requests_carry_span_names_and_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_ok(
+        Command::new(traced_service())
+            .args([
+                "--hz",
+                "999",
+                "--requests",
+                "1",
+                "--request-cpu-ms",
+                "800",
+                "--out",
+            ])
+            .arg(dir.path()),
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    assert_eq!(summary["sampler"], "PerfEvents", "{summary}");
+    let mut reqs = requests(&summary);
+    reqs.sort();
+    let names: Vec<&str> = reqs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["checkout", "search"], "{summary}");
+    assert_ne!(reqs[0].trace_id, reqs[1].trace_id);
+    let hot = [("checkout", "price_cart"), ("search", "rank_results")];
+
+    // smolder's own reading: every sample in a hot function carries its
+    // request's span name, route and link.
+    let pb = dir.path().join("profile.pb");
+    let data = read_profile(&std::fs::read(&pb).unwrap()).unwrap().data;
+    let view = ProfileView::new(&data);
+    let mut seen = BTreeMap::new();
+    for (_, profile) in view.profiles() {
+        for s in &profile.samples {
+            let functions: Vec<String> = view
+                .stack(s.stack_index)
+                .flat_map(|l| {
+                    view.lines(l)
+                        .map(|f| f.function.to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for (request, function) in hot {
+                if !functions.iter().any(|f| f.ends_with(function)) {
+                    continue;
+                }
+                let want = reqs.iter().find(|r| r.name == request).unwrap();
+                let attr = |key| {
+                    view.attribute(&s.attribute_indices, key)
+                        .map(any_value_to_string)
+                        .unwrap_or_default()
+                };
+                assert_eq!(attr("span.name"), request, "a sample in {function}");
+                assert_eq!(
+                    attr("route"),
+                    format!("/{request}"),
+                    "a sample in {function}"
+                );
+                let link = sample_link(&view, s)
+                    .unwrap_or_else(|| panic!("a sample in {function} has no link"));
+                assert_eq!(
+                    (link.trace_id_hex(), link.span_id_hex()),
+                    (want.trace_id.clone(), want.span_id.clone()),
+                    "the link of a sample in {function}"
+                );
+                *seen.entry(function).or_insert(0) += sample_weight(s);
+            }
+        }
+    }
+    for (_, function) in hot {
+        assert!(
+            seen.get(function).is_some_and(|&n| n > 0),
+            "no sample in {function}: {seen:?}"
+        );
+    }
+
+    // The official decoder reads the same links.
+    let checked =
+        smolder_e2e::python_check_with(&pb, "data", &["--functions", "price_cart,rank_results"]);
+    for (request, function) in hot {
+        let want = reqs.iter().find(|r| r.name == request).unwrap();
+        let by_link = checked["links_by_function"][function]
+            .as_object()
+            .unwrap_or_else(|| panic!("{checked}"));
+        let keys: Vec<&String> = by_link.keys().collect();
+        assert_eq!(
+            keys,
+            [&format!("{}/{}", want.trace_id, want.span_id)],
+            "links of the samples in {function}: {checked}"
+        );
+        assert_eq!(
+            by_link.values().next().unwrap().as_i64(),
+            seen.get(function).copied()
+        );
+    }
+
+    // go tool pprof selects one request's samples by its trace_id label.
+    let pprof = dir.path().join("profile.pprof");
+    for (request, function) in hot {
+        let want = reqs.iter().find(|r| r.name == request).unwrap();
+        let other = hot.iter().find(|(r, _)| *r != request).unwrap().1;
+        let top = go_pprof_top(&pprof, &format!("trace_id={}", want.trace_id));
+        assert!(top.contains(function), "{function} missing:\n{top}");
+        assert!(
+            !top.contains(other),
+            "{other} selected with {request}'s trace:\n{top}"
+        );
+    }
+
+    // smolder flamegraph --trace-id draws one request.
+    for (request, function) in hot {
+        let want = reqs.iter().find(|r| r.name == request).unwrap();
+        let other = hot.iter().find(|(r, _)| *r != request).unwrap().1;
+        for input in [&pb, &pprof] {
+            let svg = dir.path().join(format!("{request}.svg"));
+            smolder_ok([
+                "flamegraph".as_ref(),
+                "--trace-id".as_ref(),
+                want.trace_id.as_ref(),
+                input.as_os_str(),
+                "-o".as_ref(),
+                svg.as_os_str(),
+            ]);
+            let text = std::fs::read_to_string(&svg).unwrap();
+            assert!(
+                text.contains(function) && !text.contains(other),
+                "{}",
+                input.display()
+            );
+        }
+    }
+}
+
+/// Resident memory of the traced service after each exported interval
+/// (0.5 s of its requests), while it exports over OTLP to a receiver.
+#[test]
+fn long_running_mode_keeps_memory_flat_over_ten_intervals() {
+    let receiver_dir = tempfile::tempdir().unwrap();
+    let (mut receiver, port) = start_receiver(receiver_dir.path());
+    let out = tempfile::tempdir().unwrap();
+    // Requests are served until ten intervals were exported, however long
+    // each takes to symbolize on a busy machine.
+    let run = Command::new(traced_service())
+        .args([
+            "--hz",
+            "999",
+            "--requests",
+            "50",
+            "--request-cpu-ms",
+            "10",
+            "--export-every",
+            "0.5",
+            "--intervals",
+            "10",
+            "--out",
+        ])
+        .arg(out.path())
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .output()
+        .unwrap();
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let rss: Vec<u64> = summary["rss_kib_after_interval"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(rss.len() >= 10, "only {} intervals: {summary}", rss.len());
+    // From the third interval on, what the profiler keeps is bounded: the
+    // parsed debug info it keeps may grow by 16 MiB (`PARSED_BYTES`) before
+    // it is dropped, plus allocator noise; not with the intervals.
+    let base = rss[2];
+    let peak = *rss[2..10].iter().max().unwrap();
+    assert!(
+        peak <= base + 16 * 1024 + 2048,
+        "RSS grew from {base} KiB to {peak} KiB over intervals 3-10: {rss:?}"
+    );
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use smolder_flamegraph::{render, render_diff, FlamegraphOptions};
-use smolder_profiles_proto::merge;
+use smolder_profiles_proto::{merge, parse_trace_id, retain_trace};
 
 use super::io::{read_input, write_output_with, InputArgs};
 
@@ -45,6 +45,10 @@ pub struct FlamegraphArgs {
     /// Use inferno's plain hot palette instead of colouring by frame type
     #[arg(long)]
     pub no_type_colors: bool,
+    /// Only the samples linked to this trace (32 hex digits): OTLP links, or
+    /// the `trace_id` label of pprof input
+    #[arg(long, value_name = "ID", conflicts_with = "diff")]
+    pub trace_id: Option<String>,
     #[command(flatten)]
     pub input_args: InputArgs,
 }
@@ -88,11 +92,21 @@ pub fn run(args: &FlamegraphArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let decoded: Vec<_> = args
+    let mut decoded: Vec<_> = args
         .inputs
         .iter()
         .map(|p| read_input(p, &read_options))
         .collect::<Result<_>>()?;
+    if let Some(hex) = &args.trace_id {
+        let trace_id = parse_trace_id(hex).map_err(anyhow::Error::msg)?;
+        let kept: usize = decoded
+            .iter_mut()
+            .map(|d| retain_trace(&mut d.data, trace_id))
+            .sum();
+        if kept == 0 {
+            bail!("no sample is linked to trace {hex}");
+        }
+    }
     let data = match decoded.as_slice() {
         [one] => one.data.clone(),
         many => merge(many.iter().map(|d| &d.data)),

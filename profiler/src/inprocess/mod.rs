@@ -21,15 +21,19 @@
 
 mod labels;
 mod perf;
+#[cfg(feature = "tracing")]
+mod tracing_layer;
 mod unwind;
 
 pub use labels::with_labels;
 pub use perf::UserRegs;
+#[cfg(feature = "tracing")]
+pub use tracing_layer::{TracingLayer, SPAN_NAME_KEY};
 pub use unwind::StackUnwinder;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -86,6 +90,9 @@ pub struct ProfileStats {
     pub unwind_failures: u64,
     /// CPU time of the profiler's own thread, in ns.
     pub profiler_cpu_ns: u64,
+    /// Times a thread changed its labels so often between two reads that
+    /// older changes were dropped (their samples may carry wrong labels).
+    pub label_log_overflows: u64,
 }
 
 /// A finished profile: the OTLP `ProfilesData` (symbolized), with writers.
@@ -286,15 +293,20 @@ impl ProfilerBuilder {
         let unwinder = StackUnwinder::new();
         labels::start_recording();
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let intervals = Arc::new(AtomicU64::new(0));
+        let shared = Shared {
+            stop: stop.clone(),
+            intervals: intervals.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("smolder-profiler".into())
-            .spawn(move || reader(self, first, unwinder, started, &flag))
+            .spawn(move || reader(self, first, unwinder, started, &shared))
             .map_err(|e| ProfilerError::Thread(e.to_string()));
         ProfilerGuard {
             backend: Backend::Perf {
                 stop: StopOnDrop(stop),
                 thread,
+                intervals,
             },
             started,
         }
@@ -345,6 +357,7 @@ enum Backend {
     Perf {
         stop: StopOnDrop,
         thread: Result<JoinHandle<Collected>, ProfilerError>,
+        intervals: Arc<AtomicU64>,
     },
     Signal(Box<pprof::ProfilerGuard<'static>>),
 }
@@ -363,12 +376,20 @@ impl ProfilerGuard {
         }
     }
 
+    /// Intervals exported so far in long-running mode (`export_every`).
+    pub fn intervals_exported(&self) -> u64 {
+        match &self.backend {
+            Backend::Perf { intervals, .. } => intervals.load(Ordering::Acquire),
+            Backend::Signal(_) => 0,
+        }
+    }
+
     /// Stops sampling and returns the symbolized profile: everything since
     /// the start, or with `export_every` what came after the last export
     /// (exported too), which may hold no sample.
     pub fn stop(self) -> Result<Profile, ProfilerError> {
         match self.backend {
-            Backend::Perf { stop, thread } => {
+            Backend::Perf { stop, thread, .. } => {
                 drop(stop);
                 let collected = thread?
                     .join()
@@ -405,6 +426,12 @@ impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
     }
+}
+
+/// What the reader thread shares with the guard.
+struct Shared {
+    stop: Arc<AtomicBool>,
+    intervals: Arc<AtomicU64>,
 }
 
 struct Collected {
@@ -533,23 +560,49 @@ fn thread_name(tid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// Addresses whose symbols are kept from one interval to the next (a few
+/// hundred bytes each): a later interval parses debug info only for
+/// addresses it has not seen.
+const KEPT_SYMBOLS: usize = 16_384;
+
+/// In long-running mode, how much the process may grow past its size after
+/// the first interval before the symbolizer's parsed objects are dropped.
+#[cfg(feature = "exporter")]
+const PARSED_BYTES: u64 = 16 << 20;
+
+/// This process's resident memory (`/proc/self/statm`), bytes.
+#[cfg(feature = "exporter")]
+fn resident_bytes() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
+}
+
 /// The background thread: follows threads, reads rings, unwinds.
 fn reader(
     settings: ProfilerBuilder,
     first: ThreadEvent,
     mut unwinder: StackUnwinder,
     started: Started,
-    stop: &AtomicBool,
+    shared: &Shared,
 ) -> Collected {
     let me = gettid();
     let mut events: HashMap<u32, ThreadEvent> = HashMap::from([(first.tid, first)]);
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut refused: std::collections::HashSet<u32> = std::collections::HashSet::new();
-    let mut recording = Recording::new(Arc::new(Symbolizer::new()), settings.frequency_hz)
-        .starting_at(started.unix_nano);
+    // Every file symbolized is one this process maps itself: mapped, so
+    // that only the pages of the units and symbols looked up are read.
+    let symbolizer = Symbolizer::builder().map_own_process_files(true).build();
+    let mut recording = Recording::new(Arc::new(symbolizer), settings.frequency_hz)
+        .starting_at(started.unix_nano)
+        .keeping_symbols(KEPT_SYMBOLS);
     #[cfg(feature = "exporter")]
     let mut interval_start = started.unix_nano;
     let mut stats = ProfileStats::default();
+    let mut timeline = labels::Timeline::default();
     let mut batch = Vec::new();
     let mut seen = std::collections::HashSet::new();
     #[cfg(feature = "exporter")]
@@ -563,9 +616,11 @@ fn reader(
         }
     });
     let mut names_read_at: Option<Instant> = None;
+    #[cfg(feature = "exporter")]
+    let mut parsed_since: Option<u64> = None;
     let mut found_at: HashMap<u32, Instant> = HashMap::new();
     loop {
-        let stopping = stop.load(Ordering::Acquire);
+        let stopping = shared.stop.load(Ordering::Acquire);
         if !stopping {
             // New threads are found within one loop (~10 ms): every thread
             // present gets its event before the unwinder's set-up below.
@@ -619,22 +674,23 @@ fn reader(
                 e.disable();
             }
         }
+        let read_at = labels::monotonic_ns();
         for e in events.values_mut() {
             let counts = e.read(&mut batch);
             stats.lost += counts.lost;
         }
-        let mut newest = 0;
+        // After the rings: every change earlier than a sample read is logged.
+        timeline.collect();
         for s in batch.drain(..) {
             seen.insert(s.tid);
             stats.samples += 1;
             stats.sampled_cpu_ns += s.period;
-            newest = newest.max(s.time);
             let Some(regs) = s.regs else { continue };
             let user = unwinder.unwind(regs, &s.stack);
             if user.len() <= 1 {
                 stats.unwind_failures += 1;
             }
-            let labels = labels::labels_at(s.tid, s.time);
+            let context = timeline.at(s.tid, s.time);
             let name = names.get(&s.tid).map_or("", String::as_str);
             recording.add(&Sample {
                 pid: s.pid,
@@ -644,13 +700,13 @@ fn reader(
                 thread_name: name.to_owned(),
                 kernel: Vec::new(),
                 user,
-                labels: labels.map(|l| l.to_vec()).unwrap_or_default(),
+                labels: context.map(|c| c.labels.clone()).unwrap_or_default(),
+                link: context.and_then(|c| c.link),
             });
         }
-        if newest > 0 {
-            // Spans that ended a second before the newest sample cannot match anything still in a ring.
-            labels::prune_before(newest.saturating_sub(1_000_000_000));
-        }
+        // A sample still to come was taken after the rings were read (a
+        // margin for one being written meanwhile).
+        timeline.prune_before(read_at.saturating_sub(5_000_000));
         if stopping {
             break;
         }
@@ -660,13 +716,28 @@ fn reader(
                 >= started.at + Duration::from_nanos(interval_start - started.unix_nano) + *every
             {
                 let interval = recording.finish_interval();
+                // Debug info parsed for one interval is kept for the next
+                // while the process grew by less than `PARSED_BYTES` since
+                // the last drop; past it, what was parsed goes (what it gave
+                // stays, `KEPT_SYMBOLS`) and a later new address parses again.
+                let rss = resident_bytes();
+                match parsed_since {
+                    Some(base) if rss > base + PARSED_BYTES => {
+                        recording.symbolizer().clear_cache();
+                        parsed_since = Some(resident_bytes());
+                    }
+                    Some(_) => {}
+                    None => parsed_since = Some(rss),
+                }
                 interval_start = interval.start_unix_nano + interval.duration.as_nanos() as u64;
                 thread.send(interval.data);
+                shared.intervals.fetch_add(1, Ordering::Release);
             }
         }
         wait_for_samples(&events, Duration::from_millis(10));
     }
     stats.threads = seen.len();
+    stats.label_log_overflows = timeline.overflows;
     stats.profiler_cpu_ns = thread_cpu_ns();
     Collected {
         recording,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
 use smolder_profiles_proto::{
     int_value, string_value, FrameType, LocationSpec, MappingSpec, ProfileBuilder, ProfileConfig,
-    SourceLine,
+    SourceLine, TraceLink,
 };
 use smolder_symbolizer::process::{open_mapped_file, Mapping, MappingKind, ProcessMaps};
 use smolder_symbolizer::{PerfMapReader, ProcessFacts, Source, Symbolized, Symbolizer};
@@ -54,6 +54,9 @@ pub struct Sample {
     pub user: Vec<u64>,
     /// Extra sample attributes (the in-process profiler's scope labels).
     pub labels: Vec<(String, String)>,
+    /// The trace span it was taken in (the in-process profiler's
+    /// `TracingLayer`).
+    pub link: Option<TraceLink>,
 }
 
 /// What went missing on the way, for the run summary and `/metrics`.
@@ -154,6 +157,7 @@ struct StackKey {
     kernel: Vec<u64>,
     user: Vec<UserFrame>,
     labels: Vec<(String, String)>,
+    link: Option<TraceLink>,
 }
 
 struct ProcessState {
@@ -178,6 +182,17 @@ pub struct Aggregator {
     mapping_index: HashMap<MappingRecord, MappingId>,
     stacks: HashMap<StackKey, Vec<u64>>,
     stats: AggregatorStats,
+    /// What addresses of objects were symbolized as, kept across intervals
+    /// when the driver asked for it ([`Aggregator::keep_symbols`]).
+    memo: Option<SymbolMemo>,
+}
+
+/// Symbolized file offsets per object, and each object's build-id, at
+/// most `max_entries` of them: when full, it is emptied and refilled.
+struct SymbolMemo {
+    max_entries: usize,
+    symbols: HashMap<(u32, u64), Symbolized>,
+    build_ids: HashMap<u32, String>,
 }
 
 impl Default for Aggregator {
@@ -197,7 +212,21 @@ impl Aggregator {
             mapping_index: HashMap::new(),
             stacks: HashMap::new(),
             stats: AggregatorStats::default(),
+            memo: None,
         }
+    }
+
+    /// Keeps what each object address was symbolized as (at most
+    /// `max_entries` addresses), so that a later interval symbolizes only
+    /// addresses not seen before and the symbolizer may drop its parsed
+    /// objects in between. Only for a recording whose objects stay the
+    /// same files (the in-process profiler: its own mappings).
+    pub fn keep_symbols(&mut self, max_entries: usize) {
+        self.memo = Some(SymbolMemo {
+            max_entries,
+            symbols: HashMap::new(),
+            build_ids: HashMap::new(),
+        });
     }
 
     pub fn stats(&self) -> AggregatorStats {
@@ -443,6 +472,7 @@ impl Aggregator {
             kernel: sample.kernel.clone(),
             user,
             labels: sample.labels.clone(),
+            link: sample.link,
         };
         self.stacks
             .entry(key)
@@ -483,6 +513,21 @@ impl Aggregator {
         for (object, mut offsets) in per_object {
             offsets.sort_unstable();
             offsets.dedup();
+            if let Some(memo) = &self.memo {
+                offsets.retain(|&offset| match memo.symbols.get(&(object, offset)) {
+                    Some(sym) => {
+                        symbols.insert((object, offset), sym.clone());
+                        false
+                    }
+                    None => true,
+                });
+                if let Some(id) = memo.build_ids.get(&object) {
+                    build_ids.insert(object, id.clone());
+                }
+                if offsets.is_empty() {
+                    continue;
+                }
+            }
             let obj = &self.objects[object as usize];
             let symbolized = match (&obj.file, obj.vdso_len) {
                 (Some(file), _) => symbolizer.symbolize_process_file(file, &obj.path, &offsets),
@@ -494,7 +539,16 @@ impl Aggregator {
                 if let Some(id) = sym.module.as_ref().and_then(|m| m.build_id.clone()) {
                     build_ids.insert(object, id);
                 }
+                if let Some(memo) = &mut self.memo {
+                    if memo.symbols.len() >= memo.max_entries {
+                        memo.symbols.clear();
+                    }
+                    memo.symbols.insert((object, sym.addr), sym.clone());
+                }
                 symbols.insert((object, sym.addr), sym);
+            }
+            if let (Some(memo), Some(id)) = (&mut self.memo, build_ids.get(&object)) {
+                memo.build_ids.insert(object, id.clone());
             }
         }
         // JIT frames, per process, from its perf map as last read.
@@ -527,10 +581,14 @@ impl Aggregator {
         }
         kernel_pcs.sort_unstable();
         kernel_pcs.dedup();
-        let kernel_symbols: HashMap<u64, Symbolized> = symbolizer
-            .symbolize(&Source::Kernel, &kernel_pcs)
-            .map(|v| v.into_iter().map(|s| (s.addr, s)).collect())
-            .unwrap_or_default();
+        // kallsyms is read only when a sample has kernel frames (never in-process).
+        let kernel_symbols: HashMap<u64, Symbolized> = match kernel_pcs.is_empty() {
+            true => HashMap::new(),
+            false => symbolizer
+                .symbolize(&Source::Kernel, &kernel_pcs)
+                .map(|v| v.into_iter().map(|s| (s.addr, s)).collect())
+                .unwrap_or_default(),
+        };
 
         let mut builder = ProfileBuilder::new(config);
         let cpu = builder.default_profile_type();
@@ -614,8 +672,9 @@ impl Aggregator {
             for (k, v) in &key.labels {
                 attrs.push(builder.attribute(k, string_value(v), ""));
             }
+            let link = key.link.map_or(0, |l| builder.link(l.trace_id, l.span_id));
             for ts in timestamps {
-                builder.add_sample(resource, cpu, stack, &attrs, 1, Some(ts));
+                builder.add_linked_sample(resource, cpu, stack, &attrs, link, 1, Some(ts));
             }
         }
         let gone: Vec<u32> = self

@@ -101,6 +101,13 @@ impl Recording {
         self
     }
 
+    /// Keeps what addresses were symbolized as across intervals (at most
+    /// `max_entries`), see [`Aggregator::keep_symbols`].
+    pub fn keeping_symbols(mut self, max_entries: usize) -> Recording {
+        self.aggregator.keep_symbols(max_entries);
+        self
+    }
+
     /// An empty recording with the same settings whose interval starts now.
     pub fn successor(&self) -> Recording {
         Recording::new(Arc::clone(&self.symbolizer), self.frequency_hz)

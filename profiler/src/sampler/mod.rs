@@ -633,6 +633,7 @@ impl Sampler {
                         kernel: s.kernel_stack,
                         user: s.user_stack,
                         labels: Vec::new(),
+                        link: None,
                     },
                     flags: s.flags,
                 },
