@@ -99,6 +99,9 @@ def main():
     samples = 0
     total = 0
     leaves = {}
+    # Per sample type ("type/unit"): total weight, the period type, and the
+    # weight of every function anywhere in a stack (once per sample).
+    by_sample_type = {}
     resources = []
     for rp in msg.resource_profiles:
         attrs = {kv.key: json_format.MessageToDict(kv.value) for kv in rp.resource.attributes}
@@ -107,6 +110,14 @@ def main():
             for p in sp.profiles:
                 in_range(p.sample_type.type_strindex, S, "sample_type.type_strindex")
                 in_range(p.period_type.type_strindex, S, "period_type.type_strindex")
+                in_range(p.sample_type.unit_strindex, S, "sample_type.unit_strindex")
+                in_range(p.period_type.unit_strindex, S, "period_type.unit_strindex")
+                type_name = f"{S[p.sample_type.type_strindex]}/{S[p.sample_type.unit_strindex]}"
+                of_type = by_sample_type.setdefault(type_name, {
+                    "total": 0,
+                    "functions": {},
+                    "period_type": f"{S[p.period_type.type_strindex]}/{S[p.period_type.unit_strindex]}",
+                })
                 if p.time_unix_nano == 0 and p.duration_nano == 0 and p.period == 0:
                     pass  # profiles from text inputs carry no time
                 for s in p.samples:
@@ -122,6 +133,13 @@ def main():
                     weight = sum(s.values) if s.values else len(s.timestamps_unix_nano)
                     total += weight
                     locs = d.stack_table[s.stack_index].location_indices
+                    of_type["total"] += weight
+                    names = set()
+                    for li in locs:
+                        for line in d.location_table[li].lines:
+                            names.add(S[d.function_table[line.function_index].name_strindex])
+                    for name in names:
+                        of_type["functions"][name] = of_type["functions"].get(name, 0) + weight
                     if locs:
                         loc = d.location_table[locs[0]]
                         if loc.lines:
@@ -132,6 +150,7 @@ def main():
         "samples": samples,
         "total": total,
         "leaves": leaves,
+        "by_sample_type": by_sample_type,
         "strings": len(S),
     }, sort_keys=True))
 

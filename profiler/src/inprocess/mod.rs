@@ -643,6 +643,7 @@ fn reader(
                 kernel: Vec::new(),
                 user,
                 labels: labels.map(|l| l.to_vec()).unwrap_or_default(),
+                off_cpu_ns: None,
             });
         }
         if newest > 0 {

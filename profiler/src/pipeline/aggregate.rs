@@ -54,6 +54,11 @@ pub struct Sample {
     pub user: Vec<u64>,
     /// Extra sample attributes (the in-process profiler's scope labels).
     pub labels: Vec<(String, String)>,
+    /// `Some(ns)`: an off-CPU sample. The thread blocked at
+    /// `time_unix_nano` with these stacks and stayed off the CPU for `ns`
+    /// nanoseconds (an estimate: already scaled by the probability it was
+    /// recorded with). It goes to the `off_cpu` profile, not the CPU one.
+    pub off_cpu_ns: Option<u64>,
 }
 
 /// What went missing on the way, for the run summary and `/metrics`.
@@ -152,6 +157,7 @@ struct StackKey {
     kernel: Vec<u64>,
     user: Vec<UserFrame>,
     labels: Vec<(String, String)>,
+    off_cpu: bool,
 }
 
 struct ProcessState {
@@ -174,7 +180,9 @@ pub struct Aggregator {
     object_index: HashMap<(u64, u64), u32>,
     mappings: Vec<MappingRecord>,
     mapping_index: HashMap<MappingRecord, MappingId>,
-    stacks: HashMap<StackKey, Vec<u64>>,
+    /// Per stack: (timestamp, value) of each sample (value 1 on-CPU,
+    /// nanoseconds off-CPU).
+    stacks: HashMap<StackKey, Vec<(u64, i64)>>,
     stats: AggregatorStats,
 }
 
@@ -422,17 +430,23 @@ impl Aggregator {
             kernel: sample.kernel.clone(),
             user,
             labels: sample.labels.clone(),
+            off_cpu: sample.off_cpu_ns.is_some(),
         };
+        let value = sample
+            .off_cpu_ns
+            .map_or(1, |ns| i64::try_from(ns).unwrap_or(i64::MAX));
         self.stacks
             .entry(key)
             .or_default()
-            .push(sample.time_unix_nano);
+            .push((sample.time_unix_nano, value));
     }
 
     /// Symbolizes everything gathered so far and returns it as one profile
-    /// (one resource per process); the gathered stacks are cleared, what is
-    /// known of processes and objects is kept for the next interval except
-    /// for processes that exited.
+    /// (one resource per process; on-CPU samples in a profile of `config`,
+    /// off-CPU samples in an `off_cpu`/`nanoseconds` one over the same time
+    /// range, both sharing the one dictionary); the gathered stacks are
+    /// cleared, what is known of processes and objects is kept for the next
+    /// interval except for processes that exited.
     pub fn finish(&mut self, symbolizer: &Symbolizer, config: ProfileConfig) -> ProfilesData {
         let stacks = std::mem::take(&mut self.stacks);
 
@@ -509,12 +523,17 @@ impl Aggregator {
             .map(|v| v.into_iter().map(|s| (s.addr, s)).collect())
             .unwrap_or_default();
 
+        let off_cpu_config = ProfileConfig::off_cpu(config.time_unix_nano, config.duration_nano);
         let mut builder = ProfileBuilder::new(config);
         let cpu = builder.default_profile_type();
-        let mut entries: Vec<(StackKey, Vec<u64>)> = stacks.into_iter().collect();
+        let off_cpu = stacks
+            .keys()
+            .any(|k| k.off_cpu)
+            .then(|| builder.add_profile_type(off_cpu_config));
+        let mut entries: Vec<(StackKey, Vec<(u64, i64)>)> = stacks.into_iter().collect();
         // A stable order: by process, thread, then first timestamp.
-        entries.sort_by_key(|(k, ts)| (k.pid, k.tid, ts.first().copied().unwrap_or(0)));
-        for (key, timestamps) in entries {
+        entries.sort_by_key(|(k, ts)| (k.pid, k.tid, ts.first().map_or(0, |&(t, _)| t)));
+        for (key, observations) in entries {
             // `add` read the facts of every process it kept a stack of.
             let attributes = self.facts.get(&key.pid).map_or_else(
                 || {
@@ -591,8 +610,12 @@ impl Aggregator {
             for (k, v) in &key.labels {
                 attrs.push(builder.attribute(k, string_value(v), ""));
             }
-            for ts in timestamps {
-                builder.add_sample(resource, cpu, stack, &attrs, 1, Some(ts));
+            let profile = match (key.off_cpu, off_cpu) {
+                (true, Some(off_cpu)) => off_cpu,
+                _ => cpu,
+            };
+            for (ts, value) in observations {
+                builder.add_sample(resource, profile, stack, &attrs, value, Some(ts));
             }
         }
         let gone: Vec<u32> = self

@@ -98,7 +98,9 @@ impl UnwindLoader {
     /// Loads the tables of `pid` and waits until the walker can use them.
     pub fn load_blocking(&mut self, pid: u32) -> Result<(), LoadError> {
         let (tx, rx) = mpsc::channel();
-        self.asked.insert(pid, Instant::now());
+        // Not counted against RELOAD_INTERVAL: loaded at exec, a process
+        // has not mapped its libraries yet, and its first partial sample
+        // (off-CPU samples arrive only when a wait ends) must reload it now.
         self.send(Request::Load {
             pid,
             done: Some(tx),
