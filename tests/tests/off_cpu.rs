@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use smolder_e2e::{compile_c, python_check, require_ebpf, run_ok, smolder_bin, with_cpu_budget};
+use smolder_e2e::{
+    compile_c, python_check, require_ebpf, require_tool, run_ok, smolder_bin, with_cpu_budget,
+};
 use smolder_profiles_proto::{
     pprof::any_value_to_string, read_profile, sample_weight, ProfileView,
 };
@@ -392,4 +394,58 @@ fn cpu_and_off_cpu_profiles_each_show_their_function_to_the_official_decoder() {
         by_type["off_cpu/nanoseconds"]["period_type"], "off_cpu/nanoseconds",
         "{summary}"
     );
+
+    // `convert` writes it to pprof as a second sample type, which go tool
+    // pprof reads as such.
+    let pprof = dir.path().join("profile.pprof");
+    run_ok(
+        Command::new(smolder_bin())
+            .arg("convert")
+            .arg(&out)
+            .args(["-f", "pprof", "-o"])
+            .arg(&pprof),
+    );
+    let raw = go_pprof(&pprof, &["-raw"]);
+    assert!(
+        raw.lines()
+            .any(|l| l.trim() == "samples/count cpu/nanoseconds off_cpu/nanoseconds"),
+        "sample types in go tool pprof -raw:\n{raw}"
+    );
+    let functions = |sample_index: &str| -> Vec<String> {
+        let top = go_pprof(
+            &pprof,
+            &[
+                "-top",
+                "-cum",
+                "-nodecount=1000",
+                &format!("-sample_index={sample_index}"),
+            ],
+        );
+        // Rows: flat flat% sum% cum cum% name; rows with a zero cum are not listed.
+        top.lines()
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                (cols.len() >= 6 && cols[4].ends_with('%')).then(|| cols[5].to_owned())
+            })
+            .collect()
+    };
+    let off = functions("off_cpu");
+    assert!(off.iter().any(|f| f == "sleep_cold"), "{off:?}");
+    assert!(!off.iter().any(|f| f == "compute_hot"), "{off:?}");
+    let on = functions("samples");
+    assert!(on.iter().any(|f| f == "compute_hot"), "{on:?}");
+}
+
+/// `go tool pprof ARGS FILE`'s standard output.
+fn go_pprof(file: &Path, args: &[&str]) -> String {
+    require_tool("go", "golang-go");
+    let out = run_ok(
+        Command::new("go")
+            .args(["tool", "pprof"])
+            .args(args)
+            .arg(file)
+            .env("HOME", std::env::temp_dir())
+            .env("PPROF_TMPDIR", std::env::temp_dir()),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -45,6 +45,10 @@ pub struct FlamegraphArgs {
     /// Use inferno's plain hot palette instead of colouring by frame type
     #[arg(long)]
     pub no_type_colors: bool,
+    /// Draw the profiles of this sample type (`type` or `type/unit`, e.g.
+    /// `off_cpu` for where threads waited, drawn in blues); default: the first
+    #[arg(long, value_name = "TYPE")]
+    pub sample_type: Option<String>,
     #[command(flatten)]
     pub input_args: InputArgs,
 }
@@ -58,6 +62,7 @@ impl FlamegraphArgs {
             kernel_frames: !self.no_kernel,
             inlined_frames: !self.no_inline,
             icicle: self.icicle,
+            sample_type: self.sample_type.clone(),
             color_by_frame_type: !self.no_type_colors,
             normalize: self.normalize,
             ..FlamegraphOptions::default()

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use smolder_flamegraph::{render, FlamegraphOptions};
+use smolder_flamegraph::{render, FlamegraphOptions, OFF_CPU_SAMPLE_TYPE};
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
-use smolder_profiles_proto::{write_profile, Format, ProfileView};
+use smolder_profiles_proto::{write_profile, Format};
 use smolder_symbolizer::{Source, Symbolizer};
 
 use super::io::write_output_with;
@@ -218,11 +218,16 @@ async fn record(args: &RecordArgs, symbolizer: Arc<Symbolizer>) -> Result<Option
 
     let data = recording.finish_interval().data;
     let agg = recording.stats().aggregator;
-    let off_cpu_output = write(args, &data, agg.samples)?;
+    let off_cpu_output = write(
+        args,
+        &data,
+        agg.samples - agg.off_cpu_samples,
+        agg.off_cpu_samples,
+    )?;
     print_summary(
         &Summary {
             duration: elapsed,
-            samples: agg.samples,
+            samples: agg.samples - agg.off_cpu_samples,
             lost: stats.lost,
             processes: data.resource_profiles.len(),
             unwind_failures: stats.user_read_faults
@@ -246,25 +251,18 @@ async fn record(args: &RecordArgs, symbolizer: Arc<Symbolizer>) -> Result<Option
 }
 
 /// Writes the profile; with `--off-cpu` and SVG output, the off-CPU graph
-/// goes to a second file, whose path is returned.
-fn write(args: &RecordArgs, data: &ProfilesData, samples: u64) -> Result<Option<PathBuf>> {
+/// goes to a second file, whose path is returned. `cpu_samples` and
+/// `off_cpu_samples` say which graphs have something to draw.
+fn write(
+    args: &RecordArgs,
+    data: &ProfilesData,
+    cpu_samples: u64,
+    off_cpu_samples: u64,
+) -> Result<Option<PathBuf>> {
     let format = match args.format {
         RecordFormat::Svg => {
             let title = args.title.clone().unwrap_or_else(|| default_title(args));
-            let has = |sample_type: &str| {
-                let view = ProfileView::new(data);
-                let found = view
-                    .profiles()
-                    .any(|(_, p)| view.value_type(p.sample_type.as_ref()).0 == sample_type);
-                found
-            };
-            if samples == 0 || !(has("samples") || has(OFF_CPU)) {
-                eprintln!(
-                    "smolder: no samples were taken (did the command run on a CPU?): no flamegraph written"
-                );
-                return Ok(None);
-            }
-            if has("samples") || !args.off_cpu {
+            if cpu_samples > 0 {
                 let options = FlamegraphOptions {
                     title: title.clone(),
                     sample_type: Some("samples".into()),
@@ -274,14 +272,19 @@ fn write(args: &RecordArgs, data: &ProfilesData, samples: u64) -> Result<Option<
                     render(data, &options, w).context("cannot draw the flamegraph")?;
                     Ok(())
                 })?;
+            } else {
+                eprintln!(
+                    "smolder: no samples were taken (did the command run on a CPU?): no flamegraph written to {}",
+                    args.output.display()
+                );
             }
-            if !(args.off_cpu && has(OFF_CPU)) {
+            if off_cpu_samples == 0 {
                 return Ok(None);
             }
             let path = off_cpu_svg_path(&args.output);
             let options = FlamegraphOptions {
                 title: format!("{title} (off-CPU)"),
-                sample_type: Some(OFF_CPU.into()),
+                sample_type: Some(OFF_CPU_SAMPLE_TYPE.into()),
                 ..FlamegraphOptions::default()
             };
             write_output_with(&path, |w| {
@@ -299,8 +302,6 @@ fn write(args: &RecordArgs, data: &ProfilesData, samples: u64) -> Result<Option<
     write_output_with(&args.output, |w| Ok(w.write_all(&bytes)?))?;
     Ok(None)
 }
-
-const OFF_CPU: &str = "off_cpu";
 
 /// `out.svg` -> `out.off-cpu.svg`.
 fn off_cpu_svg_path(output: &std::path::Path) -> PathBuf {
@@ -361,15 +362,16 @@ fn print_summary(s: &Summary, args: &RecordArgs) {
             }
             if let Some(o) = &s.off_cpu {
                 parts.push(format!(
-                    "off-CPU: {} waits recorded of {} blocking switches ({} shorter than the minimum, {} left out by the probability, {} lost){}",
+                    "off-CPU: {} waits recorded of {} blocking switches ({} shorter than the minimum, {} left out by the probability, {} not back through a system call, {} lost){}",
                     o.off_cpu_recorded,
                     o.off_cpu_switches,
                     o.off_cpu_skipped_short,
                     o.off_cpu_skipped_probability,
+                    o.off_cpu_unmatched,
                     o.off_cpu_lost,
                     s.off_cpu_output
                         .as_ref()
-                        .map(|p| format!(" -> {}", p.display()))
+                        .map(|p| format!(" (off-CPU graph: {})", p.display()))
                         .unwrap_or_default()
                 ));
             }

@@ -64,7 +64,10 @@ pub struct Sample {
 /// What went missing on the way, for the run summary and `/metrics`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AggregatorStats {
+    /// Samples added, on-CPU and off-CPU.
     pub samples: u64,
+    /// Of those, off-CPU samples (waits).
+    pub off_cpu_samples: u64,
     /// User PCs outside every executable mapping of their process.
     pub unmapped_frames: u64,
     /// Processes whose `/proc/PID/maps` could not be read (gone too early).
@@ -88,6 +91,7 @@ pub struct AggregatorStats {
 impl std::ops::AddAssign for AggregatorStats {
     fn add_assign(&mut self, b: AggregatorStats) {
         self.samples += b.samples;
+        self.off_cpu_samples += b.off_cpu_samples;
         self.unmapped_frames += b.unmapped_frames;
         self.maps_unreadable += b.maps_unreadable;
         self.objects_unopenable += b.objects_unopenable;
@@ -391,6 +395,7 @@ impl Aggregator {
     /// Adds one sampled stack.
     pub fn add(&mut self, sample: &Sample) {
         self.stats.samples += 1;
+        self.stats.off_cpu_samples += u64::from(sample.off_cpu_ns.is_some());
         self.facts(sample.pid, &sample.thread_name);
         self.processes
             .entry(sample.pid)
