@@ -562,6 +562,17 @@ impl Sampler {
         })
     }
 
+    /// Loads unwind tables only for the processes `filter` keeps (the
+    /// driver's process filter, decided from each process's facts once per
+    /// image); `None`: for every process with a partial stack. Without it,
+    /// a host-wide sampler filtered in user space builds tables for every
+    /// process that runs or waits, and those it keeps wait behind them.
+    pub fn set_table_filter(&mut self, filter: Option<crate::pipeline::ProcessFilter>) {
+        if let Some(loader) = &mut self.unwind {
+            loader.set_filter(filter);
+        }
+    }
+
     /// The stack copies received since the last call
     /// ([`SamplerConfig::stack_copy_pid`]).
     pub fn take_stack_copies(&mut self) -> Vec<StackCopy> {
