@@ -102,7 +102,7 @@ impl Default for OffCpuSettings {
 impl OffCpuSettings {
     /// The sampler's off-CPU configuration; `None` when disabled.
     pub fn sampler_config(&self) -> Option<OffCpuConfig> {
-        self.enabled.then(|| OffCpuConfig {
+        self.enabled.then_some(OffCpuConfig {
             min_blocked: self.min_blocked,
             probability: self.probability,
             max_threads: self.max_threads,

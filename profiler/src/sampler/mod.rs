@@ -70,6 +70,7 @@ const PROG_EXIT: &str = "smolder_exit";
 const PROG_SWITCH: &str = "smolder_switch";
 const PROG_OFF_CPU_SAMPLE: &str = "smolder_off_cpu_sample";
 const MAP_OFF_CPU_WAITS: &str = "OFF_CPU_WAITS";
+const MAP_OFF_CPU_RESUMED: &str = "OFF_CPU_RESUMED";
 const MAP_EVENTS: &str = "EVENTS";
 const MAP_FILTER: &str = "FILTER_PIDS";
 const MAP_STATS: &str = "STATS";
@@ -437,6 +438,12 @@ impl Sampler {
             .map_max_entries(MAP_EVENTS, config.ring_buffer_bytes)
             .map_max_entries(MAP_UNWIND_ROWS, table_rows)
             .map_max_entries(MAP_OFF_CPU_WAITS, off_cpu_threads)
+            // About 1 KiB a thread (its kernel stack): only threads between
+            // switch-in and their return to user space, a few per CPU.
+            .map_max_entries(
+                MAP_OFF_CPU_RESUMED,
+                if config.off_cpu.is_some() { 1024 } else { 1 },
+            )
             .load(SAMPLER_OBJECT)
             .map_err(|e| {
                 SamplerError::kernel("loading the eBPF sampler (maps, BTF relocations)", e)
