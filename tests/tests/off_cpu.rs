@@ -202,13 +202,21 @@ fn waiter_time(samples: &[OffCpuSample]) -> ([f64; 3], f64) {
     (per, total)
 }
 
-/// Asserts the waiter's shares of off-CPU time per wait function against
-/// 60/30/10 within `points`, and its total against what it measured within
-/// `tolerance` (a fraction).
-fn assert_waits(out: &Path, stdout: &str, points: f64, tolerance: f64) {
+/// Asserts the waiter's shares of off-CPU time per wait function within
+/// `points` of 60/30/10, or with `against_measured` of the shares the
+/// program measured itself (at sub-millisecond waits, wake-up latency on a
+/// loaded machine moves those away from 60/30/10), and its total against
+/// what it measured within `tolerance` (a fraction).
+fn assert_waits(out: &Path, stdout: &str, points: f64, tolerance: f64, against_measured: bool) {
     let samples = off_cpu_samples(out);
     let (per, total) = waiter_time(&samples);
-    let waited: f64 = measured(stdout).iter().sum();
+    let each = measured(stdout);
+    let waited: f64 = each.iter().sum();
+    let wanted = if against_measured {
+        each.map(|ns| 100.0 * ns / waited.max(1.0))
+    } else {
+        [60.0, 30.0, 10.0]
+    };
     let shares: BTreeMap<&str, f64> = WAIT_FUNCTIONS
         .iter()
         .zip(per)
@@ -219,11 +227,11 @@ fn assert_waits(out: &Path, stdout: &str, points: f64, tolerance: f64) {
         total / 1e6,
         waited / 1e6
     );
-    for (f, want) in WAIT_FUNCTIONS.iter().zip([60.0, 30.0, 10.0]) {
+    for (f, want) in WAIT_FUNCTIONS.iter().zip(wanted) {
         let got = shares[f];
         assert!(
             (got - want).abs() <= points,
-            "{f}: {got:.1}% of the waiter's off-CPU time, want {want} +- {points}: {shares:?}"
+            "{f}: {got:.1}% of the waiter's off-CPU time, want {want:.1} +- {points}: {shares:?}"
         );
     }
     assert!(
@@ -245,7 +253,7 @@ fn known_waits_get_their_shares_and_their_time() {
     let prog = compile_c(dir.path(), "waits", WAITS_C, FP_FLAGS);
     // 30 rounds of 60 + 30 + 10 ms: 3 s of waiting.
     let (out, stdout) = record(dir.path(), &prog, &["30", "10000"], &[]);
-    assert_waits(&out, &stdout, 3.0, 0.10);
+    assert_waits(&out, &stdout, 3.0, 0.10, false);
 }
 
 #[test]
@@ -264,7 +272,7 @@ fn with_probability_a_tenth_totals_are_scaled_estimates() {
         &["4000", "500"],
         &["--off-cpu-probability", "0.1", "--off-cpu-min", "0.1ms"],
     );
-    assert_waits(&out, &stdout, 5.0, 0.20);
+    assert_waits(&out, &stdout, 5.0, 0.20, true);
 }
 
 #[test]
