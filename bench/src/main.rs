@@ -8,6 +8,7 @@
 //! cargo run --release -p smolder-bench -- unwind       # eBPF unwinding: tables vs frame pointers vs perf dwarf (root)
 //! cargo run --release -p smolder-bench -- record       # sampling overhead: smolder vs perf vs bpftrace (root)
 //! cargo run --release -p smolder-bench -- agent        # smolder agent vs bpftrace, 60 s at 19 Hz (root)
+//! cargo run --release -p smolder-bench -- offcpu       # off-CPU: perf bench sched pipe under smolder, bpftrace, perf (root)
 //! cargo run --release -p smolder-bench -- generate -o perf.txt   # the input only
 //! cargo run --release -p smolder-bench -- view         # the agent's /profile and /view on 1 h and 24 h of a busy host
 //! cargo run --release -p smolder-bench -- scopes       # cost of a labelled scope / tracing span, TracingLayer on vs off
@@ -27,6 +28,7 @@
 mod agent;
 mod inprocess;
 mod measure;
+mod offcpu;
 mod perf_script;
 mod record;
 mod scopes;
@@ -83,6 +85,7 @@ fn parse_args() -> Result<Config> {
             "--workdir" => config.workdir = Some(value()?.into()),
             "-o" | "--output" => config.output = Some(value()?.into()),
             "flamegraph" | "bytes" | "all" | "generate" | "record" | "unwind" | "agent"
+            | "offcpu"
                 if config.command.is_empty() =>
             {
                 config.command = arg
@@ -92,7 +95,7 @@ fn parse_args() -> Result<Config> {
     }
     if config.command.is_empty() {
         return Err(
-            "usage: smolder-bench flamegraph|bytes|all|generate|record|unwind|agent|inprocess [options]".into(),
+            "usage: smolder-bench flamegraph|bytes|all|generate|record|unwind|agent|offcpu|inprocess [options]".into(),
         );
     }
     Ok(config)
@@ -135,6 +138,10 @@ fn run() -> Result<()> {
     if config.command == "agent" {
         // The node agent's CPU and memory next to bpftrace (root, 2 x 60 s).
         return agent::bench(&dir, &smolder_bin()?);
+    }
+    if config.command == "offcpu" {
+        // Off-CPU recording on perf bench sched pipe vs bpftrace and perf (root).
+        return offcpu::bench(config.runs, &dir, &smolder_bin()?);
     }
     if config.command == "record" {
         // The sampling-overhead benchmark needs none of the perf script inputs.

@@ -134,19 +134,19 @@ struct Run {
     summary: String,
 }
 
-fn ticks() -> u64 {
+pub(crate) fn ticks() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     u64::try_from(t).unwrap_or(100).max(1)
 }
 
-fn from_ticks(t: u64) -> Duration {
+pub(crate) fn from_ticks(t: u64) -> Duration {
     Duration::from_nanos(t.saturating_mul(1_000_000_000) / ticks())
 }
 
 /// Busy CPU time of the host so far, in ticks (/proc/stat "cpu" line:
 /// user, nice, system, irq, softirq, steal).
-fn host_busy_ticks() -> io::Result<u64> {
+pub(crate) fn host_busy_ticks() -> io::Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let line = stat
         .lines()
@@ -164,7 +164,7 @@ fn host_busy_ticks() -> io::Result<u64> {
 }
 
 /// utime + stime of a live process (all its threads), in ticks.
-fn process_ticks(pid: u32) -> u64 {
+pub(crate) fn process_ticks(pid: u32) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
     };
@@ -177,9 +177,9 @@ fn process_ticks(pid: u32) -> u64 {
 }
 
 /// Per program id: (type, name, run_time_ns, run_cnt), from bpftool's JSON.
-type ProgStats = BTreeMap<u32, (String, String, u64, u64)>;
+pub(crate) type ProgStats = BTreeMap<u32, (String, String, u64, u64)>;
 
-fn bpf_prog_stats() -> Result<ProgStats> {
+pub(crate) fn bpf_prog_stats() -> Result<ProgStats> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .stderr(Stdio::null())
@@ -239,6 +239,16 @@ fn parse_prog_stats(json: &str) -> ProgStats {
 /// The process's perf events (open, or held by a BPF perf link) and the ids
 /// of the BPF `perf_event` programs it holds, from /proc/PID/fd{,info}.
 fn attached(pid: u32) -> (usize, Vec<u32>) {
+    attached_with(pid, &[PROG_TYPE_PERF_EVENT])
+}
+
+pub(crate) const PROG_TYPE_PERF_EVENT: &str = "7";
+pub(crate) const PROG_TYPE_TRACEPOINT: &str = "5";
+pub(crate) const PROG_TYPE_TRACING: &str = "26";
+
+/// [`attached`] with the ids of the BPF programs of these `prog_type`s
+/// (numbers, as fdinfo shows them).
+pub(crate) fn attached_with(pid: u32, prog_types: &[&str]) -> (usize, Vec<u32>) {
     let mut events = 0;
     let mut progs = Vec::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -263,8 +273,7 @@ fn attached(pid: u32) -> (usize, Vec<u32>) {
             "anon_inode:bpf_link" if field(&info(), "link_type:") == "perf" => events += 1,
             "anon_inode:bpf-prog" => {
                 let info = info();
-                // BPF_PROG_TYPE_PERF_EVENT
-                if field(&info, "prog_type:") == "7" {
+                if prog_types.contains(&field(&info, "prog_type:").as_str()) {
                     if let Ok(id) = field(&info, "prog_id:").parse() {
                         progs.push(id);
                     }
@@ -282,7 +291,7 @@ fn attached(pid: u32) -> (usize, Vec<u32>) {
 /// the same kernel switch as `sysctl kernel.bpf_stats_enabled=1`, counted
 /// per holder, so a concurrent `sysctl ...=0` cannot turn it off under us
 /// and nothing global is left changed when the bench exits.
-fn enable_bpf_stats() -> Result<OwnedFd> {
+pub(crate) fn enable_bpf_stats() -> Result<OwnedFd> {
     const BPF_ENABLE_STATS: libc::c_long = 32;
     // union bpf_attr { struct { __u32 type; } enable_stats; }, BPF_STATS_RUN_TIME = 0.
     let attr = [0u32; 2];
@@ -308,7 +317,7 @@ fn enable_bpf_stats() -> Result<OwnedFd> {
 }
 
 /// What `wait4` tells of a child: wait status, CPU, peak RSS.
-fn wait4(child: &Child) -> io::Result<(i32, Duration, u64)> {
+pub(crate) fn wait4(child: &Child) -> io::Result<(i32, Duration, u64)> {
     fn duration(t: libc::timeval) -> Duration {
         Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
             + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
@@ -466,35 +475,50 @@ impl Bench<'_> {
 
         if let Some(child) = started.child.take() {
             let stopping = Instant::now();
-            let pid = libc::pid_t::try_from(child.id())?;
-            // SAFETY: signalling our own live child.
-            unsafe { libc::kill(pid, libc::SIGINT) };
-            let (status, cpu, rss) = wait4(&child)?;
+            let stopped = stop_profiler(child, &log, setup.profiler.name())?;
             run.stop = stopping.elapsed();
-            run.prof_cpu = cpu;
-            run.prof_rss_kib = rss;
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            run.summary = text
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_owned();
-            if status != 0 && !(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGINT)
-            {
-                return Err(format!(
-                    "{} failed (wait status {status:#x}): {}",
-                    setup.profiler.name(),
-                    text.trim()
-                )
-                .into());
-            }
+            run.prof_cpu = stopped.cpu;
+            run.prof_rss_kib = stopped.rss_kib;
+            run.summary = stopped.summary;
         }
         Ok(run)
     }
 }
 
-fn tool_version(cmd: &str, arg: &str) -> String {
+/// What a profiler stopped with SIGINT left: its CPU time and peak RSS
+/// (`wait4`) and the last line of its stderr (`log`).
+pub(crate) struct Stopped {
+    pub cpu: Duration,
+    pub rss_kib: u64,
+    pub summary: String,
+}
+
+/// Stops a profiler with SIGINT (how each of them wants to be stopped to
+/// write its output) and reaps it; an exit other than 0 or by that SIGINT
+/// is an error quoting its stderr.
+pub(crate) fn stop_profiler(child: Child, log: &Path, name: &str) -> Result<Stopped> {
+    let pid = libc::pid_t::try_from(child.id())?;
+    // SAFETY: signalling our own live child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let (status, cpu, rss_kib) = wait4(&child)?;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let summary = text
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    if status != 0 && !(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGINT) {
+        return Err(format!("{name} failed (wait status {status:#x}): {}", text.trim()).into());
+    }
+    Ok(Stopped {
+        cpu,
+        rss_kib,
+        summary,
+    })
+}
+
+pub(crate) fn tool_version(cmd: &str, arg: &str) -> String {
     Command::new(cmd)
         .arg(arg)
         .output()
@@ -505,12 +529,12 @@ fn tool_version(cmd: &str, arg: &str) -> String {
         .unwrap_or_else(|e| format!("{cmd}: {e}"))
 }
 
-fn secs(d: Duration) -> f64 {
+pub(crate) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
 /// The median of some values (an odd count gives a real run).
-fn median_of<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
+pub(crate) fn median_of<T: PartialOrd + Copy>(mut v: Vec<T>) -> T {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     v[v.len() / 2]
 }
@@ -550,7 +574,7 @@ fn medians(runs: &[Run]) -> Medians {
     }
 }
 
-fn ratio(a: f64, b: f64) -> String {
+pub(crate) fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 && a > 0.0 {
         format!("{:.2}", a / b)
     } else {

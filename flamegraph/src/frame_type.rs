@@ -32,12 +32,33 @@ impl FrameKind {
     /// The families are those of inferno's `java` palette (native red,
     /// kernel orange, inlined aqua), without its guessing of Java and C++
     /// from the name.
-    fn colour(self, frame: &str) -> Color {
+    fn colour(self, frame: &str, waiting: bool) -> Color {
         let v = fnv1a(frame);
         // Three fractions in [0, 1] from different bits of one hash.
         let v1 = (v & 0xffff) as f32 / 65535.0;
         let v2 = ((v >> 16) & 0xffff) as f32 / 65535.0;
         let shade = |base: u8, range: f32, v: f32| base + (range * v) as u8;
+        if waiting {
+            // Time spent waiting (off-CPU) is drawn in blues, as off-CPU
+            // flamegraphs are: native blue, kernel violet, inlined cyan.
+            return match self {
+                FrameKind::Native => Color {
+                    r: shade(0, 60.0, v1),
+                    g: shade(80, 80.0, v2),
+                    b: shade(190, 65.0, v1),
+                },
+                FrameKind::Kernel => Color {
+                    r: shade(110, 60.0, v1),
+                    g: shade(90, 50.0, v1),
+                    b: shade(200, 55.0, v2),
+                },
+                FrameKind::Inlined => Color {
+                    r: shade(30, 40.0, v1),
+                    g: shade(150, 40.0, v2),
+                    b: shade(215, 40.0, v1),
+                },
+            };
+        }
         match self {
             FrameKind::Native => Color {
                 r: shade(200, 55.0, v1),
@@ -79,11 +100,12 @@ pub(crate) fn frames<'a>(stacks: impl Iterator<Item = &'a str>) -> BTreeSet<&'a 
     stacks.flat_map(|stack| stack.split(';')).collect()
 }
 
-/// The colour of every frame by its kind.
-pub(crate) fn palette<'a>(frames: impl Iterator<Item = &'a str>) -> PaletteMap {
+/// The colour of every frame by its kind; in blues when the graph is of
+/// waiting (off-CPU) time.
+pub(crate) fn palette<'a>(frames: impl Iterator<Item = &'a str>, waiting: bool) -> PaletteMap {
     let mut map = PaletteMap::default();
     for frame in frames {
-        map.insert(frame, FrameKind::of(frame).colour(frame));
+        map.insert(frame, FrameKind::of(frame).colour(frame, waiting));
     }
     map
 }
@@ -126,22 +148,28 @@ mod tests {
             "Py_Main",
             "x.cold",
         ] {
-            let native = FrameKind::Native.colour(name);
+            let native = FrameKind::Native.colour(name, false);
             assert!(
                 native.r >= 200 && native.g == native.b,
                 "{name}: {native:?}"
             );
-            let kernel = FrameKind::Kernel.colour(name);
+            let kernel = FrameKind::Kernel.colour(name, false);
             assert!(
                 kernel.b == 0 && kernel.r - kernel.g == 100,
                 "{name}: {kernel:?}"
             );
-            let inlined = FrameKind::Inlined.colour(name);
+            let inlined = FrameKind::Inlined.colour(name, false);
             assert!(
                 inlined.g == inlined.b && inlined.r < inlined.g,
                 "{name}: {inlined:?}"
             );
-            assert_eq!(FrameKind::Native.colour(name), native);
+            assert_eq!(FrameKind::Native.colour(name, false), native);
+            // Waiting time: every kind in blues, blue above red and green.
+            for kind in [FrameKind::Native, FrameKind::Kernel, FrameKind::Inlined] {
+                let c = kind.colour(name, true);
+                assert!(c.b > c.r && c.b > c.g, "{name} {kind:?}: {c:?}");
+                assert_eq!(kind.colour(name, true), c);
+            }
         }
     }
 }

@@ -8,8 +8,9 @@
 //! per thread), which frames to keep (kernel, inlined), the orientation
 //! and the colours. Frames are coloured by kind: native red, kernel orange
 //! and inlined aqua, with `class="kernel"` / `class="inlined"` on their SVG
-//! group; colours depend only on the frame name, so the same profile always
-//! gives the same SVG.
+//! group; a graph of waiting time (sample type [`OFF_CPU_SAMPLE_TYPE`]) is
+//! drawn in blues instead. Colours depend only on the frame name, so the
+//! same profile always gives the same SVG.
 //!
 //! ```
 //! use smolder_flamegraph::{render, FlamegraphOptions};
@@ -35,6 +36,9 @@ use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
 use smolder_profiles_proto::{fold, FoldOptions, ProfileView};
 
 pub use error::Error;
+
+/// The sample type of off-CPU profiles (time spent waiting), drawn in blues.
+pub const OFF_CPU_SAMPLE_TYPE: &str = "off_cpu";
 
 use stacks::{xml_text, DiffStacks, Stacks};
 
@@ -121,16 +125,7 @@ impl FlamegraphOptions {
         if let Some(name) = &self.count_name {
             return name.clone();
         }
-        let view = ProfileView::new(data);
-        let unit = view
-            .profiles()
-            .map(|(_, p)| view.value_type(p.sample_type.as_ref()))
-            .find(|(t, u)| {
-                self.sample_type
-                    .as_ref()
-                    .is_none_or(|want| want == t || *want == format!("{t}/{u}"))
-            })
-            .map(|(_, unit)| unit);
+        let unit = self.drawn_sample_type(data).map(|(_, unit)| unit);
         match unit.as_deref() {
             None | Some("") | Some("count") => "samples".to_owned(),
             Some("nanoseconds") => "ns".to_owned(),
@@ -138,7 +133,26 @@ impl FlamegraphOptions {
         }
     }
 
-    fn inferno<'a>(&self, count_name: &str, palette: Option<&'a mut PaletteMap>) -> Options<'a> {
+    /// The sample type (type, unit) of the profiles drawn from `data`.
+    pub fn drawn_sample_type(&self, data: &ProfilesData) -> Option<(String, String)> {
+        let view = ProfileView::new(data);
+        let found = view
+            .profiles()
+            .map(|(_, p)| view.value_type(p.sample_type.as_ref()))
+            .find(|(t, u)| {
+                self.sample_type
+                    .as_ref()
+                    .is_none_or(|want| want == t || *want == format!("{t}/{u}"))
+            });
+        found
+    }
+
+    fn inferno<'a>(
+        &self,
+        count_name: &str,
+        waiting: bool,
+        palette: Option<&'a mut PaletteMap>,
+    ) -> Options<'a> {
         let mut options = Options::default();
         options.title = xml_text(&self.title);
         options.subtitle = self.subtitle.as_deref().map(xml_text);
@@ -149,7 +163,11 @@ impl FlamegraphOptions {
         } else {
             Direction::Straight
         };
-        options.colors = Palette::Basic(BasicPalette::Hot);
+        options.colors = Palette::Basic(if waiting {
+            BasicPalette::Io
+        } else {
+            BasicPalette::Hot
+        });
         options.deterministic = true;
         options.palette_map = palette;
         // `stacks` sorts by stack; inferno's own sort is by line, which
@@ -259,11 +277,15 @@ pub fn render(
         return Err(Error::NoSamples);
     }
     let frames = frame_type::frames(stacks.counts.keys().map(String::as_str));
+    // Off-CPU time is waiting time: drawn in blues.
+    let waiting = options
+        .drawn_sample_type(data)
+        .is_some_and(|(t, _)| t == OFF_CPU_SAMPLE_TYPE);
     let mut palette = options
         .color_by_frame_type
-        .then(|| frame_type::palette(frames.iter().copied()));
+        .then(|| frame_type::palette(frames.iter().copied(), waiting));
     let count_name = options.count_name_for(data);
-    let mut inferno = options.inferno(&count_name, palette.as_mut());
+    let mut inferno = options.inferno(&count_name, waiting, palette.as_mut());
     inferno.func_frameattrs = frame_type::classes(frames.iter().copied());
     let lines = stacks.lines();
     from_lines(&mut inferno, lines.iter().map(String::as_str), out).map_err(Error::Write)?;
@@ -309,7 +331,7 @@ pub fn render_diff(
         return Err(Error::EmptyWidths(options.diff_widths));
     }
     let frames = frame_type::frames(diff.counts.keys().map(String::as_str));
-    let mut inferno = options.inferno(&count_name, None);
+    let mut inferno = options.inferno(&count_name, false, None);
     inferno.func_frameattrs = frame_type::classes(frames.iter().copied());
     // Inferno colours by `last count - first count`; with the columns
     // swapped, negating keeps red meaning "grew".
@@ -604,6 +626,70 @@ worker 1234/1240 [001] 100.000002: 10101010 cpu-clock:ppp:
         );
         // Classes mark the kind whatever the colours.
         assert_eq!(frame(&plain, "sys_read").class.as_deref(), Some("kernel"));
+    }
+
+    /// One resource with a CPU profile (`work`) and an off-CPU one
+    /// (`wait` under a kernel frame), sharing one dictionary.
+    fn cpu_and_off_cpu() -> ProfilesData {
+        use smolder_profiles_proto::{
+            FrameType, LocationSpec, ProfileBuilder, ProfileConfig, SourceLine,
+        };
+        let mut b = ProfileBuilder::new(ProfileConfig::cpu(99, 1, 1_000_000_000));
+        let cpu = b.default_profile_type();
+        let off = b.add_profile_type(ProfileConfig::off_cpu(1, 1_000_000_000));
+        let resource = b.resource(Vec::new());
+        let frame = |b: &mut ProfileBuilder, name: &str, frame_type| {
+            b.location(&LocationSpec {
+                lines: vec![SourceLine::function(name)],
+                frame_type,
+                ..LocationSpec::default()
+            })
+        };
+        let (main, work, wait) = (
+            frame(&mut b, "main", FrameType::Native),
+            frame(&mut b, "work", FrameType::Native),
+            frame(&mut b, "wait", FrameType::Native),
+        );
+        let schedule = frame(&mut b, "do_nanosleep", FrameType::Kernel);
+        let on = b.stack(&[work, main]);
+        let blocked = b.stack(&[schedule, wait, main]);
+        b.add_sample(resource, cpu, on, &[], 1, Some(5));
+        b.add_sample(resource, off, blocked, &[], 60_000_000, Some(6));
+        b.finish()
+    }
+
+    #[test]
+    fn off_cpu_time_is_its_own_graph_in_blues() {
+        let data = cpu_and_off_cpu();
+        let draw_type = |sample_type: &str| {
+            let options = FlamegraphOptions {
+                sample_type: Some(sample_type.into()),
+                ..FlamegraphOptions::default()
+            };
+            let mut svg = Vec::new();
+            let summary = render(&data, &options, &mut svg).unwrap();
+            (summary, frames(&svg))
+        };
+        let (summary, off) = draw_type(OFF_CPU_SAMPLE_TYPE);
+        assert_eq!(
+            (summary.samples, summary.count_name.as_str()),
+            (60_000_000, "ns")
+        );
+        assert!(!has_frame(&off, "work"), "a CPU frame in the off-CPU graph");
+        for name in ["wait", "main", "do_nanosleep"] {
+            let (r, g, b) = rgb(&frame(&off, name).fill);
+            assert!(b > r && b > g, "{name} is blue: {r},{g},{b}");
+        }
+        assert_eq!(frame(&off, "do_nanosleep").class.as_deref(), Some("kernel"));
+
+        let (summary, on) = draw_type("samples");
+        assert_eq!(
+            (summary.samples, summary.count_name.as_str()),
+            (1, "samples")
+        );
+        assert!(!has_frame(&on, "wait"), "an off-CPU frame in the CPU graph");
+        let (r, g, b) = rgb(&frame(&on, "work").fill);
+        assert!(r >= 200 && g == b, "work is red: {r},{g},{b}");
     }
 
     #[test]

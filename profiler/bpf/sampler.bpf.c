@@ -421,33 +421,40 @@ static __always_inline void copy_user_stack(struct task_struct *task, __u32 tgid
 	bpf_ringbuf_submit(copy, BPF_RB_FORCE_WAKEUP);
 }
 
-SEC("perf_event")
-int smolder_sample(struct bpf_perf_event_data *ctx)
+/*
+ * Takes the current task's stacks into rec and sends the record: the one
+ * stack taker of both the on-CPU and the off-CPU sample. The kernel stack
+ * is the nk_saved PCs at kstack when given (taken earlier), else
+ * bpf_get_stack(ctx) when ip (the interrupted IP) is a kernel address; the
+ * user stack is walked from ip/sp/bp, or from the registers saved at
+ * kernel entry when ip is a kernel address. Returns what
+ * bpf_ringbuf_output returned.
+ */
+static __always_inline long send_stack_sample(void *ctx, struct smolder_sample *rec, __u32 kind,
+					      __u64 id, __u64 time_ns, __u64 value, __u64 ip,
+					      __u64 sp, __u64 bp, const __u64 *kstack,
+					      __u32 nk_saved)
 {
-	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	__u32 zero = 0;
-
-	if (!tgid_wanted(tgid))
-		return 0;
-	count(SMOLDER_STAT_SAMPLES);
-
-	struct smolder_sample *rec = bpf_map_lookup_elem(&SCRATCH, &zero);
-	if (!rec)
-		return 0;
-
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u32 flags = 0, nk = 0, nu = 0;
-	__u64 ip = ctx->regs.ip, sp = ctx->regs.sp, bp = ctx->regs.bp;
+	long err;
 
-	rec->header.event.kind = SMOLDER_EVENT_SAMPLE;
+	rec->header.event.kind = kind;
 	rec->header.event.pid = tgid;
-	rec->header.event.time_ns = bpf_ktime_get_boot_ns();
+	rec->header.event.time_ns = time_ns;
 	rec->header.tid = (__u32)id;
 	rec->header.cpu = bpf_get_smp_processor_id();
+	rec->header.value = value;
 	bpf_get_current_comm(rec->header.comm, sizeof(rec->header.comm));
 
-	if (ip >= USER_ADDR_LIMIT) {
+	if (kstack) {
+		nk = nk_saved;
+		if (nk > SMOLDER_MAX_KERNEL_FRAMES)
+			nk = SMOLDER_MAX_KERNEL_FRAMES;
+		if (nk && bpf_probe_read_kernel(rec->pcs, nk * sizeof(__u64), kstack))
+			nk = 0;
+	} else if (ip >= USER_ADDR_LIMIT) {
 		flags |= SMOLDER_SAMPLE_KERNEL_MODE;
 		long n = bpf_get_stack(ctx, rec->pcs, SMOLDER_MAX_KERNEL_FRAMES * sizeof(__u64), 0);
 		if (n < 0) {
@@ -489,10 +496,185 @@ int smolder_sample(struct bpf_perf_event_data *ctx)
 	__u64 size = sizeof(rec->header) + (__u64)(nk + nu) * sizeof(__u64);
 	if (size > sizeof(*rec))
 		size = sizeof(*rec);
-	if (bpf_ringbuf_output(&EVENTS, rec, size, wakeup_flags()))
+	err = bpf_ringbuf_output(&EVENTS, rec, size, wakeup_flags());
+	if (!err && stack_copy_tgid && stack_copy_tgid == tgid && !(flags & SMOLDER_SAMPLE_KTHREAD))
+		copy_user_stack(task, tgid, rec->header.tid, time_ns, ip, sp, bp);
+	return err;
+}
+
+SEC("perf_event")
+int smolder_sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 zero = 0;
+	struct smolder_sample *rec;
+
+	if (!tgid_wanted(id >> 32))
+		return 0;
+	count(SMOLDER_STAT_SAMPLES);
+	rec = bpf_map_lookup_elem(&SCRATCH, &zero);
+	if (!rec)
+		return 0;
+	if (send_stack_sample(ctx, rec, SMOLDER_EVENT_SAMPLE, id, bpf_ktime_get_boot_ns(), 0,
+			      ctx->regs.ip, ctx->regs.sp, ctx->regs.bp, NULL, 0))
 		count(SMOLDER_STAT_RINGBUF_FULL);
-	else if (stack_copy_tgid && stack_copy_tgid == tgid && !(flags & SMOLDER_SAMPLE_KTHREAD))
-		copy_user_stack(task, tgid, rec->header.tid, rec->header.event.time_ns, ip, sp, bp);
+	return 0;
+}
+
+/*
+ * Off-CPU, in three steps, with tracepoints only (kernels built without
+ * kprobes have no fentry/kprobe on the switch path either):
+ *  1. sched_switch, the thread as prev: a sampled thread that blocks (is
+ *     switched out other than by preemption) is chosen with the recording
+ *     probability; its switch-out time and user ip/sp go to OFF_CPU_WAITS.
+ *  2. sched_switch, the thread as next: it was off the CPU until now. A
+ *     wait shorter than the minimum is dropped here; a longer one gets its
+ *     kernel stack (bpf_get_task_stack: the thread is not running, its
+ *     stack is still the one it blocked with) and moves to OFF_CPU_RESUMED.
+ *  3. sys_exit, in the thread's own context: if its user registers are the
+ *     ones it blocked with, no user code ran in between and the user stack
+ *     is still the one it blocked with: walk it and send the sample.
+ * A wait shorter than the minimum costs no stack walk, and only resumed
+ * threads (a few per CPU) hold a kernel stack.
+ */
+const volatile __u64 off_cpu_min_ns = 1000000;
+/* A blocking switch-out is recorded when bpf_get_prandom_u32() < this:
+ * probability * 2^32 (2^32: always). */
+const volatile __u64 off_cpu_threshold = 1ULL << 32;
+
+struct off_cpu_wait {
+	__u64 out_ns; /* switched out, bpf_ktime_get_boot_ns() */
+	__u64 user_ip; /* user registers at switch-out */
+	__u64 user_sp;
+};
+
+struct off_cpu_resumed {
+	struct off_cpu_wait wait;
+	__u64 in_ns; /* switched in again */
+	__u32 kernel_frames;
+	__u32 _pad;
+	__u64 kernel[SMOLDER_MAX_KERNEL_FRAMES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u32); /* tid */
+	__type(value, struct off_cpu_wait);
+	__uint(max_entries, 16384); /* overridden from user space */
+} OFF_CPU_WAITS SEC(".maps");
+
+/* Threads between switch-in and their return to user space: a few per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u32); /* tid */
+	__type(value, struct off_cpu_resumed);
+	__uint(max_entries, 1024);
+} OFF_CPU_RESUMED SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct off_cpu_resumed);
+	__uint(max_entries, 1);
+} RESUMED_SCRATCH SEC(".maps");
+
+/* Its own sample scratch: the perf_event program may interrupt a tracing
+ * program (they do not block it) and uses SCRATCH. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct smolder_sample);
+	__uint(max_entries, 1);
+} OFF_CPU_SCRATCH SEC(".maps");
+
+#define TASK_RUNNING 0
+
+static __always_inline void off_cpu_resume(struct task_struct *next)
+{
+	__u32 tid = next->pid, zero = 0;
+	struct off_cpu_wait *found = bpf_map_lookup_elem(&OFF_CPU_WAITS, &tid);
+	struct off_cpu_resumed *r;
+	__u64 now;
+	long n;
+
+	if (!found)
+		return;
+	now = bpf_ktime_get_boot_ns();
+	if (now < found->out_ns || now - found->out_ns < off_cpu_min_ns) {
+		bpf_map_delete_elem(&OFF_CPU_WAITS, &tid);
+		count(SMOLDER_STAT_OFF_CPU_SKIPPED_SHORT);
+		return;
+	}
+	r = bpf_map_lookup_elem(&RESUMED_SCRATCH, &zero);
+	if (!r)
+		return;
+	r->wait = *found;
+	bpf_map_delete_elem(&OFF_CPU_WAITS, &tid);
+	r->in_ns = now;
+	n = bpf_get_task_stack(next, r->kernel, sizeof(r->kernel), 0);
+	r->kernel_frames = n > 0 ? (__u64)n / sizeof(__u64) : 0;
+	bpf_map_update_elem(&OFF_CPU_RESUMED, &tid, r, BPF_ANY);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(smolder_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	__u32 tgid = prev->tgid, tid = prev->pid;
+	struct off_cpu_wait wait = {};
+	struct pt_regs *uregs;
+
+	off_cpu_resume(next);
+	if (preempt || tid == 0 || (prev->flags & PF_KTHREAD) ||
+	    BPF_CORE_READ(prev, __state) == TASK_RUNNING)
+		return 0;
+	if (!tgid_wanted(tgid))
+		return 0;
+	count(SMOLDER_STAT_OFF_CPU_SWITCHES);
+	if ((__u64)bpf_get_prandom_u32() >= off_cpu_threshold) {
+		count(SMOLDER_STAT_OFF_CPU_SKIPPED_PROBABILITY);
+		return 0;
+	}
+	uregs = (struct pt_regs *)bpf_task_pt_regs(prev);
+	if (!uregs)
+		return 0;
+	wait.out_ns = bpf_ktime_get_boot_ns();
+	wait.user_ip = BPF_CORE_READ(uregs, ip);
+	wait.user_sp = BPF_CORE_READ(uregs, sp);
+	bpf_map_update_elem(&OFF_CPU_WAITS, &tid, &wait, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(smolder_off_cpu_sample)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id, zero = 0;
+	struct off_cpu_resumed *r = bpf_map_lookup_elem(&OFF_CPU_RESUMED, &tid);
+	struct task_struct *task;
+	struct pt_regs *uregs;
+	struct smolder_sample *rec;
+	__u64 ip, sp, bp;
+
+	if (!r)
+		return 0;
+	task = bpf_get_current_task_btf();
+	uregs = (struct pt_regs *)bpf_task_pt_regs(task);
+	rec = bpf_map_lookup_elem(&OFF_CPU_SCRATCH, &zero);
+	if (!uregs || !rec)
+		goto out;
+	ip = BPF_CORE_READ(uregs, ip);
+	sp = BPF_CORE_READ(uregs, sp);
+	bp = BPF_CORE_READ(uregs, bp);
+	if (ip != r->wait.user_ip || sp != r->wait.user_sp) {
+		count(SMOLDER_STAT_OFF_CPU_UNMATCHED);
+		goto out;
+	}
+	count(SMOLDER_STAT_OFF_CPU_RECORDED);
+	if (send_stack_sample(ctx, rec, SMOLDER_EVENT_OFF_CPU, id, r->wait.out_ns,
+			      r->in_ns - r->wait.out_ns, ip, sp, bp, r->kernel, r->kernel_frames))
+		count(SMOLDER_STAT_OFF_CPU_LOST);
+out:
+	bpf_map_delete_elem(&OFF_CPU_RESUMED, &tid);
 	return 0;
 }
 

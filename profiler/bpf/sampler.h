@@ -22,6 +22,7 @@
 #define SMOLDER_EVENT_EXEC 2
 #define SMOLDER_EVENT_EXIT 3
 #define SMOLDER_EVENT_STACK_COPY 4 /* debug: the user stack of a sample, copied */
+#define SMOLDER_EVENT_OFF_CPU 5 /* a sample record: a thread blocked for header.value ns */
 
 /* smolder_sample_header.flags */
 #define SMOLDER_SAMPLE_KERNEL_MODE (1u << 0)       /* interrupted kernel mode: user regs from task_pt_regs */
@@ -47,7 +48,19 @@
 #define SMOLDER_STAT_TABLE_FRAMES 9         /* user frames unwound with a table row */
 #define SMOLDER_STAT_FP_FRAMES 10           /* user frames unwound with the frame pointer */
 #define SMOLDER_STAT_STACK_COPIES_LOST 11   /* debug stack copies lost: ring buffer full */
-#define SMOLDER_STAT_COUNT 12
+/* Off-CPU: switch-outs of sampled threads that blocked (not preemptions),
+ * those left out by the recording probability, those that ran again before
+ * the minimum blocked time, those recorded, and records lost (ring full). */
+#define SMOLDER_STAT_OFF_CPU_SWITCHES 12
+#define SMOLDER_STAT_OFF_CPU_SKIPPED_PROBABILITY 13
+#define SMOLDER_STAT_OFF_CPU_SKIPPED_SHORT 14
+#define SMOLDER_STAT_OFF_CPU_RECORDED 15
+#define SMOLDER_STAT_OFF_CPU_LOST 16
+/* Waits whose thread was back in user space with other registers than it
+ * blocked with before its next system call returned (it blocked outside a
+ * system call, e.g. in a page fault): its stack is unknown, not recorded. */
+#define SMOLDER_STAT_OFF_CPU_UNMATCHED 17
+#define SMOLDER_STAT_COUNT 18
 
 struct smolder_event_header {
 	__u32 kind; /* SMOLDER_EVENT_* */
@@ -56,10 +69,12 @@ struct smolder_event_header {
 };
 
 /*
- * A SAMPLE record on the ring buffer is this header followed by
+ * A SAMPLE or OFF_CPU record on the ring buffer is this header followed by
  * kernel_frames kernel PCs (leaf first), then user_frames user PCs (leaf
- * first, the first one is the user IP): 48 + 8 * (kernel_frames +
- * user_frames) bytes. Only the used length is sent.
+ * first, the first one is the user IP): 56 + 8 * (kernel_frames +
+ * user_frames) bytes. Only the used length is sent. An OFF_CPU record's
+ * event.time_ns is when the thread was switched out and value how long it
+ * stayed off the CPU (ns, not scaled by the recording probability).
  */
 struct smolder_sample_header {
 	struct smolder_event_header event;
@@ -69,6 +84,7 @@ struct smolder_sample_header {
 	__u16 kernel_frames;
 	__u16 user_frames;
 	char comm[SMOLDER_COMM_LEN];
+	__u64 value; /* OFF_CPU: ns off the CPU; SAMPLE: 0 */
 };
 
 /* The per-CPU scratch record the sample is assembled in. */

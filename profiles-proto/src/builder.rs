@@ -142,6 +142,19 @@ impl ProfileConfig {
             duration_nano,
         }
     }
+
+    /// Off-CPU time: each sample's values are the nanoseconds a thread
+    /// spent blocked (off the CPU) with that stack, from the sample's
+    /// timestamp on. The period is one nanosecond of off-CPU time.
+    pub fn off_cpu(time_unix_nano: u64, duration_nano: u64) -> ProfileConfig {
+        ProfileConfig {
+            sample_type: ("off_cpu".into(), "nanoseconds".into()),
+            period_type: ("off_cpu".into(), "nanoseconds".into()),
+            period: 1,
+            time_unix_nano,
+            duration_nano,
+        }
+    }
 }
 
 /// A resource's position in the builder, returned by [`ProfileBuilder::resource`].

@@ -88,6 +88,15 @@ impl<'a> ProfileView<'a> {
         })
     }
 
+    /// The total weight ([`sample_weight`]) of the profiles whose sample
+    /// type is named `sample_type` (e.g. `off_cpu`), over every resource.
+    pub fn total_of_sample_type(&self, sample_type: &str) -> i64 {
+        self.profiles()
+            .filter(|(_, p)| self.value_type(p.sample_type.as_ref()).0 == sample_type)
+            .flat_map(|(_, p)| &p.samples)
+            .fold(0i64, |a, s| a.saturating_add(sample_weight(s)))
+    }
+
     /// The locations of stack `index`, leaf first.
     pub fn stack(&self, index: i32) -> impl Iterator<Item = &Location> {
         let stack = usize::try_from(index)

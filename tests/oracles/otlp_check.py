@@ -107,6 +107,9 @@ def main():
     for i, link in enumerate(d.link_table):
         if i > 0 and (len(link.trace_id) != 16 or len(link.span_id) != 8):
             fail(f"link_table[{i}] has a {len(link.trace_id)}-byte trace_id, {len(link.span_id)}-byte span_id")
+    # Per sample type ("type/unit"): total weight, the period type, and the
+    # weight of every function anywhere in a stack (once per sample).
+    by_sample_type = {}
     resources = []
     for rp in msg.resource_profiles:
         attrs = {kv.key: json_format.MessageToDict(kv.value) for kv in rp.resource.attributes}
@@ -115,6 +118,14 @@ def main():
             for p in sp.profiles:
                 in_range(p.sample_type.type_strindex, S, "sample_type.type_strindex")
                 in_range(p.period_type.type_strindex, S, "period_type.type_strindex")
+                in_range(p.sample_type.unit_strindex, S, "sample_type.unit_strindex")
+                in_range(p.period_type.unit_strindex, S, "period_type.unit_strindex")
+                type_name = f"{S[p.sample_type.type_strindex]}/{S[p.sample_type.unit_strindex]}"
+                of_type = by_sample_type.setdefault(type_name, {
+                    "total": 0,
+                    "functions": {},
+                    "period_type": f"{S[p.period_type.type_strindex]}/{S[p.period_type.unit_strindex]}",
+                })
                 if p.time_unix_nano == 0 and p.duration_nano == 0 and p.period == 0:
                     pass  # profiles from text inputs carry no time
                 for s in p.samples:
@@ -130,14 +141,17 @@ def main():
                     weight = sum(s.values) if s.values else len(s.timestamps_unix_nano)
                     total += weight
                     locs = d.stack_table[s.stack_index].location_indices
+                    names = {S[d.function_table[line.function_index].name_strindex]
+                             for li in locs for line in d.location_table[li].lines}
                     if wanted:
                         link = d.link_table[s.link_index]
                         key = f"{link.trace_id.hex()}/{link.span_id.hex()}" if s.link_index else ""
-                        names = {S[d.function_table[line.function_index].name_strindex]
-                                 for li in locs for line in d.location_table[li].lines}
                         for f in wanted:
                             if any(n.endswith(f) for n in names):
                                 links_by_function[f][key] = links_by_function[f].get(key, 0) + weight
+                    of_type["total"] += weight
+                    for name in names:
+                        of_type["functions"][name] = of_type["functions"].get(name, 0) + weight
                     if locs:
                         loc = d.location_table[locs[0]]
                         if loc.lines:
@@ -150,6 +164,7 @@ def main():
         "leaves": leaves,
         "links": len(d.link_table) - 1,
         "links_by_function": links_by_function,
+        "by_sample_type": by_sample_type,
         "strings": len(S),
     }, sort_keys=True))
 

@@ -664,3 +664,94 @@ fn the_merged_range_in_pprof_the_page_and_speedscope() {
     );
     drop(agent);
 }
+
+/// Sleeps in `sleep_cold`, 20 ms at a time, for `argv[1]` seconds.
+const SLEEPER_C: &str = r#"
+#include <stdlib.h>
+#include <time.h>
+__attribute__((noinline)) void sleep_cold(void) { struct timespec t = {0, 20000000}; nanosleep(&t, 0); }
+int main(int argc, char **argv) {
+    struct timespec start, now;
+    double secs = argc > 1 ? atof(argv[1]) : 3.0;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    do {
+        sleep_cold();
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (now.tv_sec - start.tv_sec + (now.tv_nsec - start.tv_nsec) / 1e9 < secs);
+    return 0;
+}
+"#;
+
+#[test]
+fn off_cpu_from_the_config_file_on_the_page_and_in_metrics() {
+    if !require_ebpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = compile_c(dir.path(), "smolder_sleeper", SLEEPER_C, &["-O1", "-g"]);
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[off_cpu]\nenabled = true\nmin_blocked = \"5ms\"\n",
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let (agent, addr, stderr) = start_agent(&[
+        "-c",
+        config.to_str().unwrap(),
+        "--output-dir",
+        store.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:0",
+        "-i",
+        "1s",
+        "--exe",
+        "smolder_sleeper",
+    ]);
+    let status = Command::new(&bin)
+        .arg("3")
+        .status()
+        .expect("run the workload");
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let (status, metrics) = http_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
+    };
+    // About 150 waits of the sleeper alone, every process's counted.
+    assert!(value("smolder_off_cpu_recorded_total") >= 50.0, "{metrics}");
+    assert!(value("smolder_off_cpu_switches_total") >= value("smolder_off_cpu_recorded_total"));
+    value("smolder_off_cpu_skipped_total{reason=\"short\"}");
+    value("smolder_off_cpu_skipped_total{reason=\"probability\"}");
+
+    // The page draws the CPU graph and, on its own, the off-CPU one.
+    let (status, page) = http_get(addr, "/view?last=1h");
+    assert_eq!(status, 200);
+    let page = String::from_utf8(page).unwrap();
+    let off_cpu = page
+        .split("id=\"off-cpu\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no off-CPU graph on /view: {}", stderr.text()));
+    assert!(
+        off_cpu.contains("sleep_cold"),
+        "sleep_cold not in the off-CPU graph"
+    );
+
+    // The stored intervals hold both profiles, and the off-CPU one weighs
+    // about the 3 s the sleeper slept (it did nothing else).
+    let (_, pprof) = http_get(addr, "/profile?last=1h&format=otlp");
+    let data = read_profile(&pprof).unwrap().data;
+    let view = ProfileView::new(&data);
+    let waited = view.total_of_sample_type("off_cpu") as f64 / 1e9;
+    assert!(
+        (2.4..3.6).contains(&waited),
+        "{waited:.2} s off-CPU for 3 s asleep"
+    );
+    drop(agent);
+}

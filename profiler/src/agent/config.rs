@@ -17,6 +17,7 @@ use crate::exporter::{
 };
 
 use super::AgentError;
+use crate::sampler::OffCpuConfig;
 
 /// Everything the agent is told. `Default` is the embedded default: 19 Hz,
 /// 10 s intervals, no endpoint, nothing kept on disk, no HTTP page.
@@ -45,6 +46,8 @@ pub struct AgentConfig {
     pub symbol_cache_bytes: usize,
     /// Start afresh (closing every opened binary) every this many intervals.
     pub aggregator_reset_intervals: u32,
+    /// Off-CPU profiling (where threads wait), off by default.
+    pub off_cpu: OffCpuSettings,
 }
 
 impl Default for AgentConfig {
@@ -62,7 +65,48 @@ impl Default for AgentConfig {
             resource_attributes: BTreeMap::new(),
             symbol_cache_bytes: 128 << 20,
             aggregator_reset_intervals: 30,
+            off_cpu: OffCpuSettings::default(),
         }
+    }
+}
+
+/// The `[off_cpu]` table: an `off_cpu` profile (nanoseconds waited, by
+/// the stack a thread blocked with) beside the CPU one in every interval.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OffCpuSettings {
+    pub enabled: bool,
+    /// Waits shorter than this are not recorded.
+    #[serde(with = "duration_text")]
+    pub min_blocked: Duration,
+    /// The chance that a wait is recorded, in (0, 1]; recorded waits count
+    /// `1 / probability` times so that totals estimate real time.
+    pub probability: f64,
+    /// Threads blocked at once that can be followed (kernel memory: about
+    /// 64 bytes each); beyond that the longest-blocked are forgotten.
+    pub max_threads: u32,
+}
+
+impl Default for OffCpuSettings {
+    fn default() -> Self {
+        let sampler = OffCpuConfig::default();
+        OffCpuSettings {
+            enabled: false,
+            min_blocked: sampler.min_blocked,
+            probability: sampler.probability,
+            max_threads: sampler.max_threads,
+        }
+    }
+}
+
+impl OffCpuSettings {
+    /// The sampler's off-CPU configuration; `None` when disabled.
+    pub fn sampler_config(&self) -> Option<OffCpuConfig> {
+        self.enabled.then_some(OffCpuConfig {
+            min_blocked: self.min_blocked,
+            probability: self.probability,
+            max_threads: self.max_threads,
+        })
     }
 }
 
@@ -231,6 +275,13 @@ impl AgentConfig {
         }
         if self.retention.max_age.is_zero() {
             return bad("retention.max_age must be > 0".into());
+        }
+        let p = self.off_cpu.probability;
+        if !(p > 0.0 && p <= 1.0) {
+            return bad(format!("off_cpu.probability = {p}: must be in (0, 1]"));
+        }
+        if self.off_cpu.max_threads == 0 {
+            return bad("off_cpu.max_threads must be > 0".into());
         }
         Ok(())
     }
@@ -483,6 +534,31 @@ initial_backoff = "200ms"
             AgentConfig::default().exporter_config(|_| None).unwrap(),
             None
         );
+        for p in ["0.0", "1.5", "-1.0", "nan"] {
+            let config: AgentConfig =
+                toml::from_str(&format!("[off_cpu]\nenabled = true\nprobability = {p}")).unwrap();
+            assert!(
+                config
+                    .validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("off_cpu.probability"),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn off_cpu_is_off_by_default_and_read_from_its_table() {
+        assert_eq!(AgentConfig::default().off_cpu.sampler_config(), None);
+        let config: AgentConfig =
+            toml::from_str("[off_cpu]\nenabled = true\nmin_blocked = \"5ms\"\nprobability = 0.25")
+                .unwrap();
+        config.validate().unwrap();
+        let off_cpu = config.off_cpu.sampler_config().unwrap();
+        assert_eq!(off_cpu.min_blocked, Duration::from_millis(5));
+        assert_eq!(off_cpu.probability, 0.25);
+        assert!(toml::from_str::<AgentConfig>("[off_cpu]\nenable = true").is_err());
     }
 
     #[test]

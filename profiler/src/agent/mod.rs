@@ -139,11 +139,14 @@ fn start_sampler(config: &AgentConfig) -> Result<Sampler, AgentError> {
         && config.filter.cgroups.is_empty()
         && config.filter.executables.is_empty())
     .then(|| config.filter.pids.clone());
-    Ok(Sampler::start(SamplerConfig {
+    let mut sampler = Sampler::start(SamplerConfig {
         frequency_hz: config.frequency_hz,
         pid_filter,
+        off_cpu: config.off_cpu.sampler_config(),
         ..SamplerConfig::default()
-    })?)
+    })?;
+    sampler.set_table_filter(config.filter.process_filter());
+    Ok(sampler)
 }
 
 /// Starts the exporter's tasks on `threads` (no capabilities).
@@ -286,6 +289,12 @@ impl Running {
             intervals: self.intervals,
             local_write_errors: self.local_write_errors,
             unwind_tables_loaded: sampler.unwind_tables,
+            off_cpu_switches: sampler.off_cpu_switches,
+            off_cpu_recorded: sampler.off_cpu_recorded,
+            off_cpu_skipped_short: sampler.off_cpu_skipped_short,
+            off_cpu_skipped_probability: sampler.off_cpu_skipped_probability,
+            off_cpu_unmatched: sampler.off_cpu_unmatched,
+            off_cpu_lost: sampler.off_cpu_lost,
             processes,
             exporter,
         }
@@ -325,7 +334,10 @@ impl Running {
             self.feed(events);
         }
         self.finish_interval(None).await;
-        if new.frequency_hz != self.config.frequency_hz || new.filter != self.config.filter {
+        if new.frequency_hz != self.config.frequency_hz
+            || new.filter != self.config.filter
+            || new.off_cpu != self.config.off_cpu
+        {
             self.stop_sampler();
             match start_sampler(&new) {
                 Ok(sampler) => self.sampler = Some(sampler),

@@ -6,10 +6,13 @@
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use smolder_flamegraph::{render, FlamegraphOptions};
+use smolder_flamegraph::{render, FlamegraphOptions, OFF_CPU_SAMPLE_TYPE};
 use smolder_profiles_proto::otlp::common::v1::any_value::Value;
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
-use smolder_profiles_proto::sample_weight;
+use smolder_profiles_proto::{sample_weight, ProfileView};
+
+/// The sample type of the CPU profiles the sampler makes (`samples`/`count`).
+pub const CPU_SAMPLE_TYPE: &str = "samples";
 
 use crate::exporter::ExporterStats;
 
@@ -58,6 +61,7 @@ impl IntervalReport {
         frequency_hz: u64,
     ) -> IntervalReport {
         let seconds = duration.as_secs_f64().max(1e-3);
+        let view = ProfileView::new(&data);
         let mut processes: Vec<ProcessShare> = data
             .resource_profiles
             .iter()
@@ -68,10 +72,12 @@ impl IntervalReport {
                     .as_ref()
                     .map(|r| r.attributes.as_slice())
                     .unwrap_or_default();
+                // CPU samples: off-CPU profiles weigh nanoseconds waited.
                 let samples: i64 = rp
                     .scope_profiles
                     .iter()
                     .flat_map(|sp| &sp.profiles)
+                    .filter(|p| view.value_type(p.sample_type.as_ref()).0 != OFF_CPU_SAMPLE_TYPE)
                     .flat_map(|p| &p.samples)
                     .map(sample_weight)
                     .sum();
@@ -128,6 +134,8 @@ impl IntervalReport {
                 self.duration.as_secs_f64(),
                 self.frequency_hz
             ),
+            // The CPU profile; off-CPU time is on /view.
+            sample_type: Some(CPU_SAMPLE_TYPE.into()),
             ..FlamegraphOptions::default()
         };
         let mut svg = Vec::new();
@@ -182,6 +190,16 @@ pub struct Counters {
     pub local_write_errors: u64,
     /// Unwind tables loaded into the kernel (0 until `.eh_frame` unwinding lands).
     pub unwind_tables_loaded: u64,
+    /// Off-CPU: blocking switches of profiled threads, waits recorded,
+    /// waits skipped (shorter than the minimum; left out by the
+    /// probability; not back through a system call, stack unknown), and
+    /// records lost to a full ring buffer.
+    pub off_cpu_switches: u64,
+    pub off_cpu_recorded: u64,
+    pub off_cpu_skipped_short: u64,
+    pub off_cpu_skipped_probability: u64,
+    pub off_cpu_unmatched: u64,
+    pub off_cpu_lost: u64,
     /// Processes in the latest interval.
     pub processes: u64,
     pub exporter: Option<ExporterStats>,
@@ -384,6 +402,34 @@ pub fn prometheus_text(c: &Counters) -> String {
         &[("", c.unwind_tables_loaded)],
     );
     family(
+        "smolder_off_cpu_switches_total",
+        "counter",
+        "Off-CPU: times a profiled thread blocked (switched out, not preempted).",
+        &[("", c.off_cpu_switches)],
+    );
+    family(
+        "smolder_off_cpu_recorded_total",
+        "counter",
+        "Off-CPU: waits recorded with their stacks.",
+        &[("", c.off_cpu_recorded)],
+    );
+    family(
+        "smolder_off_cpu_skipped_total",
+        "counter",
+        "Off-CPU: waits not recorded, by reason: shorter than the minimum, left out by the probability, back in user space other than through a system call (stack unknown).",
+        &[
+            ("{reason=\"short\"}", c.off_cpu_skipped_short),
+            ("{reason=\"probability\"}", c.off_cpu_skipped_probability),
+            ("{reason=\"unmatched\"}", c.off_cpu_unmatched),
+        ],
+    );
+    family(
+        "smolder_off_cpu_lost_total",
+        "counter",
+        "Off-CPU: recorded waits lost because the ring buffer was full.",
+        &[("", c.off_cpu_lost)],
+    );
+    family(
         "smolder_processes",
         "gauge",
         "Processes in the latest interval.",
@@ -520,6 +566,7 @@ mod tests {
         });
         assert!(text.contains("smolder_samples_total 5\n"));
         assert!(text.contains("smolder_exports_total{result=\"failure\"} 0\n"));
+        assert!(text.contains("smolder_off_cpu_skipped_total{reason=\"short\"} 0\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(text.contains(&format!("# TYPE {name} ")), "{line}");

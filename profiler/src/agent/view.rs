@@ -14,14 +14,15 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use smolder_flamegraph::{render, render_diff, FlamegraphOptions};
+use smolder_flamegraph::{render, render_diff, FlamegraphOptions, OFF_CPU_SAMPLE_TYPE};
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
 use smolder_profiles_proto::{
     encode_json, encode_pprof, fold, write_chrome_cpuprofile, write_folded, write_profile,
-    write_speedscope, FoldOptions, Format,
+    write_speedscope, FoldOptions, Format, ProfileView,
 };
 
 use super::config::parse_duration;
+use super::report::CPU_SAMPLE_TYPE;
 use super::store::{Selection, StoreReader, StoredInterval};
 
 /// Renderings kept for reloads, all together at most this many bytes.
@@ -624,7 +625,8 @@ impl ViewState {
         let key = cache_key("profile", query, &[&files]);
         self.cached(key, || {
             let merged = store.merge(&files, &query.selection, query.full_detail);
-            encode(&merged.data, query, &title(query, merged.samples))
+            let cpu_samples = merged.samples - off_cpu_ns(&merged.data);
+            encode(&merged.data, query, &title(query, cpu_samples))
         })
     }
 
@@ -649,12 +651,15 @@ impl ViewState {
                     .merge(&before_files, &query.selection, query.full_detail)
                     .data
             });
-            Ok(
-                page_html(query, &files, &merged.data, merged.samples, before.as_ref())
-                    .into_bytes(),
-            )
+            let cpu_samples = merged.samples - off_cpu_ns(&merged.data);
+            Ok(page_html(query, &files, &merged.data, cpu_samples, before.as_ref()).into_bytes())
         })
     }
+}
+
+/// Nanoseconds waited in the off-CPU profiles of `data`.
+fn off_cpu_ns(data: &ProfilesData) -> i64 {
+    ProfileView::new(data).total_of_sample_type(OFF_CPU_SAMPLE_TYPE)
 }
 
 fn title(query: &ViewQuery, samples: i64) -> String {
@@ -685,6 +690,7 @@ fn encode(data: &ProfilesData, query: &ViewQuery, title: &str) -> Result<Vec<u8>
                 title: title.to_owned(),
                 process_roots: true,
                 icicle: query.icicle,
+                sample_type: Some(CPU_SAMPLE_TYPE.into()),
                 ..FlamegraphOptions::default()
             };
             render(data, &options, &mut svg).map_err(|e| ViewError {
@@ -733,6 +739,7 @@ fn inline_graph(svg: &[u8]) -> String {
 pub fn top_functions(data: &ProfilesData) -> Vec<(String, i64, i64)> {
     let options = FoldOptions {
         annotate: false,
+        sample_type: Some(CPU_SAMPLE_TYPE.into()),
         ..FoldOptions::default()
     };
     let mut by_name: HashMap<String, (i64, i64)> = HashMap::new();
@@ -952,6 +959,7 @@ fn page_html(
             title: title(query, samples),
             process_roots: true,
             icicle,
+            sample_type: Some(CPU_SAMPLE_TYPE.into()),
             ..FlamegraphOptions::default()
         };
         render(merged, &options, &mut svg).ok()?;
@@ -970,6 +978,7 @@ fn page_html(
         }
         _ => body.push_str("<p id=\"empty\">No samples stored in this range.</p>\n"),
     }
+    off_cpu_section(&mut body, query, merged);
 
     let top = top_functions(merged);
     let _ = writeln!(
@@ -1046,6 +1055,35 @@ fn page_html(
         escape(&human_span(query.range.len_ns())),
         escape(&filters)
     )
+}
+
+/// Where threads waited (the off-CPU profiles, with `[off_cpu] enabled`):
+/// its own graph, in blues, weighed in nanoseconds.
+fn off_cpu_section(body: &mut String, query: &ViewQuery, merged: &ProfilesData) {
+    let waited = off_cpu_ns(merged);
+    if waited <= 0 {
+        return;
+    }
+    let options = FlamegraphOptions {
+        title: format!(
+            "off-CPU: {} to {}, {:.3} s waited",
+            format_time(query.range.from_ns),
+            format_time(query.range.to_ns),
+            waited as f64 / 1e9
+        ),
+        process_roots: true,
+        sample_type: Some(OFF_CPU_SAMPLE_TYPE.into()),
+        ..FlamegraphOptions::default()
+    };
+    let mut svg = Vec::new();
+    if render(merged, &options, &mut svg).is_ok() {
+        let _ = writeln!(
+            body,
+            "<h2>Off-CPU</h2><p class=\"muted\">Where threads waited (blocked, not running), by the stack they blocked with; widths are time waited.</p>\
+             <div class=\"graph\" id=\"off-cpu\" data-name=\"off-cpu\" data-total=\"{waited}\">{}</div>",
+            inline_graph(&svg)
+        );
+    }
 }
 
 fn human_span(ns: u64) -> String {

@@ -49,6 +49,10 @@ pub struct FlamegraphArgs {
     /// the `trace_id` label of pprof input
     #[arg(long, value_name = "ID", conflicts_with = "diff")]
     pub trace_id: Option<String>,
+    /// Draw the profiles of this sample type (`type` or `type/unit`, e.g.
+    /// `off_cpu` for where threads waited, drawn in blues); default: the first
+    #[arg(long, value_name = "TYPE")]
+    pub sample_type: Option<String>,
     #[command(flatten)]
     pub input_args: InputArgs,
 }
@@ -62,6 +66,7 @@ impl FlamegraphArgs {
             kernel_frames: !self.no_kernel,
             inlined_frames: !self.no_inline,
             icicle: self.icicle,
+            sample_type: self.sample_type.clone(),
             color_by_frame_type: !self.no_type_colors,
             normalize: self.normalize,
             ..FlamegraphOptions::default()

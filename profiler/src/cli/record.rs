@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use smolder_flamegraph::{render, FlamegraphOptions};
+use smolder_flamegraph::{render, FlamegraphOptions, OFF_CPU_SAMPLE_TYPE};
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
 use smolder_profiles_proto::{write_profile, Format};
 use smolder_symbolizer::{Source, Symbolizer};
@@ -17,7 +17,7 @@ use smolder_symbolizer::{Source, Symbolizer};
 use super::io::write_output_with;
 use smolder::agent::config::{parse_duration, parse_frequency};
 use smolder::pipeline::Recording;
-use smolder::sampler::{GatedChild, Sampler, SamplerConfig};
+use smolder::sampler::{GatedChild, OffCpuConfig, Sampler, SamplerConfig, SamplerStats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RecordFormat {
@@ -57,6 +57,17 @@ pub struct RecordArgs {
     /// These processes (all their threads, present and future, and the processes they start)
     #[arg(short, long, value_delimiter = ',', value_name = "PID[,PID...]")]
     pub pid: Vec<u32>,
+    /// Also record where threads wait: an `off_cpu` profile (nanoseconds
+    /// blocked, by the stack they blocked with) next to the CPU one
+    #[arg(long)]
+    pub off_cpu: bool,
+    /// With --off-cpu: waits shorter than this are not recorded
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration, requires = "off_cpu")]
+    pub off_cpu_min: Duration,
+    /// With --off-cpu: the chance that a wait is recorded, in (0, 1]; recorded
+    /// waits count 1/P times, so totals estimate real time
+    #[arg(long, value_name = "P", default_value_t = 1.0, value_parser = parse_probability, requires = "off_cpu")]
+    pub off_cpu_probability: f64,
     /// A command to start and profile until it exits (after `--`)
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -82,6 +93,21 @@ struct Summary {
     perf_maps_refused: u64,
     /// JIT frames named from perf maps.
     jit_named: u64,
+    /// Off-CPU counters, when recorded.
+    off_cpu: Option<SamplerStats>,
+    /// Where the off-CPU flamegraph went (svg with --off-cpu).
+    off_cpu_output: Option<PathBuf>,
+}
+
+fn parse_probability(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number (a probability in (0, 1], e.g. 0.1)"))?;
+    if p > 0.0 && p <= 1.0 {
+        Ok(p)
+    } else {
+        Err(format!("{p} is not a probability in (0, 1]"))
+    }
 }
 
 fn alive(pid: u32) -> bool {
@@ -119,6 +145,11 @@ async fn record(args: &RecordArgs, symbolizer: Arc<Symbolizer>) -> Result<Option
     let mut sampler = Sampler::start(SamplerConfig {
         frequency_hz: args.frequency,
         pid_filter,
+        off_cpu: args.off_cpu.then(|| OffCpuConfig {
+            min_blocked: args.off_cpu_min,
+            probability: args.off_cpu_probability,
+            ..OffCpuConfig::default()
+        }),
         ..SamplerConfig::default()
     })
     .map_err(|e| {
@@ -187,17 +218,16 @@ async fn record(args: &RecordArgs, symbolizer: Arc<Symbolizer>) -> Result<Option
 
     let data = recording.finish_interval().data;
     let agg = recording.stats().aggregator;
-    if agg.samples == 0 && args.format == RecordFormat::Svg {
-        eprintln!(
-            "smolder: no samples were taken (did the command run on a CPU?): no flamegraph written"
-        );
-    } else {
-        write(args, &data)?;
-    }
+    let off_cpu_output = write(
+        args,
+        &data,
+        agg.samples - agg.off_cpu_samples,
+        agg.off_cpu_samples,
+    )?;
     print_summary(
         &Summary {
             duration: elapsed,
-            samples: agg.samples,
+            samples: agg.samples - agg.off_cpu_samples,
             lost: stats.lost,
             processes: data.resource_profiles.len(),
             unwind_failures: stats.user_read_faults
@@ -212,23 +242,56 @@ async fn record(args: &RecordArgs, symbolizer: Arc<Symbolizer>) -> Result<Option
             files_refused: agg.objects_unopenable,
             perf_maps_refused: agg.perf_maps_refused,
             jit_named: agg.jit_frames_named,
+            off_cpu: args.off_cpu.then_some(stats),
+            off_cpu_output,
         },
         args,
     );
     Ok(status)
 }
 
-fn write(args: &RecordArgs, data: &ProfilesData) -> Result<()> {
+/// Writes the profile; with `--off-cpu` and SVG output, the off-CPU graph
+/// goes to a second file, whose path is returned. `cpu_samples` and
+/// `off_cpu_samples` say which graphs have something to draw.
+fn write(
+    args: &RecordArgs,
+    data: &ProfilesData,
+    cpu_samples: u64,
+    off_cpu_samples: u64,
+) -> Result<Option<PathBuf>> {
     let format = match args.format {
         RecordFormat::Svg => {
+            let title = args.title.clone().unwrap_or_else(|| default_title(args));
+            if cpu_samples > 0 {
+                let options = FlamegraphOptions {
+                    title: title.clone(),
+                    sample_type: Some("samples".into()),
+                    ..FlamegraphOptions::default()
+                };
+                write_output_with(&args.output, |w| {
+                    render(data, &options, w).context("cannot draw the flamegraph")?;
+                    Ok(())
+                })?;
+            } else {
+                eprintln!(
+                    "smolder: no samples were taken (did the command run on a CPU?): no flamegraph written to {}",
+                    args.output.display()
+                );
+            }
+            if off_cpu_samples == 0 {
+                return Ok(None);
+            }
+            let path = off_cpu_svg_path(&args.output);
             let options = FlamegraphOptions {
-                title: args.title.clone().unwrap_or_else(|| default_title(args)),
+                title: format!("{title} (off-CPU)"),
+                sample_type: Some(OFF_CPU_SAMPLE_TYPE.into()),
                 ..FlamegraphOptions::default()
             };
-            return write_output_with(&args.output, |w| {
-                render(data, &options, w).context("cannot draw the flamegraph")?;
+            write_output_with(&path, |w| {
+                render(data, &options, w).context("cannot draw the off-CPU flamegraph")?;
                 Ok(())
-            });
+            })?;
+            return Ok(Some(path));
         }
         RecordFormat::Otlp => Format::OtlpBinary,
         RecordFormat::OtlpJson => Format::OtlpJson,
@@ -236,7 +299,16 @@ fn write(args: &RecordArgs, data: &ProfilesData) -> Result<()> {
         RecordFormat::Folded => Format::Folded,
     };
     let bytes = write_profile(data, format)?;
-    write_output_with(&args.output, |w| Ok(w.write_all(&bytes)?))
+    write_output_with(&args.output, |w| Ok(w.write_all(&bytes)?))?;
+    Ok(None)
+}
+
+/// `out.svg` -> `out.off-cpu.svg`.
+fn off_cpu_svg_path(output: &std::path::Path) -> PathBuf {
+    let stem = output
+        .file_stem()
+        .map_or_else(|| "smolder".into(), |s| s.to_string_lossy().into_owned());
+    output.with_file_name(format!("{stem}.off-cpu.svg"))
 }
 
 fn default_title(args: &RecordArgs) -> String {
@@ -286,6 +358,21 @@ fn print_summary(s: &Summary, args: &RecordArgs) {
                 parts.push(format!(
                     "{} mapped files not opened (replaced, not regular, too large or outside the process's root)",
                     s.files_refused
+                ));
+            }
+            if let Some(o) = &s.off_cpu {
+                parts.push(format!(
+                    "off-CPU: {} waits recorded of {} blocking switches ({} shorter than the minimum, {} left out by the probability, {} not back through a system call, {} lost){}",
+                    o.off_cpu_recorded,
+                    o.off_cpu_switches,
+                    o.off_cpu_skipped_short,
+                    o.off_cpu_skipped_probability,
+                    o.off_cpu_unmatched,
+                    o.off_cpu_lost,
+                    s.off_cpu_output
+                        .as_ref()
+                        .map(|p| format!(" (off-CPU graph: {})", p.display()))
+                        .unwrap_or_default()
                 ));
             }
             if s.perf_maps_refused > 0 {

@@ -702,6 +702,7 @@ fn reader(
                 user,
                 labels: context.map(|c| c.labels.clone()).unwrap_or_default(),
                 link: context.and_then(|c| c.link),
+                off_cpu_ns: None,
             });
         }
         // A sample still to come was taken after the rings were read (a

@@ -57,12 +57,20 @@ pub struct Sample {
     /// The trace span it was taken in (the in-process profiler's
     /// `TracingLayer`).
     pub link: Option<TraceLink>,
+    /// `Some(ns)`: an off-CPU sample. The thread blocked at
+    /// `time_unix_nano` with these stacks and stayed off the CPU for `ns`
+    /// nanoseconds (an estimate: already scaled by the probability it was
+    /// recorded with). It goes to the `off_cpu` profile, not the CPU one.
+    pub off_cpu_ns: Option<u64>,
 }
 
 /// What went missing on the way, for the run summary and `/metrics`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AggregatorStats {
+    /// Samples added, on-CPU and off-CPU.
     pub samples: u64,
+    /// Of those, off-CPU samples (waits).
+    pub off_cpu_samples: u64,
     /// User PCs outside every executable mapping of their process.
     pub unmapped_frames: u64,
     /// Processes whose `/proc/PID/maps` could not be read (gone too early).
@@ -86,6 +94,7 @@ pub struct AggregatorStats {
 impl std::ops::AddAssign for AggregatorStats {
     fn add_assign(&mut self, b: AggregatorStats) {
         self.samples += b.samples;
+        self.off_cpu_samples += b.off_cpu_samples;
         self.unmapped_frames += b.unmapped_frames;
         self.maps_unreadable += b.maps_unreadable;
         self.objects_unopenable += b.objects_unopenable;
@@ -158,6 +167,7 @@ struct StackKey {
     user: Vec<UserFrame>,
     labels: Vec<(String, String)>,
     link: Option<TraceLink>,
+    off_cpu: bool,
 }
 
 struct ProcessState {
@@ -180,7 +190,9 @@ pub struct Aggregator {
     object_index: HashMap<(u64, u64), u32>,
     mappings: Vec<MappingRecord>,
     mapping_index: HashMap<MappingRecord, MappingId>,
-    stacks: HashMap<StackKey, Vec<u64>>,
+    /// Per stack: (timestamp, value) of each sample (value 1 on-CPU,
+    /// nanoseconds off-CPU).
+    stacks: HashMap<StackKey, Vec<(u64, i64)>>,
     stats: AggregatorStats,
     /// What addresses of objects were symbolized as, kept across intervals
     /// when the driver asked for it ([`Aggregator::keep_symbols`]).
@@ -433,6 +445,7 @@ impl Aggregator {
     /// Adds one sampled stack.
     pub fn add(&mut self, sample: &Sample) {
         self.stats.samples += 1;
+        self.stats.off_cpu_samples += u64::from(sample.off_cpu_ns.is_some());
         self.facts(sample.pid, &sample.thread_name);
         self.processes
             .entry(sample.pid)
@@ -473,17 +486,23 @@ impl Aggregator {
             user,
             labels: sample.labels.clone(),
             link: sample.link,
+            off_cpu: sample.off_cpu_ns.is_some(),
         };
+        let value = sample
+            .off_cpu_ns
+            .map_or(1, |ns| i64::try_from(ns).unwrap_or(i64::MAX));
         self.stacks
             .entry(key)
             .or_default()
-            .push(sample.time_unix_nano);
+            .push((sample.time_unix_nano, value));
     }
 
     /// Symbolizes everything gathered so far and returns it as one profile
-    /// (one resource per process); the gathered stacks are cleared, what is
-    /// known of processes and objects is kept for the next interval except
-    /// for processes that exited.
+    /// (one resource per process; on-CPU samples in a profile of `config`,
+    /// off-CPU samples in an `off_cpu`/`nanoseconds` one over the same time
+    /// range, both sharing the one dictionary); the gathered stacks are
+    /// cleared, what is known of processes and objects is kept for the next
+    /// interval except for processes that exited.
     pub fn finish(&mut self, symbolizer: &Symbolizer, config: ProfileConfig) -> ProfilesData {
         let stacks = std::mem::take(&mut self.stacks);
 
@@ -590,12 +609,17 @@ impl Aggregator {
                 .unwrap_or_default(),
         };
 
+        let off_cpu_config = ProfileConfig::off_cpu(config.time_unix_nano, config.duration_nano);
         let mut builder = ProfileBuilder::new(config);
         let cpu = builder.default_profile_type();
-        let mut entries: Vec<(StackKey, Vec<u64>)> = stacks.into_iter().collect();
+        let off_cpu = stacks
+            .keys()
+            .any(|k| k.off_cpu)
+            .then(|| builder.add_profile_type(off_cpu_config));
+        let mut entries: Vec<(StackKey, Vec<(u64, i64)>)> = stacks.into_iter().collect();
         // A stable order: by process, thread, then first timestamp.
-        entries.sort_by_key(|(k, ts)| (k.pid, k.tid, ts.first().copied().unwrap_or(0)));
-        for (key, timestamps) in entries {
+        entries.sort_by_key(|(k, ts)| (k.pid, k.tid, ts.first().map_or(0, |&(t, _)| t)));
+        for (key, observations) in entries {
             // `add` read the facts of every process it kept a stack of.
             let attributes = self.facts.get(&key.pid).map_or_else(
                 || {
@@ -673,8 +697,12 @@ impl Aggregator {
                 attrs.push(builder.attribute(k, string_value(v), ""));
             }
             let link = key.link.map_or(0, |l| builder.link(l.trace_id, l.span_id));
-            for ts in timestamps {
-                builder.add_linked_sample(resource, cpu, stack, &attrs, link, 1, Some(ts));
+            let profile = match (key.off_cpu, off_cpu) {
+                (true, Some(off_cpu)) => off_cpu,
+                _ => cpu,
+            };
+            for (ts, value) in observations {
+                builder.add_linked_sample(resource, profile, stack, &attrs, link, value, Some(ts));
             }
         }
         let gone: Vec<u32> = self

@@ -67,6 +67,10 @@ const PROG_SAMPLE: &str = "smolder_sample";
 const PROG_FORK: &str = "smolder_fork";
 const PROG_EXEC: &str = "smolder_exec";
 const PROG_EXIT: &str = "smolder_exit";
+const PROG_SWITCH: &str = "smolder_switch";
+const PROG_OFF_CPU_SAMPLE: &str = "smolder_off_cpu_sample";
+const MAP_OFF_CPU_WAITS: &str = "OFF_CPU_WAITS";
+const MAP_OFF_CPU_RESUMED: &str = "OFF_CPU_RESUMED";
 const MAP_EVENTS: &str = "EVENTS";
 const MAP_FILTER: &str = "FILTER_PIDS";
 const MAP_STATS: &str = "STATS";
@@ -79,8 +83,53 @@ pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// (for a kernel without `/sys/kernel/btf/vmlinux`, or to test that case).
 pub const BTF_PATH_ENV: &str = "SMOLDER_BTF_PATH";
 
+/// Off-CPU sampling: where sampled threads block, and for how long.
+///
+/// A thread that blocks (is switched out other than by preemption) is
+/// chosen with `probability`; when it next runs, if it was off the CPU for
+/// at least `min_blocked`, its stacks (still those it blocked with) are
+/// sent with the time it waited, scaled by `1 / probability` so that sums
+/// estimate real time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffCpuConfig {
+    /// Waits shorter than this are not recorded (nor walked).
+    pub min_blocked: Duration,
+    /// The chance that a blocking switch is recorded, in (0, 1].
+    pub probability: f64,
+    /// Threads blocked at once that can be tracked; beyond that the least
+    /// recently switched out are forgotten (their wait is not recorded).
+    pub max_threads: u32,
+}
+
+impl Default for OffCpuConfig {
+    fn default() -> Self {
+        OffCpuConfig {
+            min_blocked: Duration::from_millis(1),
+            probability: 1.0,
+            max_threads: 16384,
+        }
+    }
+}
+
+impl OffCpuConfig {
+    /// `probability` as the kernel program compares it with
+    /// `bpf_get_prandom_u32()`: `probability * 2^32`.
+    fn threshold(&self) -> u64 {
+        ((self.probability * 4_294_967_296.0).round() as u64).clamp(1, 1 << 32)
+    }
+
+    /// The estimate of real off-CPU time a recorded wait of `ns` stands for.
+    fn scale(&self, ns: u64) -> u64 {
+        if self.probability >= 1.0 {
+            ns
+        } else {
+            (ns as f64 / self.probability).round() as u64
+        }
+    }
+}
+
 /// What to sample and how records reach user space.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SamplerConfig {
     /// Samples per second on each CPU (frequency mode).
     pub frequency_hz: u64,
@@ -106,6 +155,8 @@ pub struct SamplerConfig {
     /// The kernel's BTF, for CO-RE relocations and BTF tracepoints. `None`:
     /// `$SMOLDER_BTF_PATH` if set, else `/sys/kernel/btf/vmlinux`.
     pub btf_path: Option<PathBuf>,
+    /// Also sample where threads wait ([`OffCpuConfig`]); `None`: on-CPU only.
+    pub off_cpu: Option<OffCpuConfig>,
 }
 
 impl Default for SamplerConfig {
@@ -119,6 +170,7 @@ impl Default for SamplerConfig {
             unwind_table_bytes: 64 << 20,
             stack_copy_pid: None,
             btf_path: None,
+            off_cpu: None,
         }
     }
 }
@@ -321,6 +373,7 @@ pub struct Sampler {
     _stats_fd: Option<OwnedFd>,
     bpf: Ebpf,
     filtering: bool,
+    off_cpu: Option<OffCpuConfig>,
     poll_interval: Duration,
     next_poll: Instant,
     cpus: Vec<u32>,
@@ -371,12 +424,26 @@ impl Sampler {
         let table_rows = u32::try_from(config.unwind_table_bytes / unwind_maps::ROW_BYTES)
             .unwrap_or(u32::MAX)
             .max(1);
+        let off_cpu_min_ns = config.off_cpu.as_ref().map_or(0, |o| {
+            u64::try_from(o.min_blocked.as_nanos()).unwrap_or(u64::MAX)
+        });
+        let off_cpu_threshold = config.off_cpu.as_ref().map_or(0, OffCpuConfig::threshold);
+        let off_cpu_threads = config.off_cpu.as_ref().map_or(1, |o| o.max_threads);
         let mut bpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("filter_enabled", &filter_flag, true)
             .override_global("stack_copy_tgid", &copy_tgid, true)
+            .override_global("off_cpu_min_ns", &off_cpu_min_ns, true)
+            .override_global("off_cpu_threshold", &off_cpu_threshold, true)
             .map_max_entries(MAP_EVENTS, config.ring_buffer_bytes)
             .map_max_entries(MAP_UNWIND_ROWS, table_rows)
+            .map_max_entries(MAP_OFF_CPU_WAITS, off_cpu_threads)
+            // About 1 KiB a thread (its kernel stack): only threads between
+            // switch-in and their return to user space, a few per CPU.
+            .map_max_entries(
+                MAP_OFF_CPU_RESUMED,
+                if config.off_cpu.is_some() { 1024 } else { 1 },
+            )
             .load(SAMPLER_OBJECT)
             .map_err(|e| {
                 SamplerError::kernel("loading the eBPF sampler (maps, BTF relocations)", e)
@@ -434,6 +501,10 @@ impl Sampler {
             })?;
         }
 
+        if config.off_cpu.is_some() {
+            attach_off_cpu(&mut bpf, &btf)?;
+        }
+
         let cpus = aya::util::online_cpus()
             .map_err(|(path, e)| SamplerError::kernel(format!("reading {path}"), e))?;
         let perf: &mut PerfEvent = program(&mut bpf, PROG_SAMPLE)?;
@@ -473,6 +544,7 @@ impl Sampler {
             _stats_fd: stats_fd,
             bpf,
             filtering,
+            off_cpu: config.off_cpu,
             poll_interval: config.poll_interval,
             next_poll: Instant::now() + config.poll_interval,
             cpus,
@@ -495,6 +567,17 @@ impl Sampler {
             action: format!("loading the unwind tables of process {pid}"),
             source: e.0.into(),
         })
+    }
+
+    /// Loads unwind tables only for the processes `filter` keeps (the
+    /// driver's process filter, decided from each process's facts once per
+    /// image); `None`: for every process with a partial stack. Without it,
+    /// a host-wide sampler filtered in user space builds tables for every
+    /// process that runs or waits, and those it keeps wait behind them.
+    pub fn set_table_filter(&mut self, filter: Option<crate::pipeline::ProcessFilter>) {
+        if let Some(loader) = &mut self.unwind {
+            loader.set_filter(filter);
+        }
     }
 
     /// The stack copies received since the last call
@@ -634,6 +717,9 @@ impl Sampler {
                         user: s.user_stack,
                         labels: Vec::new(),
                         link: None,
+                        off_cpu_ns: s
+                            .off_cpu_ns
+                            .map(|ns| self.off_cpu.as_ref().map_or(ns, |o| o.scale(ns))),
                     },
                     flags: s.flags,
                 },
@@ -708,6 +794,19 @@ fn validate(config: &SamplerConfig) -> Result<(), SamplerError> {
     }
     if config.poll_interval.is_zero() {
         return Err(SamplerError::Config("poll_interval must be > 0".into()));
+    }
+    if let Some(off_cpu) = &config.off_cpu {
+        let p = off_cpu.probability;
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(SamplerError::Config(format!(
+                "off-CPU probability {p}: must be in (0, 1]"
+            )));
+        }
+        if off_cpu.max_threads == 0 {
+            return Err(SamplerError::Config(
+                "off-CPU max_threads must be > 0".into(),
+            ));
+        }
     }
     Ok(())
 }
@@ -787,7 +886,14 @@ fn perf_paranoid_refusal(err: &(dyn StdError + 'static)) -> Option<i32> {
 /// instructions after verification (xlated) and how many the verifier
 /// processed (its limit is 1,000,000; reported by kernels 5.16 and later).
 fn log_program_sizes(bpf: &Ebpf) {
-    for name in [PROG_SAMPLE, PROG_FORK, PROG_EXEC, PROG_EXIT] {
+    for name in [
+        PROG_SAMPLE,
+        PROG_FORK,
+        PROG_EXEC,
+        PROG_EXIT,
+        PROG_SWITCH,
+        PROG_OFF_CPU_SAMPLE,
+    ] {
         let Some(info) = bpf.program(name).and_then(|p| p.info().ok()) else {
             continue;
         };
@@ -799,6 +905,23 @@ fn log_program_sizes(bpf: &Ebpf) {
             "eBPF program {name}: {xlated} instructions (xlated), verifier processed {verified} (limit 1000000)"
         );
     }
+}
+
+/// Loads and attaches the off-CPU programs (raw BTF tracepoints): the
+/// consumer at system call exit first, so that no wait is recorded before
+/// something can send it.
+fn attach_off_cpu(bpf: &mut Ebpf, btf: &Btf) -> Result<(), SamplerError> {
+    for (prog, tracepoint) in [
+        (PROG_OFF_CPU_SAMPLE, "sys_exit"),
+        (PROG_SWITCH, "sched_switch"),
+    ] {
+        let tp: &mut BtfTracePoint = program(bpf, prog)?;
+        tp.load(tracepoint, btf)
+            .map_err(|e| SamplerError::kernel(format!("loading {prog} (verifier)"), e))?;
+        tp.attach()
+            .map_err(|e| SamplerError::kernel(format!("attaching to tp_btf/{tracepoint}"), e))?;
+    }
+    Ok(())
 }
 
 /// `uname -r`, for error messages.

@@ -18,6 +18,7 @@ pub const EVENT_SAMPLE: u32 = 1;
 pub const EVENT_EXEC: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;
 pub const EVENT_STACK_COPY: u32 = 4;
+pub const EVENT_OFF_CPU: u32 = 5;
 
 pub const STAT_SAMPLES: u32 = 0;
 pub const STAT_RINGBUF_FULL: u32 = 1;
@@ -31,7 +32,13 @@ pub const STAT_USER_TABLE_MISSING: u32 = 8;
 pub const STAT_TABLE_FRAMES: u32 = 9;
 pub const STAT_FP_FRAMES: u32 = 10;
 pub const STAT_STACK_COPIES_LOST: u32 = 11;
-pub const STAT_COUNT: u32 = 12;
+pub const STAT_OFF_CPU_SWITCHES: u32 = 12;
+pub const STAT_OFF_CPU_SKIPPED_PROBABILITY: u32 = 13;
+pub const STAT_OFF_CPU_SKIPPED_SHORT: u32 = 14;
+pub const STAT_OFF_CPU_RECORDED: u32 = 15;
+pub const STAT_OFF_CPU_LOST: u32 = 16;
+pub const STAT_OFF_CPU_UNMATCHED: u32 = 17;
+pub const STAT_COUNT: u32 = 18;
 
 pub const MAX_TABLES: u32 = 4096;
 pub const MAX_MAPPINGS: usize = 256;
@@ -55,6 +62,7 @@ pub struct SampleHeader {
     pub kernel_frames: u16,
     pub user_frames: u16,
     pub comm: [u8; COMM_LEN],
+    pub value: u64,
 }
 
 /// `struct smolder_sample`: the per-CPU scratch record.
@@ -126,14 +134,15 @@ pub struct StackCopyHeader {
 }
 
 const _: () = assert!(size_of::<EventHeader>() == 16);
-const _: () = assert!(size_of::<SampleHeader>() == 48);
+const _: () = assert!(size_of::<SampleHeader>() == 56);
 const _: () = assert!(offset_of!(SampleHeader, tid) == 16);
 const _: () = assert!(offset_of!(SampleHeader, cpu) == 20);
 const _: () = assert!(offset_of!(SampleHeader, flags) == 24);
 const _: () = assert!(offset_of!(SampleHeader, kernel_frames) == 28);
 const _: () = assert!(offset_of!(SampleHeader, user_frames) == 30);
 const _: () = assert!(offset_of!(SampleHeader, comm) == 32);
-const _: () = assert!(size_of::<Sample>() == 48 + 8 * MAX_FRAMES);
+const _: () = assert!(offset_of!(SampleHeader, value) == 48);
+const _: () = assert!(size_of::<Sample>() == 56 + 8 * MAX_FRAMES);
 const _: () = assert!(size_of::<ExecEvent>() == 32);
 const _: () = assert!(size_of::<ExitEvent>() == 16);
 const _: () = assert!(size_of::<crate::unwind::UnwindRow>() == 16);
@@ -231,6 +240,9 @@ pub struct SampleRecord {
     pub flags: SampleFlags,
     pub kernel_stack: Vec<u64>,
     pub user_stack: Vec<u64>,
+    /// An off-CPU record (`EVENT_OFF_CPU`): how long the thread was off the
+    /// CPU from `boot_time_ns` on, in ns, before any probability scaling.
+    pub off_cpu_ns: Option<u64>,
 }
 
 /// Why a record could not be decoded.
@@ -298,7 +310,7 @@ pub fn parse_record(bytes: &[u8]) -> Result<RawEvent, ParseError> {
         return Err(short("record", header));
     };
     match kind {
-        EVENT_SAMPLE => parse_sample(bytes, pid, time_ns),
+        EVENT_SAMPLE | EVENT_OFF_CPU => parse_sample(bytes, kind, pid, time_ns),
         EVENT_EXEC => {
             let need = size_of::<ExecEvent>();
             let comm = comm_at(bytes, offset_of!(ExecEvent, comm)).ok_or(short("exec", need))?;
@@ -335,20 +347,26 @@ pub fn parse_record(bytes: &[u8]) -> Result<RawEvent, ParseError> {
     }
 }
 
-fn parse_sample(bytes: &[u8], pid: u32, boot_time_ns: u64) -> Result<RawEvent, ParseError> {
+fn parse_sample(
+    bytes: &[u8],
+    kind: u32,
+    pid: u32,
+    boot_time_ns: u64,
+) -> Result<RawEvent, ParseError> {
     let need = size_of::<SampleHeader>();
     let short = ParseError::Short {
         what: "sample",
         len: bytes.len(),
         need,
     };
-    let (Some(tid), Some(cpu), Some(flags), Some(nk), Some(nu), Some(comm)) = (
+    let (Some(tid), Some(cpu), Some(flags), Some(nk), Some(nu), Some(comm), Some(value)) = (
         u32_at(bytes, offset_of!(SampleHeader, tid)),
         u32_at(bytes, offset_of!(SampleHeader, cpu)),
         u32_at(bytes, offset_of!(SampleHeader, flags)),
         u16_at(bytes, offset_of!(SampleHeader, kernel_frames)),
         u16_at(bytes, offset_of!(SampleHeader, user_frames)),
         comm_at(bytes, offset_of!(SampleHeader, comm)),
+        u64_at(bytes, offset_of!(SampleHeader, value)),
     ) else {
         return Err(short);
     };
@@ -381,6 +399,7 @@ fn parse_sample(bytes: &[u8], pid: u32, boot_time_ns: u64) -> Result<RawEvent, P
         flags: SampleFlags::from_bits(flags),
         kernel_stack,
         user_stack,
+        off_cpu_ns: (kind == EVENT_OFF_CPU).then_some(value),
     }))
 }
 
@@ -399,6 +418,7 @@ mod tests {
         b.extend_from_slice(&nk.to_ne_bytes());
         b.extend_from_slice(&nu.to_ne_bytes());
         b.extend_from_slice(b"busy\0\0\0\0\0\0\0\0\0\0\0\0");
+        b.extend_from_slice(&7_000_000u64.to_ne_bytes()); // value
         for i in 0..pcs_sent as u64 {
             b.extend_from_slice(&(0x1000 + i).to_ne_bytes());
         }
@@ -415,6 +435,23 @@ mod tests {
         assert!(s.flags.contains(SampleFlags::KERNEL_MODE));
         assert_eq!(s.kernel_stack, [0x1000, 0x1001]);
         assert_eq!(s.user_stack, [0x1002, 0x1003, 0x1004]);
+        assert_eq!(s.off_cpu_ns, None);
+    }
+
+    #[test]
+    fn an_off_cpu_record_is_a_sample_with_its_blocked_time() {
+        let mut bytes = sample_bytes(1, 2, 3);
+        bytes[..4].copy_from_slice(&EVENT_OFF_CPU.to_ne_bytes());
+        let RawEvent::Sample(s) = parse_record(&bytes).expect("valid") else {
+            panic!("not a sample");
+        };
+        assert_eq!(s.off_cpu_ns, Some(7_000_000));
+        assert_eq!((s.kernel_stack.len(), s.user_stack.len()), (1, 2));
+        // Cut in the middle of the value: short, not a zero wait.
+        assert!(matches!(
+            parse_record(&bytes[..52]),
+            Err(ParseError::Short { .. })
+        ));
     }
 
     #[test]

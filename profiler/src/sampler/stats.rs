@@ -39,6 +39,18 @@ pub struct SamplerStats {
     pub fp_frames: u64,
     /// Debug stack copies lost (ring buffer full).
     pub stack_copies_lost: u64,
+    /// Off-CPU: blocking switch-outs of sampled threads, those left out by
+    /// the probability, those that ran again within the minimum blocked
+    /// time, waits recorded, and records lost (ring buffer full).
+    pub off_cpu_switches: u64,
+    pub off_cpu_skipped_probability: u64,
+    pub off_cpu_skipped_short: u64,
+    pub off_cpu_recorded: u64,
+    pub off_cpu_lost: u64,
+    /// Off-CPU waits dropped because the thread was back in user space
+    /// before a system call returned (it blocked outside one, e.g. in a
+    /// page fault), so the stack it blocked with is unknown.
+    pub off_cpu_unmatched: u64,
     /// Unwind tables in the kernel's maps now, and the bytes of their rows.
     pub unwind_tables: u64,
     pub unwind_table_bytes: u64,
@@ -67,6 +79,12 @@ impl std::ops::AddAssign for SamplerStats {
         self.table_frames += b.table_frames;
         self.fp_frames += b.fp_frames;
         self.stack_copies_lost += b.stack_copies_lost;
+        self.off_cpu_switches += b.off_cpu_switches;
+        self.off_cpu_skipped_probability += b.off_cpu_skipped_probability;
+        self.off_cpu_skipped_short += b.off_cpu_skipped_short;
+        self.off_cpu_recorded += b.off_cpu_recorded;
+        self.off_cpu_lost += b.off_cpu_lost;
+        self.off_cpu_unmatched += b.off_cpu_unmatched;
         self.unwind_tables = b.unwind_tables;
         self.unwind_table_bytes = b.unwind_table_bytes;
         self.unwind_tables_evicted += b.unwind_tables_evicted;
@@ -112,6 +130,12 @@ pub(super) fn read_kernel(map: &Map, into: &mut SamplerStats) -> Result<(), MapE
         into.table_frames = sum(raw::STAT_TABLE_FRAMES)?;
         into.fp_frames = sum(raw::STAT_FP_FRAMES)?;
         into.stack_copies_lost = sum(raw::STAT_STACK_COPIES_LOST)?;
+        into.off_cpu_switches = sum(raw::STAT_OFF_CPU_SWITCHES)?;
+        into.off_cpu_skipped_probability = sum(raw::STAT_OFF_CPU_SKIPPED_PROBABILITY)?;
+        into.off_cpu_skipped_short = sum(raw::STAT_OFF_CPU_SKIPPED_SHORT)?;
+        into.off_cpu_recorded = sum(raw::STAT_OFF_CPU_RECORDED)?;
+        into.off_cpu_lost = sum(raw::STAT_OFF_CPU_LOST)?;
+        into.off_cpu_unmatched = sum(raw::STAT_OFF_CPU_UNMATCHED)?;
     }
     Ok(())
 }

@@ -483,3 +483,35 @@ fn rejects_bad_configuration() {
     };
     assert!(matches!(Sampler::start(bad), Err(SamplerError::Config(_))));
 }
+
+#[test]
+fn off_cpu_settings_are_checked_and_scaled() {
+    for probability in [0.0, -0.5, 1.5, f64::NAN] {
+        let bad = SamplerConfig {
+            off_cpu: Some(OffCpuConfig {
+                probability,
+                ..OffCpuConfig::default()
+            }),
+            ..SamplerConfig::default()
+        };
+        assert!(
+            matches!(Sampler::start(bad), Err(SamplerError::Config(_))),
+            "{probability}"
+        );
+    }
+    let always = OffCpuConfig::default();
+    assert_eq!(always.threshold(), 1 << 32, "every u32 is below it");
+    assert_eq!(always.scale(1_234), 1_234);
+    let tenth = OffCpuConfig {
+        probability: 0.1,
+        ..OffCpuConfig::default()
+    };
+    assert_eq!(tenth.threshold(), 429_496_730);
+    assert_eq!(tenth.scale(2_000_000), 20_000_000);
+    // The smallest probability still records something.
+    let tiny = OffCpuConfig {
+        probability: 1e-12,
+        ..OffCpuConfig::default()
+    };
+    assert_eq!(tiny.threshold(), 1);
+}

@@ -19,7 +19,7 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 
 use super::raw::{self, MappingEntry, ProcMappings, UnwindTableEntry};
-use crate::pipeline::{Mapping, ProcessMaps};
+use crate::pipeline::{Mapping, ProcessFacts, ProcessFilter, ProcessMaps};
 use crate::unwind::{build_for_mapping, ElfLayout, TableKey, UnwindRow};
 
 /// Bytes of one row in `UNWIND_ROWS`.
@@ -57,6 +57,10 @@ pub struct UnwindLoader {
     /// When each process was last asked for, so that a burst of partial
     /// samples asks once.
     asked: HashMap<u32, Instant>,
+    /// Which processes are worth tables ([`UnwindLoader::set_filter`]),
+    /// decided once per process image.
+    filter: Option<ProcessFilter>,
+    wanted: HashMap<u32, bool>,
 }
 
 /// How soon the same process may be reloaded because of partial samples.
@@ -77,7 +81,17 @@ impl UnwindLoader {
             stats,
             thread: Some(thread),
             asked: HashMap::new(),
+            filter: None,
+            wanted: HashMap::new(),
         })
+    }
+
+    /// Load tables only for processes whose facts `filter` keeps (the
+    /// driver's own process filter: the samples of the others are dropped
+    /// anyway, and building their tables would delay the ones kept).
+    pub fn set_filter(&mut self, filter: Option<ProcessFilter>) {
+        self.filter = filter;
+        self.wanted.clear();
     }
 
     /// Queues loading the tables of `pid` (after a partial sample or a new
@@ -92,13 +106,24 @@ impl UnwindLoader {
             return;
         }
         self.asked.insert(pid, now);
+        if let Some(filter) = &self.filter {
+            let wanted = *self
+                .wanted
+                .entry(pid)
+                .or_insert_with(|| filter(&ProcessFacts::read(pid, "")));
+            if !wanted {
+                return;
+            }
+        }
         self.send(Request::Load { pid, done: None });
     }
 
     /// Loads the tables of `pid` and waits until the walker can use them.
     pub fn load_blocking(&mut self, pid: u32) -> Result<(), LoadError> {
         let (tx, rx) = mpsc::channel();
-        self.asked.insert(pid, Instant::now());
+        // Not counted against RELOAD_INTERVAL: loaded at exec, a process
+        // has not mapped its libraries yet, and its first partial sample
+        // (off-CPU samples arrive only when a wait ends) must reload it now.
         self.send(Request::Load {
             pid,
             done: Some(tx),
@@ -110,6 +135,7 @@ impl UnwindLoader {
     /// The process exited or replaced its image: drop its mappings.
     pub fn forget(&mut self, pid: u32) {
         self.asked.remove(&pid);
+        self.wanted.remove(&pid);
         self.send(Request::Forget { pid });
     }
 
