@@ -32,7 +32,7 @@ use std::io::Write;
 use inferno::flamegraph::color::{BasicPalette, Palette, PaletteMap};
 use inferno::flamegraph::{from_lines, Direction, Options};
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
-use smolder_profiles_proto::{fold, FoldOptions, ProfileView};
+use smolder_profiles_proto::{fold, FoldOptions, FoldedStacks, ProfileView};
 
 pub use error::Error;
 
@@ -118,9 +118,6 @@ impl FlamegraphOptions {
     /// The count name to draw `data` with: the one given, or one derived
     /// from the unit of the sample type drawn.
     pub fn count_name_for(&self, data: &ProfilesData) -> String {
-        if let Some(name) = &self.count_name {
-            return name.clone();
-        }
         let view = ProfileView::new(data);
         let unit = view
             .profiles()
@@ -131,7 +128,16 @@ impl FlamegraphOptions {
                     .is_none_or(|want| want == t || *want == format!("{t}/{u}"))
             })
             .map(|(_, unit)| unit);
-        match unit.as_deref() {
+        self.count_name_for_unit(unit.as_deref())
+    }
+
+    /// The count name for values in `unit`: the one given, or one derived
+    /// from the unit.
+    pub fn count_name_for_unit(&self, unit: Option<&str>) -> String {
+        if let Some(name) = &self.count_name {
+            return name.clone();
+        }
+        match unit {
             None | Some("") | Some("count") => "samples".to_owned(),
             Some("nanoseconds") => "ns".to_owned(),
             Some(other) => other.to_owned(),
@@ -254,7 +260,47 @@ pub fn render(
     options: &FlamegraphOptions,
     out: impl Write,
 ) -> Result<RenderSummary, Error> {
-    let stacks = Stacks::new(fold(data, &options.fold_options()))?;
+    let count_name = options.count_name_for(data);
+    draw(
+        fold(data, &options.fold_options()),
+        count_name,
+        options,
+        out,
+    )
+}
+
+/// Draws folded stacks (as [`FlamegraphOptions::fold_options`] fold them,
+/// e.g. from [`smolder_profiles_proto::read_stacks_from`]) as an SVG
+/// flamegraph into `out`: what [`render`] draws of the profile they were
+/// folded from.
+///
+/// ```
+/// use smolder_flamegraph::{render_stacks, FlamegraphOptions};
+/// use smolder_profiles_proto::{read_stacks_from, ReadOptions};
+///
+/// let options = FlamegraphOptions::default();
+/// let text = "prog 7/7 [000] 1.0: 1000 cpu-clock: \n\t 1 work (/bin/prog)\n\t 2 main (/bin/prog)\n\n";
+/// let read = read_stacks_from(text.as_bytes(), &ReadOptions::default(), &options.fold_options()).unwrap();
+/// let mut svg = Vec::new();
+/// let summary = render_stacks(read.stacks, &options, &mut svg).unwrap();
+/// assert_eq!(summary.to_string(), "1 stacks, 1000 ns");
+/// ```
+pub fn render_stacks(
+    stacks: FoldedStacks,
+    options: &FlamegraphOptions,
+    out: impl Write,
+) -> Result<RenderSummary, Error> {
+    let count_name = options.count_name_for_unit(Some(&stacks.value_type.1));
+    draw(stacks.stacks, count_name, options, out)
+}
+
+fn draw(
+    folded: Vec<(String, i64)>,
+    count_name: String,
+    options: &FlamegraphOptions,
+    out: impl Write,
+) -> Result<RenderSummary, Error> {
+    let stacks = Stacks::new(folded)?;
     if stacks.total == 0 {
         return Err(Error::NoSamples);
     }
@@ -262,7 +308,6 @@ pub fn render(
     let mut palette = options
         .color_by_frame_type
         .then(|| frame_type::palette(frames.iter().copied()));
-    let count_name = options.count_name_for(data);
     let mut inferno = options.inferno(&count_name, palette.as_mut());
     inferno.func_frameattrs = frame_type::classes(frames.iter().copied());
     let lines = stacks.lines();

@@ -18,7 +18,7 @@ use crate::otlp::profiles::v1development::ProfilesData;
 /// Splits inferno's root frame `comm-PID/TID` (`comm-?/TID` when perf
 /// printed only the thread id, as plain `perf script` does; `comm-PID`
 /// without `--tid`). Spaces in comm became `_`.
-fn parse_root(frame: &str) -> Option<(&str, Option<i64>, Option<i64>)> {
+pub(crate) fn parse_root(frame: &str) -> Option<(&str, Option<i64>, Option<i64>)> {
     let (comm, ids) = frame.rsplit_once('-')?;
     let (pid, tid) = match ids.split_once('/') {
         Some((pid, tid)) => (pid, Some(tid.parse().ok()?)),
@@ -34,7 +34,7 @@ fn parse_root(frame: &str) -> Option<(&str, Option<i64>, Option<i64>)> {
 /// What the values of a `perf script` profile measure. inferno weighs each
 /// sample by the event period when perf printed one (as FlameGraph does):
 /// nanoseconds of CPU for `cpu-clock`/`task-clock`, event counts otherwise.
-fn sample_type(event_line: &str) -> (String, String) {
+pub(crate) fn sample_type(event_line: &str) -> (String, String) {
     let mut fields = event_line
         .split(": ")
         .nth(1)

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use smolder_flamegraph::{render, render_diff, FlamegraphOptions};
+use smolder_flamegraph::{render, render_diff, render_stacks, FlamegraphOptions};
 use smolder_profiles_proto::merge;
 
-use super::io::{read_input, write_output_with, InputArgs};
+use super::io::{read_input, read_input_stacks, write_output_with, InputArgs};
 
 #[derive(Args, Debug)]
 pub struct FlamegraphArgs {
@@ -88,20 +88,28 @@ pub fn run(args: &FlamegraphArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let decoded: Vec<_> = args
-        .inputs
-        .iter()
-        .map(|p| read_input(p, &read_options))
-        .collect::<Result<_>>()?;
-    let data = match decoded.as_slice() {
-        [one] => one.data.clone(),
-        many => merge(many.iter().map(|d| &d.data)),
-    };
     let mut summary = None;
-    write_output_with(out, |w| {
-        summary = Some(render(&data, &options, w).context("cannot draw the flamegraph")?);
-        Ok(())
-    })?;
+    if let [input] = args.inputs.as_slice() {
+        // One input: its stacks are all the graph needs (for `perf script`
+        // text, collapsed straight from the text).
+        let stacks = read_input_stacks(input, &read_options, &options.fold_options())?.stacks;
+        write_output_with(out, |w| {
+            summary =
+                Some(render_stacks(stacks, &options, w).context("cannot draw the flamegraph")?);
+            Ok(())
+        })?;
+    } else {
+        let decoded: Vec<_> = args
+            .inputs
+            .iter()
+            .map(|p| read_input(p, &read_options))
+            .collect::<Result<_>>()?;
+        let data = merge(decoded.iter().map(|d| &d.data));
+        write_output_with(out, |w| {
+            summary = Some(render(&data, &options, w).context("cannot draw the flamegraph")?);
+            Ok(())
+        })?;
+    }
     if let Some(s) = summary {
         eprintln!("wrote {}: {s}", out.display());
     }
