@@ -32,7 +32,7 @@ fn new_map<K, V>() -> Map<K, V> {
 
 /// Blocks handed to the collapsing threads are about this large (tiny in
 /// tests, so that small inputs are cut too).
-const BLOCK_SIZE: usize = if cfg!(test) { 4096 } else { 4 << 20 };
+const BLOCK_SIZE: usize = if cfg!(test) { 4096 } else { 1 << 20 };
 
 /// The folded stacks of a profile, with the type of its values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -528,7 +528,10 @@ impl Collapsed {
 }
 
 /// Reads the blocks of the text after its first event line, collapses them
-/// on `threads` threads, and merges what they found.
+/// on `threads` threads (the reading one included), and merges what they
+/// found. The reader never waits for a helper: a block no helper is free
+/// to take is collapsed by the reader itself, so a helper that the
+/// scheduler is slow to wake (a loaded machine) costs no time.
 fn collapse(
     first: Vec<u8>,
     first_number: usize,
@@ -538,11 +541,12 @@ fn collapse(
     threads: usize,
 ) -> Result<Collapsed> {
     let failed = AtomicBool::new(false);
-    let (send, receive) = mpsc::sync_channel::<(usize, Vec<u8>)>(threads * 2);
+    let helpers = threads.saturating_sub(1);
+    let (send, receive) = mpsc::sync_channel::<(usize, Vec<u8>)>(helpers);
     let receive = std::sync::Mutex::new(receive);
     type Outcome<'a> = (Collapser<'a>, Vec<(usize, usize)>, Option<LongLine>, bool);
     let (workers, reader): (Vec<Outcome<'_>>, ReadEnd<'_>) = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
+        let handles: Vec<_> = (0..helpers)
             .map(|_| {
                 let (receive, failed) = (&receive, &failed);
                 scope.spawn(move || {
@@ -589,7 +593,11 @@ fn collapse(
             limit,
             event_filter,
             &failed,
-            |index, block| send.send((index, block)).is_ok(),
+            |index, block| match send.try_send((index, block)) {
+                Ok(()) => None,
+                Err(mpsc::TrySendError::Full((_, block))) => Some(block),
+                Err(mpsc::TrySendError::Disconnected((_, block))) => Some(block),
+            },
         );
         drop(send);
         let workers = handles
@@ -644,23 +652,24 @@ fn collapse(
 
 /// What the reading thread ends with.
 struct ReadEnd<'a> {
-    /// Blocks it collapsed itself (no empty line to cut at).
+    /// Blocks it collapsed itself (no helper free, or no empty line to cut at).
     collapser: Collapser<'a>,
     lines: Vec<(usize, usize)>,
     long: Option<LongLine>,
     error: Option<(usize, usize, std::io::Error)>,
 }
 
-/// Cuts the text into blocks that end with an empty line and hands them to
-/// `send` (numbered in order). Text that goes on for a whole block without
-/// an empty line is collapsed here, in order, until the next empty line.
+/// Cuts the text into blocks that end with an empty line and offers them to
+/// `send` (numbered in order), which hands back what no helper took. Text
+/// that goes on for a whole block without an empty line is collapsed here,
+/// in order, until the next empty line.
 fn read_blocks<'a>(
     first: Vec<u8>,
     input: &mut dyn BufRead,
     limit: u64,
     event_filter: &'a str,
     failed: &AtomicBool,
-    mut send: impl FnMut(usize, Vec<u8>) -> bool,
+    mut send: impl FnMut(usize, Vec<u8>) -> Option<Vec<u8>>,
 ) -> ReadEnd<'a> {
     let mut end = ReadEnd {
         collapser: Collapser::new(event_filter, limit),
@@ -733,11 +742,15 @@ fn read_blocks<'a>(
         tail.extend_from_slice(&buf[take..]);
         let mut block = std::mem::replace(&mut buf, tail);
         block.truncate(take);
-        if parallel {
-            if !send(index, block) {
-                break;
-            }
+        // A block that starts and ends at empty lines may go to a helper;
+        // the reader collapses the rest, in order (its own collapser is at
+        // an empty line whenever it is not carrying an event).
+        let own = if parallel {
+            send(index, block)
         } else {
+            Some(block)
+        };
+        if let Some(block) = own {
             match end.collapser.block(&block) {
                 Ok(n) => end.lines.push((index, n)),
                 Err(line) => {
