@@ -1115,21 +1115,9 @@ mod tests {
         }
     }
 
-    const SCRIPT: &str = "\
-prog 1234/1234 [000] 100.000001: 10101010 cpu-clock:ppp: 
-\t    55555555a000 hot_leaf+0x10 (/tmp/prog)
-\t    55555555b000 main+0x20 (/tmp/prog)
-\tffffffff81000000 do_syscall_64+0x5 ([kernel.kallsyms])
-
-worker 1234/1240 [001] 100.000002: 10101010 cpu-clock:ppp: 
-\t    55555555a000 hot_leaf+0x10 (/tmp/prog)
-\t    55555555c000 thread_start+0x20 (/tmp/prog)
-
-";
-
     #[test]
     fn same_stacks_as_the_otlp_path() {
-        same(SCRIPT.as_bytes());
+        same(crate::perf_script::tests::SCRIPT.as_bytes());
         // Names perf and the collapser rewrite: offsets, unknown symbols,
         // argument lists, Rust hashes, Java inlining, JIT maps, modules.
         same(

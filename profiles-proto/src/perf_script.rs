@@ -257,11 +257,12 @@ pub(crate) fn collapse_perf_script(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::folded::{write_folded, FoldOptions};
 
-    const SCRIPT: &str = "\
+    /// Two samples of one process: main thread with a kernel frame, and a worker.
+    pub(crate) const SCRIPT: &str = "\
 prog 1234/1234 [000] 100.000001: 10101010 cpu-clock:ppp: 
 \t    55555555a000 hot_leaf+0x10 (/tmp/prog)
 \t    55555555b000 main+0x20 (/tmp/prog)
