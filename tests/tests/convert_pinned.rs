@@ -73,7 +73,7 @@ fn convert_outputs_are_byte_identical_to_before() {
         let input = workspace_root().join(folder).join(fixture);
         let mut all: Vec<&std::ffi::OsStr> = vec!["convert".as_ref(), input.as_os_str()];
         all.extend(["-o".as_ref(), out.as_os_str()]);
-        all.extend(args.split(' ').map(|a| a.as_ref()));
+        all.extend(args.split(' ').map(std::ffi::OsStr::new));
         smolder_ok(all);
         let bytes = std::fs::read(&out).unwrap();
         assert!(!bytes.is_empty(), "{fixture} {args}: empty output");

@@ -285,7 +285,7 @@ fn assert_flamegraph_of_text_is_flamegraph_of_otlp(input: &Path) {
             let svg = dir.path().join(name);
             let mut all: Vec<&std::ffi::OsStr> = vec!["flamegraph".as_ref(), from.as_os_str()];
             all.extend(["-o".as_ref(), svg.as_os_str()]);
-            all.extend(args.iter().map(|a| a.as_ref()));
+            all.extend(args.iter().map(std::ffi::OsStr::new));
             smolder_ok(all);
             std::fs::read(svg).unwrap()
         };
