@@ -71,6 +71,9 @@ impl FoldedStacks {
     }
 }
 
+/// Stack lines (their text after the address) to a range of `line_frames`.
+type StackLines = Map<Box<[u8]>, (u32, u32)>;
+
 /// One collapser's view of the text: the per-event state of inferno's perf
 /// collapser, and what it has counted so far, interned.
 struct Collapser<'a> {
@@ -82,7 +85,7 @@ struct Collapser<'a> {
     frame_ids: Map<Box<str>, u32>,
     /// What a stack line (the text after its address) adds to the stack,
     /// as a range of `line_frames`; `[1]` for `java` comms (other rules).
-    stack_lines: [Map<Box<[u8]>, (u32, u32)>; 2],
+    stack_lines: [StackLines; 2],
     line_frames: Vec<u32>,
     stacks: Map<Box<[u32]>, u32>,
     roots: Map<Box<str>, u32>,
