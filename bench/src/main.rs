@@ -60,6 +60,8 @@ struct Config {
     record_seconds: u32,
     workdir: Option<PathBuf>,
     output: Option<PathBuf>,
+    /// `perf script` files to draw instead of the generated input.
+    inputs: Vec<PathBuf>,
 }
 
 fn parse_args() -> Result<Config> {
@@ -73,6 +75,7 @@ fn parse_args() -> Result<Config> {
         record_seconds: 8,
         workdir: None,
         output: None,
+        inputs: Vec::new(),
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -84,6 +87,7 @@ fn parse_args() -> Result<Config> {
             "--record-seconds" => config.record_seconds = value()?.parse()?,
             "--workdir" => config.workdir = Some(value()?.into()),
             "-o" | "--output" => config.output = Some(value()?.into()),
+            "--input" => config.inputs.push(value()?.into()),
             "flamegraph" | "bytes" | "all" | "generate" | "record" | "unwind" | "agent"
             | "offcpu"
                 if config.command.is_empty() =>
@@ -147,7 +151,17 @@ fn run() -> Result<()> {
         // The sampling-overhead benchmark needs none of the perf script inputs.
         return record::bench(config.runs, &dir, &smolder_bin()?);
     }
+    if config.command == "flamegraph" && !config.inputs.is_empty() {
+        // Given recordings instead of the generated input.
+        machine()?;
+        for input in &config.inputs {
+            let label = input.display().to_string();
+            flamegraph(&config, &dir, input, &label)?;
+        }
+        return Ok(());
+    }
     let inputs = make_inputs(&config, &dir)?;
+    let large = format!("{} samples", inputs.large_samples);
     match config.command.as_str() {
         "generate" => {
             if let Some(out) = &config.output {
@@ -156,7 +170,7 @@ fn run() -> Result<()> {
         }
         "flamegraph" => {
             machine()?;
-            flamegraph(&config, &dir, &inputs)?;
+            flamegraph(&config, &dir, &inputs.large, &large)?;
         }
         "bytes" => {
             machine()?;
@@ -164,7 +178,7 @@ fn run() -> Result<()> {
         }
         _ => {
             machine()?;
-            flamegraph(&config, &dir, &inputs)?;
+            flamegraph(&config, &dir, &inputs.large, &large)?;
             bytes(&dir, &inputs)?;
         }
     }
@@ -312,11 +326,10 @@ struct Contender<'a> {
     run: RunOnce<'a>,
 }
 
-fn flamegraph(config: &Config, dir: &Path, inputs: &Inputs) -> Result<()> {
+fn flamegraph(config: &Config, dir: &Path, input: &Path, label: &str) -> Result<()> {
     let smolder = smolder_bin()?;
     let collapse = tool("inferno-collapse-perf");
     let draw = tool("inferno-flamegraph");
-    let input = &inputs.large;
     let log = |name: &str| dir.join(format!("{name}.log"));
     let inferno = |min_width: Option<&'static str>| {
         let (collapse, draw, log) = (&collapse, &draw, log("inferno"));
@@ -358,11 +371,12 @@ fn flamegraph(config: &Config, dir: &Path, inputs: &Inputs) -> Result<()> {
         },
     ];
     println!(
-        "## perf script ({} samples, {:.0} MiB) -> SVG, {} runs each, order rotated per round",
-        inputs.large_samples,
+        "## perf script ({label}, {:.0} MiB) -> SVG, {} runs each, order rotated per round",
         mib(std::fs::metadata(input)?.len()),
         config.runs
     );
+    println!();
+    println!("load average before: {}", load_average());
     println!();
     println!("| round | tool | wall s | CPU s | peak RSS MiB (max) | peak RSS MiB (sum) |");
     println!("|---|---|---:|---:|---:|---:|");
@@ -384,6 +398,8 @@ fn flamegraph(config: &Config, dir: &Path, inputs: &Inputs) -> Result<()> {
             runs[i].push(c);
         }
     }
+    println!();
+    println!("load average after: {}", load_average());
     let medians: Vec<Cost> = runs.iter().map(|r| median(r)).collect();
     let s = medians[0];
     println!();
@@ -413,6 +429,13 @@ fn flamegraph(config: &Config, dir: &Path, inputs: &Inputs) -> Result<()> {
     );
     println!();
     Ok(())
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15-minute figures: the machine is shared.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn kib_to_mib(kib: u64) -> f64 {

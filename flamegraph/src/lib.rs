@@ -33,7 +33,7 @@ use std::io::Write;
 use inferno::flamegraph::color::{BasicPalette, Palette, PaletteMap};
 use inferno::flamegraph::{from_lines, Direction, Options};
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
-use smolder_profiles_proto::{fold, FoldOptions, ProfileView};
+use smolder_profiles_proto::{fold, FoldOptions, FoldedStacks, ProfileView};
 
 pub use error::Error;
 
@@ -122,11 +122,17 @@ impl FlamegraphOptions {
     /// The count name to draw `data` with: the one given, or one derived
     /// from the unit of the sample type drawn.
     pub fn count_name_for(&self, data: &ProfilesData) -> String {
+        let unit = self.drawn_sample_type(data).map(|(_, unit)| unit);
+        self.count_name_for_unit(unit.as_deref())
+    }
+
+    /// The count name for values in `unit`: the one given, or one derived
+    /// from the unit.
+    pub fn count_name_for_unit(&self, unit: Option<&str>) -> String {
         if let Some(name) = &self.count_name {
             return name.clone();
         }
-        let unit = self.drawn_sample_type(data).map(|(_, unit)| unit);
-        match unit.as_deref() {
+        match unit {
             None | Some("") | Some("count") => "samples".to_owned(),
             Some("nanoseconds") => "ns".to_owned(),
             Some(other) => other.to_owned(),
@@ -272,19 +278,62 @@ pub fn render(
     options: &FlamegraphOptions,
     out: impl Write,
 ) -> Result<RenderSummary, Error> {
-    let stacks = Stacks::new(fold(data, &options.fold_options()))?;
-    if stacks.total == 0 {
-        return Err(Error::NoSamples);
-    }
-    let frames = frame_type::frames(stacks.counts.keys().map(String::as_str));
+    let count_name = options.count_name_for(data);
     // Off-CPU time is waiting time: drawn in blues.
     let waiting = options
         .drawn_sample_type(data)
         .is_some_and(|(t, _)| t == OFF_CPU_SAMPLE_TYPE);
+    draw(
+        fold(data, &options.fold_options()),
+        count_name,
+        waiting,
+        options,
+        out,
+    )
+}
+
+/// Draws folded stacks (as [`FlamegraphOptions::fold_options`] fold them,
+/// e.g. from [`smolder_profiles_proto::read_stacks_from`]) as an SVG
+/// flamegraph into `out`: what [`render`] draws of the profile they were
+/// folded from.
+///
+/// ```
+/// use smolder_flamegraph::{render_stacks, FlamegraphOptions};
+/// use smolder_profiles_proto::{read_stacks_from, ReadOptions};
+///
+/// let options = FlamegraphOptions::default();
+/// let text = "prog 7/7 [000] 1.0: 1000 cpu-clock: \n\t 1 work (/bin/prog)\n\t 2 main (/bin/prog)\n\n";
+/// let read = read_stacks_from(text.as_bytes(), &ReadOptions::default(), &options.fold_options()).unwrap();
+/// let mut svg = Vec::new();
+/// let summary = render_stacks(read.stacks, &options, &mut svg).unwrap();
+/// assert_eq!(summary.to_string(), "1 stacks, 1000 ns");
+/// ```
+pub fn render_stacks(
+    stacks: FoldedStacks,
+    options: &FlamegraphOptions,
+    out: impl Write,
+) -> Result<RenderSummary, Error> {
+    let count_name = options.count_name_for_unit(Some(&stacks.value_type.1));
+    let waiting = stacks.value_type.0 == OFF_CPU_SAMPLE_TYPE;
+    draw(stacks.stacks, count_name, waiting, options, out)
+}
+
+/// `waiting`: the stacks are off-CPU time, drawn in blues.
+fn draw(
+    folded: Vec<(String, i64)>,
+    count_name: String,
+    waiting: bool,
+    options: &FlamegraphOptions,
+    out: impl Write,
+) -> Result<RenderSummary, Error> {
+    let stacks = Stacks::new(folded)?;
+    if stacks.total == 0 {
+        return Err(Error::NoSamples);
+    }
+    let frames = frame_type::frames(stacks.counts.keys().map(String::as_str));
     let mut palette = options
         .color_by_frame_type
         .then(|| frame_type::palette(frames.iter().copied(), waiting));
-    let count_name = options.count_name_for(data);
     let mut inferno = options.inferno(&count_name, waiting, palette.as_mut());
     inferno.func_frameattrs = frame_type::classes(frames.iter().copied());
     let lines = stacks.lines();

@@ -17,10 +17,10 @@ use crate::otlp::profiles::v1development::ProfilesData;
 use crate::pprof::any_value_to_string;
 use crate::view::{sample_weight, ProfileView};
 
-const KERNEL_SUFFIX: &str = "_[k]";
+pub(crate) const KERNEL_SUFFIX: &str = "_[k]";
 /// inferno's mark of a JIT-compiled frame (JavaScript, JVM, …).
 const JIT_SUFFIX: &str = "_[j]";
-const INLINE_SUFFIX: &str = "_[i]";
+pub(crate) const INLINE_SUFFIX: &str = "_[i]";
 
 /// How a profile is folded into stacks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,7 +214,7 @@ pub(crate) fn process_label(resource: Option<&crate::otlp::resource::v1::Resourc
 
 /// Appends a frame, keeping the folded syntax intact: `;` separates frames
 /// and a newline ends the stack, so neither may appear inside a name.
-fn push_frame(line: &mut String, frame: &str) {
+pub(crate) fn push_frame(line: &mut String, frame: &str) {
     if !line.is_empty() {
         line.push(';');
     }

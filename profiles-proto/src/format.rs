@@ -10,6 +10,7 @@ use crate::encoding::{
 use crate::error::{Error, Result};
 use crate::folded::{read_folded_lines, write_folded, FoldOptions};
 use crate::otlp::profiles::v1development::ProfilesData;
+use crate::perf_fold::{fold_perf_script, FoldedStacks};
 use crate::perf_script::collapse_perf_script;
 use crate::pprof::{decode_pprof, encode_pprof};
 use crate::validate::validate;
@@ -441,6 +442,45 @@ pub fn read_profile(bytes: &[u8]) -> Result<Decoded> {
 /// [`ReadOptions::max_input_size`], and gzip is decompressed as it is read.
 pub fn read_profile_from(input: impl Read, options: &ReadOptions) -> Result<Decoded> {
     let Opened { format, gzip, body } = open(Box::new(input), options)?;
+    let data = decode_body(format, body, options)?;
+    Ok(Decoded { format, gzip, data })
+}
+
+/// A profile read as folded stacks, with what it was.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedStacks {
+    pub format: Format,
+    pub gzip: bool,
+    pub stacks: FoldedStacks,
+}
+
+/// Reads a profile from a stream like [`read_profile_from`], for outputs
+/// that need only its folded stacks (a flamegraph, folded text): the same
+/// stacks as [`crate::fold`] of the profile with `fold` (merged, sorted).
+/// `perf script` text is collapsed straight into stacks on every CPU,
+/// without an OTLP profile in between (the fast path: see `perf_fold`);
+/// other formats are read as profiles and folded.
+pub fn read_stacks_from(
+    input: impl Read,
+    options: &ReadOptions,
+    fold: &FoldOptions,
+) -> Result<DecodedStacks> {
+    let Opened { format, gzip, body } = open(Box::new(input), options)?;
+    let stacks = match body {
+        Body::Text(start, rest) if start.format == Format::PerfScript => {
+            fold_perf_script(start.line, start.number, rest, options.max_input_size, fold)?
+        }
+        body => FoldedStacks::of(&decode_body(format, body, options)?, fold),
+    };
+    Ok(DecodedStacks {
+        format,
+        gzip,
+        stacks,
+    })
+}
+
+/// Reads an opened input into a validated profile.
+fn decode_body(format: Format, body: Body<'_>, options: &ReadOptions) -> Result<ProfilesData> {
     let data = match body {
         Body::Text(start, rest) => match start.format {
             Format::PerfScript => collapse_perf_script(start.line, rest, options)?,
@@ -456,7 +496,7 @@ pub fn read_profile_from(input: impl Read, options: &ReadOptions) -> Result<Deco
         }
     };
     validate(&data)?;
-    Ok(Decoded { format, gzip, data })
+    Ok(data)
 }
 
 /// Encodes a profile. OTLP binary is plain (wrap with [`gzip`] if wanted);

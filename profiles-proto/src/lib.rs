@@ -35,6 +35,7 @@ pub mod folded;
 mod format;
 mod links;
 mod merge;
+mod perf_fold;
 mod perf_script;
 pub mod pprof;
 mod speedscope;
@@ -57,13 +58,14 @@ pub use folded::{
     fold, fold_comm_rooted, read_folded, write_folded, write_folded_comm_rooted, FoldOptions,
 };
 pub use format::{
-    detect, read_profile, read_profile_from, write_profile, write_profile_gzip, Decoded, Format,
-    ReadOptions, DEFAULT_MAX_INPUT_SIZE,
+    detect, read_profile, read_profile_from, read_stacks_from, write_profile, write_profile_gzip,
+    Decoded, DecodedStacks, Format, ReadOptions, DEFAULT_MAX_INPUT_SIZE,
 };
 pub use links::{
     parse_trace_id, retain_trace, sample_link, TraceLink, SPAN_ID_LABEL, TRACE_ID_LABEL,
 };
 pub use merge::{location_spec, merge, Merger, INSTANCE_ATTRIBUTES};
+pub use perf_fold::FoldedStacks;
 pub use perf_script::{read_perf_script, read_perf_script_from};
 pub use pprof::{decode_pprof, encode_pprof, from_pprof, to_pprof};
 pub use speedscope::{write_chrome_cpuprofile, write_speedscope};

@@ -18,7 +18,7 @@ use crate::otlp::profiles::v1development::ProfilesData;
 /// Splits inferno's root frame `comm-PID/TID` (`comm-?/TID` when perf
 /// printed only the thread id, as plain `perf script` does; `comm-PID`
 /// without `--tid`). Spaces in comm became `_`.
-fn parse_root(frame: &str) -> Option<(&str, Option<i64>, Option<i64>)> {
+pub(crate) fn parse_root(frame: &str) -> Option<(&str, Option<i64>, Option<i64>)> {
     let (comm, ids) = frame.rsplit_once('-')?;
     let (pid, tid) = match ids.split_once('/') {
         Some((pid, tid)) => (pid, Some(tid.parse().ok()?)),
@@ -34,7 +34,7 @@ fn parse_root(frame: &str) -> Option<(&str, Option<i64>, Option<i64>)> {
 /// What the values of a `perf script` profile measure. inferno weighs each
 /// sample by the event period when perf printed one (as FlameGraph does):
 /// nanoseconds of CPU for `cpu-clock`/`task-clock`, event counts otherwise.
-fn sample_type(event_line: &str) -> (String, String) {
+pub(crate) fn sample_type(event_line: &str) -> (String, String) {
     let mut fields = event_line
         .split(": ")
         .nth(1)
@@ -257,11 +257,12 @@ pub(crate) fn collapse_perf_script(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::folded::{write_folded, FoldOptions};
 
-    const SCRIPT: &str = "\
+    /// Two samples of one process: main thread with a kernel frame, and a worker.
+    pub(crate) const SCRIPT: &str = "\
 prog 1234/1234 [000] 100.000001: 10101010 cpu-clock:ppp: 
 \t    55555555a000 hot_leaf+0x10 (/tmp/prog)
 \t    55555555b000 main+0x20 (/tmp/prog)

@@ -259,8 +259,46 @@ fn normalised(folded: &str) -> BTreeMap<String, u64> {
     stacks
 }
 
-/// `smolder convert --process-root -f folded` of `input`, normalised.
+/// `smolder flamegraph` of `perf script` text (collapsed straight from the
+/// text) draws the same SVG, byte for byte, as of the OTLP profile
+/// `smolder convert` makes of it (folded from the profile), with and
+/// without roots, kernel and inlined frames.
+fn assert_flamegraph_of_text_is_flamegraph_of_otlp(input: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let otlp = dir.path().join("input.pb");
+    smolder_ok([
+        "convert".as_ref(),
+        input.as_os_str(),
+        "-o".as_ref(),
+        otlp.as_os_str(),
+        "-f".as_ref(),
+        "otlp".as_ref(),
+    ]);
+    let options: [&[&str]; 4] = [
+        &[],
+        &["--per-process", "--per-thread"],
+        &["--per-process", "--no-kernel", "--no-inline"],
+        &["--per-thread", "--icicle"],
+    ];
+    for args in options {
+        let draw = |from: &Path, name: &str| {
+            let svg = dir.path().join(name);
+            let mut all: Vec<&std::ffi::OsStr> = vec!["flamegraph".as_ref(), from.as_os_str()];
+            all.extend(["-o".as_ref(), svg.as_os_str()]);
+            all.extend(args.iter().map(std::ffi::OsStr::new));
+            smolder_ok(all);
+            std::fs::read(svg).unwrap()
+        };
+        let (text, profile) = (draw(input, "text.svg"), draw(&otlp, "otlp.svg"));
+        assert!(!frame_samples(&String::from_utf8_lossy(&text)).is_empty());
+        assert!(text == profile, "{args:?}: the SVGs differ");
+    }
+}
+
+/// `smolder convert --process-root -f folded` of `input`, normalised (and
+/// the flamegraph of `input` checked against that of its OTLP profile).
 fn smolder_folded(input: &Path) -> BTreeMap<String, u64> {
+    assert_flamegraph_of_text_is_flamegraph_of_otlp(input);
     let out = smolder_e2e::smolder([
         "convert".as_ref(),
         input.as_os_str(),

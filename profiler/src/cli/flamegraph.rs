@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use smolder_flamegraph::{render, render_diff, FlamegraphOptions};
+use smolder_flamegraph::{render, render_diff, render_stacks, FlamegraphOptions};
 use smolder_profiles_proto::{merge, parse_trace_id, retain_trace};
 
-use super::io::{read_input, write_output_with, InputArgs};
+use super::io::{read_input, read_input_stacks, write_output_with, InputArgs};
 
 #[derive(Args, Debug)]
 pub struct FlamegraphArgs {
@@ -97,30 +97,43 @@ pub fn run(args: &FlamegraphArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let mut decoded: Vec<_> = args
-        .inputs
-        .iter()
-        .map(|p| read_input(p, &read_options))
-        .collect::<Result<_>>()?;
-    if let Some(hex) = &args.trace_id {
-        let trace_id = parse_trace_id(hex).map_err(anyhow::Error::msg)?;
-        let kept: usize = decoded
-            .iter_mut()
-            .map(|d| retain_trace(&mut d.data, trace_id))
-            .sum();
-        if kept == 0 {
-            bail!("no sample is linked to trace {hex}");
+    let mut summary = None;
+    match (args.inputs.as_slice(), &args.trace_id) {
+        // One input, all of it: its stacks are all the graph needs (for
+        // `perf script` text, collapsed straight from the text).
+        ([input], None) => {
+            let stacks = read_input_stacks(input, &read_options, &options.fold_options())?.stacks;
+            write_output_with(out, |w| {
+                summary =
+                    Some(render_stacks(stacks, &options, w).context("cannot draw the flamegraph")?);
+                Ok(())
+            })?;
+        }
+        (inputs, trace) => {
+            let mut decoded: Vec<_> = inputs
+                .iter()
+                .map(|p| read_input(p, &read_options))
+                .collect::<Result<_>>()?;
+            if let Some(hex) = trace {
+                let trace_id = parse_trace_id(hex).map_err(anyhow::Error::msg)?;
+                let kept: usize = decoded
+                    .iter_mut()
+                    .map(|d| retain_trace(&mut d.data, trace_id))
+                    .sum();
+                if kept == 0 {
+                    bail!("no sample is linked to trace {hex}");
+                }
+            }
+            let data = match decoded.as_slice() {
+                [one] => one.data.clone(),
+                many => merge(many.iter().map(|d| &d.data)),
+            };
+            write_output_with(out, |w| {
+                summary = Some(render(&data, &options, w).context("cannot draw the flamegraph")?);
+                Ok(())
+            })?;
         }
     }
-    let data = match decoded.as_slice() {
-        [one] => one.data.clone(),
-        many => merge(many.iter().map(|d| &d.data)),
-    };
-    let mut summary = None;
-    write_output_with(out, |w| {
-        summary = Some(render(&data, &options, w).context("cannot draw the flamegraph")?);
-        Ok(())
-    })?;
     if let Some(s) = summary {
         eprintln!("wrote {}: {s}", out.display());
     }

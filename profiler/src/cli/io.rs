@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
-use smolder_profiles_proto::{read_profile_from, Decoded, Error, ReadOptions};
+use smolder_profiles_proto::{
+    read_profile_from, read_stacks_from, Decoded, DecodedStacks, Error, FoldOptions, ReadOptions,
+};
 
 /// Inputs above this size get a progress bar when stderr is a terminal.
 const PROGRESS_THRESHOLD: u64 = 4 << 20;
@@ -183,8 +185,28 @@ fn quietly<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
 /// format is detected from its first bytes, text is streamed, the other
 /// formats are read up to `options.max_input_size`. Errors name the file.
 pub fn read_input(path: &Path, options: &ReadOptions) -> Result<Decoded> {
+    read_input_with(path, |input| read_profile_from(input, options))
+}
+
+/// Reads a profile file (or standard input for `-`) as folded stacks
+/// ([`read_stacks_from`]: `perf script` text straight to stacks, no OTLP
+/// profile in between), for the outputs that need nothing else.
+pub fn read_input_stacks(
+    path: &Path,
+    options: &ReadOptions,
+    fold: &FoldOptions,
+) -> Result<DecodedStacks> {
+    read_input_with(path, |input| read_stacks_from(input, options, fold))
+}
+
+/// Opens `path` as [`open_input`] does and hands it to `read`; errors
+/// name the file, panics become errors.
+fn read_input_with<T>(
+    path: &Path,
+    read: impl FnOnce(Box<dyn Read>) -> std::result::Result<T, Error>,
+) -> Result<T> {
     let name = path.display();
-    let read = || -> Result<Decoded> {
+    let read = || -> Result<T> {
         let input: Box<dyn Read> = if path == Path::new("-") {
             Box::new(std::io::stdin().lock())
         } else {
@@ -194,7 +216,7 @@ pub fn read_input(path: &Path, options: &ReadOptions) -> Result<Decoded> {
                 None => Box::new(file),
             }
         };
-        read_profile_from(input, options).map_err(|e| match e {
+        read(input).map_err(|e| match e {
             Error::TooLarge { .. } | Error::LineTooLong { .. } => {
                 anyhow!("{e} (raise it with {MAX_INPUT_SIZE_FLAG})")
             }
