@@ -190,10 +190,19 @@ pub fn write_speedscope(data: &ProfilesData, name: &str) -> Vec<u8> {
 /// Writes `data` as a Chrome `.cpuprofile` (`{nodes, startTime, endTime,
 /// samples, timeDeltas}`, times in microseconds): one call tree under
 /// `(root)` with a node per process (`executable [pid]`), and one sample
-/// per observation, one sampling period apart, grouped by stack (a
-/// merged profile has no order in time). The Firefox Profiler, Chrome
-/// DevTools and speedscope open it.
+/// per observation (nanosecond values: one per timestamp, else per
+/// period), one period apart, grouped by stack (a merged profile has no order in
+/// time); at most [`MAX_CPUPROFILE_SAMPLES`] samples, each then standing for
+/// several periods. The Firefox Profiler, Chrome DevTools and speedscope
+/// open it.
 pub fn write_chrome_cpuprofile(data: &ProfilesData) -> Vec<u8> {
+    write_cpuprofile_capped(data, MAX_CPUPROFILE_SAMPLES)
+}
+
+/// The most samples a `.cpuprofile` written here holds (32 MiB of ids).
+pub const MAX_CPUPROFILE_SAMPLES: u64 = 1 << 22;
+
+fn write_cpuprofile_capped(data: &ProfilesData, max_samples: u64) -> Vec<u8> {
     let view = ProfileView::new(data);
     let wanted = first_type(&view);
     // Node 1 is (root); children by (parent, frame).
@@ -207,7 +216,7 @@ pub fn write_chrome_cpuprofile(data: &ProfilesData) -> Vec<u8> {
         0,
     )];
     let mut child: HashMap<(usize, FrameKey), usize> = HashMap::new();
-    let mut samples: Vec<(usize, i64)> = Vec::new();
+    let mut samples: Vec<(usize, i64, u64)> = Vec::new();
     let mut period_ns: i64 = 0;
     let mut start_ns: u64 = u64::MAX;
     let mut scratch = Vec::new();
@@ -249,27 +258,47 @@ pub fn write_chrome_cpuprofile(data: &ProfilesData) -> Vec<u8> {
                     }
                 };
             }
-            nodes[at].2 = nodes[at].2.saturating_add(weight);
-            samples.push((at, weight));
+            // Nanosecond values: a sample per timestamp, else per period.
+            let observed = sample.timestamps_unix_nano.len() as u64;
+            samples.push((at, weight, observed));
         }
     }
-    // Counts become that many samples, a period apart (1 ms when unknown).
-    let delta_us = if period_ns > 0 {
-        (period_ns / 1000).max(1)
-    } else {
-        1000
+    // One sample per observation: a count is that many samples; nanosecond
+    // values are a sample per timestamp, else per period (1 ms when
+    // unknown), a period apart. Past
+    // MAX_CPUPROFILE_SAMPLES in all, each sample stands for several periods
+    // (the document's size never follows the counts of the input).
+    let sample_ns = if period_ns > 0 { period_ns } else { 1_000_000 };
+    let in_ns = wanted
+        .as_ref()
+        .is_some_and(|(_, unit)| unit == "nanoseconds");
+    let periods = |weight: i64, observed: u64| -> u64 {
+        let w = u64::try_from(weight).unwrap_or(0);
+        match (in_ns, observed) {
+            (false, _) => w,
+            // Rounded, at least one: a period of the recording may differ
+            // a little from the profile's (1 ms assumed when it has none).
+            (true, 0) => (w.saturating_add(sample_ns as u64 / 2) / sample_ns as u64).max(1),
+            (true, n) => n,
+        }
     };
+    let total: u64 = samples
+        .iter()
+        .map(|&(_, w, o)| periods(w, o))
+        .fold(0, u64::saturating_add);
+    let scale = total.div_ceil(max_samples).max(1);
+    let delta_us =
+        i64::try_from(((sample_ns / 1000).max(1) as u64).saturating_mul(scale)).unwrap_or(i64::MAX);
     let start_us = if start_ns == u64::MAX {
         0
     } else {
         (start_ns / 1000) as i64
     };
-    let total: i64 = samples.iter().map(|&(_, w)| w).sum();
-    let mut ids = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    for &(node, weight) in &samples {
-        for _ in 0..weight {
-            ids.push(node + 1);
-        }
+    let mut ids = Vec::new();
+    for &(node, weight, observed) in &samples {
+        let n = periods(weight, observed).div_ceil(scale);
+        nodes[node].2 = nodes[node].2.saturating_add(n as i64);
+        ids.extend(std::iter::repeat_n(node + 1, n as usize));
     }
     let deltas = vec![delta_us; ids.len()];
     let nodes: Vec<Value> = nodes
@@ -293,7 +322,7 @@ pub fn write_chrome_cpuprofile(data: &ProfilesData) -> Vec<u8> {
     let doc = json!({
         "nodes": nodes,
         "startTime": start_us,
-        "endTime": start_us + delta_us * ids.len() as i64,
+        "endTime": start_us.saturating_add(delta_us.saturating_mul(ids.len() as i64)),
         "samples": ids,
         "timeDeltas": deltas,
     });
@@ -340,5 +369,45 @@ mod tests {
         assert_eq!(name(&samples[0]), "work");
         assert_eq!(name(&samples[3]), "idle");
         assert_eq!(nodes[0]["callFrame"]["functionName"], "(root)");
+    }
+
+    /// Leaf names of a `.cpuprofile`'s samples, counted.
+    fn sample_leaves(doc: &Value) -> std::collections::BTreeMap<String, usize> {
+        let nodes = doc["nodes"].as_array().unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        for id in doc["samples"].as_array().unwrap() {
+            let node = nodes.iter().find(|n| n["id"] == *id).unwrap();
+            let name = node["callFrame"]["functionName"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            *out.entry(name).or_default() += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn cpuprofile_samples_are_periods_of_nanosecond_values() {
+        // perf script text: values are nanoseconds, 1 ms a sample.
+        let text = "prog 7/7 [000] 1.0: 1000000 cpu-clock: \n\t 1 work (/bin/prog)\n\n".repeat(3)
+            + "prog 7/7 [000] 1.0: 1000000 cpu-clock: \n\t 1 idle (/bin/prog)\n\n";
+        let data = crate::read_perf_script(text.as_bytes()).unwrap();
+        let doc: Value = serde_json::from_slice(&write_chrome_cpuprofile(&data)).unwrap();
+        let leaves = sample_leaves(&doc);
+        assert_eq!(leaves["work"], 3, "{leaves:?}");
+        assert_eq!(leaves["idle"], 1, "{leaves:?}");
+    }
+
+    #[test]
+    fn cpuprofile_counts_past_the_cap_keep_their_shares_in_bounded_size() {
+        // Counts that would be 10^15 samples: bounded, shares kept.
+        let data = read_folded("main;work 750000000000000\nmain;idle 250000000000000\n").unwrap();
+        let doc: Value = serde_json::from_slice(&write_cpuprofile_capped(&data, 1000)).unwrap();
+        let leaves = sample_leaves(&doc);
+        assert_eq!(leaves["work"] + leaves["idle"], 1000, "{leaves:?}");
+        assert_eq!(leaves["work"], 750, "{leaves:?}");
+        let deltas = doc["timeDeltas"].as_array().unwrap();
+        assert_eq!(deltas.len(), 1000);
+        assert_eq!(deltas[0].as_i64().unwrap(), 1000 * 1_000_000_000_000);
     }
 }

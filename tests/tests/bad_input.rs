@@ -590,3 +590,43 @@ open(sys.argv[1], "wb").write(data.SerializeToString())
     ]);
     assert!(std::fs::read_to_string(&svg).unwrap().contains("work"));
 }
+
+/// A `perf script` recording (values in nanoseconds) as a Chrome
+/// `.cpuprofile`: one sample per event of the recording (within 1 %: its
+/// periods are 1.001 ms, the text gives none), in bounded memory (it once expanded every nanosecond into a
+/// sample and aborted asking for 80 GB).
+#[test]
+fn cpuprofile_of_a_perf_recording_has_one_sample_per_event() {
+    use std::io::Read;
+    let fixture = smolder_e2e::workspace_root().join("bench/fixtures/workload.perf.txt.gz");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&fixture).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    // Event lines are the unindented ones (stack lines start with a tab).
+    let events = text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(char::is_whitespace) && !l.starts_with('#'))
+        .count();
+    assert!(events > 100, "{events} events in the fixture");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("w.cpuprofile");
+    let (code, stderr, peak_kib) = smolder_with_peak_rss(&[
+        "convert".as_ref(),
+        fixture.as_os_str(),
+        "-f".as_ref(),
+        "cpuprofile".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(peak_kib < 256 * 1024, "peak RSS {peak_kib} KiB");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    // The text carries no period: each sample is taken as 1 ms, and this
+    // recording's periods are 1.001 ms.
+    let samples = doc["samples"].as_array().unwrap().len();
+    assert!(
+        samples.abs_diff(events) * 100 <= events,
+        "{samples} samples for {events} events"
+    );
+}

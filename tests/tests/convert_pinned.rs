@@ -5,8 +5,9 @@
 //! updates the hash here, in the same commit, and says why.
 //!
 //! Left out: `-f cpuprofile` of `workload.perf.txt.gz`, on which 747719e
-//! asks for 80 GB and aborts (cpu-clock periods in nanoseconds expanded
-//! into one entry per nanosecond); it is not pinned as a behaviour.
+//! asked for 80 GB and aborted (cpu-clock periods in nanoseconds expanded
+//! into one entry per nanosecond); fixed since, it is checked by
+//! `bad_input::cpuprofile_of_a_perf_recording_has_one_sample_per_event`.
 
 use smolder_e2e::{smolder_ok, workspace_root};
 
