@@ -25,6 +25,7 @@
 
 mod child;
 mod clock;
+pub mod python;
 mod raw;
 mod stats;
 #[cfg(test)]
@@ -401,6 +402,7 @@ impl Sampler {
                 take(MAP_UNWIND_ROWS)?,
                 take(MAP_UNWIND_TABLES)?,
                 take(MAP_PROC_MAPPINGS)?,
+                Some(take(python::MAP_PYTHON_PROCS)?),
             )
             .map_err(|e| SamplerError::Kernel {
                 action: "setting up the unwind table maps".into(),
