@@ -82,6 +82,21 @@ pub fn require_tool(name: &str, package: &str) -> PathBuf {
         })
 }
 
+/// Folded lines of a folded-stacks file: (frames root first, count).
+pub fn folded(path: &Path) -> Vec<(Vec<String>, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (stack, n) = l.rsplit_once(' ')?;
+            Some((
+                stack.split(';').map(str::to_owned).collect(),
+                n.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
 /// Runs a command and returns its output, panicking with stderr on failure.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use smolder_e2e::{
-    compile_c, python_check, require_ebpf, require_tool, run_ok, smolder, smolder_ok,
+    compile_c, folded, python_check, require_ebpf, require_tool, run_ok, smolder, smolder_ok,
     with_cpu_budget,
 };
 use smolder_profiles_proto::{
@@ -43,21 +43,6 @@ __attribute__((noinline)) void dispatch(long n) { hot_alpha(6 * n); hot_beta(3 *
 __attribute__((noinline)) void descend(int depth, long n) { if (depth == 0) dispatch(n); else descend(depth - 1, n); sink++; }
 int main(int argc, char **argv) { cpu_budget(argc > 1 ? atof(argv[1]) : 1.5); while (!cpu_budget_spent) descend(24, 100000); return 0; }
 "#;
-
-/// Folded lines of a folded-stacks file: (frames root first, count).
-fn folded(path: &Path) -> Vec<(Vec<String>, u64)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (stack, n) = l.rsplit_once(' ')?;
-            Some((
-                stack.split(';').map(str::to_owned).collect(),
-                n.parse().ok()?,
-            ))
-        })
-        .collect()
-}
 
 /// Share of samples whose stack contains each of `names`.
 fn shares(lines: &[(Vec<String>, u64)], names: &[&str]) -> BTreeMap<String, f64> {
