@@ -82,6 +82,10 @@ struct Summary {
     perf_maps_refused: u64,
     /// JIT frames named from perf maps.
     jit_named: u64,
+    /// Python frames named, and processes running a CPython smolder has
+    /// no layout for (native frames only).
+    python_named: u64,
+    python_unsupported: u64,
 }
 
 fn alive(pid: u32) -> bool {
@@ -212,6 +216,8 @@ async fn record(args: &RecordArgs, symbolizer: Arc<Symbolizer>) -> Result<Option
             files_refused: agg.objects_unopenable,
             perf_maps_refused: agg.perf_maps_refused,
             jit_named: agg.jit_frames_named,
+            python_named: agg.python_frames_named,
+            python_unsupported: agg.python_unsupported,
         },
         args,
     );
@@ -279,6 +285,15 @@ fn print_summary(s: &Summary, args: &RecordArgs) {
         },
         skipped = {
             let mut parts = Vec::new();
+            if s.python_named > 0 {
+                parts.push(format!("{} Python frames", s.python_named));
+            }
+            if s.python_unsupported > 0 {
+                parts.push(format!(
+                    "{} Python processes of an unknown layout (native frames only)",
+                    s.python_unsupported
+                ));
+            }
             if s.jit_named > 0 {
                 parts.push(format!("{} JIT frames named from perf maps", s.jit_named));
             }
