@@ -27,6 +27,7 @@ mod agent;
 mod inprocess;
 mod measure;
 mod perf_script;
+mod python;
 mod record;
 mod unwind;
 mod view;
@@ -110,6 +111,8 @@ fn run() -> Result<()> {
         Some("inprocess") => return inprocess::main(args),
         // Issue 14: merging and drawing 1 h and 24 h of the agent's store.
         Some("view") => return view::main(args),
+        // Issue 13: Python frames in the kernel walker, and next to py-spy.
+        Some("python") => return python::main(args),
         _ => {}
     }
     let config = parse_args()?;

@@ -104,6 +104,10 @@ pub struct SamplerConfig {
     /// Debug: send a copy of the user stack (up to 64 KiB) with every sample
     /// of this process, read with [`Sampler::take_stack_copies`].
     pub stack_copy_pid: Option<u32>,
+    /// Unwind CPython frames in the kernel walker (needs unwind tables):
+    /// Python frames replace the interpreter's eval loop. Off: native
+    /// frames only (the benchmark's baseline).
+    pub python_frames: bool,
     /// The kernel's BTF, for CO-RE relocations and BTF tracepoints. `None`:
     /// `$SMOLDER_BTF_PATH` if set, else `/sys/kernel/btf/vmlinux`.
     pub btf_path: Option<PathBuf>,
@@ -119,6 +123,7 @@ impl Default for SamplerConfig {
             bpf_stats: false,
             unwind_table_bytes: 64 << 20,
             stack_copy_pid: None,
+            python_frames: true,
             btf_path: None,
         }
     }
@@ -402,7 +407,11 @@ impl Sampler {
                 take(MAP_UNWIND_ROWS)?,
                 take(MAP_UNWIND_TABLES)?,
                 take(MAP_PROC_MAPPINGS)?,
-                Some(take(python::MAP_PYTHON_PROCS)?),
+                if config.python_frames {
+                    Some(take(python::MAP_PYTHON_PROCS)?)
+                } else {
+                    None
+                },
             )
             .map_err(|e| SamplerError::Kernel {
                 action: "setting up the unwind table maps".into(),
