@@ -23,27 +23,10 @@ use crate::measure::reap;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// Three functions under `main`, for `argv[1]` seconds of CPU time; prints
-/// its own wall and CPU seconds when done.
-const WORKLOAD_PY: &str = r#"import sys, time
-def work(budget):
-    end = time.process_time() + budget
-    x = 0
-    while time.process_time() < end:
-        for i in range(2000):
-            x += i * i
-    return x
-def sixty(): return work(0.06)
-def thirty(): return work(0.03)
-def ten(): return work(0.01)
-def main(total):
-    end = time.process_time() + total
-    while time.process_time() < end:
-        sixty(); thirty(); ten()
-start = time.monotonic()
-main(float(sys.argv[1]))
-print(time.monotonic() - start, time.process_time())
-"#;
+/// Three functions under `main` (60/30/10) for `argv[1]` seconds of CPU
+/// time; prints its own wall and CPU seconds when done. The same file
+/// `tests/tests/python.rs` profiles.
+const WORKLOAD_PY: &str = include_str!("../../tests/fixtures/split.py");
 
 fn python() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("SMOLDER_BENCH_PYTHON") {
@@ -206,42 +189,30 @@ fn overhead(
         .spawn()?;
     let pid = child.id().to_string();
     let out = std::env::temp_dir().join(format!("smolder-bench-python-{pid}"));
-    let attached = match profiler {
-        "smolder" => Some(
-            Command::new(smolder)
-                .args([
-                    "record",
-                    "-F",
-                    &hz.to_string(),
-                    "--format",
-                    "otlp",
-                    "-p",
-                    &pid,
-                    "-o",
-                ])
+    let hz = hz.to_string();
+    let (program, args): (&std::ffi::OsStr, [&str; 7]) = match profiler {
+        "smolder" => (
+            smolder.as_os_str(),
+            ["record", "-F", &hz, "--format", "otlp", "-p", &pid],
+        ),
+        "py-spy" => (
+            "py-spy".as_ref(),
+            ["record", "-r", &hz, "--format", "raw", "--pid", &pid],
+        ),
+        _ => ("".as_ref(), [""; 7]),
+    };
+    let attached = if program.is_empty() {
+        None
+    } else {
+        Some(
+            Command::new(program)
+                .args(args)
+                .arg("-o")
                 .arg(&out)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()?,
-        ),
-        "py-spy" => Some(
-            Command::new("py-spy")
-                .args([
-                    "record",
-                    "--format",
-                    "raw",
-                    "-r",
-                    &hz.to_string(),
-                    "--pid",
-                    &pid,
-                    "-o",
-                ])
-                .arg(&out)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        ),
-        _ => None,
+        )
     };
     let output = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&output.stdout);

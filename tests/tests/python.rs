@@ -10,8 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use smolder::python::Layout;
-use smolder_e2e::{compile_c, folded, require_ebpf, require_tool, run_ok, smolder_ok};
+use smolder::python::{Detection, Layout};
+use smolder_e2e::{
+    compile_c, folded, perf_record_folded, require_ebpf, require_tool, run_ok, smolder_ok,
+    workspace_root,
+};
 use smolder_profiles_proto::{read_profile, sample_weight, FrameType, ProfileView};
 
 /// The tests of this file take turns: each measures CPU shares.
@@ -23,24 +26,10 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 
 /// Three functions splitting CPU time 60/30/10 for `argv[1]` seconds of
 /// CPU time (not a number of rounds: the split does not depend on how fast
-/// or busy the CPU is).
-const SPLIT_PY: &str = r#"import sys, time
-def work(budget):
-    end = time.process_time() + budget
-    x = 0
-    while time.process_time() < end:
-        for i in range(2000):
-            x += i * i
-    return x
-def sixty(): return work(0.06)
-def thirty(): return work(0.03)
-def ten(): return work(0.01)
-def main(total):
-    end = time.process_time() + total
-    while time.process_time() < end:
-        sixty(); thirty(); ten()
-main(float(sys.argv[1]))
-"#;
+/// or busy the CPU is); the benchmark runs the same file.
+fn split_script() -> PathBuf {
+    workspace_root().join("tests/fixtures/split.py")
+}
 
 /// The pyenv interpreter 3.`minor` (`~/.pyenv/versions/3.N.*/bin/python3.N`).
 fn pyenv_python(minor: u8) -> PathBuf {
@@ -167,8 +156,7 @@ fn python_functions_split_60_30_10_with_complete_stacks_on_every_version() {
     }
     let _turn = exclusive();
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("split.py");
-    std::fs::write(&script, SPLIT_PY).unwrap();
+    let script = split_script();
     for minor in [8u8, 9, 10, 11, 12, 13] {
         let python = pyenv_python(minor);
         let (otlp, stderr) = record_otlp(
@@ -213,7 +201,7 @@ fn python_functions_split_60_30_10_with_complete_stacks_on_every_version() {
                 "thirty" => 10..=10,
                 "ten" => 11..=11,
                 "main" => 12..=15,
-                "<module>" => 1..=16,
+                "<module>" => 1..=18,
                 other => panic!("3.{minor}: unexpected Python function {other}"),
             };
             assert!(range.contains(line), "3.{minor}: {function} at line {line}");
@@ -264,8 +252,7 @@ fn python_shares_and_lines_agree_with_py_spy() {
     let _turn = exclusive();
     let py_spy = require_tool("py-spy", "py-spy (pip install py-spy; .ci/run does)");
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("split.py");
-    std::fs::write(&script, SPLIT_PY).unwrap();
+    let script = split_script();
     let python = pyenv_python(12);
 
     let (otlp, _) = record_otlp(
@@ -360,8 +347,7 @@ fn a_python_of_unknown_layout_gets_native_frames_counted_once() {
     }
     let _turn = exclusive();
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("split.py");
-    std::fs::write(&script, SPLIT_PY).unwrap();
+    let script = split_script();
     // 3.7 has a _PyRuntime but no layout in smolder's table.
     let python = pyenv_python(7);
     let (otlp, stderr) = record_otlp(
@@ -471,12 +457,16 @@ fn python_calling_c_calling_python_reads_in_order() {
     }
 }
 
+/// A field of [`Layout`]: its name, the gdb expression of its offset, and
+/// the table's value.
+type Check = (&'static str, &'static str, fn(&Layout) -> u16);
+
 /// The offsets of the layout table, read from each interpreter's debug
 /// information with gdb: the table is what the interpreters say.
 #[test]
 fn python_layout_table_matches_each_interpreters_debug_info() {
     let gdb = require_tool("gdb", "gdb");
-    let exprs: [(&str, &str, fn(&Layout) -> u16); 14] = [
+    let exprs: [Check; 14] = [
         (
             "interpreters.head",
             "&((struct pyruntimestate*)0)->interpreters.head",
@@ -560,7 +550,7 @@ fn python_layout_table_matches_each_interpreters_debug_info() {
                 "&((PyCodeObject*)0)->co_linetable",
             ],
         };
-        let mut extra: Vec<(&str, &str, fn(&Layout) -> u16)> = Vec::new();
+        let mut extra: Vec<Check> = Vec::new();
         if minor == 11 {
             extra.push((
                 "cframe.current_frame",
@@ -597,7 +587,7 @@ fn python_layout_table_matches_each_interpreters_debug_info() {
                 |l| l.code_adaptive,
             ));
         }
-        let checks: Vec<(&str, &str, fn(&Layout) -> u16)> = exprs
+        let checks: Vec<Check> = exprs
             .iter()
             .enumerate()
             .map(|(i, &(name, expr, get))| {
@@ -626,6 +616,26 @@ fn python_layout_table_matches_each_interpreters_debug_info() {
         );
         for ((name, _, get), value) in checks.iter().zip(values) {
             assert_eq!(get(&layout), value, "3.{minor}: {name}");
+        }
+        // What smolder finds in the running interpreter (3.13: read from its
+        // _Py_DebugOffsets) is the table entry.
+        let mut child = Command::new(&python)
+            .args(["-c", "import sys, time; print(flush=True); time.sleep(60)"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = [0u8; 1];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready).unwrap();
+        let maps = smolder::pipeline::ProcessMaps::read(child.id()).unwrap();
+        let found = smolder::python::detect(child.id(), &maps);
+        let _ = child.kill();
+        let _ = child.wait();
+        match found {
+            Detection::Python(i) => {
+                assert_eq!((i.minor, i.layout), (minor, layout), "3.{minor}");
+                assert!(i.eval.start < i.eval.end && i.runtime != 0 && i.code_type != 0);
+            }
+            other => panic!("3.{minor}: {other:?}"),
         }
     }
 }
@@ -672,7 +682,6 @@ fn node_stacks_through_jit_code_reach_main_like_perf() {
     }
     let _turn = exclusive();
     let node = require_tool("node", "nodejs");
-    require_tool("perf", "linux-perf");
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("hot.js");
     std::fs::write(&script, HOT_JS).unwrap();
@@ -694,31 +703,15 @@ fn node_stacks_through_jit_code_reach_main_like_perf() {
     let ours = folded(&ours);
     let (our_hot, our_reach) = node_shares(&ours);
 
-    let data = dir.path().join("perf.data");
-    run_ok(
-        Command::new("perf")
-            .args(["record", "-q", "-g", "-F", "499", "-o"])
-            .arg(&data)
-            .arg("--")
-            .arg(&node)
-            .arg("--perf-basic-prof")
-            .arg(&script),
+    let perf_folded = perf_record_folded(
+        dir.path(),
+        "499",
+        &[
+            node.as_os_str(),
+            "--perf-basic-prof".as_ref(),
+            script.as_os_str(),
+        ],
     );
-    let text = dir.path().join("perf.txt");
-    std::fs::write(
-        &text,
-        run_ok(Command::new("perf").args(["script", "-i"]).arg(&data)).stdout,
-    )
-    .unwrap();
-    let perf_folded = dir.path().join("perf.folded");
-    smolder_ok([
-        "convert".as_ref(),
-        text.as_os_str(),
-        "-o".as_ref(),
-        perf_folded.as_os_str(),
-        "-f".as_ref(),
-        "folded".as_ref(),
-    ]);
     let (perf_hot, perf_reach) = node_shares(&folded(&perf_folded));
     assert!(
         our_reach >= 0.95,

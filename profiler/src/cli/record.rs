@@ -86,6 +86,8 @@ struct Summary {
     /// no layout for (native frames only).
     python_named: u64,
     python_unsupported: u64,
+    /// Python walks the kernel ended on memory not laid out as expected.
+    python_layout_stops: u64,
 }
 
 fn alive(pid: u32) -> bool {
@@ -218,6 +220,7 @@ async fn record(args: &RecordArgs, symbolizer: Arc<Symbolizer>) -> Result<Option
             jit_named: agg.jit_frames_named,
             python_named: agg.python_frames_named,
             python_unsupported: agg.python_unsupported,
+            python_layout_stops: stats.python_layout_stops,
         },
         args,
     );
@@ -292,6 +295,12 @@ fn print_summary(s: &Summary, args: &RecordArgs) {
                 parts.push(format!(
                     "{} Python processes of an unknown layout (native frames only)",
                     s.python_unsupported
+                ));
+            }
+            if s.python_layout_stops > 0 {
+                parts.push(format!(
+                    "{} Python walks stopped on an unexpected layout",
+                    s.python_layout_stops
                 ));
             }
             if s.jit_named > 0 {

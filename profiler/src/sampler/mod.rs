@@ -677,6 +677,11 @@ impl Sampler {
             }
             None => tracing::warn!("the sampler object has no STATS map"),
         }
+        if let Some(map) = self.bpf.map(python::MAP_PYTHON_STATS) {
+            if let Err(e) = python::read_stats(map, &mut stats) {
+                tracing::warn!("reading the sampler's {}: {e}", python::MAP_PYTHON_STATS);
+            }
+        }
         if let Some(loader) = &self.unwind {
             let l = loader.stats();
             stats.unwind_tables = l.tables;

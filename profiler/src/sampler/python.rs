@@ -8,7 +8,9 @@
 
 use std::mem::size_of;
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray};
+
+use super::SamplerStats;
 
 use crate::pipeline::ProcessMaps;
 use crate::python::{self, Detection, Interpreter};
@@ -71,6 +73,20 @@ impl From<&Interpreter> for PythonProc {
             _pad: [0; 3],
         }
     }
+}
+
+/// Adds the kernel's `PYTHON_STATS` (summed over CPUs) into `into`.
+pub(super) fn read_stats(map: &Map, into: &mut SamplerStats) -> Result<(), MapError> {
+    let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+    let sum = |index: u32| -> Result<u64, MapError> {
+        Ok(array
+            .get(&index, 0)?
+            .iter()
+            .fold(0u64, |a, v| a.wrapping_add(*v)))
+    };
+    into.python_frames = sum(PY_STAT_FRAMES)?;
+    into.python_layout_stops = sum(PY_STAT_LAYOUT_STOPS)?;
+    Ok(())
 }
 
 /// `PYTHON_PROCS`, written by the unwind-table worker.
