@@ -214,19 +214,43 @@ fn overhead(
                 .spawn()?,
         )
     };
+    // wait4's ru_maxrss keeps the RSS of the forked bench process from
+    // before exec: the profiler's own peak is its VmHWM, polled until the
+    // workload exits (what it adds while writing its output is not seen).
+    let mut child = child;
+    let mut hwm_kib = 0u64;
+    while child.try_wait()?.is_none() {
+        if let Some(p) = &attached {
+            hwm_kib = hwm_kib.max(vm_hwm_kib(p.id()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(p) = &attached {
+        hwm_kib = hwm_kib.max(vm_hwm_kib(p.id()));
+    }
     let output = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&output.stdout);
     let mut fields = text.split_whitespace().map(str::parse::<f64>);
     let (Some(Ok(wall)), Some(Ok(cpu))) = (fields.next(), fields.next()) else {
         return Err(format!("the workload printed {text:?}").into());
     };
-    let (prof_cpu, rss) = match attached {
-        Some(p) => {
-            let reaped = reap(&p, profiler)?;
-            (reaped.cpu.as_secs_f64(), reaped.max_rss_kib)
-        }
-        None => (0.0, 0),
+    let prof_cpu = match attached {
+        Some(p) => reap(&p, profiler)?.cpu.as_secs_f64(),
+        None => 0.0,
     };
+    let rss = hwm_kib;
     let _ = std::fs::remove_file(&out);
     Ok((wall, prof_cpu, rss, cpu))
+}
+
+/// `VmHWM` of a process, KiB (0 once it is gone).
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
