@@ -96,19 +96,22 @@ fn stacks(path: &Path) -> Vec<(Vec<Frame>, i64)> {
     out
 }
 
-fn record_otlp(
+/// `smolder record -F HZ --format FORMAT -o DIR/NAME.FORMAT -- CMD`: the
+/// output's path and smolder's summary.
+fn record(
     dir: &Path,
     name: &str,
+    format: &str,
     frequency: &str,
     cmd: &[&std::ffi::OsStr],
 ) -> (PathBuf, String) {
-    let out = dir.join(format!("{name}.otlp"));
+    let out = dir.join(format!("{name}.{format}"));
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "record".as_ref(),
         "-F".as_ref(),
         frequency.as_ref(),
         "--format".as_ref(),
-        "otlp".as_ref(),
+        format.as_ref(),
         "-o".as_ref(),
         out.as_os_str(),
         "--".as_ref(),
@@ -116,6 +119,15 @@ fn record_otlp(
     args.extend_from_slice(cmd);
     let stderr = smolder_ok(args);
     (out, stderr)
+}
+
+fn record_otlp(
+    dir: &Path,
+    name: &str,
+    frequency: &str,
+    cmd: &[&std::ffi::OsStr],
+) -> (PathBuf, String) {
+    record(dir, name, "otlp", frequency, cmd)
 }
 
 /// Shares of `sixty`, `thirty`, `ten` among the samples in any of them,
@@ -686,20 +698,17 @@ fn node_stacks_through_jit_code_reach_main_like_perf() {
     let script = dir.path().join("hot.js");
     std::fs::write(&script, HOT_JS).unwrap();
 
-    let ours = dir.path().join("smolder.folded");
-    let stderr = smolder_ok([
-        "record".as_ref(),
-        "-F".as_ref(),
-        "499".as_ref(),
-        "--format".as_ref(),
-        "folded".as_ref(),
-        "-o".as_ref(),
-        ours.as_os_str(),
-        "--".as_ref(),
-        node.as_os_str(),
-        "--perf-basic-prof".as_ref(),
-        script.as_os_str(),
-    ]);
+    let (ours, stderr) = record(
+        dir.path(),
+        "smolder",
+        "folded",
+        "499",
+        &[
+            node.as_os_str(),
+            "--perf-basic-prof".as_ref(),
+            script.as_os_str(),
+        ],
+    );
     let ours = folded(&ours);
     let (our_hot, our_reach) = node_shares(&ours);
 
