@@ -30,6 +30,7 @@ mod inprocess;
 mod measure;
 mod offcpu;
 mod perf_script;
+mod python;
 mod record;
 mod scopes;
 mod unwind;
@@ -121,6 +122,8 @@ fn run() -> Result<()> {
         Some("view") => return view::main(args),
         // Issue 16: the cost of a labelled scope or a `tracing` span, TracingLayer on vs off.
         Some("scopes") => return scopes::main(args),
+        // Issue 13: Python frames in the kernel walker, and next to py-spy.
+        Some("python") => return python::main(args),
         _ => {}
     }
     let config = parse_args()?;

@@ -20,9 +20,9 @@ pub struct Cost {
 }
 
 /// What `wait4` tells of one process.
-struct Reaped {
-    max_rss_kib: u64,
-    cpu: Duration,
+pub(crate) struct Reaped {
+    pub max_rss_kib: u64,
+    pub cpu: Duration,
 }
 
 fn duration(t: libc::timeval) -> Duration {
@@ -31,7 +31,7 @@ fn duration(t: libc::timeval) -> Duration {
 }
 
 /// Reaps `child` with `wait4`; fails when it did not exit with status 0.
-fn reap(child: &Child, what: &str) -> io::Result<Reaped> {
+pub(crate) fn reap(child: &Child, what: &str) -> io::Result<Reaped> {
     let pid = libc::pid_t::try_from(child.id()).map_err(io::Error::other)?;
     let mut status = 0;
     // SAFETY: rusage is plain old data; wait4 fills it for the reaped child.

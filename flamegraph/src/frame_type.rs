@@ -9,12 +9,17 @@ use inferno::flamegraph::FuncFrameAttrsMap;
 
 const KERNEL_SUFFIX: &str = "_[k]";
 const INLINE_SUFFIX: &str = "_[i]";
+/// Interpreted or JIT-compiled code (CPython, V8, …): `fold` marks every
+/// frame whose type is a runtime's, not native or kernel.
+const RUNTIME_SUFFIX: &str = "_[j]";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FrameKind {
     Native,
     Kernel,
     Inlined,
+    /// A frame of a language runtime: Python, JavaScript, …
+    Runtime,
 }
 
 impl FrameKind {
@@ -23,6 +28,8 @@ impl FrameKind {
             FrameKind::Kernel
         } else if frame.ends_with(INLINE_SUFFIX) {
             FrameKind::Inlined
+        } else if frame.ends_with(RUNTIME_SUFFIX) {
+            FrameKind::Runtime
         } else {
             FrameKind::Native
         }
@@ -30,8 +37,8 @@ impl FrameKind {
 
     /// A colour of this kind's family for `frame`, the same on every run.
     /// The families are those of inferno's `java` palette (native red,
-    /// kernel orange, inlined aqua), without its guessing of Java and C++
-    /// from the name.
+    /// kernel orange, inlined aqua, runtime green), without its guessing of
+    /// Java and C++ from the name; waiting time in blues.
     fn colour(self, frame: &str, waiting: bool) -> Color {
         let v = fnv1a(frame);
         // Three fractions in [0, 1] from different bits of one hash.
@@ -57,6 +64,11 @@ impl FrameKind {
                     g: shade(150, 40.0, v2),
                     b: shade(215, 40.0, v1),
                 },
+                FrameKind::Runtime => Color {
+                    r: shade(60, 40.0, v1),
+                    g: shade(120, 40.0, v2),
+                    b: shade(220, 35.0, v1),
+                },
             };
         }
         match self {
@@ -75,6 +87,11 @@ impl FrameKind {
                 g: shade(165, 55.0, v1),
                 b: shade(165, 55.0, v1),
             },
+            FrameKind::Runtime => Color {
+                r: shade(50, 60.0, v1),
+                g: shade(200, 55.0, v1),
+                b: shade(50, 60.0, v1),
+            },
         }
     }
 
@@ -83,6 +100,7 @@ impl FrameKind {
             FrameKind::Native => None,
             FrameKind::Kernel => Some("kernel"),
             FrameKind::Inlined => Some("inlined"),
+            FrameKind::Runtime => Some("runtime"),
         }
     }
 }
@@ -137,6 +155,7 @@ mod tests {
         assert_eq!(FrameKind::of("do_syscall_64_[k]"), FrameKind::Kernel);
         assert_eq!(FrameKind::of("memcpy_[i]"), FrameKind::Inlined);
         assert_eq!(FrameKind::of("Main.run"), FrameKind::Native);
+        assert_eq!(FrameKind::of("<module>_[j]"), FrameKind::Runtime);
     }
 
     #[test]
@@ -164,8 +183,18 @@ mod tests {
                 "{name}: {inlined:?}"
             );
             assert_eq!(FrameKind::Native.colour(name, false), native);
+            let runtime = FrameKind::Runtime.colour(name, false);
+            assert!(
+                runtime.r == runtime.b && runtime.g >= 200,
+                "{name}: {runtime:?}"
+            );
             // Waiting time: every kind in blues, blue above red and green.
-            for kind in [FrameKind::Native, FrameKind::Kernel, FrameKind::Inlined] {
+            for kind in [
+                FrameKind::Native,
+                FrameKind::Kernel,
+                FrameKind::Inlined,
+                FrameKind::Runtime,
+            ] {
                 let c = kind.colour(name, true);
                 assert!(c.b > c.r && c.b > c.g, "{name} {kind:?}: {c:?}");
                 assert_eq!(kind.colour(name, true), c);

@@ -6,8 +6,9 @@
 //! changed (red grew, blue shrank), like inferno's `difffolded` followed
 //! by `flamegraph`. [`FlamegraphOptions`] chooses the roots (per process,
 //! per thread), which frames to keep (kernel, inlined), the orientation
-//! and the colours. Frames are coloured by kind: native red, kernel orange
-//! and inlined aqua, with `class="kernel"` / `class="inlined"` on their SVG
+//! and the colours. Frames are coloured by kind: native red, kernel orange,
+//! inlined aqua and runtime (Python, JavaScript, …) green, with
+//! `class="kernel"` / `class="inlined"` / `class="runtime"` on their SVG
 //! group; a graph of waiting time (sample type [`OFF_CPU_SAMPLE_TYPE`]) is
 //! drawn in blues instead. Colours depend only on the frame name, so the
 //! same profile always gives the same SVG.
@@ -61,7 +62,8 @@ pub struct FlamegraphOptions {
     pub inlined_frames: bool,
     /// An icicle graph: roots at the top, stacks growing down.
     pub icicle: bool,
-    /// Colour frames by kind (native red, kernel orange, inlined aqua);
+    /// Colour frames by kind (native red, kernel orange, inlined aqua,
+    /// runtime green);
     /// otherwise inferno's `hot` palette. Differential graphs are always
     /// coloured by change.
     pub color_by_frame_type: bool,

@@ -16,6 +16,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "sampler.h"
+#include "python.h"
 
 #define PF_KTHREAD 0x00200000
 /* x86_64: user addresses live in the lower canonical half. pt_regs.cs is a
@@ -121,7 +122,8 @@ struct walk_ctx {
 	__u32 flags;
 	__u32 table_frames;
 	__u32 fp_frames;
-	__u32 _pad;
+	__u32 native; /* native frames stepped: the first one is the leaf */
+	struct python_walk py;
 };
 
 /*
@@ -309,7 +311,8 @@ static long unwind_step(__u32 i, void *data)
 	struct smolder_unwind_table *t;
 	struct smolder_unwind_row *row;
 	__u32 idx, table_id;
-	__u64 lookup;
+	__u64 lookup, frame;
+	int py;
 
 	if (!rec)
 		return 1;
@@ -317,17 +320,25 @@ static long unwind_step(__u32 i, void *data)
 		c->flags |= SMOLDER_SAMPLE_USER_COMPLETE;
 		return 1;
 	}
-	idx = c->nk + c->nu;
-	if (idx >= SMOLDER_MAX_FRAMES)
-		return 1;
-	rec->pcs[idx] = c->ip;
-	c->nu++;
-	if (c->nu >= SMOLDER_MAX_USER_FRAMES) {
-		c->flags |= SMOLDER_SAMPLE_USER_TRUNCATED;
-		return 1;
-	}
 	/* A return address points after its call: look up the call. */
-	lookup = c->nu == 1 ? c->ip : c->ip - 1;
+	lookup = c->native == 0 ? c->ip : c->ip - 1;
+	/* An interpreter's eval frame: its Python frames in its place. */
+	frame = c->ip;
+	py = python_step(&c->py, lookup, &frame);
+	if (py != PY_REPLACED) {
+		idx = c->nk + c->nu;
+		if (idx >= SMOLDER_MAX_FRAMES)
+			return 1;
+		rec->pcs[idx] = frame;
+		c->nu++;
+		if (c->nu >= SMOLDER_MAX_USER_FRAMES) {
+			c->flags |= SMOLDER_SAMPLE_USER_TRUNCATED;
+			return 1;
+		}
+		if (py == PY_EMITTED)
+			return 0;
+	}
+	c->native++;
 	if (c->maps)
 		m = find_mapping(c->maps, lookup);
 	if (!m) {
@@ -344,16 +355,18 @@ static long unwind_step(__u32 i, void *data)
 	}
 	t->last_used_ns = c->now;
 	row = find_row(t, lookup - m->bias);
-	if (!row) {
-		c->flags |= SMOLDER_SAMPLE_USER_NO_UNWIND_INFO;
-		return 1;
-	}
+	/* Code the table does not cover (a gap between FDEs: hand-written or
+	 * generated code such as V8's embedded builtins): by frame pointer,
+	 * back to the table at the next PC it covers. */
+	if (!row || row->cfa_type == SMOLDER_CFA_INVALID)
+		return fp_step(c);
 	return table_step(c, row);
 }
 
 /* Walks the user stack from (ip, sp, bp), writing PCs at pcs[nk ..]. */
-static __always_inline __u32 walk_user_stack(struct smolder_sample *rec, __u32 tgid, __u32 nk,
-					     __u64 ip, __u64 sp, __u64 bp, __u32 *flags)
+static __always_inline __u32 walk_user_stack(struct smolder_sample *rec, struct task_struct *task,
+					     __u32 tgid, __u32 nk, __u64 ip, __u64 sp, __u64 bp,
+					     __u32 *flags)
 {
 	struct walk_ctx c = {
 		.rec = rec,
@@ -367,6 +380,7 @@ static __always_inline __u32 walk_user_stack(struct smolder_sample *rec, __u32 t
 	if (nk > SMOLDER_MAX_KERNEL_FRAMES)
 		return 0;
 	c.now = bpf_ktime_get_ns();
+	python_begin(&c.py, task, tgid);
 	bpf_loop(SMOLDER_MAX_USER_FRAMES, unwind_step, &c, 0);
 	*flags |= c.flags;
 	if (c.table_frames)
@@ -476,7 +490,7 @@ static __always_inline long send_stack_sample(void *ctx, struct smolder_sample *
 			sp = uregs ? BPF_CORE_READ(uregs, sp) : 0;
 			bp = uregs ? BPF_CORE_READ(uregs, bp) : 0;
 		}
-		nu = walk_user_stack(rec, tgid, nk, ip, sp, bp, &flags);
+		nu = walk_user_stack(rec, task, tgid, nk, ip, sp, bp, &flags);
 		if (flags & SMOLDER_SAMPLE_USER_READ_FAULT)
 			count(SMOLDER_STAT_USER_READ_FAULTS);
 		if (flags & SMOLDER_SAMPLE_USER_TRUNCATED)

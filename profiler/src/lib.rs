@@ -36,6 +36,7 @@ pub use smolder_symbolizer as symbolizer;
 
 pub mod inprocess;
 pub mod pipeline;
+pub mod python;
 
 pub use inprocess::{
     with_labels, Profile, ProfileStats, Profiler, ProfilerBuilder, ProfilerError, ProfilerGuard,

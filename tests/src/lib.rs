@@ -82,6 +82,51 @@ pub fn require_tool(name: &str, package: &str) -> PathBuf {
         })
 }
 
+/// Folded lines of a folded-stacks file: (frames root first, count).
+pub fn folded(path: &Path) -> Vec<(Vec<String>, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (stack, n) = l.rsplit_once(' ')?;
+            Some((
+                stack.split(';').map(str::to_owned).collect(),
+                n.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// `perf record -g -F HZ -- CMD` into `dir`, its `perf script` text
+/// collapsed by smolder's reader: the path of the folded stacks.
+pub fn perf_record_folded(dir: &Path, hz: &str, cmd: &[&std::ffi::OsStr]) -> PathBuf {
+    require_tool("perf", "linux-perf");
+    let data = dir.join("perf.data");
+    run_ok(
+        Command::new("perf")
+            .args(["record", "-q", "-g", "-F", hz, "-o"])
+            .arg(&data)
+            .arg("--")
+            .args(cmd),
+    );
+    let text = dir.join("perf.txt");
+    std::fs::write(
+        &text,
+        run_ok(Command::new("perf").args(["script", "-i"]).arg(&data)).stdout,
+    )
+    .unwrap();
+    let folded = dir.join("perf.folded");
+    smolder_ok([
+        "convert".as_ref(),
+        text.as_os_str(),
+        "-o".as_ref(),
+        folded.as_os_str(),
+        "-f".as_ref(),
+        "folded".as_ref(),
+    ]);
+    folded
+}
+
 /// Runs a command and returns its output, panicking with stderr on failure.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd

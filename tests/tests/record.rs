@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use smolder_e2e::{
-    compile_c, python_check, require_ebpf, require_tool, run_ok, smolder, smolder_ok,
-    with_cpu_budget,
+    compile_c, folded, perf_record_folded, python_check, require_ebpf, require_tool, run_ok,
+    smolder, smolder_ok, with_cpu_budget,
 };
 use smolder_profiles_proto::{
     pprof::any_value_to_string, read_profile, sample_weight, ProfileView,
@@ -43,21 +43,6 @@ __attribute__((noinline)) void dispatch(long n) { hot_alpha(6 * n); hot_beta(3 *
 __attribute__((noinline)) void descend(int depth, long n) { if (depth == 0) dispatch(n); else descend(depth - 1, n); sink++; }
 int main(int argc, char **argv) { cpu_budget(argc > 1 ? atof(argv[1]) : 1.5); while (!cpu_budget_spent) descend(24, 100000); return 0; }
 "#;
-
-/// Folded lines of a folded-stacks file: (frames root first, count).
-fn folded(path: &Path) -> Vec<(Vec<String>, u64)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (stack, n) = l.rsplit_once(' ')?;
-            Some((
-                stack.split(';').map(str::to_owned).collect(),
-                n.parse().ok()?,
-            ))
-        })
-        .collect()
-}
 
 /// Share of samples whose stack contains each of `names`.
 fn shares(lines: &[(Vec<String>, u64)], names: &[&str]) -> BTreeMap<String, f64> {
@@ -102,30 +87,7 @@ fn record_command_matches_perf_record_and_reaches_main() {
     let our_shares = shares(&ours, &hot);
 
     // perf record -g on the same program, collapsed by smolder's perf script reader.
-    require_tool("perf", "linux-perf");
-    let data = dir.path().join("perf.data");
-    run_ok(
-        Command::new("perf")
-            .args(["record", "-q", "-g", "-F", "999", "-o"])
-            .arg(&data)
-            .arg("--")
-            .arg(&prog),
-    );
-    let script = dir.path().join("perf.txt");
-    std::fs::write(
-        &script,
-        run_ok(Command::new("perf").args(["script", "-i"]).arg(&data)).stdout,
-    )
-    .unwrap();
-    let perf_folded = dir.path().join("perf.folded");
-    smolder_ok([
-        "convert".as_ref(),
-        script.as_os_str(),
-        "-o".as_ref(),
-        perf_folded.as_os_str(),
-        "-f".as_ref(),
-        "folded".as_ref(),
-    ]);
+    let perf_folded = perf_record_folded(dir.path(), "999", &[prog.as_os_str()]);
     let perf_shares = shares(&folded(&perf_folded), &hot);
 
     let mut heaviest = ours.clone();

@@ -285,6 +285,8 @@ impl Running {
             objects_unopenable: aggregator.objects_unopenable,
             perf_maps_refused: aggregator.perf_maps_refused,
             jit_frames_named: aggregator.jit_frames_named,
+            python_frames_named: aggregator.python_frames_named,
+            python_unsupported: aggregator.python_unsupported,
             samples_of_vanished_processes: aggregator.samples_of_vanished_processes,
             intervals: self.intervals,
             local_write_errors: self.local_write_errors,

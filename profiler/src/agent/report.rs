@@ -182,6 +182,10 @@ pub struct Counters {
     pub perf_maps_refused: u64,
     /// JIT frames named from perf maps.
     pub jit_frames_named: u64,
+    /// Python frames named from code objects; processes running a CPython
+    /// of a layout smolder does not know (native frames only).
+    pub python_frames_named: u64,
+    pub python_unsupported: u64,
     /// Samples of processes that exited before their mappings were read.
     pub samples_of_vanished_processes: u64,
     /// Intervals finished.
@@ -376,6 +380,18 @@ pub fn prometheus_text(c: &Counters) -> String {
         "counter",
         "Frames in anonymous executable memory named from the process's perf map.",
         &[("", c.jit_frames_named)],
+    );
+    family(
+        "smolder_python_frames_named_total",
+        "counter",
+        "Python frames unwound in the kernel and named from their code objects.",
+        &[("", c.python_frames_named)],
+    );
+    family(
+        "smolder_python_processes_unsupported_total",
+        "counter",
+        "Processes running a CPython whose layout smolder does not know: native frames only.",
+        &[("", c.python_unsupported)],
     );
     family(
         "smolder_samples_of_vanished_processes_total",

@@ -97,6 +97,12 @@ struct Summary {
     off_cpu: Option<SamplerStats>,
     /// Where the off-CPU flamegraph went (svg with --off-cpu).
     off_cpu_output: Option<PathBuf>,
+    /// Python frames named, and processes running a CPython smolder has
+    /// no layout for (native frames only).
+    python_named: u64,
+    python_unsupported: u64,
+    /// Python walks the kernel ended on memory not laid out as expected.
+    python_layout_stops: u64,
 }
 
 fn parse_probability(s: &str) -> Result<f64, String> {
@@ -244,6 +250,9 @@ async fn record(args: &RecordArgs, symbolizer: Arc<Symbolizer>) -> Result<Option
             jit_named: agg.jit_frames_named,
             off_cpu: args.off_cpu.then_some(stats),
             off_cpu_output,
+            python_named: agg.python_frames_named,
+            python_unsupported: agg.python_unsupported,
+            python_layout_stops: stats.python_layout_stops,
         },
         args,
     );
@@ -351,6 +360,21 @@ fn print_summary(s: &Summary, args: &RecordArgs) {
         },
         skipped = {
             let mut parts = Vec::new();
+            if s.python_named > 0 {
+                parts.push(format!("{} Python frames", s.python_named));
+            }
+            if s.python_unsupported > 0 {
+                parts.push(format!(
+                    "{} Python processes of an unknown layout (native frames only)",
+                    s.python_unsupported
+                ));
+            }
+            if s.python_layout_stops > 0 {
+                parts.push(format!(
+                    "{} Python walks stopped on an unexpected layout",
+                    s.python_layout_stops
+                ));
+            }
             if s.jit_named > 0 {
                 parts.push(format!("{} JIT frames named from perf maps", s.jit_named));
             }

@@ -26,6 +26,8 @@ use smolder_symbolizer::process::{open_mapped_file, Mapping, MappingKind, Proces
 use smolder_symbolizer::{PerfMapReader, ProcessFacts, Source, Symbolized, Symbolizer};
 
 use super::process::resource_attributes;
+use crate::python::code::{CodeInfo, CodeReader};
+use crate::python::{self, Detection, FrameRef};
 
 /// A process's mappings are re-read on a miss at most this often, once it
 /// has had [`EARLY_MAPS_READS`] reads: a new program maps its libraries in
@@ -89,6 +91,15 @@ pub struct AggregatorStats {
     /// Samples with user frames of a process that exited before its
     /// mappings could be read: their frames stay raw addresses.
     pub samples_of_vanished_processes: u64,
+    /// Processes running a CPython whose frames are unwound.
+    pub python_processes: u64,
+    /// Processes running a CPython smolder has no layout for (native
+    /// frames only), each counted once.
+    pub python_unsupported: u64,
+    /// Python frames named, and Python frames whose code object could not
+    /// be read (freed, or not a code object): unnamed, never guessed.
+    pub python_frames_named: u64,
+    pub python_frames_unreadable: u64,
 }
 
 impl std::ops::AddAssign for AggregatorStats {
@@ -102,6 +113,10 @@ impl std::ops::AddAssign for AggregatorStats {
         self.perf_maps_refused += b.perf_maps_refused;
         self.unsymbolized_frames += b.unsymbolized_frames;
         self.samples_of_vanished_processes += b.samples_of_vanished_processes;
+        self.python_processes += b.python_processes;
+        self.python_unsupported += b.python_unsupported;
+        self.python_frames_named += b.python_frames_named;
+        self.python_frames_unreadable += b.python_frames_unreadable;
     }
 }
 
@@ -148,6 +163,16 @@ enum UserFrame {
     Unmapped {
         pc: u64,
     },
+    /// A Python frame the kernel walker read from the interpreter: the
+    /// code object (an index into `Aggregator::python_code`) and the line.
+    Python {
+        code: u32,
+        line: i64,
+    },
+    /// A Python frame whose code object could not be read.
+    PythonUnreadable {
+        code: u64,
+    },
 }
 
 /// The perf map of a process and when it was last read.
@@ -178,6 +203,9 @@ struct ProcessState {
     maps_reads: u32,
     exited: bool,
     jit: Option<JitNames>,
+    /// `None` until the mappings are read; then the interpreter's code
+    /// reader if the process runs a CPython smolder knows.
+    python: Option<Option<CodeReader>>,
 }
 
 pub struct Aggregator {
@@ -193,6 +221,9 @@ pub struct Aggregator {
     /// Per stack: (timestamp, value) of each sample (value 1 on-CPU,
     /// nanoseconds off-CPU).
     stacks: HashMap<StackKey, Vec<(u64, i64)>>,
+    /// Code objects of Python frames, by (pid, address).
+    python_code: Vec<std::sync::Arc<CodeInfo>>,
+    python_code_index: HashMap<(u32, u64), u32>,
     stats: AggregatorStats,
     /// What addresses of objects were symbolized as, kept across intervals
     /// when the driver asked for it ([`Aggregator::keep_symbols`]).
@@ -223,6 +254,8 @@ impl Aggregator {
             mappings: Vec::new(),
             mapping_index: HashMap::new(),
             stacks: HashMap::new(),
+            python_code: Vec::new(),
+            python_code_index: HashMap::new(),
             stats: AggregatorStats::default(),
             memo: None,
         }
@@ -266,7 +299,9 @@ impl Aggregator {
         if let Some(p) = self.processes.get_mut(&pid) {
             p.maps_read_at = None;
             p.jit = None;
+            p.python = None;
         }
+        self.python_code_index.retain(|(p, _), _| *p != pid);
     }
 
     /// The process exited: what was read of it stays until `finish`.
@@ -305,9 +340,47 @@ impl Aggregator {
             }
         }
         let entries: Vec<Mapping> = state.maps.entries().to_vec();
+        if state.python.is_none() {
+            match python::detect(pid, &state.maps) {
+                Detection::Python(interpreter) => {
+                    self.stats.python_processes += 1;
+                    state.python = Some(Some(CodeReader::new(pid, interpreter)));
+                }
+                Detection::Unsupported { path, reason } => {
+                    tracing::info!(
+                        "process {pid}: Python frames of {path} are not unwound (native frames only): {reason}"
+                    );
+                    self.stats.python_unsupported += 1;
+                    state.python = Some(None);
+                }
+                // libpython may not be mapped yet: asked again on the next read.
+                Detection::NotPython => {}
+            }
+        }
         for entry in entries.iter().filter(|e| e.is_file()) {
             self.object(pid, entry);
         }
+    }
+
+    /// The Python frame the walker wrote as `frame`, named from the code
+    /// object in the process's memory (read once per code object).
+    fn resolve_python(&mut self, pid: u32, frame: FrameRef) -> UserFrame {
+        if let Some(&code) = self.python_code_index.get(&(pid, frame.code)) {
+            let line = self.python_code[code as usize].line(frame.instr);
+            return UserFrame::Python { code, line };
+        }
+        let info = self
+            .processes
+            .get_mut(&pid)
+            .and_then(|p| p.python.as_mut()?.as_mut()?.code(frame.code));
+        let Some(info) = info else {
+            return UserFrame::PythonUnreadable { code: frame.code };
+        };
+        let code = self.python_code.len() as u32;
+        let line = info.line(frame.instr);
+        self.python_code.push(info);
+        self.python_code_index.insert((pid, frame.code), code);
+        UserFrame::Python { code, line }
     }
 
     /// The object of a file mapping, opened on first sight.
@@ -456,6 +529,7 @@ impl Aggregator {
                 maps_reads: 0,
                 exited: false,
                 jit: None,
+                python: None,
             });
         if self
             .processes
@@ -475,7 +549,10 @@ impl Aggregator {
         let user = sample
             .user
             .iter()
-            .map(|&pc| self.resolve_user_pc(sample.pid, pc, sample.time_unix_nano))
+            .map(|&pc| match FrameRef::decode(pc) {
+                Some(frame) => self.resolve_python(sample.pid, frame),
+                None => self.resolve_user_pc(sample.pid, pc, sample.time_unix_nano),
+            })
             .collect();
         let key = StackKey {
             pid: sample.pid,
@@ -684,6 +761,28 @@ impl Aggregator {
                             ..LocationSpec::default()
                         }
                     }
+                    UserFrame::Python { code, line } => {
+                        self.stats.python_frames_named += 1;
+                        let info = &self.python_code[code as usize];
+                        LocationSpec {
+                            lines: vec![SourceLine {
+                                function: info.name.clone(),
+                                file: info.file.clone(),
+                                line,
+                                ..SourceLine::default()
+                            }],
+                            frame_type: FrameType::CPython,
+                            ..LocationSpec::default()
+                        }
+                    }
+                    UserFrame::PythonUnreadable { code } => {
+                        self.stats.python_frames_unreadable += 1;
+                        LocationSpec {
+                            address: code,
+                            frame_type: FrameType::CPython,
+                            ..LocationSpec::default()
+                        }
+                    }
                 };
                 locations.push(builder.location(&spec));
             }
@@ -714,6 +813,17 @@ impl Aggregator {
         for pid in gone {
             self.processes.remove(&pid);
             self.facts.remove(&pid);
+        }
+        // A code object can be freed and its address reused: names are
+        // read again each interval.
+        self.python_code.clear();
+        self.python_code_index.clear();
+        for reader in self
+            .processes
+            .values_mut()
+            .filter_map(|p| p.python.as_mut()?.as_mut())
+        {
+            reader.clear_cache();
         }
         builder.finish()
     }

@@ -25,6 +25,7 @@
 
 mod child;
 mod clock;
+pub mod python;
 mod raw;
 mod stats;
 #[cfg(test)]
@@ -152,6 +153,10 @@ pub struct SamplerConfig {
     /// Debug: send a copy of the user stack (up to 64 KiB) with every sample
     /// of this process, read with [`Sampler::take_stack_copies`].
     pub stack_copy_pid: Option<u32>,
+    /// Unwind CPython frames in the kernel walker (needs unwind tables):
+    /// Python frames replace the interpreter's eval loop. Off: native
+    /// frames only (the benchmark's baseline).
+    pub python_frames: bool,
     /// The kernel's BTF, for CO-RE relocations and BTF tracepoints. `None`:
     /// `$SMOLDER_BTF_PATH` if set, else `/sys/kernel/btf/vmlinux`.
     pub btf_path: Option<PathBuf>,
@@ -169,6 +174,7 @@ impl Default for SamplerConfig {
             bpf_stats: false,
             unwind_table_bytes: 64 << 20,
             stack_copy_pid: None,
+            python_frames: true,
             btf_path: None,
             off_cpu: None,
         }
@@ -468,6 +474,11 @@ impl Sampler {
                 take(MAP_UNWIND_ROWS)?,
                 take(MAP_UNWIND_TABLES)?,
                 take(MAP_PROC_MAPPINGS)?,
+                if config.python_frames {
+                    Some(take(python::MAP_PYTHON_PROCS)?)
+                } else {
+                    None
+                },
             )
             .map_err(|e| SamplerError::Kernel {
                 action: "setting up the unwind table maps".into(),
@@ -752,6 +763,11 @@ impl Sampler {
                 }
             }
             None => tracing::warn!("the sampler object has no STATS map"),
+        }
+        if let Some(map) = self.bpf.map(python::MAP_PYTHON_STATS) {
+            if let Err(e) = python::read_stats(map, &mut stats) {
+                tracing::warn!("reading the sampler's {}: {e}", python::MAP_PYTHON_STATS);
+            }
         }
         if let Some(loader) = &self.unwind {
             let l = loader.stats();

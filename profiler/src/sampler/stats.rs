@@ -59,6 +59,10 @@ pub struct SamplerStats {
     pub unwind_tables_evicted: u64,
     pub unwind_table_failures: u64,
     pub unwind_processes_loaded: u64,
+    /// Python frames the kernel walker emitted, and Python walks it ended
+    /// because memory was not laid out as the interpreter's layout says.
+    pub python_frames: u64,
+    pub python_layout_stops: u64,
 }
 
 /// Totals of two sampler lifetimes (the agent restarts its sampler):
@@ -90,6 +94,8 @@ impl std::ops::AddAssign for SamplerStats {
         self.unwind_tables_evicted += b.unwind_tables_evicted;
         self.unwind_table_failures += b.unwind_table_failures;
         self.unwind_processes_loaded += b.unwind_processes_loaded;
+        self.python_frames += b.python_frames;
+        self.python_layout_stops += b.python_layout_stops;
     }
 }
 

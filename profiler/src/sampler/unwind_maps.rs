@@ -18,6 +18,7 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 
+use super::python::PythonProcs;
 use super::raw::{self, MappingEntry, ProcMappings, UnwindTableEntry};
 use crate::pipeline::{Mapping, ProcessFacts, ProcessFilter, ProcessMaps};
 use crate::unwind::{build_for_mapping, ElfLayout, TableKey, UnwindRow};
@@ -68,8 +69,14 @@ const RELOAD_INTERVAL: Duration = Duration::from_millis(500);
 
 impl UnwindLoader {
     /// Starts the loader over the maps taken from the loaded object.
-    pub fn start(rows: Map, tables: Map, procs: Map) -> Result<UnwindLoader, String> {
-        let worker = Worker::new(rows, tables, procs)?;
+    pub fn start(
+        rows: Map,
+        tables: Map,
+        procs: Map,
+        python: Option<Map>,
+    ) -> Result<UnwindLoader, String> {
+        let mut worker = Worker::new(rows, tables, procs)?;
+        worker.python = python.map(PythonProcs::new).transpose()?;
         let stats = worker.stats.clone();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -292,6 +299,8 @@ struct Worker {
     rows: RowMemory,
     tables: Array<MapData, UnwindTableEntry>,
     procs: BpfHashMap<MapData, u32, ProcMappings>,
+    /// CPython processes for the walker (`PYTHON_PROCS`).
+    python: Option<PythonProcs>,
     extents: Extents,
     resident: HashMap<TableKey, Resident>,
     by_file: HashMap<(u64, u64), TableKey>,
@@ -313,6 +322,7 @@ impl Worker {
             rows,
             tables,
             procs,
+            python: None,
             resident: HashMap::new(),
             by_file: HashMap::new(),
             failed: HashMap::new(),
@@ -337,6 +347,9 @@ impl Worker {
                 }
                 Request::Forget { pid } => {
                     let _ = self.procs.remove(&pid);
+                    if let Some(python) = &mut self.python {
+                        python.forget(pid);
+                    }
                 }
             }
             self.publish_stats();
@@ -398,6 +411,9 @@ impl Worker {
             }
         }
         value.count = entries.len().min(raw::MAX_MAPPINGS) as u32;
+        if let Some(python) = &mut self.python {
+            python.load(pid, &maps);
+        }
         self.procs
             .insert(pid, value, 0)
             .map_err(|e| LoadError(format!("writing PROC_MAPPINGS for process {pid}: {e}")))?;

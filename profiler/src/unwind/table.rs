@@ -92,6 +92,22 @@ pub struct ElfLayout {
 }
 
 impl ElfLayout {
+    /// The loadable segments of a parsed object.
+    pub fn of_object(obj: &object::File) -> ElfLayout {
+        let segments = obj
+            .segments()
+            .map(|s| {
+                let (offset, filesz) = s.file_range();
+                LoadSegment {
+                    offset,
+                    vaddr: s.address(),
+                    filesz,
+                }
+            })
+            .collect();
+        ElfLayout { segments }
+    }
+
     /// The load bias (runtime address - ELF virtual address) of a mapping
     /// of this file that starts at `start` with file offset `offset`, from
     /// the `PT_LOAD` segment holding that offset.
@@ -158,17 +174,7 @@ impl UnwindTable {
         if obj.architecture() != object::Architecture::X86_64 {
             return Err(UnwindError::Architecture(name.into()));
         }
-        let segments = obj
-            .segments()
-            .map(|s| {
-                let (offset, filesz) = s.file_range();
-                LoadSegment {
-                    offset,
-                    vaddr: s.address(),
-                    filesz,
-                }
-            })
-            .collect();
+        let layout = ElfLayout::of_object(&obj);
         let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
         let cfi_err = |source| UnwindError::Cfi {
             path: name.to_owned(),
@@ -202,7 +208,7 @@ impl UnwindTable {
         };
         Ok(UnwindTable {
             rows: compact(&mut raw),
-            layout: ElfLayout { segments },
+            layout,
             source,
             section_bytes,
             build_id,

@@ -160,7 +160,12 @@ fn table_step(
     bp: u64,
     read: &impl Fn(u64) -> Option<u64>,
 ) -> Step {
-    let row = table.lookup(svma).ok_or(StepEnd::NoUnwindInfo)?;
+    // Code the table does not cover (a gap between FDEs: hand-written or
+    // generated code such as V8's embedded builtins) is walked by frame
+    // pointer, back to the table at the next PC it covers.
+    let Some(row) = table.lookup(svma).filter(|r| r.cfa_type != cfa::INVALID) else {
+        return fp_step(sp, bp, read);
+    };
     let cfa = match row.cfa_type {
         cfa::SP => sp.wrapping_add_signed(i64::from(row.cfa_offset)),
         cfa::FP => bp.wrapping_add_signed(i64::from(row.cfa_offset)),
@@ -302,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn gaps_and_unknown_pcs_stop_cleanly() {
+    fn gaps_are_walked_by_frame_pointer_and_unknown_pcs_stop_cleanly() {
         let table = Arc::new(UnwindTable::from_rows(vec![
             row(0x1000, cfa::SP, 8, fp::SAME, 0),
             row(0x1010, cfa::INVALID, 0, fp::SAME, 0),
@@ -324,8 +329,23 @@ mod tests {
         );
         assert_eq!(
             (walk.frames, walk.end),
-            (vec![0x1800], StepEnd::NoUnwindInfo)
+            (vec![0x1800], StepEnd::Complete),
+            "a gap with bp 0 is the outermost frame, as for frame pointers"
         );
+        // In a gap, [bp] and [bp + 8] lead back into table-covered code.
+        let mut stack = vec![0u8; 64];
+        stack[16..24].copy_from_slice(&0u64.to_ne_bytes());
+        stack[24..32].copy_from_slice(&0x1005u64.to_ne_bytes());
+        let through = tables.unwind(
+            Regs {
+                ip: 0x1800,
+                sp: 0x100,
+                bp: 0x110,
+            },
+            &stack,
+            0x100,
+        );
+        assert_eq!(through.frames, vec![0x1800, 0x1005]);
         let unknown = tables.unwind(
             Regs {
                 ip: 0x9000,

@@ -1,0 +1,331 @@
+//! Code objects read from a Python process's memory: function name, file
+//! name, first line and line table, and the line of an instruction.
+//!
+//! Everything here is read from memory the profiled process controls:
+//! the object's type must be `PyCode_Type`, strings must be compact and at
+//! most [`MAX_STRING_CHARS`] characters, line tables at most
+//! [`MAX_LINE_TABLE_BYTES`]; anything else is refused, never guessed.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use super::{Interpreter, LineTable, ProcessMemory, NONE};
+
+/// Longest function or file name read (characters).
+pub const MAX_STRING_CHARS: u64 = 1024;
+/// Largest line table read (bytes).
+pub const MAX_LINE_TABLE_BYTES: u64 = 64 << 10;
+/// Code objects kept per process.
+pub const MAX_CACHED_CODE: usize = 16384;
+
+/// What a code object says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeInfo {
+    /// `co_qualname` (3.11+) or `co_name`.
+    pub name: String,
+    pub file: String,
+    pub first_line: i64,
+    line_table: Vec<u8>,
+    kind: LineTable,
+}
+
+impl CodeInfo {
+    /// The source line of instruction `instr` (code units; bytes for
+    /// 3.9 and older), or the first line when that is unknown.
+    pub fn line(&self, instr: Option<u32>) -> i64 {
+        let Some(instr) = instr else {
+            return self.first_line;
+        };
+        let found = match self.kind {
+            LineTable::Lnotab => lnotab_line(&self.line_table, self.first_line, u64::from(instr)),
+            LineTable::Pep626 => {
+                pep626_line(&self.line_table, self.first_line, u64::from(instr) * 2)
+            }
+            LineTable::Locations => location_line(&self.line_table, self.first_line, instr.into()),
+        };
+        found.unwrap_or(self.first_line)
+    }
+}
+
+/// The code objects of one interpreter, read once each.
+pub struct CodeReader {
+    interpreter: Interpreter,
+    memory: ProcessMemory,
+    cache: HashMap<u64, Option<Arc<CodeInfo>>>,
+}
+
+impl CodeReader {
+    pub fn new(pid: u32, interpreter: Interpreter) -> CodeReader {
+        CodeReader {
+            interpreter,
+            memory: ProcessMemory::new(pid),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Forgets every code object read (their addresses may be reused).
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+    }
+
+    pub fn interpreter(&self) -> &Interpreter {
+        &self.interpreter
+    }
+
+    /// The code object at `addr`; `None` when it cannot be read or is not
+    /// a code object (freed, or a layout that does not match).
+    pub fn code(&mut self, addr: u64) -> Option<Arc<CodeInfo>> {
+        if let Some(hit) = self.cache.get(&addr) {
+            return hit.clone();
+        }
+        let info = self.read(addr).ok().map(Arc::new);
+        if self.cache.len() >= MAX_CACHED_CODE {
+            self.cache.clear();
+        }
+        self.cache.insert(addr, info.clone());
+        info
+    }
+
+    fn read(&self, addr: u64) -> io::Result<CodeInfo> {
+        let l = &self.interpreter.layout;
+        let field = |off: u16| addr.checked_add(u64::from(off)).ok_or_else(bad);
+        if self.memory.read_u64(field(8)?)? != self.interpreter.code_type {
+            return Err(io::Error::other("not a code object"));
+        }
+        let name_at = if l.code_qualname != NONE {
+            l.code_qualname
+        } else {
+            l.code_name
+        };
+        let name = self.string(self.memory.read_u64(field(name_at)?)?)?;
+        let file = self.string(self.memory.read_u64(field(l.code_filename)?)?)?;
+        let first_line = i64::from(self.memory.read_u32(field(l.code_firstlineno)?)? as i32);
+        let table = self.memory.read_u64(field(l.code_linetable)?)?;
+        let line_table = self.bytes(table).unwrap_or_default();
+        Ok(CodeInfo {
+            name,
+            file,
+            first_line,
+            line_table,
+            kind: LineTable::for_minor(self.interpreter.minor),
+        })
+    }
+
+    /// A `str`: compact (the characters follow the header), ASCII,
+    /// Latin-1, UCS-2 or UCS-4.
+    fn string(&self, addr: u64) -> io::Result<String> {
+        let l = &self.interpreter.layout;
+        let mut head = [0u8; 40];
+        self.memory.read_exact(addr, &mut head)?;
+        let len = u64::from_ne_bytes(head[16..24].try_into().map_err(|_| bad())?);
+        let state = u32::from_ne_bytes(head[32..36].try_into().map_err(|_| bad())?);
+        let kind = (state >> 2) & 7;
+        let compact = (state >> 5) & 1 == 1;
+        let ascii = (state >> 6) & 1 == 1;
+        if !compact || len > MAX_STRING_CHARS {
+            return Err(io::Error::other("not a short compact string"));
+        }
+        let (data, width) = match (ascii, kind) {
+            (true, 1) => (l.unicode_ascii_data, 1),
+            (false, 1 | 2 | 4) => (l.unicode_compact_data, kind as usize),
+            _ => return Err(bad()),
+        };
+        let mut raw = vec![0u8; len as usize * width];
+        self.memory
+            .read_exact(addr.checked_add(u64::from(data)).ok_or_else(bad)?, &mut raw)?;
+        Ok(match width {
+            1 => raw.iter().map(|&b| char::from(b)).collect(),
+            2 => raw
+                .chunks_exact(2)
+                .map(|c| {
+                    char::from_u32(u32::from(u16::from_ne_bytes([c[0], c[1]])))
+                        .unwrap_or('\u{fffd}')
+                })
+                .collect(),
+            _ => raw
+                .chunks_exact(4)
+                .map(|c| {
+                    char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                        .unwrap_or('\u{fffd}')
+                })
+                .collect(),
+        })
+    }
+
+    /// A `bytes` object's contents: `ob_size` at 16, data at 32.
+    fn bytes(&self, addr: u64) -> io::Result<Vec<u8>> {
+        let len = self
+            .memory
+            .read_u64(addr.checked_add(16).ok_or_else(bad)?)?;
+        if len > MAX_LINE_TABLE_BYTES {
+            return Err(io::Error::other("line table over the cap"));
+        }
+        let mut out = vec![0u8; len as usize];
+        self.memory
+            .read_exact(addr.checked_add(32).ok_or_else(bad)?, &mut out)?;
+        Ok(out)
+    }
+}
+
+fn bad() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "malformed Python object")
+}
+
+impl LineTable {
+    pub fn for_minor(minor: u8) -> LineTable {
+        super::Layout::line_table(minor)
+    }
+}
+
+/// `co_lnotab` (3.6 to 3.9): (byte offset increment, signed line
+/// increment) pairs.
+fn lnotab_line(table: &[u8], first: i64, offset: u64) -> Option<i64> {
+    let mut line = first;
+    let mut addr = 0u64;
+    for pair in table.chunks_exact(2) {
+        addr += u64::from(pair[0]);
+        if addr > offset {
+            break;
+        }
+        line += i64::from(pair[1] as i8);
+    }
+    Some(line)
+}
+
+/// PEP 626 `co_linetable` (3.10): (byte length, signed line delta) pairs;
+/// a delta of -128 means "no line".
+fn pep626_line(table: &[u8], first: i64, offset: u64) -> Option<i64> {
+    let mut line = first;
+    let mut end = 0u64;
+    for pair in table.chunks_exact(2) {
+        let start = end;
+        end += u64::from(pair[0]);
+        let delta = pair[1] as i8;
+        let this = if delta == -128 {
+            None
+        } else {
+            line += i64::from(delta);
+            Some(line)
+        };
+        if start <= offset && offset < end {
+            return this;
+        }
+    }
+    None
+}
+
+/// The location table of 3.11+ (`Objects/locations.md`): entries of a
+/// first byte `1 cccc lll` (code, length - 1 in code units) and varints.
+fn location_line(table: &[u8], first: i64, instr: u64) -> Option<i64> {
+    let mut line = first;
+    let mut addr = 0u64;
+    let mut i = 0usize;
+    let varint = |i: &mut usize| -> Option<u64> {
+        let mut b = *table.get(*i)?;
+        *i += 1;
+        let mut val = u64::from(b & 63);
+        let mut shift = 0;
+        while b & 64 != 0 && shift < 60 {
+            b = *table.get(*i)?;
+            *i += 1;
+            shift += 6;
+            val |= u64::from(b & 63) << shift;
+        }
+        Some(val)
+    };
+    let svarint = |i: &mut usize| -> Option<i64> {
+        let v = varint(i)?;
+        Some(if v & 1 == 1 {
+            -((v >> 1) as i64)
+        } else {
+            (v >> 1) as i64
+        })
+    };
+    while i < table.len() {
+        let head = table[i];
+        i += 1;
+        if head & 0x80 == 0 {
+            return None;
+        }
+        let code = (head >> 3) & 15;
+        let len = u64::from(head & 7) + 1;
+        let this = match code {
+            15 => None,
+            14 => {
+                line += svarint(&mut i)?;
+                varint(&mut i)?;
+                varint(&mut i)?;
+                varint(&mut i)?;
+                Some(line)
+            }
+            13 => {
+                line += svarint(&mut i)?;
+                Some(line)
+            }
+            10..=12 => {
+                line += i64::from(code - 10);
+                i += 2;
+                Some(line)
+            }
+            _ => {
+                i += 1;
+                Some(line)
+            }
+        };
+        if addr <= instr && instr < addr + len {
+            return this;
+        }
+        addr += len;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lnotab_lines() {
+        // offset 0..6 line 10, 6..10 line 11, 10.. line 13.
+        let t = [6, 1, 4, 2];
+        assert_eq!(lnotab_line(&t, 10, 0), Some(10));
+        assert_eq!(lnotab_line(&t, 10, 7), Some(11));
+        assert_eq!(lnotab_line(&t, 10, 12), Some(13));
+    }
+
+    #[test]
+    fn pep626_lines() {
+        let t = [2, 0, 4, 1, 2, 0x80, 6, 2];
+        assert_eq!(pep626_line(&t, 5, 0), Some(5));
+        assert_eq!(pep626_line(&t, 5, 3), Some(6));
+        assert_eq!(pep626_line(&t, 5, 6), None);
+        assert_eq!(pep626_line(&t, 5, 9), Some(8));
+        assert_eq!(pep626_line(&t, 5, 100), None);
+    }
+
+    #[test]
+    fn location_table_lines() {
+        // One-line form (code 11: +1) covering 2 units, no-column form
+        // (code 13, +3 as svarint 6) covering 1, short form (code 0) 3 units,
+        // no location (code 15) 1 unit.
+        let t = [
+            0x80 | (11 << 3) | 1,
+            4,
+            9,
+            0x80 | (13 << 3),
+            6,
+            0x80 | 2,
+            7,
+            0x80 | (15 << 3),
+        ];
+        assert_eq!(location_line(&t, 1, 0), Some(2));
+        assert_eq!(location_line(&t, 1, 1), Some(2));
+        assert_eq!(location_line(&t, 1, 2), Some(5));
+        assert_eq!(location_line(&t, 1, 5), Some(5));
+        assert_eq!(location_line(&t, 1, 6), None);
+        assert_eq!(location_line(&t, 1, 7), None);
+        // Truncated input ends the walk, without panicking.
+        assert_eq!(location_line(&[0x80 | (14 << 3)], 1, 0), None);
+    }
+}

@@ -1,0 +1,736 @@
+//! CPython frames unwound in the kernel walker, end to end: `smolder record`
+//! on the pyenv interpreters (3.8 to 3.13) against the split the script
+//! makes, against `py-spy record` on the same script, through a C function
+//! called with `ctypes`, and the per-version layout table against each
+//! interpreter's own debug information (gdb). Also stacks through JIT code
+//! (node with a perf map) against `perf record -g`. These need root (CI runs
+//! as root): they fail, not skip, when `CI` is set and eBPF is unavailable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use smolder::python::{Detection, Layout};
+use smolder_e2e::{
+    compile_c, folded, perf_record_folded, require_ebpf, require_tool, run_ok, smolder_ok,
+    workspace_root,
+};
+use smolder_profiles_proto::{read_profile, sample_weight, FrameType, ProfileView};
+
+/// The tests of this file take turns: each measures CPU shares.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Three functions splitting CPU time 60/30/10 for `argv[1]` seconds of
+/// CPU time (not a number of rounds: the split does not depend on how fast
+/// or busy the CPU is); the benchmark runs the same file.
+fn split_script() -> PathBuf {
+    workspace_root().join("tests/fixtures/split.py")
+}
+
+/// The pyenv interpreter 3.`minor` (`~/.pyenv/versions/3.N.*/bin/python3.N`).
+fn pyenv_python(minor: u8) -> PathBuf {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".pyenv"));
+    let prefix = format!("3.{minor}.");
+    std::fs::read_dir(root.join("versions"))
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path().join(format!("bin/python3.{minor}")))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "CPython 3.{minor} is required under {}/versions (.ci/run checks for it)",
+                root.display()
+            )
+        })
+}
+
+/// One frame of a recorded stack.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Frame {
+    function: String,
+    file: String,
+    line: i64,
+    python: bool,
+}
+
+/// Every sampled stack of an OTLP file, root first, with its weight.
+fn stacks(path: &Path) -> Vec<(Vec<Frame>, i64)> {
+    let data = read_profile(&std::fs::read(path).unwrap()).unwrap().data;
+    let view = ProfileView::new(&data);
+    let mut out = Vec::new();
+    for (_, profile) in view.profiles() {
+        for s in &profile.samples {
+            let mut frames = Vec::new();
+            for location in view.stack(s.stack_index) {
+                let python = view.frame_type(location) == FrameType::CPython;
+                for l in view.lines(location) {
+                    frames.push(Frame {
+                        function: l.function.to_owned(),
+                        file: l.file.to_owned(),
+                        line: l.line,
+                        python,
+                    });
+                }
+                if location.lines.is_empty() {
+                    frames.push(Frame {
+                        function: format!("{:#x}", location.address),
+                        file: String::new(),
+                        line: 0,
+                        python,
+                    });
+                }
+            }
+            frames.reverse();
+            out.push((frames, sample_weight(s)));
+        }
+    }
+    out
+}
+
+/// `smolder record -F HZ --format FORMAT -o DIR/NAME.FORMAT -- CMD`: the
+/// output's path and smolder's summary.
+fn record(
+    dir: &Path,
+    name: &str,
+    format: &str,
+    frequency: &str,
+    cmd: &[&std::ffi::OsStr],
+) -> (PathBuf, String) {
+    let out = dir.join(format!("{name}.{format}"));
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "record".as_ref(),
+        "-F".as_ref(),
+        frequency.as_ref(),
+        "--format".as_ref(),
+        format.as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--".as_ref(),
+    ];
+    args.extend_from_slice(cmd);
+    let stderr = smolder_ok(args);
+    (out, stderr)
+}
+
+fn record_otlp(
+    dir: &Path,
+    name: &str,
+    frequency: &str,
+    cmd: &[&std::ffi::OsStr],
+) -> (PathBuf, String) {
+    record(dir, name, "otlp", frequency, cmd)
+}
+
+/// Shares of `sixty`, `thirty`, `ten` among the samples in any of them,
+/// and the share of those whose Python frames are exactly
+/// `<module>` -> `main` -> the function -> `work`.
+fn split_shares(stacks: &[(Vec<Frame>, i64)]) -> (BTreeMap<&'static str, f64>, f64, i64) {
+    let mut per: BTreeMap<&'static str, i64> = BTreeMap::new();
+    let (mut total, mut complete) = (0i64, 0i64);
+    for (frames, n) in stacks {
+        let python: Vec<&str> = frames
+            .iter()
+            .filter(|f| f.python)
+            .map(|f| f.function.as_str())
+            .collect();
+        let Some(name) = ["sixty", "thirty", "ten"]
+            .into_iter()
+            .find(|name| python.contains(name))
+        else {
+            continue;
+        };
+        *per.entry(name).or_default() += n;
+        total += n;
+        if python == ["<module>", "main", name, "work"] {
+            complete += n;
+        }
+    }
+    let shares = per
+        .into_iter()
+        .map(|(k, v)| (k, v as f64 / total.max(1) as f64))
+        .collect();
+    (shares, complete as f64 / total.max(1) as f64, total)
+}
+
+#[test]
+fn python_functions_split_60_30_10_with_complete_stacks_on_every_version() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let script = split_script();
+    for minor in [8u8, 9, 10, 11, 12, 13] {
+        let python = pyenv_python(minor);
+        let (otlp, stderr) = record_otlp(
+            dir.path(),
+            &format!("py3{minor}"),
+            "499",
+            &[python.as_os_str(), script.as_os_str(), "2.5".as_ref()],
+        );
+        let stacks = stacks(&otlp);
+        let (shares, complete, total) = split_shares(&stacks);
+        // 2.5 s of CPU at 499 Hz: about 1,250 samples, whatever the CPU.
+        assert!(
+            total as f64 >= 0.5 * 2.5 * 499.0,
+            "3.{minor}: only {total} samples in the three functions; smolder said: {stderr}"
+        );
+        for (name, want) in [("sixty", 0.6), ("thirty", 0.3), ("ten", 0.1)] {
+            let got = shares.get(name).copied().unwrap_or(0.0);
+            assert!(
+                (got - want).abs() <= 0.03,
+                "3.{minor}: {name} {got:.3}, want {want} ({shares:?})"
+            );
+        }
+        assert!(
+            complete >= 0.95,
+            "3.{minor}: only {:.1}% of stacks are <module> -> main -> f -> work",
+            complete * 100.0
+        );
+        // Python frames name the script and a line inside their function.
+        let lines: BTreeSet<(String, i64)> = stacks
+            .iter()
+            .flat_map(|(f, _)| f.iter())
+            .filter(|f| f.python)
+            .map(|f| {
+                assert_eq!(f.file, script.to_str().unwrap(), "3.{minor}: {f:?}");
+                (f.function.clone(), f.line)
+            })
+            .collect();
+        for (function, line) in &lines {
+            let range = match function.as_str() {
+                "work" => 2..=8,
+                "sixty" => 9..=9,
+                "thirty" => 10..=10,
+                "ten" => 11..=11,
+                "main" => 12..=15,
+                "<module>" => 1..=18,
+                other => panic!("3.{minor}: unexpected Python function {other}"),
+            };
+            assert!(range.contains(line), "3.{minor}: {function} at line {line}");
+        }
+        // The interpreter's eval loop is replaced, not shown beside its frames.
+        let eval: i64 = stacks
+            .iter()
+            .filter(|(f, _)| f.iter().any(|x| x.function == "_PyEval_EvalFrameDefault"))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(
+            (eval as f64) < 0.05 * total as f64,
+            "3.{minor}: {eval} of {total} stacks still show _PyEval_EvalFrameDefault"
+        );
+    }
+}
+
+/// py-spy's raw output: `function (file:line);... count` lines.
+fn py_spy_stacks(path: &Path) -> Vec<(Vec<(String, i64)>, u64)> {
+    folded(path)
+        .into_iter()
+        .map(|(frames, n)| {
+            let frames = frames
+                .iter()
+                .map(|f| {
+                    let (name, rest) = f.rsplit_once(" (").unwrap_or((f, ""));
+                    let line = rest
+                        .trim_end_matches(')')
+                        .rsplit_once(':')
+                        .and_then(|(_, l)| l.parse().ok())
+                        .unwrap_or(0);
+                    (name.to_owned(), line)
+                })
+                .collect();
+            (frames, n)
+        })
+        .collect()
+}
+
+/// py-spy samples wall-clock time, smolder CPU time: on a busy machine
+/// py-spy's shares wander by a couple of points from run to run, so both
+/// take 6 s of CPU time at 200 Hz (over 1,000 samples each).
+#[test]
+fn python_shares_and_lines_agree_with_py_spy() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let py_spy = require_tool("py-spy", "py-spy (pip install py-spy; .ci/run does)");
+    let dir = tempfile::tempdir().unwrap();
+    let script = split_script();
+    let python = pyenv_python(12);
+
+    let (otlp, _) = record_otlp(
+        dir.path(),
+        "smolder",
+        "200",
+        &[python.as_os_str(), script.as_os_str(), "6".as_ref()],
+    );
+    let ours = stacks(&otlp);
+    let (our_shares, _, _) = split_shares(&ours);
+    // The flamegraph colours Python frames as a kind of their own.
+    let svg = dir.path().join("smolder.svg");
+    smolder_ok([
+        "flamegraph".as_ref(),
+        otlp.as_os_str(),
+        "-o".as_ref(),
+        svg.as_os_str(),
+    ]);
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&svg, options).unwrap();
+    let work = doc
+        .descendants()
+        .find(|n| {
+            n.has_tag_name("g")
+                && n.children().any(|t| {
+                    t.has_tag_name("title") && t.text().is_some_and(|t| t.starts_with("work"))
+                })
+        })
+        .expect("a `work` frame in the SVG");
+    assert_eq!(work.attribute("class"), Some("runtime"));
+
+    let raw = dir.path().join("py-spy.txt");
+    run_ok(
+        Command::new(&py_spy)
+            .args(["record", "--format", "raw", "-r", "200", "-o"])
+            .arg(&raw)
+            .arg("--")
+            .arg(&python)
+            .arg(&script)
+            .arg("6"),
+    );
+    let theirs = py_spy_stacks(&raw);
+    let mut per: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut their_lines: BTreeSet<(String, i64)> = BTreeSet::new();
+    for (frames, n) in &theirs {
+        if let Some(name) = ["sixty", "thirty", "ten"]
+            .into_iter()
+            .find(|name| frames.iter().any(|(f, _)| f == name))
+        {
+            *per.entry(name).or_default() += n;
+        }
+        their_lines.extend(frames.iter().cloned());
+    }
+    let total: u64 = per.values().sum();
+    for name in ["sixty", "thirty", "ten"] {
+        let theirs = per.get(name).copied().unwrap_or(0) as f64 / total.max(1) as f64;
+        let ours = our_shares.get(name).copied().unwrap_or(0.0);
+        assert!(
+            (ours - theirs).abs() <= 0.03,
+            "{name}: smolder {ours:.3}, py-spy {theirs:.3}"
+        );
+    }
+    // Every line smolder names in these functions, py-spy names too, for
+    // the lines that carry at least 2% of the samples.
+    let total_ours: i64 = ours.iter().map(|(_, n)| n).sum();
+    let mut ours_by_line: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    for (frames, n) in &ours {
+        for f in frames.iter().filter(|f| f.python) {
+            *ours_by_line
+                .entry((f.function.clone(), f.line))
+                .or_default() += n;
+        }
+    }
+    for (key, n) in ours_by_line {
+        if (n as f64) >= 0.02 * total_ours as f64 {
+            assert!(
+                their_lines.contains(&key),
+                "smolder has {key:?} in {n} samples; py-spy's lines: {their_lines:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_python_of_unknown_layout_gets_native_frames_counted_once() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let script = split_script();
+    // 3.7 has a _PyRuntime but no layout in smolder's table.
+    let python = pyenv_python(7);
+    let (otlp, stderr) = record_otlp(
+        dir.path(),
+        "py37",
+        "199",
+        &[python.as_os_str(), script.as_os_str(), "1".as_ref()],
+    );
+    assert!(
+        stderr.contains(", 1 Python processes of an unknown layout (native frames only)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Python frames"), "{stderr}");
+    let stacks = stacks(&otlp);
+    assert!(!stacks.is_empty());
+    assert!(
+        stacks.iter().all(|(f, _)| f.iter().all(|x| !x.python)),
+        "a Python frame from an interpreter of unknown layout"
+    );
+    // Its eval loop is there, as a native frame.
+    assert!(stacks
+        .iter()
+        .any(|(f, _)| f.iter().any(|x| x.function == "_PyEval_EvalFrameDefault")));
+}
+
+/// A C function that calls back into Python, for `ctypes`.
+const CALLBACK_C: &str = r#"
+volatile unsigned long sink;
+__attribute__((noinline)) void c_trampoline(void (*cb)(void), int n) {
+    for (int i = 0; i < n; i++) { cb(); sink++; }
+}
+"#;
+
+const CALLBACK_PY: &str = r#"import ctypes, sys, time
+lib = ctypes.CDLL(sys.argv[1])
+CB = ctypes.CFUNCTYPE(None)
+def inner():
+    end = time.process_time() + 0.01
+    x = 0
+    while time.process_time() < end:
+        x += sum(range(500))
+def outer():
+    lib.c_trampoline(CB(inner), 10)
+end = time.process_time() + float(sys.argv[2])
+while time.process_time() < end:
+    outer()
+"#;
+
+#[test]
+fn python_calling_c_calling_python_reads_in_order() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let lib = compile_c(
+        dir.path(),
+        "libtrampoline.so",
+        CALLBACK_C,
+        &["-O2", "-g", "-shared", "-fPIC"],
+    );
+    let script = dir.path().join("callback.py");
+    std::fs::write(&script, CALLBACK_PY).unwrap();
+    for minor in [11u8, 12] {
+        let python = pyenv_python(minor);
+        let (otlp, stderr) = record_otlp(
+            dir.path(),
+            &format!("cb3{minor}"),
+            "499",
+            &[
+                python.as_os_str(),
+                script.as_os_str(),
+                lib.as_os_str(),
+                "2".as_ref(),
+            ],
+        );
+        let stacks = stacks(&otlp);
+        let (mut in_inner, mut ordered) = (0i64, 0i64);
+        for (frames, n) in &stacks {
+            let at = |name: &str, python: bool| {
+                frames
+                    .iter()
+                    .position(|f| f.function == name && f.python == python)
+            };
+            let Some(inner) = at("inner", true) else {
+                continue;
+            };
+            in_inner += n;
+            if let (Some(module), Some(outer), Some(tramp)) = (
+                at("<module>", true),
+                at("outer", true),
+                at("c_trampoline", false),
+            ) {
+                if module < outer && outer < tramp && tramp < inner {
+                    ordered += n;
+                }
+            }
+        }
+        assert!(
+            in_inner as f64 >= 0.5 * 2.0 * 499.0,
+            "3.{minor}: only {in_inner} samples in inner; smolder said: {stderr}"
+        );
+        assert!(
+            ordered as f64 >= 0.95 * in_inner as f64,
+            "3.{minor}: {ordered} of {in_inner} samples read <module> -> outer -> c_trampoline -> inner"
+        );
+    }
+}
+
+/// A field of [`Layout`]: its name, the gdb expression of its offset, and
+/// the table's value.
+type Check = (&'static str, &'static str, fn(&Layout) -> u16);
+
+/// The offsets of the layout table, read from each interpreter's debug
+/// information with gdb: the table is what the interpreters say.
+#[test]
+fn python_layout_table_matches_each_interpreters_debug_info() {
+    let gdb = require_tool("gdb", "gdb");
+    let exprs: [Check; 14] = [
+        (
+            "interpreters.head",
+            "&((struct pyruntimestate*)0)->interpreters.head",
+            |l| l.runtime_interpreters_head,
+        ),
+        ("tstate.next", "&((struct _ts*)0)->next", |l| l.tstate_next),
+        ("tstate.thread_id", "&((struct _ts*)0)->thread_id", |l| {
+            l.tstate_thread_id
+        }),
+        ("code.co_name", "&((PyCodeObject*)0)->co_name", |l| {
+            l.code_name
+        }),
+        (
+            "code.co_filename",
+            "&((PyCodeObject*)0)->co_filename",
+            |l| l.code_filename,
+        ),
+        (
+            "code.co_firstlineno",
+            "&((PyCodeObject*)0)->co_firstlineno",
+            |l| l.code_firstlineno,
+        ),
+        ("sizeof(PyASCIIObject)", "sizeof(PyASCIIObject)", |l| {
+            l.unicode_ascii_data
+        }),
+        (
+            "sizeof(PyCompactUnicodeObject)",
+            "sizeof(PyCompactUnicodeObject)",
+            |l| l.unicode_compact_data,
+        ),
+        ("frame.code", "", |l| l.frame_code),
+        ("frame.previous", "", |l| l.frame_previous),
+        ("frame.instr", "", |l| l.frame_instr),
+        ("interp.threads", "", |l| l.interp_threads_head),
+        ("tstate.frame", "", |l| l.tstate_frame),
+        ("code.linetable", "", |l| l.code_linetable),
+    ];
+    for minor in [8u8, 9, 10, 11, 12, 13] {
+        let python = pyenv_python(minor);
+        let lib = python
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join(format!("lib/libpython3.{minor}.so.1.0"));
+        let layout = Layout::for_version(minor).expect("a table entry");
+        let by_version: [&str; 6] = match minor {
+            ..=10 => [
+                "&((struct _frame*)0)->f_code",
+                "&((struct _frame*)0)->f_back",
+                "&((struct _frame*)0)->f_lasti",
+                "&((struct _is*)0)->tstate_head",
+                "&((struct _ts*)0)->frame",
+                if minor <= 9 {
+                    "&((PyCodeObject*)0)->co_lnotab"
+                } else {
+                    "&((PyCodeObject*)0)->co_linetable"
+                },
+            ],
+            11 => [
+                "&((struct _PyInterpreterFrame*)0)->f_code",
+                "&((struct _PyInterpreterFrame*)0)->previous",
+                "&((struct _PyInterpreterFrame*)0)->prev_instr",
+                "&((struct _is*)0)->threads.head",
+                "&((struct _ts*)0)->cframe",
+                "&((PyCodeObject*)0)->co_linetable",
+            ],
+            12 => [
+                "&((struct _PyInterpreterFrame*)0)->f_code",
+                "&((struct _PyInterpreterFrame*)0)->previous",
+                "&((struct _PyInterpreterFrame*)0)->prev_instr",
+                "&((struct _is*)0)->threads.head",
+                "&((struct _ts*)0)->cframe",
+                "&((PyCodeObject*)0)->co_linetable",
+            ],
+            _ => [
+                "&((struct _PyInterpreterFrame*)0)->f_executable",
+                "&((struct _PyInterpreterFrame*)0)->previous",
+                "&((struct _PyInterpreterFrame*)0)->instr_ptr",
+                "&((struct _is*)0)->threads.head",
+                "&((struct _ts*)0)->current_frame",
+                "&((PyCodeObject*)0)->co_linetable",
+            ],
+        };
+        let mut extra: Vec<Check> = Vec::new();
+        if minor == 11 {
+            extra.push((
+                "cframe.current_frame",
+                "&((struct _PyCFrame*)0)->current_frame",
+                |l| l.cframe_current_frame,
+            ));
+            extra.push((
+                "frame.is_entry",
+                "&((struct _PyInterpreterFrame*)0)->is_entry",
+                |l| l.frame_is_entry,
+            ));
+            extra.push((
+                "code.co_code_adaptive",
+                "&((PyCodeObject*)0)->co_code_adaptive",
+                |l| l.code_adaptive,
+            ));
+        }
+        if minor == 12 {
+            extra.push((
+                "cframe.current_frame",
+                "&((struct _PyCFrame*)0)->current_frame",
+                |l| l.cframe_current_frame,
+            ));
+        }
+        if minor >= 12 {
+            extra.push((
+                "frame.owner",
+                "&((struct _PyInterpreterFrame*)0)->owner",
+                |l| l.frame_owner,
+            ));
+            extra.push((
+                "code.co_code_adaptive",
+                "&((PyCodeObject*)0)->co_code_adaptive",
+                |l| l.code_adaptive,
+            ));
+        }
+        let checks: Vec<Check> = exprs
+            .iter()
+            .enumerate()
+            .map(|(i, &(name, expr, get))| {
+                (name, if i >= 8 { by_version[i - 8] } else { expr }, get)
+            })
+            .chain(extra)
+            .collect();
+        let mut cmd = Command::new(&gdb);
+        cmd.args(["-batch", "-nx"]);
+        for (_, expr, _) in &checks {
+            cmd.arg("-ex").arg(format!("print (long)({expr})"));
+        }
+        cmd.arg(&lib);
+        let out = run_ok(&mut cmd);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let values: Vec<u16> = text
+            .lines()
+            .filter_map(|l| l.split_once(" = ")?.1.trim().parse().ok())
+            .collect();
+        assert_eq!(
+            values.len(),
+            checks.len(),
+            "3.{minor}: gdb printed {text} for {} fields (does {} have debug info?)",
+            checks.len(),
+            lib.display()
+        );
+        for ((name, _, get), value) in checks.iter().zip(values) {
+            assert_eq!(get(&layout), value, "3.{minor}: {name}");
+        }
+        // What smolder finds in the running interpreter (3.13: read from its
+        // _Py_DebugOffsets) is the table entry.
+        let mut child = Command::new(&python)
+            .args(["-c", "import sys, time; print(flush=True); time.sleep(60)"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = [0u8; 1];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready).unwrap();
+        let maps = smolder::pipeline::ProcessMaps::read(child.id()).unwrap();
+        let found = smolder::python::detect(child.id(), &maps);
+        let _ = child.kill();
+        let _ = child.wait();
+        match found {
+            Detection::Python(i) => {
+                assert_eq!((i.minor, i.layout), (minor, layout), "3.{minor}");
+                assert!(i.eval.start < i.eval.end && i.runtime != 0 && i.code_type != 0);
+            }
+            other => panic!("3.{minor}: {other:?}"),
+        }
+    }
+}
+
+/// node with a hot JavaScript function, for 3 s of CPU time.
+const HOT_JS: &str = r#"function hot(n) { let x = 0; for (let i = 0; i < n; i++) { x += Math.sqrt(i) * Math.sin(i); } return x; }
+function cold(n) { let x = 0; for (let i = 0; i < n; i++) { x += i % 7; } return x; }
+const end = process.cpuUsage().user + 3e6;
+let s = 0;
+while (process.cpuUsage().user < end) { s += hot(200000); s += cold(50000); }
+console.log(s > 0 ? "ok" : "no");
+"#;
+
+/// Share of stacks whose leaf frame is `hot` (as V8's perf map names it,
+/// `JS:*hot /path/hot.js:1:13` or without `*` before optimization), and
+/// share that reach `__libc_start_call_main` (node's `main` tail-calls
+/// `node::Start`, so this, its caller, is the outermost frame every
+/// complete stack has, perf's too).
+fn node_shares(lines: &[(Vec<String>, u64)]) -> (f64, f64) {
+    let total: u64 = lines.iter().map(|(_, n)| n).sum();
+    let leaf_hot: u64 = lines
+        .iter()
+        .filter(|(f, _)| {
+            f.last()
+                .is_some_and(|l| l.contains("hot ") && l.contains("hot.js"))
+        })
+        .map(|(_, n)| n)
+        .sum();
+    let reach: u64 = lines
+        .iter()
+        .filter(|(f, _)| f.iter().any(|x| x == "__libc_start_call_main"))
+        .map(|(_, n)| n)
+        .sum();
+    (
+        leaf_hot as f64 / total.max(1) as f64,
+        reach as f64 / total.max(1) as f64,
+    )
+}
+
+#[test]
+fn node_stacks_through_jit_code_reach_main_like_perf() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let node = require_tool("node", "nodejs");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("hot.js");
+    std::fs::write(&script, HOT_JS).unwrap();
+
+    let (ours, stderr) = record(
+        dir.path(),
+        "smolder",
+        "folded",
+        "499",
+        &[
+            node.as_os_str(),
+            "--perf-basic-prof".as_ref(),
+            script.as_os_str(),
+        ],
+    );
+    let ours = folded(&ours);
+    let (our_hot, our_reach) = node_shares(&ours);
+
+    let perf_folded = perf_record_folded(
+        dir.path(),
+        "499",
+        &[
+            node.as_os_str(),
+            "--perf-basic-prof".as_ref(),
+            script.as_os_str(),
+        ],
+    );
+    let (perf_hot, perf_reach) = node_shares(&folded(&perf_folded));
+    assert!(
+        our_reach >= 0.95,
+        "only {:.1}% of smolder's stacks reach __libc_start_call_main (perf: {:.1}%); smolder said: {stderr}",
+        our_reach * 100.0,
+        perf_reach * 100.0
+    );
+    assert!(
+        (our_hot - perf_hot).abs() <= 0.05,
+        "hot: smolder {our_hot:.3}, perf {perf_hot:.3}"
+    );
+    assert!(our_hot > 0.2, "hot is {our_hot:.3} of smolder's samples");
+}
