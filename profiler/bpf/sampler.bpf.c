@@ -303,7 +303,7 @@ static __always_inline long table_step(struct walk_ctx *c, struct smolder_unwind
  * by the frame pointer otherwise. Mirrored step for step by
  * profiler/src/unwind/walk.rs (the test oracle). Returns 1 to stop.
  */
-static long unwind_step(__u32 i, void *data)
+static __always_inline long unwind_step_body(void *data, const int python)
 {
 	struct walk_ctx *c = data;
 	struct smolder_sample *rec = c->rec;
@@ -324,7 +324,7 @@ static long unwind_step(__u32 i, void *data)
 	lookup = c->native == 0 ? c->ip : c->ip - 1;
 	/* An interpreter's eval frame: its Python frames in its place. */
 	frame = c->ip;
-	py = python_step(&c->py, lookup, &frame);
+	py = python ? python_step(&c->py, lookup, &frame) : PY_NATIVE;
 	if (py != PY_REPLACED) {
 		idx = c->nk + c->nu;
 		if (idx >= SMOLDER_MAX_FRAMES)
@@ -363,10 +363,26 @@ static long unwind_step(__u32 i, void *data)
 	return table_step(c, row);
 }
 
-/* Walks the user stack from (ip, sp, bp), writing PCs at pcs[nk ..]. */
+/* The walk with Python frames (on-CPU samples) and without (off-CPU
+ * samples: the verifier's complexity limit leaves no room for both there):
+ * two callbacks, so that the native one has no Python code at all. */
+static long unwind_step(__u32 i, void *data)
+{
+	return unwind_step_body(data, 1);
+}
+
+static long unwind_step_native(__u32 i, void *data)
+{
+	return unwind_step_body(data, 0);
+}
+
+/* Walks the user stack from (ip, sp, bp), writing PCs at pcs[nk ..];
+ * Python frames only with `python` (a constant at each call site: without
+ * it the verifier prunes the Python walk, which the off-CPU program cannot
+ * afford within the verifier's complexity limit). */
 static __always_inline __u32 walk_user_stack(struct smolder_sample *rec, struct task_struct *task,
 					     __u32 tgid, __u32 nk, __u64 ip, __u64 sp, __u64 bp,
-					     __u32 *flags)
+					     __u32 *flags, const int python)
 {
 	struct walk_ctx c = {
 		.rec = rec,
@@ -380,8 +396,12 @@ static __always_inline __u32 walk_user_stack(struct smolder_sample *rec, struct 
 	if (nk > SMOLDER_MAX_KERNEL_FRAMES)
 		return 0;
 	c.now = bpf_ktime_get_ns();
-	python_begin(&c.py, task, tgid);
-	bpf_loop(SMOLDER_MAX_USER_FRAMES, unwind_step, &c, 0);
+	if (python) {
+		python_begin(&c.py, task, tgid);
+		bpf_loop(SMOLDER_MAX_USER_FRAMES, unwind_step, &c, 0);
+	} else {
+		bpf_loop(SMOLDER_MAX_USER_FRAMES, unwind_step_native, &c, 0);
+	}
 	*flags |= c.flags;
 	if (c.table_frames)
 		count_n(SMOLDER_STAT_TABLE_FRAMES, c.table_frames);
@@ -490,7 +510,8 @@ static __always_inline long send_stack_sample(void *ctx, struct smolder_sample *
 			sp = uregs ? BPF_CORE_READ(uregs, sp) : 0;
 			bp = uregs ? BPF_CORE_READ(uregs, bp) : 0;
 		}
-		nu = walk_user_stack(rec, task, tgid, nk, ip, sp, bp, &flags);
+		nu = walk_user_stack(rec, task, tgid, nk, ip, sp, bp, &flags,
+				     kind == SMOLDER_EVENT_SAMPLE);
 		if (flags & SMOLDER_SAMPLE_USER_READ_FAULT)
 			count(SMOLDER_STAT_USER_READ_FAULTS);
 		if (flags & SMOLDER_SAMPLE_USER_TRUNCATED)
