@@ -431,6 +431,8 @@ impl Drop for StopOnDrop {
 /// What the reader thread shares with the guard.
 struct Shared {
     stop: Arc<AtomicBool>,
+    /// Intervals exported (counted by the reader only with `exporter`).
+    #[cfg_attr(not(feature = "exporter"), allow(dead_code))]
     intervals: Arc<AtomicU64>,
 }
 
