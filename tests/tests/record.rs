@@ -131,6 +131,23 @@ fn record_command_matches_perf_record_and_reaches_main() {
         .any(|(f, _)| f.iter().filter(|x| *x == "descend").count() == 25));
 }
 
+/// `smolder record -F 499 --format folded -- PROG` into DIR/NAME.folded.
+fn record_folded_499(dir: &Path, prog: &Path, name: &str) -> std::path::PathBuf {
+    let out = dir.join(format!("{name}.folded"));
+    smolder_ok([
+        "record".as_ref(),
+        "-F".as_ref(),
+        "499".as_ref(),
+        "--format".as_ref(),
+        "folded".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--".as_ref(),
+        prog.as_os_str(),
+    ]);
+    out
+}
+
 /// Reads the monotonic clock (a vDSO call, no system call) for one second
 /// of CPU time.
 const CLOCK_C: &str = r#"
@@ -185,18 +202,7 @@ fn vdso_frames_are_named_from_the_kernels_image() {
     require_tool("nm", "binutils");
     let dir = tempfile::tempdir().unwrap();
     let prog = compile_c(dir.path(), "clock", &with_cpu_budget(CLOCK_C), FP_FLAGS);
-    let out = dir.path().join("clock.folded");
-    smolder_ok([
-        "record".as_ref(),
-        "-F".as_ref(),
-        "499".as_ref(),
-        "--format".as_ref(),
-        "folded".as_ref(),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "--".as_ref(),
-        prog.as_os_str(),
-    ]);
+    let out = record_folded_499(dir.path(), &prog, "clock");
     let functions = vdso_functions(dir.path());
     assert!(
         functions.iter().any(|f| f.contains("clock_gettime")),
@@ -240,18 +246,7 @@ fn kernel_frames_sit_under_user_frames_with_kallsyms_names() {
         &with_cpu_budget(SYSCALLS_C),
         FP_FLAGS,
     );
-    let out = dir.path().join("sys.folded");
-    smolder_ok([
-        "record".as_ref(),
-        "-F".as_ref(),
-        "499".as_ref(),
-        "--format".as_ref(),
-        "folded".as_ref(),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "--".as_ref(),
-        prog.as_os_str(),
-    ]);
+    let out = record_folded_499(dir.path(), &prog, "sys");
     let lines = folded(&out);
     let total: u64 = lines.iter().map(|(_, n)| n).sum();
     // Stacks main -> libc read/write -> kernel. (The frame-pointer walk

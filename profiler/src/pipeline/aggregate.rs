@@ -216,6 +216,8 @@ pub struct Aggregator {
     processes: HashMap<u32, ProcessState>,
     objects: Vec<ObjectFile>,
     object_index: HashMap<(u64, u64), u32>,
+    /// The vDSO objects, by mapping size.
+    vdso_index: HashMap<u64, u32>,
     mappings: Vec<MappingRecord>,
     mapping_index: HashMap<MappingRecord, MappingId>,
     /// Per stack: (timestamp, value) of each sample (value 1 on-CPU,
@@ -251,6 +253,7 @@ impl Aggregator {
             processes: HashMap::new(),
             objects: Vec::new(),
             object_index: HashMap::new(),
+            vdso_index: HashMap::new(),
             mappings: Vec::new(),
             mapping_index: HashMap::new(),
             stacks: HashMap::new(),
@@ -409,15 +412,17 @@ impl Aggregator {
     /// The object of a `[vdso]` mapping of `len` bytes: one per size, as
     /// every process of a kind shares the kernel's image.
     fn vdso_object(&mut self, len: u64) -> u32 {
-        if let Some(id) = self.objects.iter().position(|o| o.vdso_len == Some(len)) {
-            return id as u32;
+        if let Some(&id) = self.vdso_index.get(&len) {
+            return id;
         }
+        let id = self.objects.len() as u32;
         self.objects.push(ObjectFile {
             path: "[vdso]".to_owned(),
             file: None,
             vdso_len: Some(len),
         });
-        (self.objects.len() - 1) as u32
+        self.vdso_index.insert(len, id);
+        id
     }
 
     /// `time_unix_nano` is when the sample was taken: mappings read before
