@@ -35,6 +35,15 @@ struct {
 	__uint(max_entries, 1 << 20); /* overridden from user space */
 } EVENTS SEC(".maps");
 
+/* Exec and exit events again, on their own small ring that user space reads
+ * at once (each record wakes it up): the process prefetcher reads a new
+ * image's mappings and opens its files while the process lives, however far
+ * behind the EVENTS reader is (profiler/src/sampler/prefetch.rs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 16);
+} PROC_EVENTS SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);  /* tgid */
@@ -743,6 +752,8 @@ int BPF_PROG(smolder_exec, struct task_struct *task)
 	bpf_get_current_comm(ev.comm, sizeof(ev.comm));
 	if (bpf_ringbuf_output(&EVENTS, &ev, sizeof(ev), wakeup_flags()))
 		count(SMOLDER_STAT_EVENTS_LOST);
+	if (bpf_ringbuf_output(&PROC_EVENTS, &ev, sizeof(ev), BPF_RB_FORCE_WAKEUP))
+		count(SMOLDER_STAT_PREFETCH_EVENTS_LOST);
 	return 0;
 }
 
@@ -764,6 +775,8 @@ int BPF_PROG(smolder_exit, struct task_struct *task)
 	ev.event.time_ns = bpf_ktime_get_boot_ns();
 	if (bpf_ringbuf_output(&EVENTS, &ev, sizeof(ev), wakeup_flags()))
 		count(SMOLDER_STAT_EVENTS_LOST);
+	if (bpf_ringbuf_output(&PROC_EVENTS, &ev, sizeof(ev), BPF_RB_FORCE_WAKEUP))
+		count(SMOLDER_STAT_PREFETCH_EVENTS_LOST);
 	if (filter_enabled)
 		bpf_map_delete_elem(&FILTER_PIDS, &tgid);
 	return 0;

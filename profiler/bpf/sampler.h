@@ -60,7 +60,9 @@
  * blocked with before its next system call returned (it blocked outside a
  * system call, e.g. in a page fault): its stack is unknown, not recorded. */
 #define SMOLDER_STAT_OFF_CPU_UNMATCHED 17
-#define SMOLDER_STAT_COUNT 18
+/* exec/exit records lost on PROC_EVENTS (the prefetcher's ring): full */
+#define SMOLDER_STAT_PREFETCH_EVENTS_LOST 18
+#define SMOLDER_STAT_COUNT 19
 
 struct smolder_event_header {
 	__u32 kind; /* SMOLDER_EVENT_* */

@@ -288,6 +288,8 @@ impl Running {
             python_frames_named: aggregator.python_frames_named,
             python_unsupported: aggregator.python_unsupported,
             samples_of_vanished_processes: aggregator.samples_of_vanished_processes,
+            processes_read_at_exec: aggregator.processes_read_at_exec,
+            prefetch_events_lost: sampler.prefetch_events_lost,
             intervals: self.intervals,
             local_write_errors: self.local_write_errors,
             unwind_tables_loaded: sampler.unwind_tables,
@@ -353,6 +355,8 @@ impl Running {
             }
             self.recording
                 .reconfigure(new.frequency_hz, new.filter.process_filter());
+            self.recording
+                .set_snapshots(self.sampler.as_ref().map(Sampler::snapshots));
         }
         if exporter_config != self.exporter_config {
             let replacement = start_exporter(exporter_config.as_ref(), &self.export_threads)?;
@@ -444,7 +448,8 @@ pub async fn run(
     let mut running = Running {
         resource: config.resource(env),
         recording: Recording::new(symbolizer, config.frequency_hz)
-            .with_filter(config.filter.process_filter()),
+            .with_filter(config.filter.process_filter())
+            .with_snapshots(Some(sampler.snapshots())),
         exporter_config,
         state: Arc::clone(&state),
         sampler: Some(sampler),

@@ -188,6 +188,11 @@ pub struct Counters {
     pub python_unsupported: u64,
     /// Samples of processes that exited before their mappings were read.
     pub samples_of_vanished_processes: u64,
+    /// Processes gone before their samples were read whose mappings were
+    /// read at their exec (by the prefetcher), and exec/exit records the
+    /// prefetcher's ring lost.
+    pub processes_read_at_exec: u64,
+    pub prefetch_events_lost: u64,
     /// Intervals finished.
     pub intervals: u64,
     /// Intervals that could not be written to the output directory.
@@ -398,6 +403,18 @@ pub fn prometheus_text(c: &Counters) -> String {
         "counter",
         "Samples whose process exited before its mappings were read (frames kept as addresses).",
         &[("", c.samples_of_vanished_processes)],
+    );
+    family(
+        "smolder_processes_read_at_exec_total",
+        "counter",
+        "Processes gone before their samples were read, symbolized from what was read at their exec.",
+        &[("", c.processes_read_at_exec)],
+    );
+    family(
+        "smolder_prefetch_events_lost_total",
+        "counter",
+        "Exec/exit records lost on the process prefetcher's ring (full): those processes are read late.",
+        &[("", c.prefetch_events_lost)],
     );
     family(
         "smolder_intervals_total",

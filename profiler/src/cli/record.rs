@@ -87,6 +87,7 @@ struct Summary {
     unsymbolized: u64,
     /// Samples of processes that exited before their mappings were read.
     vanished: u64,
+    read_at_exec: u64,
     /// Mapped files the open rule refused (frames keep mapping + offset).
     files_refused: u64,
     /// Perf maps refused (FIFO, symbolic link, other owner) or capped.
@@ -180,7 +181,8 @@ async fn record(args: &RecordArgs, symbolizer: Arc<Symbolizer>) -> Result<Option
     };
     let start = Instant::now();
     let deadline = args.duration.map(|d| start + d);
-    let mut recording = Recording::new(symbolizer, args.frequency);
+    let mut recording =
+        Recording::new(symbolizer, args.frequency).with_snapshots(Some(sampler.snapshots()));
     let mut status = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -245,6 +247,7 @@ async fn record(args: &RecordArgs, symbolizer: Arc<Symbolizer>) -> Result<Option
             table_bytes: stats.unwind_table_bytes,
             unsymbolized: agg.unsymbolized_frames,
             vanished: agg.samples_of_vanished_processes,
+            read_at_exec: agg.processes_read_at_exec,
             files_refused: agg.objects_unopenable,
             perf_maps_refused: agg.perf_maps_refused,
             jit_named: agg.jit_frames_named,
@@ -360,6 +363,12 @@ fn print_summary(s: &Summary, args: &RecordArgs) {
         },
         skipped = {
             let mut parts = Vec::new();
+            if s.read_at_exec > 0 {
+                parts.push(format!(
+                    "{} processes read at their exec (gone before their samples were read)",
+                    s.read_at_exec
+                ));
+            }
             if s.python_named > 0 {
                 parts.push(format!("{} Python frames", s.python_named));
             }

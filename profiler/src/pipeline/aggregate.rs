@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
@@ -26,6 +27,7 @@ use smolder_symbolizer::process::{open_mapped_file, Mapping, MappingKind, Proces
 use smolder_symbolizer::{PerfMapReader, ProcessFacts, Source, Symbolized, Symbolizer};
 
 use super::process::resource_attributes;
+use super::snapshots::ProcessSnapshots;
 use crate::python::code::{CodeInfo, CodeReader};
 use crate::python::{self, Detection, FrameRef};
 
@@ -91,6 +93,9 @@ pub struct AggregatorStats {
     /// Samples with user frames of a process that exited before its
     /// mappings could be read: their frames stay raw addresses.
     pub samples_of_vanished_processes: u64,
+    /// Processes that were gone when their samples were read, whose
+    /// mappings and files came from the snapshot taken at their exec.
+    pub processes_read_at_exec: u64,
     /// Processes running a CPython whose frames are unwound.
     pub python_processes: u64,
     /// Processes running a CPython smolder has no layout for (native
@@ -113,6 +118,7 @@ impl std::ops::AddAssign for AggregatorStats {
         self.perf_maps_refused += b.perf_maps_refused;
         self.unsymbolized_frames += b.unsymbolized_frames;
         self.samples_of_vanished_processes += b.samples_of_vanished_processes;
+        self.processes_read_at_exec += b.processes_read_at_exec;
         self.python_processes += b.python_processes;
         self.python_unsupported += b.python_unsupported;
         self.python_frames_named += b.python_frames_named;
@@ -230,6 +236,9 @@ pub struct Aggregator {
     /// What addresses of objects were symbolized as, kept across intervals
     /// when the driver asked for it ([`Aggregator::keep_symbols`]).
     memo: Option<SymbolMemo>,
+    /// What the sampler's prefetcher read of processes at their exec, for
+    /// those gone before their samples are read here.
+    snapshots: Option<Arc<ProcessSnapshots>>,
 }
 
 /// Symbolized file offsets per object, and each object's build-id, at
@@ -261,7 +270,14 @@ impl Aggregator {
             python_code_index: HashMap::new(),
             stats: AggregatorStats::default(),
             memo: None,
+            snapshots: None,
         }
+    }
+
+    /// Takes the mappings, files and facts of processes that are gone by
+    /// the time their samples arrive from `snapshots` (read at their exec).
+    pub fn use_snapshots(&mut self, snapshots: Option<Arc<ProcessSnapshots>>) {
+        self.snapshots = snapshots;
     }
 
     /// Keeps what each object address was symbolized as (at most
@@ -289,9 +305,15 @@ impl Aggregator {
     /// The facts of `pid`, read from `/proc/PID` on first sight (`comm`,
     /// the sample's thread name, names a process that is already gone).
     pub fn facts(&mut self, pid: u32, comm: &str) -> &ProcessFacts {
-        self.facts
-            .entry(pid)
-            .or_insert_with(|| ProcessFacts::read(pid, comm))
+        let snapshots = &self.snapshots;
+        self.facts.entry(pid).or_insert_with(|| {
+            let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
+            snapshots
+                .as_ref()
+                .filter(|_| gone())
+                .and_then(|s| s.facts(pid))
+                .unwrap_or_else(|| ProcessFacts::read(pid, comm))
+        })
     }
 
     /// The process replaced its image: its facts and mappings are read anew.
@@ -326,8 +348,10 @@ impl Aggregator {
             .retain(|pid, _| processes.contains_key(pid) || alive(*pid));
     }
 
-    /// Reads (or re-reads) a process's mappings and opens their files.
-    fn refresh_maps(&mut self, pid: u32) {
+    /// Reads (or re-reads) a process's mappings and opens their files. If
+    /// the process is gone, they come from the snapshot taken at its exec,
+    /// when there is one of the image that ran at `sample_unix_nano`.
+    fn refresh_maps(&mut self, pid: u32, sample_unix_nano: u64) {
         let Some(state) = self.processes.get_mut(&pid) else {
             return;
         };
@@ -335,10 +359,30 @@ impl Aggregator {
         state.maps_read_unix_nano = unix_nano_now();
         state.maps_reads = state.maps_reads.saturating_add(1);
         match ProcessMaps::read(pid) {
-            Ok(maps) => state.maps = maps,
+            Ok(maps) => {
+                state.maps = maps;
+                if let Some(snapshots) = &self.snapshots {
+                    snapshots.discard(pid);
+                }
+            }
             Err(_) => {
-                self.stats.maps_unreadable += 1;
                 state.exited = true;
+                let snapshot = self
+                    .snapshots
+                    .as_ref()
+                    .and_then(|s| s.take(pid, sample_unix_nano));
+                let Some(mut snapshot) = snapshot else {
+                    self.stats.maps_unreadable += 1;
+                    return;
+                };
+                self.stats.processes_read_at_exec += 1;
+                state.maps = snapshot.maps;
+                state.maps_read_unix_nano = snapshot.read_unix_nano;
+                let entries: Vec<Mapping> = state.maps.entries().to_vec();
+                for entry in entries.iter().filter(|e| e.is_file()) {
+                    let file = snapshot.files.remove(&(entry.dev, entry.inode));
+                    self.object_opened(entry, file.ok_or(()));
+                }
                 return;
             }
         }
@@ -391,14 +435,22 @@ impl Aggregator {
         if let Some(&id) = self.object_index.get(&(entry.dev, entry.inode)) {
             return id;
         }
-        let file = match open_mapped_file(pid, entry) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::debug!("frames stay unnamed: {e}");
-                self.stats.objects_unopenable += 1;
-                None
-            }
-        };
+        let file = open_mapped_file(pid, entry).map_err(|e| {
+            tracing::debug!("frames stay unnamed: {e}");
+        });
+        self.object_opened(entry, file)
+    }
+
+    /// The object of a file mapping whose file was opened (or not) by the
+    /// one open rule; a file already known keeps its first handle.
+    fn object_opened(&mut self, entry: &Mapping, file: Result<File, ()>) -> u32 {
+        if let Some(&id) = self.object_index.get(&(entry.dev, entry.inode)) {
+            return id;
+        }
+        if file.is_err() {
+            self.stats.objects_unopenable += 1;
+        }
+        let file = file.ok();
         let id = self.objects.len() as u32;
         self.objects.push(ObjectFile {
             path: entry.path.clone(),
@@ -447,7 +499,7 @@ impl Aggregator {
                     !p.exited && due
                 });
                 if stale {
-                    self.refresh_maps(pid);
+                    self.refresh_maps(pid, time_unix_nano);
                     self.processes
                         .get(&pid)
                         .and_then(|p| p.maps.find(pc).cloned())
@@ -541,7 +593,7 @@ impl Aggregator {
             .get(&sample.pid)
             .is_some_and(|p| p.maps_read_at.is_none() && !p.exited)
         {
-            self.refresh_maps(sample.pid);
+            self.refresh_maps(sample.pid, sample.time_unix_nano);
         }
         if !sample.user.is_empty()
             && self
@@ -940,6 +992,92 @@ mod tests {
             .iter()
             .any(|kv| kv.key == "process.executable.path"));
         assert_eq!(agg.stats().samples, 3);
+    }
+
+    /// A process that exited before its samples were read: with what the
+    /// prefetcher read at its exec, its frames land in its executable and
+    /// its facts name it; without, they stay raw addresses, counted.
+    #[test]
+    fn a_process_gone_before_its_samples_takes_its_exec_snapshot() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let snapshots = ProcessSnapshots::new();
+        // The image is read once `sleep` replaced the forked test binary.
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() == Some(&exe) {
+            assert!(Instant::now() < deadline, "sleep did not exec");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        snapshots.on_exec(pid, 1_000, "sleep");
+        assert!(snapshots.reread(pid));
+        let text = ProcessMaps::read(pid)
+            .unwrap()
+            .entries()
+            .iter()
+            .find(|e| e.is_file() && e.path.ends_with("/sleep") && e.executable)
+            .cloned()
+            .expect("sleep's executable mapping");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(ProcessMaps::read(pid).is_err());
+
+        let sample = Sample {
+            pid,
+            tid: pid,
+            time_unix_nano: 2_000,
+            thread_name: "t".into(),
+            user: vec![text.start + 16],
+            ..Sample::default()
+        };
+        let mapping_files = |data: &ProfilesData| -> Vec<String> {
+            let dict = data.dictionary.as_ref().unwrap();
+            dict.mapping_table
+                .iter()
+                .map(|m| dict.string_table[m.filename_strindex as usize].clone())
+                .collect()
+        };
+        let mut without = Aggregator::new();
+        without.add(&sample);
+        let data = without.finish(&Symbolizer::new(), ProfileConfig::cpu(99, 0, 10));
+        assert_eq!(without.stats().samples_of_vanished_processes, 1);
+        assert!(!mapping_files(&data).iter().any(|f| f.ends_with("/sleep")));
+
+        let mut with = Aggregator::new();
+        with.use_snapshots(Some(Arc::clone(&snapshots)));
+        with.add(&sample);
+        let data = with.finish(&Symbolizer::new(), ProfileConfig::cpu(99, 0, 10));
+        validate(&data).unwrap();
+        assert_eq!(with.stats().samples_of_vanished_processes, 0);
+        assert_eq!(with.stats().processes_read_at_exec, 1);
+        assert_eq!(with.stats().objects_unopenable, 0);
+        assert!(
+            mapping_files(&data).iter().any(|f| f.ends_with("/sleep")),
+            "{:?}",
+            mapping_files(&data)
+        );
+        let resource = data.resource_profiles[0].resource.as_ref().unwrap();
+        assert!(resource
+            .attributes
+            .iter()
+            .any(|kv| kv.key == "process.command_line"
+                && format!("{:?}", kv.value).contains("sleep 30")));
+        assert_eq!(snapshots.stats().used, 1);
+        assert!(snapshots.is_empty());
+    }
+
+    /// A snapshot of a later image (exec'd after the sample) is not used.
+    #[test]
+    fn a_snapshot_of_a_later_image_is_not_used() {
+        let snapshots = ProcessSnapshots::new();
+        let me = std::process::id();
+        snapshots.on_exec(me, 5_000, "me");
+        assert!(snapshots.take(me, 4_999).is_none());
+        assert!(snapshots.take(me, 5_000).is_some());
+        assert!(snapshots.take(me, 5_000).is_none());
     }
 
     #[test]

@@ -9,9 +9,11 @@
 pub mod aggregate;
 pub mod process;
 pub mod recording;
+pub mod snapshots;
 
 pub use aggregate::{Aggregator, AggregatorStats, Sample};
 pub use process::resource_attributes;
 pub use recording::{Interval, ProcessFilter, Recording, RecordingStats};
 pub use smolder_symbolizer::process::{Mapping, ProcessMaps};
 pub use smolder_symbolizer::ProcessFacts;
+pub use snapshots::{ProcessSnapshots, SnapshotStats};

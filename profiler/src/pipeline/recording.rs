@@ -33,6 +33,7 @@ use smolder_profiles_proto::ProfileConfig;
 use smolder_symbolizer::{ProcessFacts, Symbolizer};
 
 use super::aggregate::{Aggregator, AggregatorStats, Sample};
+use super::snapshots::ProcessSnapshots;
 
 /// Decides from a process's facts whether its samples are kept.
 pub type ProcessFilter = Arc<dyn Fn(&ProcessFacts) -> bool + Send + Sync>;
@@ -70,6 +71,8 @@ pub struct Recording {
     intervals: u64,
     /// Stats of aggregators replaced by [`Recording::forget_processes`].
     aggregator_base: AggregatorStats,
+    /// What the sampler read of processes at their exec.
+    snapshots: Option<Arc<ProcessSnapshots>>,
 }
 
 impl Recording {
@@ -86,7 +89,22 @@ impl Recording {
             samples_kept: 0,
             intervals: 0,
             aggregator_base: AggregatorStats::default(),
+            snapshots: None,
         }
+    }
+
+    /// Processes gone before their samples are read take their mappings,
+    /// files and facts from `snapshots` (the sampler's, read at each exec:
+    /// [`crate::sampler::Sampler::snapshots`]).
+    pub fn with_snapshots(mut self, snapshots: Option<Arc<ProcessSnapshots>>) -> Recording {
+        self.set_snapshots(snapshots);
+        self
+    }
+
+    /// [`Recording::with_snapshots`], for a sampler started anew.
+    pub fn set_snapshots(&mut self, snapshots: Option<Arc<ProcessSnapshots>>) {
+        self.aggregator.use_snapshots(snapshots.clone());
+        self.snapshots = snapshots;
     }
 
     /// The first interval starts at `unix_nano` instead of now.
@@ -112,6 +130,7 @@ impl Recording {
     pub fn successor(&self) -> Recording {
         Recording::new(Arc::clone(&self.symbolizer), self.frequency_hz)
             .with_filter(self.filter.clone())
+            .with_snapshots(self.snapshots.clone())
     }
 
     pub fn symbolizer(&self) -> &Arc<Symbolizer> {
@@ -161,6 +180,9 @@ impl Recording {
         for event in events {
             match event {
                 SamplerEvent::Sample { sample, .. } => {
+                    if let Some(snapshots) = &self.snapshots {
+                        snapshots.reader_at(sample.time_unix_nano);
+                    }
                     self.add(&sample);
                 }
                 SamplerEvent::Exec { pid, .. } => {
@@ -204,6 +226,7 @@ impl Recording {
     pub fn forget_processes(&mut self) {
         self.aggregator_base += self.aggregator.stats();
         self.aggregator = Aggregator::new();
+        self.aggregator.use_snapshots(self.snapshots.clone());
     }
 
     /// Processes known now.

@@ -25,6 +25,7 @@
 
 mod child;
 mod clock;
+mod prefetch;
 pub mod python;
 mod raw;
 mod stats;
@@ -37,6 +38,7 @@ use std::{
     io,
     os::fd::OwnedFd,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -59,6 +61,7 @@ pub use stats::SamplerStats;
 
 use crate::pipeline::Sample;
 use crate::unwind::Regs;
+use prefetch::Prefetcher;
 use unwind_maps::UnwindLoader;
 
 /// The kernel program, built by `profiler/bpf/build.sh`.
@@ -73,6 +76,7 @@ const PROG_OFF_CPU_SAMPLE: &str = "smolder_off_cpu_sample";
 const MAP_OFF_CPU_WAITS: &str = "OFF_CPU_WAITS";
 const MAP_OFF_CPU_RESUMED: &str = "OFF_CPU_RESUMED";
 const MAP_EVENTS: &str = "EVENTS";
+const MAP_PROC_EVENTS: &str = "PROC_EVENTS";
 const MAP_FILTER: &str = "FILTER_PIDS";
 const MAP_STATS: &str = "STATS";
 const MAP_UNWIND_ROWS: &str = "UNWIND_ROWS";
@@ -374,8 +378,9 @@ impl Ring {
 
 /// The loaded and attached kernel program. Dropping it detaches everything.
 pub struct Sampler {
-    // Declared before `bpf`: the ring buffer and stats fd go first.
+    // Declared before `bpf`: the ring buffers and stats fd go first.
     ring: Ring,
+    prefetch: Prefetcher,
     _stats_fd: Option<OwnedFd>,
     bpf: Ebpf,
     filtering: bool,
@@ -387,6 +392,16 @@ pub struct Sampler {
     malformed: u64,
     unwind: Option<UnwindLoader>,
     stack_copies: Vec<StackCopy>,
+}
+
+impl Sampler {
+    /// What the process prefetcher read of each process at its exec: hand
+    /// it to the [`crate::pipeline::Recording`] fed from this sampler
+    /// ([`crate::pipeline::Recording::with_snapshots`]), so that processes
+    /// gone before their samples are read still get their mappings.
+    pub fn snapshots(&self) -> Arc<crate::pipeline::ProcessSnapshots> {
+        Arc::clone(self.prefetch.snapshots())
+    }
 }
 
 impl Sampler {
@@ -550,6 +565,15 @@ impl Sampler {
             .ok_or_else(|| missing("map", MAP_EVENTS))?;
         let ring = RingBuf::try_from(events)
             .map_err(|e| SamplerError::kernel("opening the EVENTS ring buffer", e))?;
+        let proc_events = bpf
+            .take_map(MAP_PROC_EVENTS)
+            .ok_or_else(|| missing("map", MAP_PROC_EVENTS))?;
+        let proc_ring = RingBuf::try_from(proc_events)
+            .map_err(|e| SamplerError::kernel("opening the PROC_EVENTS ring buffer", e))?;
+        let prefetch = Prefetcher::start(proc_ring).map_err(|e| SamplerError::Kernel {
+            action: "starting the process prefetcher thread".into(),
+            source: e.into(),
+        })?;
         Ok(Sampler {
             ring: Ring::Plain(ring),
             _stats_fd: stats_fd,
@@ -563,6 +587,7 @@ impl Sampler {
             malformed: 0,
             unwind,
             stack_copies: Vec::new(),
+            prefetch,
         })
     }
 

@@ -38,7 +38,8 @@ pub const STAT_OFF_CPU_SKIPPED_SHORT: u32 = 14;
 pub const STAT_OFF_CPU_RECORDED: u32 = 15;
 pub const STAT_OFF_CPU_LOST: u32 = 16;
 pub const STAT_OFF_CPU_UNMATCHED: u32 = 17;
-pub const STAT_COUNT: u32 = 18;
+pub const STAT_PREFETCH_EVENTS_LOST: u32 = 18;
+pub const STAT_COUNT: u32 = 19;
 
 pub const MAX_TABLES: u32 = 4096;
 pub const MAX_MAPPINGS: usize = 256;

@@ -51,6 +51,9 @@ pub struct SamplerStats {
     /// before a system call returned (it blocked outside one, e.g. in a
     /// page fault), so the stack it blocked with is unknown.
     pub off_cpu_unmatched: u64,
+    /// Exec/exit records lost on the process prefetcher's own ring (full):
+    /// those processes are read only when the main reader gets to them.
+    pub prefetch_events_lost: u64,
     /// Unwind tables in the kernel's maps now, and the bytes of their rows.
     pub unwind_tables: u64,
     pub unwind_table_bytes: u64,
@@ -89,6 +92,7 @@ impl std::ops::AddAssign for SamplerStats {
         self.off_cpu_recorded += b.off_cpu_recorded;
         self.off_cpu_lost += b.off_cpu_lost;
         self.off_cpu_unmatched += b.off_cpu_unmatched;
+        self.prefetch_events_lost += b.prefetch_events_lost;
         self.unwind_tables = b.unwind_tables;
         self.unwind_table_bytes = b.unwind_table_bytes;
         self.unwind_tables_evicted += b.unwind_tables_evicted;
@@ -142,6 +146,7 @@ pub(super) fn read_kernel(map: &Map, into: &mut SamplerStats) -> Result<(), MapE
         into.off_cpu_recorded = sum(raw::STAT_OFF_CPU_RECORDED)?;
         into.off_cpu_lost = sum(raw::STAT_OFF_CPU_LOST)?;
         into.off_cpu_unmatched = sum(raw::STAT_OFF_CPU_UNMATCHED)?;
+        into.prefetch_events_lost = sum(raw::STAT_PREFETCH_EVENTS_LOST)?;
     }
     Ok(())
 }
