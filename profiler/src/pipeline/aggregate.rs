@@ -1005,22 +1005,30 @@ mod tests {
             .unwrap();
         let pid = child.id();
         let snapshots = ProcessSnapshots::new();
-        // The image is read once `sleep` replaced the forked test binary.
-        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        // The image is read once `sleep` has replaced the forked test binary
+        // and mapped itself.
+        let sleep_text = |maps: &ProcessMaps| {
+            maps.entries()
+                .iter()
+                .find(|e| e.is_file() && e.path.ends_with("/sleep") && e.executable)
+                .cloned()
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() == Some(&exe) {
-            assert!(Instant::now() < deadline, "sleep did not exec");
+        let text = loop {
+            let maps = ProcessMaps::read(pid).unwrap();
+            if let Some(text) = sleep_text(&maps) {
+                break text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no executable mapping of sleep (exe {:?}): {:#?}",
+                std::fs::read_link(format!("/proc/{pid}/exe")),
+                maps.entries()
+            );
             std::thread::sleep(Duration::from_millis(5));
-        }
+        };
         snapshots.on_exec(pid, 1_000, "sleep");
         assert!(snapshots.reread(pid));
-        let text = ProcessMaps::read(pid)
-            .unwrap()
-            .entries()
-            .iter()
-            .find(|e| e.is_file() && e.path.ends_with("/sleep") && e.executable)
-            .cloned()
-            .expect("sleep's executable mapping");
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(ProcessMaps::read(pid).is_err());
