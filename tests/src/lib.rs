@@ -183,19 +183,66 @@ pub fn require_ebpf() -> bool {
 }
 
 /// Compiles a C source into `dir/name` with gcc and `flags`.
+///
+/// With `SMOLDER_FIXTURE_CACHE` set to a directory, a build of the same
+/// source, flags and gcc found there is copied instead, and a new build is
+/// stored there when the directory is writable: `.ci/run` fills it on the
+/// host so that the guest kernels of `tests/kernels/run` (whose root is the
+/// host's, read-only, and where gcc runs under emulation for minutes) run
+/// the very binaries the host suite ran.
 pub fn compile_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
-    require_tool("gcc", "gcc");
+    let gcc = require_tool("gcc", "gcc");
     let src = dir.join(format!("{name}.c"));
     std::fs::write(&src, source).expect("write C source");
     let bin = dir.join(name);
-    run_ok(
-        Command::new("gcc")
-            .args(flags)
-            .arg("-o")
-            .arg(&bin)
-            .arg(&src),
-    );
+    let cached = std::env::var_os("SMOLDER_FIXTURE_CACHE")
+        .map(|cache| PathBuf::from(cache).join(fixture_key(&gcc, name, source, flags)));
+    if let Some(cached) = cached.as_ref().filter(|c| c.is_file()) {
+        std::fs::copy(cached, &bin)
+            .unwrap_or_else(|e| panic!("copying {} to {}: {e}", cached.display(), bin.display()));
+        return bin;
+    }
+    run_ok(Command::new(&gcc).args(flags).arg("-o").arg(&bin).arg(&src));
+    if let Some(cached) = cached {
+        store_fixture(&bin, &cached);
+    }
     bin
+}
+
+/// The cache's name for a build: gcc (its resolved path, size and mtime),
+/// the flags, the source and the name, hashed.
+fn fixture_key(gcc: &Path, name: &str, source: &str, flags: &[&str]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let gcc = std::fs::canonicalize(gcc).unwrap_or_else(|_| gcc.to_owned());
+    gcc.hash(&mut h);
+    if let Ok(meta) = std::fs::metadata(&gcc) {
+        meta.len().hash(&mut h);
+        meta.modified().ok().hash(&mut h);
+    }
+    (name, source, flags).hash(&mut h);
+    format!("{:016x}-{name}", h.finish())
+}
+
+/// Best effort (a read-only cache, as in a guest kernel, keeps nothing):
+/// written under a temporary name and renamed, so that a concurrent test
+/// never copies half a binary.
+fn store_fixture(bin: &Path, cached: &Path) {
+    let Some(cache) = cached.parent() else { return };
+    if std::fs::create_dir_all(cache).is_err() {
+        return;
+    }
+    let tmp = cache.join(format!(".{}.{}", std::process::id(), unique()));
+    if std::fs::copy(bin, &tmp).is_ok() && std::fs::rename(&tmp, cached).is_ok() {
+        return;
+    }
+    let _ = std::fs::remove_file(&tmp);
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// C code for a time budget: `cpu_budget(secs)` arms a timer of the
@@ -214,6 +261,20 @@ static void cpu_budget(double secs) {
     signal(SIGPROF, on_cpu_budget); setitimer(ITIMER_PROF, &t, 0);
 }
 "#;
+
+/// How many times its usual CPU time a workload runs where a test scales
+/// it: `SMOLDER_TEST_CPU_SCALE` (a positive number), 1 when unset.
+/// `tests/kernels/guest` raises it: under emulation the sampling timer
+/// fires at a fraction of its rate, and shares need the samples back.
+pub fn cpu_scale() -> f64 {
+    match std::env::var("SMOLDER_TEST_CPU_SCALE") {
+        Ok(v) => match v.parse::<f64>() {
+            Ok(x) if x > 0.0 && x.is_finite() => x,
+            _ => panic!("SMOLDER_TEST_CPU_SCALE={v:?}: not a positive number"),
+        },
+        Err(_) => 1.0,
+    }
+}
 
 /// `source` with [`CPU_BUDGET_C`] in front.
 pub fn with_cpu_budget(source: &str) -> String {

@@ -431,9 +431,16 @@ fn exports_the_workload_to_the_official_receiver() {
         assert_eq!(thread.cap_prm, want, "CapPrm of {thread:?}");
     }
     // Whole-host symbolization is slow the first time in a debug build.
-    wait_until(Duration::from_secs(90), "two accepted exports", || {
-        receiver.accepted() >= 2
-    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while receiver.accepted() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for two accepted exports; the receiver saw {:?}; the agent said: {}",
+            receiver.calls(),
+            agent.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (_, stderr) = agent.stop();
     let work_pid = work.0.id();
 

@@ -858,42 +858,63 @@ fn validate(config: &SamplerConfig) -> Result<(), SamplerError> {
 /// buffer map. Probes load a two-instruction
 /// program per helper and read the verifier's answer, as libbpf does.
 fn probe_kernel_features() -> Result<(), SamplerError> {
-    const HELPERS: &[(BpfHelper, &str, &str)] = &[
-        (BpfHelper::BPF_FUNC_loop, "the bpf_loop helper", "5.17"),
-        (
-            BpfHelper::BPF_FUNC_task_pt_regs,
-            "the bpf_task_pt_regs helper",
-            "5.15",
-        ),
-        (
-            BpfHelper::BPF_FUNC_get_current_task_btf,
-            "the bpf_get_current_task_btf helper",
-            "5.11",
-        ),
-        (
-            BpfHelper::BPF_FUNC_ringbuf_reserve,
-            "the BPF ring buffer helpers",
-            "5.8",
-        ),
-        (
-            BpfHelper::BPF_FUNC_ktime_get_boot_ns,
-            "the bpf_ktime_get_boot_ns helper",
-            "5.8",
-        ),
-    ];
+    check_kernel_features(
+        |helper| aya::sys::is_helper_supported(ProgramType::PerfEvent, helper),
+        || aya::sys::is_map_supported(MapType::RingBuf),
+        kernel_release,
+    )
+}
+
+/// A kernel feature the kernel program needs: a helper or a map type, with
+/// the Linux version that brought it.
+const NEEDED_HELPERS: &[(BpfHelper, &str, &str)] = &[
+    (BpfHelper::BPF_FUNC_loop, "the bpf_loop helper", "5.17"),
+    (
+        BpfHelper::BPF_FUNC_task_pt_regs,
+        "the bpf_task_pt_regs helper",
+        "5.15",
+    ),
+    (
+        BpfHelper::BPF_FUNC_get_current_task_btf,
+        "the bpf_get_current_task_btf helper",
+        "5.11",
+    ),
+    (
+        BpfHelper::BPF_FUNC_ringbuf_reserve,
+        "the BPF ring buffer helpers",
+        "5.8",
+    ),
+    (
+        BpfHelper::BPF_FUNC_ktime_get_boot_ns,
+        "the bpf_ktime_get_boot_ns helper",
+        "5.8",
+    ),
+];
+
+/// [`probe_kernel_features`] with the kernel's answers given: a unit test
+/// plays an older kernel through them.
+fn check_kernel_features<E, F>(
+    helper_supported: impl Fn(BpfHelper) -> Result<bool, E>,
+    ring_buffer_supported: impl FnOnce() -> Result<bool, F>,
+    release: impl Fn() -> String,
+) -> Result<(), SamplerError>
+where
+    E: StdError + Send + Sync + 'static,
+    F: StdError + Send + Sync + 'static,
+{
     let missing = |feature, since| SamplerError::MissingFeature {
         feature,
         since,
-        release: kernel_release(),
+        release: release(),
     };
-    for &(helper, feature, since) in HELPERS {
-        let supported = aya::sys::is_helper_supported(ProgramType::PerfEvent, helper)
+    for &(helper, feature, since) in NEEDED_HELPERS {
+        let supported = helper_supported(helper)
             .map_err(|e| SamplerError::kernel(format!("probing the kernel for {feature}"), e))?;
         if !supported {
             return Err(missing(feature, since));
         }
     }
-    let ring = aya::sys::is_map_supported(MapType::RingBuf)
+    let ring = ring_buffer_supported()
         .map_err(|e| SamplerError::kernel("probing the kernel for the BPF ring buffer", e))?;
     if !ring {
         return Err(missing("the BPF ring buffer map", "5.8"));

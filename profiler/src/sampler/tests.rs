@@ -515,3 +515,60 @@ fn off_cpu_settings_are_checked_and_scaled() {
     };
     assert_eq!(tiny.threshold(), 1);
 }
+
+/// The feature check's verdicts on kernels played by the probes' answers
+/// (no root needed): each older kernel gets one line naming the newest
+/// feature it lacks, with the version that brought it.
+#[test]
+fn an_older_kernel_is_told_in_one_line_which_feature_it_lacks() {
+    let release = || "5.15.0-91-generic".to_owned();
+    let lacking = |absent: &'static [BpfHelper]| {
+        move |h: BpfHelper| Ok::<bool, io::Error>(!absent.contains(&h))
+    };
+    let ring = || Ok::<bool, io::Error>(true);
+    let cases: [(&'static [BpfHelper], &str); 3] = [
+        // Ubuntu 22.04's 5.15: everything but bpf_loop.
+        (
+            &[BpfHelper::BPF_FUNC_loop],
+            "the kernel (5.15.0-91-generic) lacks the bpf_loop helper, which the eBPF \
+             sampler needs (Linux 5.17 or later; the minimum kernel is 5.17)",
+        ),
+        // 5.10: neither bpf_loop nor bpf_task_pt_regs; the newest is named.
+        (
+            &[BpfHelper::BPF_FUNC_loop, BpfHelper::BPF_FUNC_task_pt_regs],
+            "the kernel (5.15.0-91-generic) lacks the bpf_loop helper",
+        ),
+        // A kernel with bpf_loop whose task_pt_regs is missing (a backport).
+        (
+            &[BpfHelper::BPF_FUNC_task_pt_regs],
+            "lacks the bpf_task_pt_regs helper, which the eBPF sampler needs (Linux 5.15 or later",
+        ),
+    ];
+    for (absent, want) in cases {
+        let err = check_kernel_features(lacking(absent), ring, release).unwrap_err();
+        assert!(err.is_unsupported(), "{err:?}");
+        let text = err.to_string();
+        assert!(!text.contains('\n'), "one line: {text}");
+        assert!(text.contains(want), "{absent:?}: {text}");
+    }
+    let no_ring = check_kernel_features(lacking(&[]), || Ok::<bool, io::Error>(false), release)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        no_ring.contains("lacks the BPF ring buffer map") && no_ring.contains("Linux 5.8"),
+        "{no_ring}"
+    );
+    check_kernel_features(lacking(&[]), ring, release).expect("every feature present");
+    // A probe that itself fails is an error about probing, not a verdict.
+    let failed = check_kernel_features(
+        |_| Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        ring,
+        release,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        failed.starts_with("probing the kernel for the bpf_loop helper"),
+        "{failed}"
+    );
+}
