@@ -750,3 +750,126 @@ fn node_stacks_through_jit_code_reach_main_like_perf() {
     );
     assert!(our_hot > 0.2, "hot is {our_hot:.3} of smolder's samples");
 }
+
+/// A Java program with a hot method, for `args[0]` seconds of the main
+/// thread's CPU time; it writes its PID to `args[1]` (its perf map is
+/// `/tmp/perf-PID.map`, removed by the test).
+const HOT_JAVA: &str = r#"import java.lang.management.ManagementFactory;
+import java.lang.management.ThreadMXBean;
+
+public class Hot {
+    static double hot(int n) { double x = 0; for (int i = 0; i < n; i++) { x += Math.sqrt(i) * Math.sin(i); } return x; }
+    static long cold(int n) { long x = 0; for (int i = 0; i < n; i++) { x += i % 7; } return x; }
+    public static void main(String[] args) throws Exception {
+        java.nio.file.Files.writeString(java.nio.file.Path.of(args[1]), Long.toString(ProcessHandle.current().pid()));
+        ThreadMXBean clock = ManagementFactory.getThreadMXBean();
+        long end = clock.getCurrentThreadCpuTime() + (long) (Double.parseDouble(args[0]) * 1e9);
+        double s = 0;
+        while (clock.getCurrentThreadCpuTime() < end) { s += hot(200000); s += cold(50000); }
+        System.out.println(s > 0 ? "ok" : "no");
+    }
+}
+"#;
+
+/// Share of stacks in which `Hot.hot` is (as the JVM's perf map names it,
+/// `double Hot.hot(int)`), and share that reach the thread's root: every
+/// JVM thread, the Java main thread among them, starts in `start_thread`
+/// (the launcher runs `JavaMain` on a new thread), and `perf record -g`
+/// stops there; the launcher's own thread reaches `__libc_start_call_main`.
+fn java_shares(lines: &[(Vec<String>, u64)]) -> (f64, f64) {
+    let total: u64 = lines.iter().map(|(_, n)| n).sum();
+    let share = |keep: &dyn Fn(&[String]) -> bool| {
+        lines
+            .iter()
+            .filter(|(f, _)| keep(f))
+            .map(|(_, n)| n)
+            .sum::<u64>() as f64
+            / total.max(1) as f64
+    };
+    (
+        share(&|f| f.iter().any(|x| x.contains("Hot.hot"))),
+        share(&|f| {
+            f.iter()
+                .any(|x| x == "start_thread" || x == "__libc_start_call_main")
+        }),
+    )
+}
+
+/// A JVM with frame pointers kept (`-XX:+PreserveFramePointer`) and its
+/// perf map written as it exits (`-XX:+DumpPerfMapAtExit`): smolder reads
+/// the map after the process is gone (from the root it kept), so every
+/// sample, taken while the JVM lived, is named.
+#[test]
+fn java_stacks_through_jit_code_reach_the_thread_root_like_perf() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let java = require_tool("java", "a JDK (Debian default-jdk-headless)");
+    let javac = require_tool("javac", "a JDK (Debian default-jdk-headless)");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Hot.java"), HOT_JAVA).unwrap();
+    run_ok(
+        Command::new(&javac)
+            .arg("-d")
+            .arg(dir.path())
+            .arg(dir.path().join("Hot.java")),
+    );
+    let pid_file = dir.path().join("pid");
+    let cmd: Vec<&std::ffi::OsStr> = vec![
+        java.as_os_str(),
+        "-XX:+PreserveFramePointer".as_ref(),
+        "-XX:+UnlockDiagnosticVMOptions".as_ref(),
+        "-XX:+DumpPerfMapAtExit".as_ref(),
+        "-cp".as_ref(),
+        dir.path().as_os_str(),
+        "Hot".as_ref(),
+        "3".as_ref(),
+        pid_file.as_os_str(),
+    ];
+    // The JVM's perf map, named by the PID it wrote, is removed once read.
+    let remove_perf_map = || {
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let map = PathBuf::from(format!("/tmp/perf-{}.map", pid.trim()));
+        assert!(map.is_file(), "the JVM wrote no {}", map.display());
+        std::fs::remove_file(map).unwrap();
+    };
+
+    let (ours, stderr) = record(dir.path(), "smolder", "folded", "499", &cmd);
+    remove_perf_map();
+    let ours = folded(&ours);
+    let (our_hot, our_reach) = java_shares(&ours);
+
+    let perf_folded = perf_record_folded(dir.path(), "499", &cmd);
+    remove_perf_map();
+    let (perf_hot, perf_reach) = java_shares(&folded(&perf_folded));
+    eprintln!(
+        "Hot.hot: smolder {our_hot:.3}, perf {perf_hot:.3}; thread root reached: smolder {our_reach:.3}, perf {perf_reach:.3}"
+    );
+    assert!(
+        our_reach >= 0.95,
+        "only {:.1}% of smolder's stacks reach start_thread (perf: {:.1}%); smolder said: {stderr}",
+        our_reach * 100.0,
+        perf_reach * 100.0
+    );
+    assert!(
+        our_reach >= perf_reach - 0.02,
+        "smolder's stacks reach the thread root in {:.1}%, perf's in {:.1}%",
+        our_reach * 100.0,
+        perf_reach * 100.0
+    );
+    assert!(
+        (our_hot - perf_hot).abs() <= 0.05,
+        "Hot.hot: smolder {our_hot:.3}, perf {perf_hot:.3}"
+    );
+    assert!(
+        our_hot > 0.5,
+        "Hot.hot is in {our_hot:.3} of smolder's stacks; smolder said: {stderr}"
+    );
+    // Named from the perf map, read after the JVM exited, as JVM frames.
+    assert!(
+        ours.iter()
+            .any(|(f, _)| f.iter().any(|x| x == "double Hot.hot(int)_[j]")),
+        "no `double Hot.hot(int)` JIT frame in smolder's stacks"
+    );
+}
