@@ -2,8 +2,9 @@
 //! on the pyenv interpreters (3.8 to 3.13) against the split the script
 //! makes, against `py-spy record` on the same script, through a C function
 //! called with `ctypes`, and the per-version layout table against each
-//! interpreter's own debug information (gdb). Also stacks through JIT code
-//! (node with a perf map) against `perf record -g`. These need root (CI runs
+//! interpreter's own debug information (gdb), and `record -a` on an
+//! interpreter already running. Also stacks through JIT code (node and a
+//! JVM with perf maps) against `perf record -g`. These need root (CI runs
 //! as root): they fail, not skip, when `CI` is set and eBPF is unavailable.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,10 +13,10 @@ use std::process::Command;
 
 use smolder::python::{Detection, Layout};
 use smolder_e2e::{
-    compile_c, folded, perf_record_folded, require_ebpf, require_tool, run_ok, smolder_ok,
-    workspace_root,
+    compile_c, folded, perf_record_folded, profile_stacks, pyenv_python, require_ebpf,
+    require_tool, run_ok, smolder_ok, split_script, split_shares, StackFrame as Frame,
 };
-use smolder_profiles_proto::{read_profile, sample_weight, FrameType, ProfileView};
+use smolder_profiles_proto::read_profile;
 
 /// The tests of this file take turns: each measures CPU shares.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -24,76 +25,12 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Three functions splitting CPU time 60/30/10 for `argv[1]` seconds of
-/// CPU time (not a number of rounds: the split does not depend on how fast
-/// or busy the CPU is); the benchmark runs the same file.
-fn split_script() -> PathBuf {
-    workspace_root().join("tests/fixtures/split.py")
-}
-
-/// The pyenv interpreter 3.`minor` (`~/.pyenv/versions/3.N.*/bin/python3.N`).
-fn pyenv_python(minor: u8) -> PathBuf {
-    let root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".pyenv"));
-    let prefix = format!("3.{minor}.");
-    std::fs::read_dir(root.join("versions"))
-        .ok()
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path().join(format!("bin/python3.{minor}")))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "CPython 3.{minor} is required under {}/versions (.ci/run checks for it)",
-                root.display()
-            )
-        })
-}
-
-/// One frame of a recorded stack.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Frame {
-    function: String,
-    file: String,
-    line: i64,
-    python: bool,
-}
-
 /// Every sampled stack of an OTLP file, root first, with its weight.
 fn stacks(path: &Path) -> Vec<(Vec<Frame>, i64)> {
-    let data = read_profile(&std::fs::read(path).unwrap()).unwrap().data;
-    let view = ProfileView::new(&data);
-    let mut out = Vec::new();
-    for (_, profile) in view.profiles() {
-        for s in &profile.samples {
-            let mut frames = Vec::new();
-            for location in view.stack(s.stack_index) {
-                let python = view.frame_type(location) == FrameType::CPython;
-                for l in view.lines(location) {
-                    frames.push(Frame {
-                        function: l.function.to_owned(),
-                        file: l.file.to_owned(),
-                        line: l.line,
-                        python,
-                    });
-                }
-                if location.lines.is_empty() {
-                    frames.push(Frame {
-                        function: format!("{:#x}", location.address),
-                        file: String::new(),
-                        line: 0,
-                        python,
-                    });
-                }
-            }
-            frames.reverse();
-            out.push((frames, sample_weight(s)));
-        }
-    }
-    out
+    profile_stacks(
+        &read_profile(&std::fs::read(path).unwrap()).unwrap().data,
+        None,
+    )
 }
 
 /// `smolder record -F HZ --format FORMAT -o DIR/NAME.FORMAT -- CMD`: the
@@ -128,37 +65,6 @@ fn record_otlp(
     cmd: &[&std::ffi::OsStr],
 ) -> (PathBuf, String) {
     record(dir, name, "otlp", frequency, cmd)
-}
-
-/// Shares of `sixty`, `thirty`, `ten` among the samples in any of them,
-/// and the share of those whose Python frames are exactly
-/// `<module>` -> `main` -> the function -> `work`.
-fn split_shares(stacks: &[(Vec<Frame>, i64)]) -> (BTreeMap<&'static str, f64>, f64, i64) {
-    let mut per: BTreeMap<&'static str, i64> = BTreeMap::new();
-    let (mut total, mut complete) = (0i64, 0i64);
-    for (frames, n) in stacks {
-        let python: Vec<&str> = frames
-            .iter()
-            .filter(|f| f.python)
-            .map(|f| f.function.as_str())
-            .collect();
-        let Some(name) = ["sixty", "thirty", "ten"]
-            .into_iter()
-            .find(|name| python.contains(name))
-        else {
-            continue;
-        };
-        *per.entry(name).or_default() += n;
-        total += n;
-        if python == ["<module>", "main", name, "work"] {
-            complete += n;
-        }
-    }
-    let shares = per
-        .into_iter()
-        .map(|(k, v)| (k, v as f64 / total.max(1) as f64))
-        .collect();
-    (shares, complete as f64 / total.max(1) as f64, total)
 }
 
 #[test]
@@ -871,5 +777,69 @@ fn java_stacks_through_jit_code_reach_the_thread_root_like_perf() {
         ours.iter()
             .any(|(f, _)| f.iter().any(|x| x == "double Hot.hot(int)_[j]")),
         "no `double Hot.hot(int)` JIT frame in smolder's stacks"
+    );
+}
+
+/// `smolder record -a` while the split script already runs: Python frames
+/// for the process it finds running. Its first samples, taken before the
+/// process's tables and interpreter were loaded, have native frames only
+/// (the limit the README states); the rest split 60/30/10.
+#[test]
+fn record_all_names_the_python_frames_of_an_interpreter_already_running() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let python = pyenv_python(12);
+    // More CPU time than the recording lasts: killed once recorded.
+    let mut child = Command::new(&python)
+        .arg(split_script())
+        .arg("600")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Past its start-up (imports, the first calls).
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let out = dir.path().join("all.otlp");
+    let stderr = smolder_ok([
+        "record".as_ref(),
+        "-a".as_ref(),
+        "-d".as_ref(),
+        "15s".as_ref(),
+        "-F".as_ref(),
+        "499".as_ref(),
+        "--format".as_ref(),
+        "otlp".as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let data = read_profile(&std::fs::read(&out).unwrap()).unwrap().data;
+    let stacks = profile_stacks(&data, Some(child.id()));
+    let all: i64 = stacks.iter().map(|(_, n)| n).sum();
+    let (shares, complete, total) = split_shares(&stacks);
+    eprintln!(
+        "record -a: {total} of {all} samples of the interpreter with Python frames, {:.1}% complete, {shares:?}",
+        complete * 100.0
+    );
+    // (On a 2-CPU machine at a load average of 14, Python frames from the
+    // 2nd second on: 422 of 491 samples.)
+    assert!(
+        total as f64 >= 0.5 * all as f64 && total >= 100,
+        "only {total} of the interpreter's {all} samples have Python frames; smolder said: {stderr}"
+    );
+    for (name, want) in [("sixty", 0.6), ("thirty", 0.3), ("ten", 0.1)] {
+        let got = shares.get(name).copied().unwrap_or(0.0);
+        assert!(
+            (got - want).abs() <= 0.05,
+            "{name} {got:.3}, want {want} ({shares:?})"
+        );
+    }
+    assert!(
+        complete >= 0.95,
+        "only {:.1}% of stacks are <module> -> main -> f -> work",
+        complete * 100.0
     );
 }
