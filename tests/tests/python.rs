@@ -118,9 +118,14 @@ fn python_functions_split_60_30_10_with_complete_stacks_on_every_version() {
                 if f.file == script.to_str().unwrap() {
                     Some((f.function.clone(), f.line))
                 } else {
-                    // (Frozen modules, importlib's among them, have no file.)
+                    // (Frozen modules, importlib's among them, have no file;
+                    // a code object freed as the interpreter exits is kept
+                    // by its address, unnamed, and counted.)
+                    let unread = f.function.starts_with("0x") && f.file.is_empty();
                     assert!(
-                        Path::new(&f.file).starts_with(&library) || f.file.starts_with("<frozen "),
+                        Path::new(&f.file).starts_with(&library)
+                            || f.file.starts_with("<frozen ")
+                            || unread,
                         "3.{minor}: neither the script nor {} nor frozen: {f:?}",
                         library.display()
                     );
