@@ -177,7 +177,9 @@ static __always_inline int python_step(struct python_walk *py, __u64 lookup, __u
 		return PY_NATIVE;
 	if (py->segment_done || !frame)
 		return python_segment_end(py);
-	if (bpf_probe_read_user(&previous, sizeof(previous), (void *)(frame + cfg->frame_previous)))
+	/* A frame that is its own caller is forged: longer cycles end at the frame limit. */
+	if (bpf_probe_read_user(&previous, sizeof(previous), (void *)(frame + cfg->frame_previous)) ||
+	    previous == frame)
 		goto stop;
 	if (cfg->frame_owner != SMOLDER_PY_NONE) {
 		if (bpf_probe_read_user(&flag, 1, (void *)(frame + cfg->frame_owner)))

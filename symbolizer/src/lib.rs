@@ -54,7 +54,7 @@ pub use demangle::demangle;
 pub use error::Error;
 pub use format::{format_addr2line, format_json_line};
 pub use perfmap::{PerfMap, PerfMapReader};
-pub use process::{open_mapped_file, Mapping, MappingKind, ProcessFacts, ProcessMaps};
+pub use process::{open_mapped_file, Mapping, MappingKind, ProcessFacts, ProcessMaps, ProcessRoot};
 pub use stats::Stats;
 pub use symbolizer::{Symbolizer, SymbolizerBuilder};
 

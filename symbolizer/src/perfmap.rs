@@ -3,14 +3,16 @@
 //! `python3 -X perf`. Owns parsing, lookup and [`PerfMapReader`], which reads
 //! a process's map by the open rule of [`crate::process`] (inside its root,
 //! no symbolic links, a regular file owned by the process's uid), capped in
-//! bytes and lines, and reads only what was appended when it grows.
+//! bytes and lines, and reads only what was appended when it grows. The
+//! reader keeps the process's root from its first read, so a map written as
+//! the process exits (a JVM's `-XX:+DumpPerfMapAtExit`) is still read after.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
-use crate::process::{open_in_root, OpenCheck, OpenError, ProcessFacts};
+use crate::process::{OpenCheck, OpenError, ProcessFacts, ProcessRoot};
 
 /// At most this many bytes of a perf map are read.
 pub const MAX_PERF_MAP_BYTES: u64 = 64 << 20;
@@ -18,6 +20,10 @@ pub const MAX_PERF_MAP_BYTES: u64 = 64 << 20;
 pub const MAX_PERF_MAP_LINES: usize = 1 << 20;
 /// Longer lines are skipped (a name is never this long).
 const MAX_LINE_BYTES: usize = 8 << 10;
+/// The bytes before the read offset that are compared on each refresh: a
+/// map rewritten in place (a JVM's `jcmd PID Compiler.perfmap`, then its
+/// map at exit) differs there, and is read again from the start.
+const CHECKED_BYTES: usize = 64;
 
 /// The parsed entries of one perf map, sorted by start address.
 #[derive(Debug, Default)]
@@ -104,8 +110,12 @@ pub struct PerfMapReader {
     pid: u32,
     path: String,
     uid: Option<u32>,
+    /// The process's root, opened on the first read.
+    root: Option<ProcessRoot>,
     /// The file being read, its (dev, inode) and how far it was read.
     file: Option<(File, (u64, u64), u64)>,
+    /// The last bytes read, up to [`CHECKED_BYTES`].
+    last: Vec<u8>,
     /// A last line not yet ended by a newline.
     tail: Vec<u8>,
     raw: Vec<(u64, u64, Box<str>)>,
@@ -123,7 +133,9 @@ impl PerfMapReader {
             pid: facts.pid,
             path: format!("/tmp/perf-{ns_pid}.map"),
             uid: facts.uid,
+            root: None,
             file: None,
+            last: Vec::new(),
             tail: Vec::new(),
             raw: Vec::new(),
             map: Arc::default(),
@@ -147,8 +159,9 @@ impl PerfMapReader {
     }
 
     /// Reads what was appended since the last call (all of it the first
-    /// time, or when the file was replaced or shrank). A process that is
-    /// gone keeps the entries already read. Returns whether the map changed.
+    /// time, or when the file was replaced, shrank or was rewritten). The
+    /// first call takes the process's root: later calls read under it even
+    /// after the process exited. Returns whether the map changed.
     pub fn refresh(&mut self) -> Result<bool, OpenError> {
         let check = OpenCheck {
             // A larger file is read up to the cap, not refused.
@@ -156,7 +169,19 @@ impl PerfMapReader {
             identity: None,
             owner: self.uid,
         };
-        let file = match open_in_root(self.pid, &self.path, &check) {
+        let root = match self.root.take() {
+            Some(root) => root,
+            None => match ProcessRoot::open(self.pid, &self.path) {
+                Ok(root) => root,
+                Err(e) => {
+                    self.last_error = Some(e.to_string());
+                    return Err(e);
+                }
+            },
+        };
+        let opened = root.open_file(&self.path, &check);
+        self.root = Some(root);
+        let file = match opened {
             Ok(f) => f,
             Err(e @ OpenError::Io { .. }) if self.file.is_some() => {
                 // The process exited: what was read stays.
@@ -179,10 +204,17 @@ impl PerfMapReader {
         })?;
         let identity = (meta.dev(), meta.ino());
         let offset = match &self.file {
-            Some((_, id, offset)) if *id == identity && meta.len() >= *offset => *offset,
+            Some((_, id, offset))
+                if *id == identity
+                    && meta.len() >= *offset
+                    && self.unchanged_before(&file, *offset) =>
+            {
+                *offset
+            }
             _ => {
                 self.raw.clear();
                 self.tail.clear();
+                self.last.clear();
                 0
             }
         };
@@ -205,6 +237,10 @@ impl PerfMapReader {
                 });
             }
             new_offset = offset + buf.len() as u64;
+            let keep = buf.len().min(CHECKED_BYTES);
+            let drop = (self.last.len() + keep).saturating_sub(CHECKED_BYTES);
+            self.last.drain(..drop);
+            self.last.extend_from_slice(&buf[buf.len() - keep..]);
             self.ingest(&buf);
         }
         if meta.len() > MAX_PERF_MAP_BYTES || self.raw.len() >= MAX_PERF_MAP_LINES {
@@ -215,6 +251,14 @@ impl PerfMapReader {
             self.map = Arc::new(PerfMap::from_entries(self.raw.clone()));
         }
         Ok(changed)
+    }
+
+    /// Whether the bytes before `offset` are still those read there.
+    fn unchanged_before(&self, file: &File, offset: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut now = vec![0u8; self.last.len()];
+        let at = offset - self.last.len() as u64;
+        file.read_exact_at(&mut now, at).is_ok() && now == self.last
     }
 
     fn ingest(&mut self, bytes: &[u8]) {
@@ -316,6 +360,59 @@ bogus line
         assert_eq!(reader.map().lookup(0x3001), None);
         assert_eq!(reader.counts().bad_lines, 1);
         assert!(!reader.refresh().unwrap(), "nothing new");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_map_rewritten_in_place_is_read_again_from_the_start() {
+        use std::io::{Seek, Write};
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let facts = ProcessFacts::read(child.id(), "sleep");
+        let path = format!("/tmp/perf-{}.map", child.id());
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(f, "1000 10 first\n2000 10 second").unwrap();
+        let mut reader = PerfMapReader::new(&facts);
+        assert!(reader.refresh().unwrap());
+        // Truncated and written anew, longer, as the JVM does.
+        f.set_len(0).unwrap();
+        f.rewind().unwrap();
+        writeln!(
+            f,
+            "1000 10 first\n1800 10 between\n2000 10 second\n3000 10 third"
+        )
+        .unwrap();
+        assert!(reader.refresh().unwrap());
+        let map = reader.map();
+        assert_eq!(map.lookup(0x1801), Some("between"));
+        assert_eq!(map.lookup(0x3001), Some("third"));
+        assert_eq!(map.len(), 4);
+        let _ = child.kill();
+        let _ = child.wait();
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_map_written_as_the_process_exits_is_read_after() {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let facts = ProcessFacts::read(child.id(), "sleep");
+        let path = format!("/tmp/perf-{}.map", child.id());
+        let _ = std::fs::remove_file(&path);
+        let mut reader = PerfMapReader::new(&facts);
+        assert!(matches!(reader.refresh(), Err(OpenError::NotFound { .. })));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!std::path::Path::new(&format!("/proc/{}", child.id())).exists());
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(f, "1000 10 at_exit").unwrap();
+        assert!(reader.refresh().unwrap());
+        assert_eq!(reader.map().lookup(0x1001), Some("at_exit"));
         std::fs::remove_file(&path).unwrap();
     }
 }

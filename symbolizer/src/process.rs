@@ -244,64 +244,94 @@ const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
 /// `/proc/PID/maps` are already resolved, so a symbolic link on the way
 /// means the file changed since it was mapped. Never falls back to a host path.
 pub fn open_in_root(pid: u32, path: &str, check: &OpenCheck) -> Result<File, OpenError> {
-    let err_path = || path.to_owned();
-    let io = |source: io::Error| OpenError::Io {
-        pid,
-        path: err_path(),
-        source,
-    };
-    let root_path = CString::new(format!("/proc/{pid}/root")).map_err(|e| io(e.into()))?;
-    // SAFETY: open(2) on a NUL-terminated path; the fd is owned below.
-    let root = unsafe {
-        libc::open(
-            root_path.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if root < 0 {
-        return Err(io(io::Error::last_os_error()));
+    ProcessRoot::open(pid, path)?.open_file(path, check)
+}
+
+/// A handle on the root directory of a process, taken while it lives, under
+/// which [`open_in_root`]'s rule opens files later, also after the process
+/// exited (a JVM writes its perf map as it exits) or its PID was reused:
+/// the handle is the directory, not `/proc/PID`.
+#[derive(Debug)]
+pub struct ProcessRoot {
+    pid: u32,
+    fd: OwnedFd,
+}
+
+impl ProcessRoot {
+    /// Opens `/proc/PID/root` as an `O_PATH` directory handle (`path` only
+    /// names the file the caller wants, for the error).
+    pub fn open(pid: u32, path: &str) -> Result<ProcessRoot, OpenError> {
+        let io = |source: io::Error| OpenError::Io {
+            pid,
+            path: path.to_owned(),
+            source,
+        };
+        let root_path = CString::new(format!("/proc/{pid}/root")).map_err(|e| io(e.into()))?;
+        // SAFETY: open(2) on a NUL-terminated path; the fd is owned below.
+        let root = unsafe {
+            libc::open(
+                root_path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if root < 0 {
+            return Err(io(io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(root) };
+        Ok(ProcessRoot { pid, fd })
     }
-    // SAFETY: a fresh fd that nothing else owns.
-    let root = unsafe { OwnedFd::from_raw_fd(root) };
-    let relative = path.trim_start_matches('/');
-    let relative = if relative.is_empty() { "." } else { relative };
-    let relative = CString::new(relative).map_err(|_| OpenError::NotFound {
-        pid,
-        path: err_path(),
-    })?;
-    // SAFETY: open_how is a plain C struct; all zeroes is its empty value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: openat2 reads the NUL-terminated path and `how`, both alive for
-    // the call, and returns a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            relative.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ENOTDIR) => OpenError::NotFound {
-                pid,
-                path: err_path(),
-            },
-            Some(libc::ELOOP) | Some(libc::EXDEV) => OpenError::Escapes {
-                pid,
-                path: err_path(),
-            },
-            _ => io(e),
-        });
+
+    /// Opens `path` under this root by the rule of [`open_in_root`].
+    pub fn open_file(&self, path: &str, check: &OpenCheck) -> Result<File, OpenError> {
+        let pid = self.pid;
+        let err_path = || path.to_owned();
+        let io = |source: io::Error| OpenError::Io {
+            pid,
+            path: err_path(),
+            source,
+        };
+        let relative = path.trim_start_matches('/');
+        let relative = if relative.is_empty() { "." } else { relative };
+        let relative = CString::new(relative).map_err(|_| OpenError::NotFound {
+            pid,
+            path: err_path(),
+        })?;
+        // SAFETY: open_how is a plain C struct; all zeroes is its empty value.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+        how.resolve =
+            libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: openat2 reads the NUL-terminated path and `how`, both alive for
+        // the call, and returns a new fd or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.fd.as_raw_fd(),
+                relative.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) => OpenError::NotFound {
+                    pid,
+                    path: err_path(),
+                },
+                Some(libc::ELOOP) | Some(libc::EXDEV) => OpenError::Escapes {
+                    pid,
+                    path: err_path(),
+                },
+                _ => io(e),
+            });
+        }
+        let fd = i32::try_from(fd).map_err(|_| io(io::Error::other("fd out of range")))?;
+        // SAFETY: the kernel just returned this fd; nothing else owns it.
+        let handle = unsafe { OwnedFd::from_raw_fd(fd) };
+        checked_reopen(pid, path, handle, check)
     }
-    let fd = i32::try_from(fd).map_err(|_| io(io::Error::other("fd out of range")))?;
-    // SAFETY: the kernel just returned this fd; nothing else owns it.
-    let handle = unsafe { OwnedFd::from_raw_fd(fd) };
-    checked_reopen(pid, path, handle, check)
 }
 
 /// Opens the file behind `mapping` of process `pid`: through its

@@ -450,3 +450,129 @@ pub fn canonical_samples(
     }
     out.into_iter().map(|((r, s, f), w)| (r, s, f, w)).collect()
 }
+
+/// The pyenv interpreter 3.`minor` (`~/.pyenv/versions/3.N.*/bin/python3.N`).
+pub fn pyenv_python(minor: u8) -> PathBuf {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".pyenv"));
+    let prefix = format!("3.{minor}.");
+    std::fs::read_dir(root.join("versions"))
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path().join(format!("bin/python3.{minor}")))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "CPython 3.{minor} is required under {}/versions (.ci/run checks for it)",
+                root.display()
+            )
+        })
+}
+
+/// Three functions splitting CPU time 60/30/10 for `argv[1]` seconds of
+/// CPU time (not a number of rounds: the split does not depend on how fast
+/// or busy the CPU is); the benchmark runs the same file.
+pub fn split_script() -> PathBuf {
+    workspace_root().join("tests/fixtures/split.py")
+}
+
+/// One frame of a recorded stack.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StackFrame {
+    pub function: String,
+    pub file: String,
+    pub line: i64,
+    /// A CPython frame (`profile.frame.type` `cpython`).
+    pub python: bool,
+}
+
+/// Every sampled stack of a profile, root first, with its weight; only
+/// those of process `pid` (its resource's `process.pid`) when given.
+pub fn profile_stacks(
+    data: &smolder_profiles_proto::otlp::profiles::v1development::ProfilesData,
+    pid: Option<u32>,
+) -> Vec<(Vec<StackFrame>, i64)> {
+    use smolder_profiles_proto::otlp::common::v1::any_value::Value;
+    use smolder_profiles_proto::{sample_weight, FrameType, ProfileView};
+    let view = ProfileView::new(data);
+    let mut out = Vec::new();
+    for (resource, profile) in view.profiles() {
+        if let Some(pid) = pid {
+            let of_pid = resource.is_some_and(|r| {
+                r.attributes.iter().any(|kv| {
+                    kv.key == "process.pid"
+                        && matches!(
+                            kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                            Some(Value::IntValue(p)) if *p == i64::from(pid)
+                        )
+                })
+            });
+            if !of_pid {
+                continue;
+            }
+        }
+        for s in &profile.samples {
+            let mut frames = Vec::new();
+            for location in view.stack(s.stack_index) {
+                let python = view.frame_type(location) == FrameType::CPython;
+                for l in view.lines(location) {
+                    frames.push(StackFrame {
+                        function: l.function.to_owned(),
+                        file: l.file.to_owned(),
+                        line: l.line,
+                        python,
+                    });
+                }
+                if location.lines.is_empty() {
+                    frames.push(StackFrame {
+                        function: format!("{:#x}", location.address),
+                        file: String::new(),
+                        line: 0,
+                        python,
+                    });
+                }
+            }
+            frames.reverse();
+            out.push((frames, sample_weight(s)));
+        }
+    }
+    out
+}
+
+/// For stacks of [`split_script`]: shares of `sixty`, `thirty`, `ten`
+/// among the samples in any of them, the share of those whose Python
+/// frames are exactly `<module>` -> `main` -> the function -> `work`, and
+/// their total weight.
+pub fn split_shares(
+    stacks: &[(Vec<StackFrame>, i64)],
+) -> (std::collections::BTreeMap<&'static str, f64>, f64, i64) {
+    let mut per: std::collections::BTreeMap<&'static str, i64> = Default::default();
+    let (mut total, mut complete) = (0i64, 0i64);
+    for (frames, n) in stacks {
+        let python: Vec<&str> = frames
+            .iter()
+            .filter(|f| f.python)
+            .map(|f| f.function.as_str())
+            .collect();
+        let Some(name) = ["sixty", "thirty", "ten"]
+            .into_iter()
+            .find(|name| python.contains(name))
+        else {
+            continue;
+        };
+        *per.entry(name).or_default() += n;
+        total += n;
+        if python == ["<module>", "main", name, "work"] {
+            complete += n;
+        }
+    }
+    let shares = per
+        .into_iter()
+        .map(|(k, v)| (k, v as f64 / total.max(1) as f64))
+        .collect();
+    (shares, complete as f64 / total.max(1) as f64, total)
+}

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use serde_json::Value;
 use smolder_e2e::{
-    compile_c, python_check, require_ebpf, require_tool, run_ok, smolder_bin, workspace_root,
+    compile_c, profile_stacks, pyenv_python, python_check, require_ebpf, require_tool, run_ok,
+    smolder_bin, split_script, split_shares, workspace_root,
 };
 use smolder_profiles_proto::otlp::collector::profiles::v1development::ExportProfilesServiceRequest;
+use smolder_profiles_proto::read_profile;
 
 /// Loops forever in two known functions, 3:1.
 const WORKLOAD_C: &str = r#"
@@ -963,4 +965,82 @@ fn a_fifo_at_a_deleted_mapped_path_does_not_stall_the_agent() {
         "exit took {took:?}: {stderr}"
     );
     drop(work);
+}
+
+/// The agent names the Python frames of an interpreter it finds running
+/// (CPython 3.12 on the split script): the intervals it exports to the
+/// official receiver, decoded by the official stubs, hold the interpreter's
+/// samples with `<module>` -> `main` -> `sixty`/`thirty`/`ten` -> `work`
+/// in about the script's split.
+#[test]
+fn python_frames_are_exported_with_their_split() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&dir.path().join("received"), 0);
+    // More CPU time than the test lasts: killed at the end.
+    let python = KillOnDrop(
+        Command::new(pyenv_python(12))
+            .arg(split_script())
+            .arg("600")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the split script"),
+    );
+    let pid = python.0.id();
+    let agent = Agent::start(
+        &["--endpoint", &receiver.endpoint(), "-i", "2s", "-F", "199"],
+        &[],
+    );
+    // Intervals until 300 samples of the interpreter carry Python frames.
+    let mut stacks = Vec::new();
+    let mut seen = 0;
+    wait_until(
+        Duration::from_secs(180),
+        "300 samples with Python frames",
+        || {
+            let files = receiver.request_files();
+            for file in &files[seen..] {
+                // The official decoder accepts each request.
+                python_check(file, "request");
+                let data = read_profile(&std::fs::read(file).unwrap()).unwrap().data;
+                stacks.extend(profile_stacks(&data, Some(pid)));
+            }
+            seen = files.len();
+            split_shares(&stacks).2 >= 300
+        },
+    );
+    // What was exported is all this test reads: no need to wait for the
+    // last interval's flush (whole-host symbolization in a debug build on a
+    // busy machine can take longer than `Agent::stop` allows).
+    let stderr = agent.stderr.text();
+    drop(agent);
+    drop(python);
+    let all: i64 = stacks.iter().map(|(_, n)| n).sum();
+    let (shares, complete, total) = split_shares(&stacks);
+    eprintln!(
+        "agent: {total} of {all} samples of the interpreter with Python frames, {:.1}% complete, {shares:?}",
+        complete * 100.0
+    );
+    for (name, want) in [("sixty", 0.6), ("thirty", 0.3), ("ten", 0.1)] {
+        let got = shares.get(name).copied().unwrap_or(0.0);
+        assert!(
+            (got - want).abs() <= 0.05,
+            "{name} {got:.3}, want {want} ({shares:?}); agent said: {stderr}"
+        );
+    }
+    assert!(
+        complete >= 0.95,
+        "only {:.1}% of stacks are <module> -> main -> f -> work",
+        complete * 100.0
+    );
+    // Python frames carry the script's file and a line in it.
+    let script = split_script();
+    assert!(stacks
+        .iter()
+        .flat_map(|(f, _)| f.iter())
+        .filter(|f| f.python && f.function == "sixty")
+        .all(|f| f.file == script.to_str().unwrap() && f.line == 9));
 }

@@ -1,7 +1,8 @@
 //! smolder as root against processes that try to hurt it, run as user
 //! `nobody` (`setpriv`): hostile perf maps (FIFO, symbolic link to a
 //! root-only file, 1 GiB sparse file), a process that truncates a file it
-//! maps while smolder reads it, and JIT frames named from `node
+//! maps while smolder reads it, a Python process corrupting its own code
+//! objects, frames and `_Py_DebugOffsets`, and JIT frames named from `node
 //! --perf-basic-prof`'s perf map against `perf record -g`. These need root
 //! (CI runs as root): they fail, not skip, when `CI` is set.
 
@@ -624,4 +625,108 @@ fn a_debug_link_with_parent_dirs_is_refused() {
         stderr.contains("1 debug link(s) refused"),
         "the refused link is not reported: {stderr}"
     );
+}
+
+/// A Python process that corrupts what smolder reads of it (the script's
+/// modes: name, qualified name and file of its running function made
+/// 2^40-character strings, or pointed at an int and its line table at a
+/// str; its frame made its own caller; on 3.13, `_Py_DebugOffsets`
+/// rewritten with offsets outside their structs), sampled by `smolder
+/// record -p` as root: smolder finishes promptly, names nothing it could not
+/// read as what it claims to be, and counts what it refused.
+#[test]
+fn a_python_process_corrupting_its_own_structures_gets_no_wrong_names() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = nobody_dir();
+    let script = dir.path().join("hostile.py");
+    std::fs::copy(
+        smolder_e2e::workspace_root().join("tests/fixtures/hostile_python.py"),
+        &script,
+    )
+    .unwrap();
+    // Debian's python3 (3.11): pyenv's interpreters sit under /root, which
+    // nobody cannot enter; the 3.13 case starts as root and drops to
+    // nobody itself (setresuid) before it forges anything.
+    let system_python = Path::new("/usr/bin/python3");
+    assert!(system_python.is_file(), "/usr/bin/python3 (Debian python3)");
+    let cases: [(&str, &str); 4] = [
+        ("huge-names", "of unreadable code objects"),
+        ("not-strings", "of unreadable code objects"),
+        ("cycle", "Python walks stopped on an unexpected layout"),
+        ("debug-offsets", "Python processes of an unknown layout"),
+    ];
+    smolder_e2e::smolder_bin();
+    for (mode, counted) in cases {
+        let mut child = if mode == "debug-offsets" {
+            KillOnDrop(
+                Command::new(smolder_e2e::pyenv_python(13))
+                    .arg(&script)
+                    .args([mode, "drop-to-nobody"])
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
+        } else {
+            as_nobody(system_python, &[script.to_str().unwrap(), mode])
+        };
+        assert_eq!(read_line(&mut child.0), "ready", "{mode}");
+        let pid = child.0.id();
+        assert!(
+            status_uid(pid) == "65534",
+            "{mode}: the hostile process runs as nobody"
+        );
+        let out = dir.path().join(format!("{mode}.otlp"));
+        let started = Instant::now();
+        let stderr = smolder_ok([
+            "record",
+            "-p",
+            &pid.to_string(),
+            "-d",
+            "3",
+            "-F",
+            "499",
+            "--format",
+            "otlp",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{mode}: record -p took {:?}",
+            started.elapsed()
+        );
+        drop(child);
+        assert!(stderr.contains(counted), "{mode}: {stderr}");
+        let data = smolder_profiles_proto::read_profile(&std::fs::read(&out).unwrap())
+            .unwrap()
+            .data;
+        let stacks = smolder_e2e::profile_stacks(&data, Some(pid));
+        assert!(!stacks.is_empty(), "{mode}: no samples");
+        for (frames, _) in &stacks {
+            for f in frames.iter().filter(|f| f.python) {
+                // The corrupted function is never named (its code object
+                // is kept by address, with no line); the module is.
+                assert!(
+                    f.function == "<module>"
+                        || (f.function.starts_with("0x") && f.line == 0 && f.file.is_empty()),
+                    "{mode}: a Python frame named {f:?}"
+                );
+            }
+            assert!(frames.len() <= 700, "{mode}: {} frames", frames.len());
+        }
+    }
+}
+
+/// The real uid of a process.
+fn status_uid(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned()
 }

@@ -287,6 +287,7 @@ impl Running {
             jit_frames_named: aggregator.jit_frames_named,
             python_frames_named: aggregator.python_frames_named,
             python_unsupported: aggregator.python_unsupported,
+            python_frames_unreadable: aggregator.python_frames_unreadable,
             samples_of_vanished_processes: aggregator.samples_of_vanished_processes,
             processes_read_at_exec: aggregator.processes_read_at_exec,
             prefetch_events_lost: sampler.prefetch_events_lost,

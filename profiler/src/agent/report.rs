@@ -186,6 +186,7 @@ pub struct Counters {
     /// of a layout smolder does not know (native frames only).
     pub python_frames_named: u64,
     pub python_unsupported: u64,
+    pub python_frames_unreadable: u64,
     /// Samples of processes that exited before their mappings were read.
     pub samples_of_vanished_processes: u64,
     /// Processes gone before their samples were read whose mappings were
@@ -397,6 +398,12 @@ pub fn prometheus_text(c: &Counters) -> String {
         "counter",
         "Processes running a CPython whose layout smolder does not know: native frames only.",
         &[("", c.python_unsupported)],
+    );
+    family(
+        "smolder_python_frames_unreadable_total",
+        "counter",
+        "Python frames whose code object, name, file or line table was not readable as one (freed or forged): kept by address.",
+        &[("", c.python_frames_unreadable)],
     );
     family(
         "smolder_samples_of_vanished_processes_total",

@@ -102,6 +102,9 @@ struct Summary {
     /// no layout for (native frames only).
     python_named: u64,
     python_unsupported: u64,
+    /// Python frames whose code object was not readable as one (freed, or
+    /// forged): kept by address.
+    python_unreadable: u64,
     /// Python walks the kernel ended on memory not laid out as expected.
     python_layout_stops: u64,
 }
@@ -255,6 +258,7 @@ async fn record(args: &RecordArgs, symbolizer: Arc<Symbolizer>) -> Result<Option
             off_cpu_output,
             python_named: agg.python_frames_named,
             python_unsupported: agg.python_unsupported,
+            python_unreadable: agg.python_frames_unreadable,
             python_layout_stops: stats.python_layout_stops,
         },
         args,
@@ -376,6 +380,12 @@ fn print_summary(s: &Summary, args: &RecordArgs) {
                 parts.push(format!(
                     "{} Python processes of an unknown layout (native frames only)",
                     s.python_unsupported
+                ));
+            }
+            if s.python_unreadable > 0 {
+                parts.push(format!(
+                    "{} Python frames of unreadable code objects (kept by address)",
+                    s.python_unreadable
                 ));
             }
             if s.python_layout_stops > 0 {

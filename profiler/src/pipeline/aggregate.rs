@@ -186,6 +186,9 @@ struct JitNames {
     reader: PerfMapReader,
     read_at: Instant,
     refused: bool,
+    /// The process maps HotSpot (`libjvm.so`): its perf-map names are
+    /// Java methods and the JVM's own stubs, of no common prefix.
+    jvm: bool,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -555,6 +558,11 @@ impl Aggregator {
                 reader: PerfMapReader::new(&facts),
                 read_at: Instant::now() - MAPS_REFRESH_INTERVAL * 2,
                 refused: false,
+                jvm: state
+                    .maps
+                    .entries()
+                    .iter()
+                    .any(|m| m.path.ends_with("/libjvm.so")),
             }
         });
         if jit.read_at.elapsed() < MAPS_REFRESH_INTERVAL || jit.reader.map().lookup(pc).is_some() {
@@ -704,7 +712,9 @@ impl Aggregator {
                 memo.build_ids.insert(object, id.clone());
             }
         }
-        // JIT frames, per process, from its perf map as last read.
+        // JIT frames, per process, from its perf map, read once more (also
+        // for a process that exited: the reader kept its root, and a JVM
+        // writes its map as it exits).
         let mut jit_pcs: HashMap<u32, Vec<u64>> = HashMap::new();
         for key in stacks.keys() {
             for (i, frame) in key.user.iter().enumerate() {
@@ -714,19 +724,21 @@ impl Aggregator {
             }
         }
         let mut jit_symbols: HashMap<(u32, u64), Symbolized> = HashMap::new();
+        let mut jvm_processes: Vec<u32> = Vec::new();
         for (pid, mut pcs) in jit_pcs {
             pcs.sort_unstable();
             pcs.dedup();
             let Some(jit) = self.processes.get_mut(&pid).and_then(|p| {
-                if !p.exited {
-                    if let Some(j) = p.jit.as_mut() {
-                        let _ = j.reader.refresh();
-                    }
+                if let Some(j) = p.jit.as_mut() {
+                    let _ = j.reader.refresh();
                 }
                 p.jit.as_ref()
             }) else {
                 continue;
             };
+            if jit.jvm {
+                jvm_processes.push(pid);
+            }
             let map = jit.reader.map();
             for sym in symbolizer.symbolize_perf_map(&map, None, &pcs) {
                 jit_symbols.insert((pid, sym.addr), sym);
@@ -798,6 +810,10 @@ impl Aggregator {
                         let sym = jit_symbols.get(&(key.pid, lookup_pc(pc, i)));
                         let lines = frame_lines(sym, &mut self.stats);
                         let frame_type = match lines.first() {
+                            Some(_) if jvm_processes.contains(&key.pid) => {
+                                self.stats.jit_frames_named += 1;
+                                FrameType::Jvm
+                            }
                             Some(l) => {
                                 self.stats.jit_frames_named += 1;
                                 jit_frame_type(&l.function)

@@ -2,7 +2,8 @@
 //! name, first line and line table, and the line of an instruction.
 //!
 //! Everything here is read from memory the profiled process controls:
-//! the object's type must be `PyCode_Type`, strings must be compact and at
+//! the object's type must be `PyCode_Type`, its name and file
+//! `PyUnicode_Type`, its line table `PyBytes_Type`; strings must be compact and at
 //! most [`MAX_STRING_CHARS`] characters, line tables at most
 //! [`MAX_LINE_TABLE_BYTES`]; anything else is refused, never guessed.
 
@@ -115,6 +116,10 @@ impl CodeReader {
     /// A `str`: compact (the characters follow the header), ASCII,
     /// Latin-1, UCS-2 or UCS-4.
     fn string(&self, addr: u64) -> io::Result<String> {
+        if self.memory.read_u64(addr.checked_add(8).ok_or_else(bad)?)? != self.interpreter.str_type
+        {
+            return Err(io::Error::other("not a str"));
+        }
         let l = &self.interpreter.layout;
         let mut head = [0u8; 40];
         self.memory.read_exact(addr, &mut head)?;
@@ -155,6 +160,11 @@ impl CodeReader {
 
     /// A `bytes` object's contents: `ob_size` at 16, data at 32.
     fn bytes(&self, addr: u64) -> io::Result<Vec<u8>> {
+        if self.memory.read_u64(addr.checked_add(8).ok_or_else(bad)?)?
+            != self.interpreter.bytes_type
+        {
+            return Err(io::Error::other("not a bytes"));
+        }
         let len = self
             .memory
             .read_u64(addr.checked_add(16).ok_or_else(bad)?)?;

@@ -227,6 +227,24 @@ impl Layout {
                 "_Py_DebugOffsets of version {version:#x}, not 3.13"
             ));
         }
+        // Each offset must lie inside its struct, whose size the same
+        // header gives (runtime, interpreter, thread state, frame, code
+        // object): a header written by the process itself is checked
+        // against itself, so forged offsets make an unknown layout.
+        let inside = |struct_size: usize, fields: &[usize]| -> Result<(), String> {
+            let size = u(struct_size).unwrap_or(0);
+            match fields.iter().find(|&&f| u(f).is_none_or(|v| v >= size)) {
+                Some(f) => Err(format!(
+                    "_Py_DebugOffsets field {f} lies outside its struct of {size} bytes"
+                )),
+                None => Ok(()),
+            }
+        };
+        inside(3, &[5])?;
+        inside(6, &[9])?;
+        inside(19, &[21, 23, 24])?;
+        inside(28, &[29, 30, 31, 33])?;
+        inside(34, &[35, 36, 37, 38, 39, 43])?;
         let layout = Layout {
             runtime_interpreters_head: field(5)?,
             interp_threads_head: field(9)?,
@@ -273,6 +291,10 @@ pub struct Interpreter {
     pub runtime: u64,
     pub eval: Range<u64>,
     pub code_type: u64,
+    /// `PyUnicode_Type` and `PyBytes_Type`: names and files are `str`,
+    /// line tables `bytes`, or the code object is not read.
+    pub str_type: u64,
+    pub bytes_type: u64,
     pub layout: Layout,
 }
 
@@ -340,6 +362,8 @@ fn inspect(pid: u32, entry: &Mapping, name_minor: u8) -> Result<Option<Detection
     let mut runtime = None;
     let mut eval = None;
     let mut code_type = None;
+    let mut str_type = None;
+    let mut bytes_type = None;
     let mut py_version = None;
     for sym in obj.dynamic_symbols().chain(obj.symbols()) {
         match sym.name() {
@@ -348,6 +372,8 @@ fn inspect(pid: u32, entry: &Mapping, name_minor: u8) -> Result<Option<Detection
                 eval = eval.or(Some(sym.address()..sym.address() + sym.size()))
             }
             Ok("PyCode_Type") => code_type = code_type.or(Some(sym.address())),
+            Ok("PyUnicode_Type") => str_type = str_type.or(Some(sym.address())),
+            Ok("PyBytes_Type") => bytes_type = bytes_type.or(Some(sym.address())),
             Ok("Py_Version") => py_version = py_version.or(Some(sym.address())),
             _ => {}
         }
@@ -361,8 +387,13 @@ fn inspect(pid: u32, entry: &Mapping, name_minor: u8) -> Result<Option<Detection
             reason,
         }))
     };
-    let (Some(eval), Some(code_type)) = (eval, code_type) else {
-        return unsupported("no _PyEval_EvalFrameDefault or PyCode_Type symbol".into());
+    let (Some(eval), Some(code_type), Some(str_type), Some(bytes_type)) =
+        (eval, code_type, str_type, bytes_type)
+    else {
+        return unsupported(
+            "no _PyEval_EvalFrameDefault, PyCode_Type, PyUnicode_Type or PyBytes_Type symbol"
+                .into(),
+        );
     };
     let layout = ElfLayout::of_object(&obj);
     let Some(bias) = layout.load_bias(entry.start, entry.offset) else {
@@ -400,6 +431,8 @@ fn inspect(pid: u32, entry: &Mapping, name_minor: u8) -> Result<Option<Detection
         runtime,
         eval: eval.start.wrapping_add(bias)..eval.end.wrapping_add(bias),
         code_type: code_type.wrapping_add(bias),
+        str_type: str_type.wrapping_add(bias),
+        bytes_type: bytes_type.wrapping_add(bias),
         layout,
     })))
 }
@@ -442,5 +475,29 @@ mod tests {
         assert!(Layout::from_debug_offsets(b"xdebugpy").is_err());
         assert!(Layout::for_version(7).is_none());
         assert!(Layout::for_version(14).is_none());
+    }
+
+    /// A 3.13 header with every struct 512 bytes and every offset 8.
+    fn header() -> Vec<u8> {
+        let mut words = vec![8u64; 45];
+        words[1] = 0x030d_00f0;
+        words[2] = 0;
+        for size in [3, 6, 19, 28, 34] {
+            words[size] = 512;
+        }
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        bytes[..8].copy_from_slice(b"xdebugpy");
+        bytes
+    }
+
+    #[test]
+    fn debug_offsets_outside_their_struct_are_refused() {
+        let (_, layout) = Layout::from_debug_offsets(&header()).unwrap();
+        assert_eq!(layout.frame_previous, 8);
+        // The frame's `previous` (word 29) past the frame's size (word 28).
+        let mut forged = header();
+        forged[29 * 8..30 * 8].copy_from_slice(&0x7ff8u64.to_ne_bytes());
+        let err = Layout::from_debug_offsets(&forged).unwrap_err();
+        assert!(err.contains("field 29"), "{err}");
     }
 }

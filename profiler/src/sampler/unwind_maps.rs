@@ -333,8 +333,43 @@ impl Worker {
         })
     }
 
+    /// Serves requests, cheapest load first: a process whose files all
+    /// have resident tables is loaded at once, and one mapping a huge new
+    /// binary (a compiler's 100 MiB library) waits behind the small ones,
+    /// so that on a busy host (`record -a`, the agent) most processes get
+    /// their tables, and interpreters their Python frames, early. The
+    /// estimate halves for each second a request waits: none starves.
     fn run(mut self, requests: mpsc::Receiver<Request>) {
-        while let Ok(request) = requests.recv() {
+        let mut pending: Vec<(Instant, Request)> = Vec::new();
+        // What loading each pending process costs, estimated once per request.
+        let mut costs: HashMap<u32, u64> = HashMap::new();
+        loop {
+            if pending.is_empty() {
+                match requests.recv() {
+                    Ok(request) => pending.push((Instant::now(), request)),
+                    Err(_) => return,
+                }
+            }
+            pending.extend(requests.try_iter().map(|r| (Instant::now(), r)));
+            let next = pending
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (since, request))| match request {
+                    // Forgetting, and a driver waiting for a load, come first.
+                    Request::Forget { .. } | Request::Load { done: Some(_), .. } => 0,
+                    Request::Load { pid, done: None } => {
+                        let cost = *costs
+                            .entry(*pid)
+                            .or_insert_with(|| self.load_cost(*pid).saturating_add(1));
+                        cost.checked_shr(since.elapsed().as_secs() as u32)
+                            .unwrap_or(0)
+                            .max(1)
+                    }
+                })
+                .map_or(0, |(i, _)| i);
+            let (_, request) = pending.remove(next);
+            let (Request::Load { pid, .. } | Request::Forget { pid }) = &request;
+            costs.remove(pid);
             match request {
                 Request::Load { pid, done } => {
                     let result = self.load_process(pid);
@@ -354,6 +389,27 @@ impl Worker {
             }
             self.publish_stats();
         }
+    }
+
+    /// Bytes of executable file mappings of `pid` that have no table (nor
+    /// a failed attempt) yet: what building its tables costs, roughly.
+    fn load_cost(&self, pid: u32) -> u64 {
+        let Ok(maps) = ProcessMaps::read(pid) else {
+            return 0;
+        };
+        maps.entries()
+            .iter()
+            .filter(|e| e.is_file())
+            .filter(|e| {
+                let identity = (e.dev, e.inode);
+                !self.failed.contains_key(&identity)
+                    && !self
+                        .by_file
+                        .get(&identity)
+                        .is_some_and(|k| self.resident.contains_key(k))
+            })
+            .map(|e| e.end - e.start)
+            .sum()
     }
 
     fn publish_stats(&self) {
