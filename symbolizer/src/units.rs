@@ -6,17 +6,22 @@
 //! one-unit `addr2line` contexts. A unit that refers into other units
 //! (`DW_FORM_ref_addr`, as LTO emits) cannot be read alone: its addresses
 //! are left to the whole-object context ([`DwarfInfo::load`]).
+//!
+//! A compressed `.debug_info` (a distribution's separate debug file) is not
+//! inflated whole: each unit is inflated alone, streaming the section up to
+//! it and keeping only its bytes.
 
 use std::collections::HashSet;
+use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use gimli::{Reader as _, Section as _};
 use lru::LruCache;
 
 use crate::demangle::NameCache;
-use crate::dwarf::{self, DwarfInfo, Reader};
-use crate::elf::{ElfObject, Env};
+use crate::dwarf::{self, DwarfInfo, Reader, SectionBytes};
+use crate::elf::{Backing, ElfObject, Env};
 use crate::stats::Counters;
 use crate::{Error, Frame};
 
@@ -60,10 +65,160 @@ struct Kept {
     bytes: usize,
 }
 
+/// Where the bytes of the units come from.
+enum Info {
+    /// `.debug_info` as loaded: mapped, or not compressed.
+    Loaded,
+    /// `.debug_info` compressed in the file: inflated a unit at a time.
+    Compressed(CompressedInfo),
+}
+
+struct CompressedInfo {
+    backing: Arc<Backing>,
+    /// The compressed stream, in `backing`.
+    start: usize,
+    end: usize,
+    format: object::CompressionFormat,
+    /// Inflated size, as declared (and checked against the caps).
+    size: u64,
+    endian: gimli::RunTimeEndian,
+}
+
+impl CompressedInfo {
+    /// `.debug_info` of `obj` when it is compressed.
+    fn of(obj: &ElfObject) -> Result<Option<CompressedInfo>, Error> {
+        use object::{Object, ObjectSection};
+        let backing = obj.data();
+        let file = object::File::parse(&***backing).map_err(|e| Error::object(&obj.path, e))?;
+        let Some(section) = file.section_by_name(".debug_info") else {
+            return Ok(None);
+        };
+        let Ok(c) = section.compressed_data() else {
+            return Ok(None);
+        };
+        if !matches!(
+            c.format,
+            object::CompressionFormat::Zlib | object::CompressionFormat::Zstandard
+        ) {
+            return Ok(None);
+        }
+        let cap = dwarf::MAX_DECOMPRESSED_BYTES.min((c.data.len() as u64).saturating_mul(1100));
+        if c.uncompressed_size > cap {
+            return Err(Error::Decompression {
+                path: obj.path.clone(),
+                section: ".debug_info".to_owned(),
+                size: c.uncompressed_size,
+                cap,
+            });
+        }
+        let start = (c.data.as_ptr() as usize).wrapping_sub(backing.as_ptr() as usize);
+        let Some(end) = start
+            .checked_add(c.data.len())
+            .filter(|&e| e <= backing.len())
+        else {
+            return Ok(None);
+        };
+        let endian = if obj.little_endian() {
+            gimli::RunTimeEndian::Little
+        } else {
+            gimli::RunTimeEndian::Big
+        };
+        Ok(Some(CompressedInfo {
+            backing: Arc::clone(backing),
+            start,
+            end,
+            format: c.format,
+            size: c.uncompressed_size,
+            endian,
+        }))
+    }
+
+    /// The inflated section as a stream, at most its declared size.
+    fn stream(&self) -> std::io::Result<impl Read + '_> {
+        let data = self.backing.get(self.start..self.end).unwrap_or(&[]);
+        let reader: Box<dyn Read + '_> = match self.format {
+            object::CompressionFormat::Zstandard => Box::new(
+                ruzstd::decoding::StreamingDecoder::new(data)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            ),
+            _ => Box::new(flate2::read::ZlibDecoder::new(data)),
+        };
+        Ok(reader.take(self.size))
+    }
+
+    /// Reads the unit at the stream's position: its length and, if `keep`,
+    /// its bytes (header included); `None` at the end of the section.
+    fn next_unit(
+        &self,
+        r: &mut impl Read,
+        keep: bool,
+    ) -> std::io::Result<Option<(usize, Vec<u8>)>> {
+        let mut unit = vec![0u8; 4];
+        match r.read_exact(&mut unit) {
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            other => other?,
+        }
+        let word = |b: &[u8]| match self.endian {
+            gimli::RunTimeEndian::Little => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            gimli::RunTimeEndian::Big => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        };
+        let len = match word(&unit) {
+            0xffff_ffff => {
+                unit.resize(12, 0);
+                r.read_exact(&mut unit[4..])?;
+                let (a, b) = (u64::from(word(&unit[4..8])), u64::from(word(&unit[8..12])));
+                match self.endian {
+                    gimli::RunTimeEndian::Little => a | b << 32,
+                    gimli::RunTimeEndian::Big => b | a << 32,
+                }
+            }
+            len => u64::from(len),
+        };
+        let head = unit.len() as u64;
+        let mut body = r.take(len);
+        if keep {
+            // Grows with what the stream gives, never with what the header claims.
+            body.read_to_end(&mut unit)?;
+        } else {
+            std::io::copy(&mut body, &mut std::io::sink())?;
+        }
+        if body.limit() != 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let total = head
+            .checked_add(len)
+            .and_then(|t| usize::try_from(t).ok())
+            .ok_or(std::io::ErrorKind::InvalidData)?;
+        Ok(Some((total, unit)))
+    }
+
+    /// The bytes of the unit at `offset`.
+    fn unit_at(&self, offset: usize) -> std::io::Result<Vec<u8>> {
+        let mut r = self.stream()?;
+        let skipped = std::io::copy(&mut (&mut r).take(offset as u64), &mut std::io::sink())?;
+        if skipped != offset as u64 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.next_unit(&mut r, true)?
+            .map(|(_, bytes)| bytes)
+            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+    }
+
+    fn reader(&self, bytes: Vec<u8>) -> Reader {
+        Reader::new(SectionBytes::Owned(Arc::from(bytes)), self.endian)
+    }
+}
+
 /// The per-unit DWARF of one object (its own sections, or its debug file's).
 pub(crate) struct UnitDwarf {
     dwarf: gimli::Dwarf<Reader>,
+    info: Info,
+    /// Ranges of the units `.debug_aranges` lists.
     ranges: Box<[UnitRange]>,
+    listed: HashSet<usize>,
+    /// Ranges of the other units, found on the first address outside
+    /// `ranges` (most objects list every unit that has code).
+    unlisted: OnceLock<Box<[UnitRange]>>,
     kept: Mutex<Kept>,
     path: PathBuf,
     /// Heap bytes held for good: decompressed sections and the index.
@@ -94,17 +249,29 @@ impl UnitDwarf {
     /// errors (a garbled `.debug_aranges` or unit header) are counted and
     /// end the index there: the units read so far still answer.
     pub(crate) fn load(obj: &ElfObject, env: &Env<'_>) -> Result<UnitDwarf, Error> {
-        let (dwarf, owned) = dwarf::load_sections_where(obj, needed)?;
-        let ranges = index(&dwarf, |source| {
+        let info = match CompressedInfo::of(obj)? {
+            Some(c) => Info::Compressed(c),
+            None => Info::Loaded,
+        };
+        let compressed = matches!(info, Info::Compressed(_));
+        let (dwarf, owned) = dwarf::load_sections_where(obj, |id| {
+            needed(id) && !(compressed && id == gimli::SectionId::DebugInfo)
+        })?;
+        let (ranges, listed) = listed_index(&dwarf, |source| {
             env.counters.error(&Error::Dwarf {
                 path: obj.path.clone(),
                 source,
             })
         });
-        let heap_bytes = owned + ranges.len() * std::mem::size_of::<UnitRange>();
+        let heap_bytes = owned
+            + ranges.len() * std::mem::size_of::<UnitRange>()
+            + listed.capacity() * 2 * std::mem::size_of::<usize>();
         Ok(UnitDwarf {
             dwarf,
+            info,
             ranges,
+            listed,
+            unlisted: OnceLock::new(),
             kept: Mutex::new(Kept {
                 units: LruCache::unbounded(),
                 bytes: 0,
@@ -128,8 +295,20 @@ impl UnitDwarf {
     /// The frames for `vaddr`, from the units that cover it, in the order
     /// `addr2line` tries them (weak symbols can put an address in several).
     pub(crate) fn frames(&self, vaddr: u64, env: &Env<'_>, names: &NameCache) -> UnitFrames {
+        let mut candidates: Vec<usize> = units_at(&self.ranges, vaddr).collect();
+        if candidates.is_empty() {
+            let unlisted = self.unlisted.get_or_init(|| {
+                unlisted_index(&self.dwarf, &self.info, &self.listed, |source| {
+                    env.counters.error(&Error::Dwarf {
+                        path: self.path.clone(),
+                        source,
+                    })
+                })
+            });
+            candidates.extend(units_at(unlisted, vaddr));
+        }
         let mut tried = Vec::new();
-        for unit in self.units_at(vaddr) {
+        for unit in candidates {
             if tried.contains(&unit) {
                 continue;
             }
@@ -144,16 +323,6 @@ impl UnitDwarf {
             }
         }
         UnitFrames::Frames(Ok(Vec::new()))
-    }
-
-    /// Offsets of the units whose ranges contain `probe`.
-    fn units_at(&self, probe: u64) -> impl Iterator<Item = usize> + '_ {
-        let pos = self.ranges.partition_point(|r| r.end <= probe);
-        self.ranges[pos..]
-            .iter()
-            .take_while(move |r| probe >= r.min_begin)
-            .filter(move |r| r.begin <= probe && probe < r.end)
-            .map(|r| r.unit)
     }
 
     /// The context of the unit at `offset`, parsed on first use and kept
@@ -188,10 +357,37 @@ impl UnitDwarf {
             });
             (Parsed::Broken, 0)
         };
-        let header = match self
-            .dwarf
-            .debug_info
-            .header_from_offset(gimli::DebugInfoOffset(offset))
+        let bytes = match &self.info {
+            Info::Loaded => {
+                let header = match self
+                    .dwarf
+                    .debug_info
+                    .header_from_offset(gimli::DebugInfoOffset(offset))
+                {
+                    Ok(header) => header,
+                    Err(e) => return broken(e),
+                };
+                let mut bytes = self.dwarf.debug_info.reader().clone();
+                let len = header.length_including_self();
+                if let Err(e) = bytes.skip(offset).and_then(|()| bytes.truncate(len)) {
+                    return broken(e);
+                }
+                bytes
+            }
+            Info::Compressed(c) => match c.unit_at(offset) {
+                Ok(bytes) => c.reader(bytes),
+                Err(e) => {
+                    env.counters.error(&Error::object(
+                        &self.path,
+                        format!("inflating the unit at {offset:#x} of .debug_info: {e}"),
+                    ));
+                    return (Parsed::Broken, 0);
+                }
+            },
+        };
+        let len = bytes.len();
+        let header = match gimli::DebugInfo::from(bytes.clone())
+            .header_from_offset(gimli::DebugInfoOffset(0))
         {
             Ok(header) => header,
             Err(e) => return broken(e),
@@ -199,35 +395,7 @@ impl UnitDwarf {
         if refers_outside(&self.dwarf, &header) {
             return (Parsed::NotAlone, 0);
         }
-        let len = header.length_including_self();
-        let mut bytes = self.dwarf.debug_info.reader().clone();
-        if let Err(e) = bytes.skip(offset).and_then(|()| bytes.truncate(len)) {
-            return broken(e);
-        }
-        // The unit alone as `.debug_info`: offsets within it stay right, as
-        // it refers to no other unit. No `.debug_aranges`: its own root
-        // entry gives its ranges.
-        let d = &self.dwarf;
-        let one = gimli::Dwarf {
-            debug_abbrev: d.debug_abbrev.clone(),
-            debug_addr: d.debug_addr.clone(),
-            debug_aranges: gimli::DebugAranges::from(empty_like(&bytes)),
-            debug_info: gimli::DebugInfo::from(bytes),
-            debug_line: d.debug_line.clone(),
-            debug_line_str: d.debug_line_str.clone(),
-            debug_macinfo: d.debug_macinfo.clone(),
-            debug_macro: d.debug_macro.clone(),
-            debug_names: d.debug_names.clone(),
-            debug_str: d.debug_str.clone(),
-            debug_str_offsets: d.debug_str_offsets.clone(),
-            debug_types: d.debug_types.clone(),
-            locations: d.locations.clone(),
-            ranges: d.ranges.clone(),
-            file_type: d.file_type,
-            sup: None,
-            abbreviations_cache: gimli::AbbreviationsCache::new(),
-        };
-        match DwarfInfo::from_dwarf(one, &self.path, 0) {
+        match DwarfInfo::from_dwarf(one_unit(&self.dwarf, bytes), &self.path, 0) {
             Ok(info) => {
                 Counters::bump(&env.counters.dwarf_units_parsed);
                 (Parsed::Unit(Arc::new(info)), len)
@@ -239,6 +407,41 @@ impl UnitDwarf {
             }
         }
     }
+}
+
+/// The sections of `d` with `unit` alone as `.debug_info`: offsets within
+/// the unit stay right, as it refers to no other unit. No `.debug_aranges`:
+/// its own root entry gives its ranges.
+fn one_unit(d: &gimli::Dwarf<Reader>, unit: Reader) -> gimli::Dwarf<Reader> {
+    gimli::Dwarf {
+        debug_abbrev: d.debug_abbrev.clone(),
+        debug_addr: d.debug_addr.clone(),
+        debug_aranges: gimli::DebugAranges::from(empty_like(&unit)),
+        debug_info: gimli::DebugInfo::from(unit),
+        debug_line: d.debug_line.clone(),
+        debug_line_str: d.debug_line_str.clone(),
+        debug_macinfo: d.debug_macinfo.clone(),
+        debug_macro: d.debug_macro.clone(),
+        debug_names: d.debug_names.clone(),
+        debug_str: d.debug_str.clone(),
+        debug_str_offsets: d.debug_str_offsets.clone(),
+        debug_types: d.debug_types.clone(),
+        locations: d.locations.clone(),
+        ranges: d.ranges.clone(),
+        file_type: d.file_type,
+        sup: None,
+        abbreviations_cache: gimli::AbbreviationsCache::new(),
+    }
+}
+
+/// Offsets of the units whose `ranges` contain `probe`.
+fn units_at(ranges: &[UnitRange], probe: u64) -> impl Iterator<Item = usize> + '_ {
+    let pos = ranges.partition_point(|r| r.end <= probe);
+    ranges[pos..]
+        .iter()
+        .take_while(move |r| probe >= r.min_begin)
+        .filter(move |r| r.begin <= probe && probe < r.end)
+        .map(|r| r.unit)
 }
 
 /// An empty reader with `r`'s byte order.
@@ -282,30 +485,34 @@ fn refers_outside(dwarf: &gimli::Dwarf<Reader>, header: &gimli::UnitHeader<Reade
     scan(&mut r).unwrap_or(true)
 }
 
-/// The address ranges of every compilation unit, sorted for
-/// [`UnitDwarf::units_at`]: from `.debug_aranges`, and for the units it
-/// does not list, from their root entry (`DW_AT_ranges`, `DW_AT_low_pc`).
-fn index(dwarf: &gimli::Dwarf<Reader>, mut error: impl FnMut(gimli::Error)) -> Box<[UnitRange]> {
-    let mut ranges: Vec<UnitRange> = Vec::new();
-    let mut listed = HashSet::new();
-    let push = |ranges: &mut Vec<UnitRange>, range: gimli::Range, unit: usize| {
-        if range.begin >= range.end {
+/// Adds `range` of `unit` to `ranges`, merged with the last one where
+/// they touch: functions of one unit are mostly laid out back to back.
+fn push(ranges: &mut Vec<UnitRange>, range: gimli::Range, unit: usize) {
+    if range.begin >= range.end {
+        return;
+    }
+    if let Some(last) = ranges.last_mut() {
+        if last.unit == unit && last.end == range.begin {
+            last.end = range.end;
             return;
         }
-        // Functions of one unit are mostly laid out back to back.
-        if let Some(last) = ranges.last_mut() {
-            if last.unit == unit && last.end == range.begin {
-                last.end = range.end;
-                return;
-            }
-        }
-        ranges.push(UnitRange {
-            begin: range.begin,
-            end: range.end,
-            min_begin: 0,
-            unit,
-        });
-    };
+    }
+    ranges.push(UnitRange {
+        begin: range.begin,
+        end: range.end,
+        min_begin: 0,
+        unit,
+    });
+}
+
+/// The address ranges of the units `.debug_aranges` lists, sorted for
+/// [`units_at`], and the units it lists.
+fn listed_index(
+    dwarf: &gimli::Dwarf<Reader>,
+    mut error: impl FnMut(gimli::Error),
+) -> (Box<[UnitRange]>, HashSet<usize>) {
+    let mut ranges = Vec::new();
+    let mut listed = HashSet::new();
     let mut headers = dwarf.debug_aranges.headers();
     loop {
         let header = match headers.next() {
@@ -326,6 +533,25 @@ fn index(dwarf: &gimli::Dwarf<Reader>, mut error: impl FnMut(gimli::Error)) -> B
                 push(&mut ranges, entry.range(), unit);
             }
         }
+    }
+    (sorted(ranges), listed)
+}
+
+/// The address ranges of the compilation units that `.debug_aranges` does
+/// not list, from their root entry (`DW_AT_ranges`, `DW_AT_low_pc`): a walk
+/// over every unit header, which reads a page of every unit.
+fn unlisted_index(
+    dwarf: &gimli::Dwarf<Reader>,
+    info: &Info,
+    listed: &HashSet<usize>,
+    mut error: impl FnMut(gimli::Error),
+) -> Box<[UnitRange]> {
+    let mut ranges = Vec::new();
+    if let Info::Compressed(c) = info {
+        unlisted_compressed(dwarf, c, listed, |range, unit| {
+            push(&mut ranges, range, unit)
+        });
+        return sorted(ranges);
     }
     let mut units = dwarf.units();
     loop {
@@ -360,6 +586,51 @@ fn index(dwarf: &gimli::Dwarf<Reader>, mut error: impl FnMut(gimli::Error)) -> B
             push(&mut ranges, range, offset.0);
         }
     }
+    sorted(ranges)
+}
+
+/// The ranges of the units of a compressed `.debug_info` that
+/// `.debug_aranges` does not list, in one streaming pass.
+fn unlisted_compressed(
+    dwarf: &gimli::Dwarf<Reader>,
+    c: &CompressedInfo,
+    listed: &HashSet<usize>,
+    mut push: impl FnMut(gimli::Range, usize),
+) {
+    let Ok(mut r) = c.stream() else { return };
+    let mut offset = 0usize;
+    // A stream that ends early or is corrupt ends the index there; the
+    // lookups of those units count the error.
+    while let Ok(Some((len, bytes))) = c.next_unit(&mut r, !listed.contains(&offset)) {
+        let unit_offset = offset;
+        offset += len;
+        if listed.contains(&unit_offset) {
+            continue;
+        }
+        let one = one_unit(dwarf, c.reader(bytes));
+        let Ok(Some(header)) = one.units().next() else {
+            continue;
+        };
+        if !matches!(
+            header.type_(),
+            gimli::UnitType::Compilation | gimli::UnitType::Skeleton(_)
+        ) {
+            continue;
+        }
+        let Ok(unit) = one.unit(header) else {
+            continue;
+        };
+        let Ok(mut iter) = one.unit_ranges(&unit) else {
+            continue;
+        };
+        while let Ok(Some(range)) = iter.next() {
+            push(range, unit_offset);
+        }
+    }
+}
+
+/// `ranges` sorted for [`units_at`].
+fn sorted(mut ranges: Vec<UnitRange>) -> Box<[UnitRange]> {
     ranges.sort_unstable_by_key(|r| (r.end, r.unit));
     let mut min = u64::MAX;
     for r in ranges.iter_mut().rev() {
