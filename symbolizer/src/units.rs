@@ -14,6 +14,7 @@
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use gimli::{Reader as _, Section as _};
@@ -82,7 +83,16 @@ struct CompressedInfo {
     /// Inflated size, as declared (and checked against the caps).
     size: u64,
     endian: gimli::RunTimeEndian,
+    /// Units inflated alone so far.
+    streamed: AtomicUsize,
+    /// The whole section, inflated once past [`STREAMED_UNITS`].
+    whole: OnceLock<Option<Reader>>,
 }
+
+/// Units of a compressed `.debug_info` inflated one at a time (each costs
+/// inflating the section up to it) before it is inflated whole and kept:
+/// an object that many addresses fall in pays its size once instead.
+const STREAMED_UNITS: usize = 8;
 
 impl CompressedInfo {
     /// `.debug_info` of `obj` when it is compressed.
@@ -130,6 +140,8 @@ impl CompressedInfo {
             format: c.format,
             size: c.uncompressed_size,
             endian,
+            streamed: AtomicUsize::new(0),
+            whole: OnceLock::new(),
         }))
     }
 
@@ -192,7 +204,44 @@ impl CompressedInfo {
         Ok(Some((total, unit)))
     }
 
-    /// The bytes of the unit at `offset`.
+    /// The unit at `offset`, inflated alone or sliced from the whole
+    /// section (see [`STREAMED_UNITS`]).
+    fn unit(&self, offset: usize) -> Result<Reader, String> {
+        if self.streamed.fetch_add(1, Ordering::Relaxed) < STREAMED_UNITS {
+            return match self.unit_at(offset) {
+                Ok(bytes) => Ok(self.reader(bytes)),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        let whole = self.whole.get_or_init(|| {
+            let mut bytes = Vec::new();
+            let mut r = self.stream().ok()?;
+            r.read_to_end(&mut bytes).ok()?;
+            Some(self.reader(bytes))
+        });
+        let Some(whole) = whole else {
+            return Err("the section does not inflate".to_owned());
+        };
+        let header = gimli::DebugInfo::from(whole.clone())
+            .header_from_offset(gimli::DebugInfoOffset(offset))
+            .map_err(|e| e.to_string())?;
+        let mut bytes = whole.clone();
+        bytes
+            .skip(offset)
+            .and_then(|()| bytes.truncate(header.length_including_self()))
+            .map_err(|e| e.to_string())?;
+        Ok(bytes)
+    }
+
+    /// Bytes of the whole section when it was inflated and kept.
+    fn whole_bytes(&self) -> usize {
+        self.whole
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, gimli::Reader::len)
+    }
+
+    /// The bytes of the unit at `offset`, inflated alone.
     fn unit_at(&self, offset: usize) -> std::io::Result<Vec<u8>> {
         let mut r = self.stream()?;
         let skipped = std::io::copy(&mut (&mut r).take(offset as u64), &mut std::io::sink())?;
@@ -281,9 +330,14 @@ impl UnitDwarf {
         })
     }
 
-    /// Bytes of `.debug_info` of the units kept parsed now.
+    /// Bytes of `.debug_info` of the units kept parsed now, and of a
+    /// compressed `.debug_info` inflated whole.
     pub(crate) fn kept_unit_bytes(&self) -> usize {
-        self.lock().bytes
+        let whole = match &self.info {
+            Info::Compressed(c) => c.whole_bytes(),
+            Info::Loaded => 0,
+        };
+        self.lock().bytes + whole
     }
 
     fn lock(&self) -> MutexGuard<'_, Kept> {
@@ -374,8 +428,8 @@ impl UnitDwarf {
                 }
                 bytes
             }
-            Info::Compressed(c) => match c.unit_at(offset) {
-                Ok(bytes) => c.reader(bytes),
+            Info::Compressed(c) => match c.unit(offset) {
+                Ok(bytes) => bytes,
                 Err(e) => {
                     env.counters.error(&Error::object(
                         &self.path,

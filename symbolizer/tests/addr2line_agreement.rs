@@ -291,3 +291,26 @@ fn lto_fixture_agrees_with_binutils() {
     let a = agreement(&bin, "C gcc -O2 -g -flto", 200, true);
     assert!(a.with_either >= 0.99, "agreement {}", a.with_either);
 }
+
+/// Compressed debug sections (`-gz`, as distributions ship debug files):
+/// `.debug_info` is inflated a unit at a time.
+#[test]
+fn compressed_debug_sections_agree_with_binutils() {
+    let dir = tempfile::tempdir().unwrap();
+    // GCC 12 writes zlib (ELF compression) and zlib-gnu (`.zdebug_*`).
+    for (name, gz) in [("fixture-zlib", "-gz=zlib"), ("fixture-zlib-gnu", "-gz=zlib-gnu")] {
+        let bin = build_c_with(dir.path(), "gcc", name, &["-O2", "-g", gz]);
+        let sections = common::run(std::process::Command::new("readelf").arg("-S").arg(&bin));
+        let info = sections
+            .lines()
+            .skip_while(|l| !l.contains("debug_info"))
+            .take(2)
+            .collect::<String>();
+        assert!(
+            info.contains(".zdebug_info") || info.contains(" C "),
+            "{name}: .debug_info not compressed: {sections}"
+        );
+        let a = agreement(&bin, name, 1000, true);
+        assert!(a.with_binutils >= 0.99, "{name}: agreement {}", a.with_binutils);
+    }
+}
