@@ -297,8 +297,9 @@ fn lto_fixture_agrees_with_binutils() {
 #[test]
 fn compressed_debug_sections_agree_with_binutils() {
     let dir = tempfile::tempdir().unwrap();
-    // GCC 12 writes zlib (ELF compression) and zlib-gnu (`.zdebug_*`).
-    for (name, gz) in [("fixture-zlib", "-gz=zlib"), ("fixture-zlib-gnu", "-gz=zlib-gnu")] {
+    // ELF compression; binutils 2.40 reads no line of GCC's `.zdebug_*`
+    // (`-gz=zlib-gnu`), so that form has no oracle here.
+    for (name, gz) in [("fixture-zlib", "-gz=zlib")] {
         let bin = build_c_with(dir.path(), "gcc", name, &["-O2", "-g", gz]);
         let sections = common::run(std::process::Command::new("readelf").arg("-S").arg(&bin));
         let info = sections
@@ -311,6 +312,10 @@ fn compressed_debug_sections_agree_with_binutils() {
             "{name}: .debug_info not compressed: {sections}"
         );
         let a = agreement(&bin, name, 1000, true);
-        assert!(a.with_binutils >= 0.99, "{name}: agreement {}", a.with_binutils);
+        assert!(
+            a.with_binutils >= 0.99,
+            "{name}: agreement {}",
+            a.with_binutils
+        );
     }
 }
