@@ -313,10 +313,10 @@ pub fn child(mode: &str, hz: u64, rounds: u64) -> Result<()> {
 }
 
 /// What pyroscope-rs reported: folded stacks with counts, and thread ids.
-type PyroscopeSeen = (Vec<(String, i64)>, std::collections::HashSet<String>);
+type PyroscopeSeen = (Vec<(String, i64)>, Vec<String>);
 
 static PYROSCOPE_SEEN: std::sync::Mutex<PyroscopeSeen> =
-    std::sync::Mutex::new((Vec::new(), std::collections::HashSet::new()));
+    std::sync::Mutex::new((Vec::new(), Vec::new()));
 
 /// pyroscope-rs's report hook (a plain `fn`): records the report, unchanged.
 fn pyroscope_report(report: pyroscope::backend::Report) -> pyroscope::backend::Report {
@@ -328,7 +328,10 @@ fn pyroscope_report(report: pyroscope::backend::Report) -> pyroscope::backend::R
                 .filter_map(|f| f.name.as_deref())
                 .collect();
             seen.0.push((names.join(";"), count as i64));
-            seen.1.insert(format!("{:?}", trace.thread_id));
+            let thread = format!("{:?}", trace.thread_id);
+            if !seen.1.contains(&thread) {
+                seen.1.push(thread);
+            }
         }
     }
     report
