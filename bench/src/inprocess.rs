@@ -1,7 +1,6 @@
 //! In-process profiling (issue 7; figures in bench/README.md): the
 //! `smolder::Profiler` (perf events on the process's own threads) side by
-//! side with `pprof` (pprof-rs, the SIGPROF sampler) and `pyroscope`
-//! (pyroscope-rs with its pprof-rs backend, issue 16) on the same workload,
+//! side with `pprof` (pprof-rs, the SIGPROF sampler) on the same workload,
 //! at 99 Hz and 999 Hz, against a run without a profiler.
 //!
 //! The workload: 3 threads, each doing the same fixed amount of work
@@ -20,11 +19,9 @@
 //! - the share of the samples in each known function (expected 60/30/10);
 //! - the process's CPU time and peak RSS (`wait4`), its peak RSS when the
 //!   workload ended and before `stop()` (`VmHWM`), the time `stop()` (or
-//!   building the pprof-rs report; pyroscope-rs: `stop()` and `shutdown()`,
-//!   which waits for its report to be encoded and its upload refused) took,
-//!   and smolder's own thread CPU.
+//!   building the pprof-rs report) took, and smolder's own thread CPU.
 //!
-//! 3 rounds by default (`--runs N`), the order of the 7 configurations
+//! 3 rounds by default (`--runs N`), the order of the 5 configurations
 //! rotated every round; the tables give medians, and ratios smolder /
 //! pprof-rs. The 1-minute load average before each run is printed, since
 //! the machine may be shared.
@@ -110,7 +107,6 @@ enum Mode {
     None,
     Smolder,
     Pprof,
-    Pyroscope,
 }
 
 impl Mode {
@@ -119,7 +115,6 @@ impl Mode {
             Mode::None => "none",
             Mode::Smolder => "smolder",
             Mode::Pprof => "pprof-rs",
-            Mode::Pyroscope => "pyroscope",
         }
     }
 
@@ -128,7 +123,6 @@ impl Mode {
             "none" => Mode::None,
             "smolder" => Mode::Smolder,
             "pprof-rs" => Mode::Pprof,
-            "pyroscope" => Mode::Pyroscope,
             other => return Err(format!("unknown mode {other}").into()),
         })
     }
@@ -256,43 +250,6 @@ pub fn child(mode: &str, hz: u64, rounds: u64) -> Result<()> {
             r.threads = threads.len() as u64;
             r.shares = shares(stacks.iter().map(|(s, w)| (s.as_str(), *w)));
         }
-        Mode::Pyroscope => {
-            use pyroscope::backend::{pprof_backend, BackendConfig, PprofConfig};
-            let backend = pprof_backend(
-                PprofConfig {
-                    sample_rate: u32::try_from(hz)?,
-                },
-                BackendConfig::default(),
-            );
-            // Nothing listens there: the one upload, at stop, is refused at
-            // once. The report is seen on its way by `pyroscope_report`.
-            let agent = pyroscope::pyroscope::PyroscopeAgentBuilder::new(
-                "http://127.0.0.1:9",
-                "smolder-bench",
-                u32::try_from(hz)?,
-                "pyroscope-rs",
-                "bench",
-                backend,
-            )
-            .func(pyroscope_report)
-            .build()?
-            .start()?;
-            let (wall, cpu) = spawn_workers(rounds)?;
-            r.hwm_kib = peak_rss_kib();
-            let stopping = Instant::now();
-            let ready = agent.stop()?;
-            // The report is encoded and sent by the agent's session thread:
-            // `shutdown` waits for it.
-            ready.shutdown();
-            r.stop_ns = stopping.elapsed().as_nanos() as u64;
-            r.wall_ns = wall.as_nanos() as u64;
-            r.cpu_ns = cpu;
-            let seen = PYROSCOPE_SEEN.lock().map_err(|_| "poisoned")?;
-            r.samples = seen.0.iter().map(|(_, w)| *w as u64).sum();
-            r.threads = seen.1.len() as u64;
-            r.sampled_ns = r.samples * (1_000_000_000 / hz);
-            r.shares = shares(seen.0.iter().map(|(s, w)| (s.as_str(), *w)));
-        }
     }
     println!(
         "wall_ns={} cpu_ns={} samples={} sampled_ns={} lost={} threads={} stop_ns={} profiler_cpu_ns={} hwm_kib={} alpha={} beta={} gamma={}",
@@ -310,31 +267,6 @@ pub fn child(mode: &str, hz: u64, rounds: u64) -> Result<()> {
         r.shares[2]
     );
     Ok(())
-}
-
-/// What pyroscope-rs reported: folded stacks with counts, and thread ids.
-type PyroscopeSeen = (Vec<(String, i64)>, Vec<String>);
-
-static PYROSCOPE_SEEN: std::sync::Mutex<PyroscopeSeen> =
-    std::sync::Mutex::new((Vec::new(), Vec::new()));
-
-/// pyroscope-rs's report hook (a plain `fn`): records the report, unchanged.
-fn pyroscope_report(report: pyroscope::backend::Report) -> pyroscope::backend::Report {
-    if let Ok(mut seen) = PYROSCOPE_SEEN.lock() {
-        for (trace, &count) in &report.data {
-            let names: Vec<&str> = trace
-                .frames
-                .iter()
-                .filter_map(|f| f.name.as_deref())
-                .collect();
-            seen.0.push((names.join(";"), count as i64));
-            let thread = format!("{:?}", trace.thread_id);
-            if !seen.1.contains(&thread) {
-                seen.1.push(thread);
-            }
-        }
-    }
-    report
 }
 
 fn parse_report(line: &str) -> Result<ChildReport> {
@@ -451,7 +383,6 @@ fn bench(runs: usize, rounds: u64) -> Result<()> {
     for hz in FREQUENCIES {
         configs.push((Mode::Smolder, hz));
         configs.push((Mode::Pprof, hz));
-        configs.push((Mode::Pyroscope, hz));
     }
     let name = |(m, hz): (Mode, u64)| {
         if m == Mode::None {
@@ -514,7 +445,6 @@ fn bench(runs: usize, rounds: u64) -> Result<()> {
             rss_mib: median_by(runs, |r| r.max_rss_kib as f64) / 1024.0,
             extra_rss_mib: (median_by(runs, |r| r.max_rss_kib as f64) - base_rss) / 1024.0,
             extra_hwm_mib: (median_by(runs, |r| r.report.hwm_kib as f64) - base_hwm) / 1024.0,
-            stop_ms: median_by(runs, |r| r.report.stop_ns as f64) / 1e6,
         };
         println!(
             "| {} | {:.1} | {:.2} | {:.3} | {:.2} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} | {:.0} | {:.3} | {:.0} |",
@@ -535,23 +465,19 @@ fn bench(runs: usize, rounds: u64) -> Result<()> {
         medians.push(m);
     }
     println!();
-    println!("| ratio smolder / peer | captured share | wall slowdown | thread CPU slowdown | process CPU | extra peak RSS | extra RSS before stop | stop time |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| ratio smolder / pprof-rs | captured share | wall slowdown | thread CPU slowdown | process CPU | extra peak RSS | extra RSS before stop |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (j, hz) in FREQUENCIES.iter().enumerate() {
-        let s = &medians[1 + 3 * j];
-        for (k, peer) in ["pprof-rs", "pyroscope"].iter().enumerate() {
-            let p = &medians[2 + 3 * j + k];
-            println!(
-                "| {hz} Hz, / {peer} | {:.2} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} |",
-                s.captured / p.captured,
-                s.wall / p.wall,
-                s.cpu / p.cpu,
-                s.process_cpu / p.process_cpu,
-                s.extra_rss_mib / p.extra_rss_mib,
-                s.extra_hwm_mib / p.extra_hwm_mib,
-                s.stop_ms / p.stop_ms,
-            );
-        }
+        let (s, p) = (&medians[1 + 2 * j], &medians[2 + 2 * j]);
+        println!(
+            "| {hz} Hz | {:.2} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            s.captured / p.captured,
+            s.wall / p.wall,
+            s.cpu / p.cpu,
+            s.process_cpu / p.process_cpu,
+            s.extra_rss_mib / p.extra_rss_mib,
+            s.extra_hwm_mib / p.extra_hwm_mib,
+        );
     }
     println!();
     Ok(())
@@ -566,7 +492,6 @@ struct Medians {
     rss_mib: f64,
     extra_rss_mib: f64,
     extra_hwm_mib: f64,
-    stop_ms: f64,
 }
 
 fn captured(c: &ChildReport) -> f64 {
