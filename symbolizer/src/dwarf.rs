@@ -86,16 +86,26 @@ impl DwarfInfo {
             path: obj.path.clone(),
             source,
         });
+        let info = DwarfInfo::from_dwarf(dwarf, &obj.path, owned)?;
+        Ok((info, broken))
+    }
+
+    /// The context over `dwarf` (the whole object's sections, or one
+    /// compilation unit's, see [`crate::units`]).
+    pub(crate) fn from_dwarf(
+        dwarf: gimli::Dwarf<Reader>,
+        path: &std::path::Path,
+        owned_bytes: usize,
+    ) -> Result<DwarfInfo, Error> {
         let ctx = addr2line::Context::from_dwarf(dwarf).map_err(|source| Error::Dwarf {
-            path: obj.path.clone(),
+            path: path.to_owned(),
             source,
         })?;
-        let info = DwarfInfo {
+        Ok(DwarfInfo {
             ctx: Mutex::new(ctx),
-            path: obj.path.clone(),
-            owned_bytes: owned,
-        };
-        Ok((info, broken))
+            path: path.to_owned(),
+            owned_bytes,
+        })
     }
 
     /// The frames for `vaddr`, innermost first. On broken DWARF, the frames
@@ -233,6 +243,14 @@ const MAX_RATIO: u64 = 1100;
 /// `SHF_COMPRESSED` sections and borrowing the rest from the mapping.
 /// Returns the bytes decompressed too.
 fn load_sections(obj: &ElfObject) -> Result<(gimli::Dwarf<Reader>, usize), Error> {
+    load_sections_where(obj, |_| true)
+}
+
+/// [`load_sections`], leaving the sections `wanted` refuses empty.
+pub(crate) fn load_sections_where(
+    obj: &ElfObject,
+    wanted: impl Fn(gimli::SectionId) -> bool,
+) -> Result<(gimli::Dwarf<Reader>, usize), Error> {
     let backing = obj.data();
     let file = object::File::parse(&***backing).map_err(|e| Error::object(&obj.path, e))?;
     let endian = if obj.little_endian() {
@@ -243,7 +261,7 @@ fn load_sections(obj: &ElfObject) -> Result<(gimli::Dwarf<Reader>, usize), Error
     let base = backing.as_ptr() as usize;
     let owned = std::cell::Cell::new(0usize);
     let load = |id: gimli::SectionId| -> Result<Reader, Error> {
-        let Some(section) = file.section_by_name(id.name()) else {
+        let Some(section) = file.section_by_name(id.name()).filter(|_| wanted(id)) else {
             return Ok(Reader::new(SectionBytes::Owned(Arc::from(&[][..])), endian));
         };
         // The header's size would size the allocation: bound it first, by

@@ -17,6 +17,7 @@ use crate::demangle::NameCache;
 use crate::dwarf::DwarfInfo;
 use crate::stats::Counters;
 use crate::symtab::{SymbolTable, Which};
+use crate::units::{UnitDwarf, UnitFrames};
 use crate::{debugfile, Error, Frame};
 
 /// The bytes of an object: a read-only file mapping, or a copy (vDSO, tests).
@@ -116,6 +117,8 @@ pub(crate) struct ElfObject {
     dynsym: OnceLock<SymbolTable>,
     debug_file: OnceLock<Option<Arc<ElfObject>>>,
     dwarf: OnceLock<Option<DwarfInfo>>,
+    /// DWARF parsed one compilation unit at a time ([`crate::units`]).
+    units: OnceLock<Option<UnitDwarf>>,
     /// Demangled names, for this object and its debug file.
     names: NameCache,
 }
@@ -205,6 +208,7 @@ impl ElfObject {
             dynsym: OnceLock::new(),
             debug_file: OnceLock::new(),
             dwarf: OnceLock::new(),
+            units: OnceLock::new(),
             names: NameCache::default(),
         })
     }
@@ -242,7 +246,13 @@ impl ElfObject {
 
     /// Estimated bytes this object keeps alive (file bytes plus lazily built parts).
     pub(crate) fn weight(&self) -> usize {
-        self.weight.load(Ordering::Relaxed) + self.names.heap_bytes()
+        self.weight.load(Ordering::Relaxed)
+            + self.names.heap_bytes()
+            + self
+                .units
+                .get()
+                .and_then(Option::as_ref)
+                .map_or(0, UnitDwarf::kept_unit_bytes)
     }
 
     fn add_weight(&self, bytes: usize) {
@@ -348,6 +358,44 @@ impl ElfObject {
             .as_ref()
     }
 
+    /// The per-unit DWARF for this object: its own, or its debug file's.
+    /// None for an object with a supplementary (dwz) file, whose units
+    /// refer into it: the whole-object context reads those.
+    fn units(&self, env: &Env<'_>) -> Option<&UnitDwarf> {
+        if !self.has_debug_info {
+            return self.debug_file(env)?.units(env);
+        }
+        self.units
+            .get_or_init(|| {
+                if self.altlink().is_some() {
+                    return None;
+                }
+                // A load error (a section over the inflate cap) is left to
+                // the whole-object context, which meets and counts it.
+                let units = UnitDwarf::load(self, env).ok()?;
+                Counters::bump(&env.counters.dwarf_parsed);
+                self.add_weight(units.heap_bytes);
+                Some(units)
+            })
+            .as_ref()
+    }
+
+    /// The DWARF frames for `vaddr`: from the units that cover it, parsed
+    /// alone, or from the whole-object context where a unit cannot be.
+    fn dwarf_frames(&self, vaddr: u64, env: &Env<'_>) -> Vec<Frame> {
+        let found = match self.units(env).map(|u| u.frames(vaddr, env, &self.names)) {
+            Some(UnitFrames::Frames(found)) => found,
+            Some(UnitFrames::Whole) | None => match self.dwarf(env) {
+                Some(dwarf) => dwarf.frames(vaddr, env, &self.names),
+                None => Ok(Vec::new()),
+            },
+        };
+        found.unwrap_or_else(|(frames, e)| {
+            env.counters.error(&e);
+            frames
+        })
+    }
+
     /// The symbol containing `vaddr`, from `.symtab` (own, then the debug
     /// file's) and then `.dynsym`: its name and, when `STT_FILE` says, its file.
     pub(crate) fn symbol(&self, vaddr: u64, env: &Env<'_>) -> Option<(String, Option<String>)> {
@@ -370,16 +418,7 @@ impl ElfObject {
 
     /// The frames for virtual address `vaddr`, innermost first.
     pub(crate) fn lookup(&self, vaddr: u64, env: &Env<'_>) -> (Vec<Frame>, Resolution) {
-        let mut frames = match self.dwarf(env) {
-            Some(dwarf) => match dwarf.frames(vaddr, env, &self.names) {
-                Ok(frames) => frames,
-                Err((frames, e)) => {
-                    env.counters.error(&e);
-                    frames
-                }
-            },
-            None => Vec::new(),
-        };
+        let mut frames = self.dwarf_frames(vaddr, env);
         let dwarf_named = frames.last().is_some_and(|f| f.function.is_some());
         if dwarf_named {
             return (frames, Resolution::Dwarf);

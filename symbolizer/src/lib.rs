@@ -49,6 +49,7 @@ pub mod process;
 mod stats;
 mod symbolizer;
 mod symtab;
+mod units;
 
 pub use demangle::demangle;
 pub use error::Error;

@@ -12,6 +12,9 @@ pub struct Stats {
     pub objects_parsed: u64,
     /// DWARF contexts built (lazily, on the first address that needs one).
     pub dwarf_parsed: u64,
+    /// Compilation units parsed alone, for the addresses that fell in
+    /// them (the object's other units are not parsed).
+    pub dwarf_units_parsed: u64,
     /// Symbol tables (`.symtab` + `.dynsym`) read.
     pub symtabs_parsed: u64,
     /// Separate debug files found by build-id or `.gnu_debuglink`.
@@ -95,6 +98,7 @@ macro_rules! counters {
 counters!(
     objects_parsed,
     dwarf_parsed,
+    dwarf_units_parsed,
     symtabs_parsed,
     debug_files_found,
     cache_hits,

@@ -247,3 +247,74 @@ fn addr2line_text_format_matches_binutils() {
     assert!(addrs.len() > 500);
     assert_eq!(ours, theirs);
 }
+
+/// Builds the C fixture and generated functions with `cc` and `flags`.
+fn build_c_with(dir: &Path, cc: &str, name: &str, flags: &[&str]) -> std::path::PathBuf {
+    let generated = common::generated_c(dir, 40);
+    let out = dir.join(name);
+    common::run(
+        std::process::Command::new(cc)
+            .args(flags)
+            .arg("-o")
+            .arg(&out)
+            .arg(common::FIXTURE_C)
+            .arg(&generated),
+    );
+    out
+}
+
+/// clang writes no `.debug_aranges`: the symbolizer finds each address's
+/// unit from the units' own ranges.
+#[test]
+fn clang_fixture_without_aranges_agrees_with_binutils() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c_with(
+        dir.path(),
+        "clang-16",
+        "fixture-clang",
+        &["-O2", "-gdwarf-4"],
+    );
+    let sections = common::run(std::process::Command::new("readelf").arg("-S").arg(&bin));
+    assert!(!sections.contains(".debug_aranges"), "{sections}");
+    let a = agreement(&bin, "C clang -O2 -gdwarf-4", 1000, true);
+    assert!(a.with_binutils >= 0.99, "agreement {}", a.with_binutils);
+}
+
+/// GCC's link-time optimisation writes units that refer into other units
+/// (`DW_FORM_ref_addr`); those are read with the whole object's DWARF.
+/// binutils 2.40 names the file of many LTO lines `<artificial>` (the LTO
+/// unit's name); llvm-symbolizer arbitrates those.
+#[test]
+fn lto_fixture_agrees_with_binutils() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c_with(dir.path(), "gcc", "fixture-lto", &["-O2", "-g", "-flto"]);
+    let a = agreement(&bin, "C gcc -O2 -g -flto", 200, true);
+    assert!(a.with_either >= 0.99, "agreement {}", a.with_either);
+}
+
+/// Compressed debug sections (`-gz`, as distributions ship debug files):
+/// `.debug_info` is inflated a unit at a time.
+#[test]
+fn compressed_debug_sections_agree_with_binutils() {
+    let dir = tempfile::tempdir().unwrap();
+    // ELF compression; binutils 2.40 reads no line of GCC's `.zdebug_*`
+    // (`-gz=zlib-gnu`), so that form has no oracle here.
+    let (name, gz) = ("fixture-zlib", "-gz=zlib");
+    let bin = build_c_with(dir.path(), "gcc", name, &["-O2", "-g", gz]);
+    let sections = common::run(std::process::Command::new("readelf").arg("-S").arg(&bin));
+    let info = sections
+        .lines()
+        .skip_while(|l| !l.contains("debug_info"))
+        .take(2)
+        .collect::<String>();
+    assert!(
+        info.contains(".zdebug_info") || info.contains(" C "),
+        "{name}: .debug_info not compressed: {sections}"
+    );
+    let a = agreement(&bin, name, 1000, true);
+    assert!(
+        a.with_binutils >= 0.99,
+        "{name}: agreement {}",
+        a.with_binutils
+    );
+}

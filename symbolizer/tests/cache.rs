@@ -99,6 +99,33 @@ fn parsing_is_lazy() {
     assert_eq!((stats.dwarf_parsed, stats.symtabs_parsed), (1, 0));
 }
 
+/// A lookup parses the compilation units its addresses fall in, not the
+/// others, and keeps them for the next lookup.
+#[test]
+fn only_the_units_of_the_addresses_are_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = common::generated_c(dir.path(), 10);
+    let a = common::build_c(dir.path(), "a", &[generated.to_str().unwrap()]);
+    let funcs = common::functions(&a);
+    let addr = |name: &str| funcs.iter().find(|f| f.name == name).unwrap().addr;
+    let s = Symbolizer::new();
+    let out = s.symbolize(&vaddr(&a), &[addr("fib")]).unwrap();
+    assert_eq!(common::outer_function(&out[0]), Some("fib"));
+    assert_eq!(s.stats().dwarf_units_parsed, 1, "{:?}", s.stats());
+    // The generated functions are another unit; `fib` again is not parsed again.
+    let out = s
+        .symbolize(&vaddr(&a), &[addr("gen3_entry"), addr("fib") + 1])
+        .unwrap();
+    assert_eq!(common::outer_function(&out[0]), Some("gen3_entry"));
+    assert_eq!(common::outer_function(&out[1]), Some("fib"));
+    let stats = s.stats();
+    assert_eq!(
+        (stats.dwarf_parsed, stats.dwarf_units_parsed),
+        (1, 2),
+        "{stats:?}"
+    );
+}
+
 #[test]
 fn shared_between_threads() {
     let dir = tempfile::tempdir().unwrap();

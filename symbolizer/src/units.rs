@@ -1,0 +1,695 @@
+//! DWARF lookups that parse only the compilation units the looked-up
+//! addresses fall in, not every unit of the object.
+//!
+//! Owns the address → unit index (`.debug_aranges`, and the root entries of
+//! the units it does not list) and a bounded, least-recently-used set of
+//! one-unit `addr2line` contexts. A unit that refers into other units
+//! (`DW_FORM_ref_addr`, as LTO emits) cannot be read alone: its addresses
+//! are left to the whole-object context ([`DwarfInfo::load`]).
+//!
+//! A compressed `.debug_info` (a distribution's separate debug file) is not
+//! inflated whole: each unit is inflated alone, streaming the section up to
+//! it and keeping only its bytes.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use gimli::{Reader as _, Section as _};
+use lru::LruCache;
+
+use crate::demangle::NameCache;
+use crate::dwarf::{self, DwarfInfo, Reader, SectionBytes};
+use crate::elf::{Backing, ElfObject, Env};
+use crate::stats::Counters;
+use crate::{Error, Frame};
+
+/// Bytes of `.debug_info` whose parsed units one object keeps between
+/// lookups; past it the least recently used unit goes (and is parsed again
+/// if an address needs it). The unit last parsed always stays.
+const KEPT_UNIT_BYTES: usize = 4 << 20;
+
+/// An address range of one unit, as in `addr2line`'s own index: sorted by
+/// end, with the smallest start of this and every later entry.
+#[derive(Debug, Clone, Copy)]
+struct UnitRange {
+    begin: u64,
+    end: u64,
+    min_begin: u64,
+    /// Offset of the unit in `.debug_info`.
+    unit: usize,
+}
+
+/// What the units say about one address.
+pub(crate) enum UnitFrames {
+    /// The frames of the first covering unit that knows the address
+    /// (empty when none does); on broken DWARF, those found before the error.
+    Frames(Result<Vec<Frame>, (Vec<Frame>, Error)>),
+    /// A covering unit cannot be read alone: ask the whole-object context.
+    Whole,
+}
+
+/// A unit as kept: its context, or why there is none.
+#[derive(Clone)]
+enum Parsed {
+    Unit(Arc<DwarfInfo>),
+    /// Refers into other units.
+    NotAlone,
+    /// Its header, abbreviations or root entry do not parse (counted once).
+    Broken,
+}
+
+struct Kept {
+    units: LruCache<usize, (usize, Parsed)>,
+    bytes: usize,
+}
+
+/// Where the bytes of the units come from.
+enum Info {
+    /// `.debug_info` as loaded: mapped, or not compressed.
+    Loaded,
+    /// `.debug_info` compressed in the file: inflated a unit at a time.
+    Compressed(CompressedInfo),
+}
+
+struct CompressedInfo {
+    backing: Arc<Backing>,
+    /// The compressed stream, in `backing`.
+    start: usize,
+    end: usize,
+    format: object::CompressionFormat,
+    /// Inflated size, as declared (and checked against the caps).
+    size: u64,
+    endian: gimli::RunTimeEndian,
+    /// Units inflated alone so far.
+    streamed: AtomicUsize,
+    /// The whole section, inflated once past [`STREAMED_UNITS`].
+    whole: OnceLock<Option<Reader>>,
+}
+
+/// Units of a compressed `.debug_info` inflated one at a time (each costs
+/// inflating the section up to it) before it is inflated whole and kept:
+/// an object that many addresses fall in pays its size once instead.
+const STREAMED_UNITS: usize = 8;
+
+impl CompressedInfo {
+    /// `.debug_info` of `obj` when it is compressed.
+    fn of(obj: &ElfObject) -> Result<Option<CompressedInfo>, Error> {
+        use object::{Object, ObjectSection};
+        let backing = obj.data();
+        let file = object::File::parse(&***backing).map_err(|e| Error::object(&obj.path, e))?;
+        let Some(section) = file.section_by_name(".debug_info") else {
+            return Ok(None);
+        };
+        let Ok(c) = section.compressed_data() else {
+            return Ok(None);
+        };
+        if !matches!(
+            c.format,
+            object::CompressionFormat::Zlib | object::CompressionFormat::Zstandard
+        ) {
+            return Ok(None);
+        }
+        let cap = dwarf::MAX_DECOMPRESSED_BYTES.min((c.data.len() as u64).saturating_mul(1100));
+        if c.uncompressed_size > cap {
+            return Err(Error::Decompression {
+                path: obj.path.clone(),
+                section: ".debug_info".to_owned(),
+                size: c.uncompressed_size,
+                cap,
+            });
+        }
+        let start = (c.data.as_ptr() as usize).wrapping_sub(backing.as_ptr() as usize);
+        let Some(end) = start
+            .checked_add(c.data.len())
+            .filter(|&e| e <= backing.len())
+        else {
+            return Ok(None);
+        };
+        let endian = if obj.little_endian() {
+            gimli::RunTimeEndian::Little
+        } else {
+            gimli::RunTimeEndian::Big
+        };
+        Ok(Some(CompressedInfo {
+            backing: Arc::clone(backing),
+            start,
+            end,
+            format: c.format,
+            size: c.uncompressed_size,
+            endian,
+            streamed: AtomicUsize::new(0),
+            whole: OnceLock::new(),
+        }))
+    }
+
+    /// The inflated section as a stream, at most its declared size.
+    fn stream(&self) -> std::io::Result<impl Read + '_> {
+        let data = self.backing.get(self.start..self.end).unwrap_or(&[]);
+        let reader: Box<dyn Read + '_> = match self.format {
+            object::CompressionFormat::Zstandard => Box::new(
+                ruzstd::decoding::StreamingDecoder::new(data)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            ),
+            _ => Box::new(flate2::read::ZlibDecoder::new(data)),
+        };
+        Ok(reader.take(self.size))
+    }
+
+    /// Reads the unit at the stream's position: its length and, if `keep`,
+    /// its bytes (header included); `None` at the end of the section.
+    fn next_unit(
+        &self,
+        r: &mut impl Read,
+        keep: bool,
+    ) -> std::io::Result<Option<(usize, Vec<u8>)>> {
+        let mut unit = vec![0u8; 4];
+        match r.read_exact(&mut unit) {
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            other => other?,
+        }
+        let word = |b: &[u8]| match self.endian {
+            gimli::RunTimeEndian::Little => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            gimli::RunTimeEndian::Big => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        };
+        let len = match word(&unit) {
+            0xffff_ffff => {
+                unit.resize(12, 0);
+                r.read_exact(&mut unit[4..])?;
+                let (a, b) = (u64::from(word(&unit[4..8])), u64::from(word(&unit[8..12])));
+                match self.endian {
+                    gimli::RunTimeEndian::Little => a | b << 32,
+                    gimli::RunTimeEndian::Big => b | a << 32,
+                }
+            }
+            len => u64::from(len),
+        };
+        let head = unit.len() as u64;
+        let mut body = r.take(len);
+        if keep {
+            // Grows with what the stream gives, never with what the header claims.
+            body.read_to_end(&mut unit)?;
+        } else {
+            std::io::copy(&mut body, &mut std::io::sink())?;
+        }
+        if body.limit() != 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let total = head
+            .checked_add(len)
+            .and_then(|t| usize::try_from(t).ok())
+            .ok_or(std::io::ErrorKind::InvalidData)?;
+        Ok(Some((total, unit)))
+    }
+
+    /// The unit at `offset`, inflated alone or sliced from the whole
+    /// section (see [`STREAMED_UNITS`]).
+    fn unit(&self, offset: usize) -> Result<Reader, String> {
+        if self.streamed.fetch_add(1, Ordering::Relaxed) < STREAMED_UNITS {
+            return match self.unit_at(offset) {
+                Ok(bytes) => Ok(self.reader(bytes)),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        let whole = self.whole.get_or_init(|| {
+            let mut bytes = Vec::new();
+            let mut r = self.stream().ok()?;
+            r.read_to_end(&mut bytes).ok()?;
+            Some(self.reader(bytes))
+        });
+        let Some(whole) = whole else {
+            return Err("the section does not inflate".to_owned());
+        };
+        let header = gimli::DebugInfo::from(whole.clone())
+            .header_from_offset(gimli::DebugInfoOffset(offset))
+            .map_err(|e| e.to_string())?;
+        let mut bytes = whole.clone();
+        bytes
+            .skip(offset)
+            .and_then(|()| bytes.truncate(header.length_including_self()))
+            .map_err(|e| e.to_string())?;
+        Ok(bytes)
+    }
+
+    /// Bytes of the whole section when it was inflated and kept.
+    fn whole_bytes(&self) -> usize {
+        self.whole
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, gimli::Reader::len)
+    }
+
+    /// The bytes of the unit at `offset`, inflated alone.
+    fn unit_at(&self, offset: usize) -> std::io::Result<Vec<u8>> {
+        let mut r = self.stream()?;
+        let skipped = std::io::copy(&mut (&mut r).take(offset as u64), &mut std::io::sink())?;
+        if skipped != offset as u64 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.next_unit(&mut r, true)?
+            .map(|(_, bytes)| bytes)
+            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+    }
+
+    fn reader(&self, bytes: Vec<u8>) -> Reader {
+        Reader::new(SectionBytes::Owned(Arc::from(bytes)), self.endian)
+    }
+}
+
+/// The per-unit DWARF of one object (its own sections, or its debug file's).
+pub(crate) struct UnitDwarf {
+    dwarf: gimli::Dwarf<Reader>,
+    info: Info,
+    /// Ranges of the units `.debug_aranges` lists.
+    ranges: Box<[UnitRange]>,
+    listed: HashSet<usize>,
+    /// Ranges of the other units, found on the first address outside
+    /// `ranges` (most objects list every unit that has code).
+    unlisted: OnceLock<Box<[UnitRange]>>,
+    kept: Mutex<Kept>,
+    path: PathBuf,
+    /// Heap bytes held for good: decompressed sections and the index.
+    pub(crate) heap_bytes: usize,
+}
+
+/// The sections a one-unit `addr2line` context reads; the others (location
+/// lists, macros, type units, name indexes) are not loaded, nor inflated.
+fn needed(id: gimli::SectionId) -> bool {
+    use gimli::SectionId::*;
+    matches!(
+        id,
+        DebugAbbrev
+            | DebugAddr
+            | DebugAranges
+            | DebugInfo
+            | DebugLine
+            | DebugLineStr
+            | DebugRanges
+            | DebugRngLists
+            | DebugStr
+            | DebugStrOffsets
+    )
+}
+
+impl UnitDwarf {
+    /// Loads the sections of `obj` and indexes its units by address. Index
+    /// errors (a garbled `.debug_aranges` or unit header) are counted and
+    /// end the index there: the units read so far still answer.
+    pub(crate) fn load(obj: &ElfObject, env: &Env<'_>) -> Result<UnitDwarf, Error> {
+        let info = match CompressedInfo::of(obj)? {
+            Some(c) => Info::Compressed(c),
+            None => Info::Loaded,
+        };
+        let compressed = matches!(info, Info::Compressed(_));
+        let (dwarf, owned) = dwarf::load_sections_where(obj, |id| {
+            needed(id) && !(compressed && id == gimli::SectionId::DebugInfo)
+        })?;
+        let (ranges, listed) = listed_index(&dwarf, |source| {
+            env.counters.error(&Error::Dwarf {
+                path: obj.path.clone(),
+                source,
+            })
+        });
+        let heap_bytes = owned
+            + ranges.len() * std::mem::size_of::<UnitRange>()
+            + listed.capacity() * 2 * std::mem::size_of::<usize>();
+        Ok(UnitDwarf {
+            dwarf,
+            info,
+            ranges,
+            listed,
+            unlisted: OnceLock::new(),
+            kept: Mutex::new(Kept {
+                units: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            path: obj.path.clone(),
+            heap_bytes,
+        })
+    }
+
+    /// Bytes of `.debug_info` of the units kept parsed now, and of a
+    /// compressed `.debug_info` inflated whole.
+    pub(crate) fn kept_unit_bytes(&self) -> usize {
+        let whole = match &self.info {
+            Info::Compressed(c) => c.whole_bytes(),
+            Info::Loaded => 0,
+        };
+        self.lock().bytes + whole
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Kept> {
+        // Every update is a put or a pop with its byte count: consistent
+        // even after a panic elsewhere.
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The frames for `vaddr`, from the units that cover it, in the order
+    /// `addr2line` tries them (weak symbols can put an address in several).
+    pub(crate) fn frames(&self, vaddr: u64, env: &Env<'_>, names: &NameCache) -> UnitFrames {
+        let mut candidates: Vec<usize> = units_at(&self.ranges, vaddr).collect();
+        if candidates.is_empty() {
+            let unlisted = self.unlisted.get_or_init(|| {
+                unlisted_index(&self.dwarf, &self.info, &self.listed, |source| {
+                    env.counters.error(&Error::Dwarf {
+                        path: self.path.clone(),
+                        source,
+                    })
+                })
+            });
+            candidates.extend(units_at(unlisted, vaddr));
+        }
+        let mut tried = Vec::new();
+        for unit in candidates {
+            if tried.contains(&unit) {
+                continue;
+            }
+            tried.push(unit);
+            match self.parsed(unit, env) {
+                Parsed::Unit(info) => match info.frames(vaddr, env, names) {
+                    Ok(frames) if frames.is_empty() => continue,
+                    found => return UnitFrames::Frames(found),
+                },
+                Parsed::NotAlone => return UnitFrames::Whole,
+                Parsed::Broken => continue,
+            }
+        }
+        UnitFrames::Frames(Ok(Vec::new()))
+    }
+
+    /// The context of the unit at `offset`, parsed on first use and kept
+    /// within [`KEPT_UNIT_BYTES`].
+    fn parsed(&self, offset: usize, env: &Env<'_>) -> Parsed {
+        if let Some((_, parsed)) = self.lock().units.get(&offset) {
+            return parsed.clone();
+        }
+        let (parsed, weight) = self.parse(offset, env);
+        let mut kept = self.lock();
+        if let Some((old, _)) = kept.units.put(offset, (weight, parsed.clone())) {
+            // Another thread parsed it meanwhile.
+            kept.bytes -= old;
+        }
+        kept.bytes += weight;
+        while kept.bytes > KEPT_UNIT_BYTES && kept.units.len() > 1 {
+            match kept.units.pop_lru() {
+                Some((_, (w, _))) => kept.bytes -= w,
+                None => break,
+            }
+        }
+        parsed
+    }
+
+    /// A context over the one unit at `offset` of `.debug_info`, and the
+    /// unit's length (what it weighs while kept).
+    fn parse(&self, offset: usize, env: &Env<'_>) -> (Parsed, usize) {
+        let broken = |source| {
+            env.counters.error(&Error::Dwarf {
+                path: self.path.clone(),
+                source,
+            });
+            (Parsed::Broken, 0)
+        };
+        let bytes = match &self.info {
+            Info::Loaded => {
+                let header = match self
+                    .dwarf
+                    .debug_info
+                    .header_from_offset(gimli::DebugInfoOffset(offset))
+                {
+                    Ok(header) => header,
+                    Err(e) => return broken(e),
+                };
+                let mut bytes = self.dwarf.debug_info.reader().clone();
+                let len = header.length_including_self();
+                if let Err(e) = bytes.skip(offset).and_then(|()| bytes.truncate(len)) {
+                    return broken(e);
+                }
+                bytes
+            }
+            Info::Compressed(c) => match c.unit(offset) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    env.counters.error(&Error::object(
+                        &self.path,
+                        format!("inflating the unit at {offset:#x} of .debug_info: {e}"),
+                    ));
+                    return (Parsed::Broken, 0);
+                }
+            },
+        };
+        let len = bytes.len();
+        let header = match gimli::DebugInfo::from(bytes.clone())
+            .header_from_offset(gimli::DebugInfoOffset(0))
+        {
+            Ok(header) => header,
+            Err(e) => return broken(e),
+        };
+        if refers_outside(&self.dwarf, &header) {
+            return (Parsed::NotAlone, 0);
+        }
+        match DwarfInfo::from_dwarf(one_unit(&self.dwarf, bytes), &self.path, 0) {
+            Ok(info) => {
+                Counters::bump(&env.counters.dwarf_units_parsed);
+                (Parsed::Unit(Arc::new(info)), len)
+            }
+            Err(Error::Dwarf { source, .. }) => broken(source),
+            Err(e) => {
+                env.counters.error(&e);
+                (Parsed::Broken, 0)
+            }
+        }
+    }
+}
+
+/// The sections of `d` with `unit` alone as `.debug_info`: offsets within
+/// the unit stay right, as it refers to no other unit. No `.debug_aranges`:
+/// its own root entry gives its ranges.
+fn one_unit(d: &gimli::Dwarf<Reader>, unit: Reader) -> gimli::Dwarf<Reader> {
+    gimli::Dwarf {
+        debug_abbrev: d.debug_abbrev.clone(),
+        debug_addr: d.debug_addr.clone(),
+        debug_aranges: gimli::DebugAranges::from(empty_like(&unit)),
+        debug_info: gimli::DebugInfo::from(unit),
+        debug_line: d.debug_line.clone(),
+        debug_line_str: d.debug_line_str.clone(),
+        debug_macinfo: d.debug_macinfo.clone(),
+        debug_macro: d.debug_macro.clone(),
+        debug_names: d.debug_names.clone(),
+        debug_str: d.debug_str.clone(),
+        debug_str_offsets: d.debug_str_offsets.clone(),
+        debug_types: d.debug_types.clone(),
+        locations: d.locations.clone(),
+        ranges: d.ranges.clone(),
+        file_type: d.file_type,
+        sup: None,
+        abbreviations_cache: gimli::AbbreviationsCache::new(),
+    }
+}
+
+/// Offsets of the units whose `ranges` contain `probe`.
+fn units_at(ranges: &[UnitRange], probe: u64) -> impl Iterator<Item = usize> + '_ {
+    let pos = ranges.partition_point(|r| r.end <= probe);
+    ranges[pos..]
+        .iter()
+        .take_while(move |r| probe >= r.min_begin)
+        .filter(move |r| r.begin <= probe && probe < r.end)
+        .map(|r| r.unit)
+}
+
+/// An empty reader with `r`'s byte order.
+fn empty_like(r: &Reader) -> Reader {
+    let mut empty = r.clone();
+    empty.empty();
+    empty
+}
+
+/// Whether the unit's abbreviations allow a reference into another unit
+/// (`DW_FORM_ref_addr`) or a form chosen per entry (`DW_FORM_indirect`).
+/// An abbreviation table that does not parse counts as yes: the
+/// whole-object context then decides what the unit is worth.
+fn refers_outside(dwarf: &gimli::Dwarf<Reader>, header: &gimli::UnitHeader<Reader>) -> bool {
+    let mut r = dwarf.debug_abbrev.reader().clone();
+    let scan = |r: &mut Reader| -> gimli::Result<bool> {
+        r.skip(header.debug_abbrev_offset().0)?;
+        loop {
+            if r.read_uleb128()? == 0 {
+                return Ok(false);
+            }
+            r.read_uleb128()?; // tag
+            r.read_u8()?; // children
+            loop {
+                let name = r.read_uleb128()?;
+                let form = r.read_uleb128()?;
+                if name == 0 && form == 0 {
+                    break;
+                }
+                if form == u64::from(gimli::DW_FORM_implicit_const.0) {
+                    r.read_sleb128()?;
+                }
+                if form == u64::from(gimli::DW_FORM_ref_addr.0)
+                    || form == u64::from(gimli::DW_FORM_indirect.0)
+                {
+                    return Ok(true);
+                }
+            }
+        }
+    };
+    scan(&mut r).unwrap_or(true)
+}
+
+/// Adds `range` of `unit` to `ranges`, merged with the last one where
+/// they touch: functions of one unit are mostly laid out back to back.
+fn push(ranges: &mut Vec<UnitRange>, range: gimli::Range, unit: usize) {
+    if range.begin >= range.end {
+        return;
+    }
+    if let Some(last) = ranges.last_mut() {
+        if last.unit == unit && last.end == range.begin {
+            last.end = range.end;
+            return;
+        }
+    }
+    ranges.push(UnitRange {
+        begin: range.begin,
+        end: range.end,
+        min_begin: 0,
+        unit,
+    });
+}
+
+/// The address ranges of the units `.debug_aranges` lists, sorted for
+/// [`units_at`], and the units it lists.
+fn listed_index(
+    dwarf: &gimli::Dwarf<Reader>,
+    mut error: impl FnMut(gimli::Error),
+) -> (Box<[UnitRange]>, HashSet<usize>) {
+    let mut ranges = Vec::new();
+    let mut listed = HashSet::new();
+    let mut headers = dwarf.debug_aranges.headers();
+    loop {
+        let header = match headers.next() {
+            Ok(Some(header)) => header,
+            Ok(None) => break,
+            Err(e) => {
+                error(e);
+                break;
+            }
+        };
+        let unit = header.debug_info_offset().0;
+        let mut entries = header.entries();
+        // Errors in one set (an address overflow) end that set only, as
+        // in `addr2line`.
+        while let Ok(Some(entry)) = entries.next() {
+            if entry.length() != 0 {
+                listed.insert(unit);
+                push(&mut ranges, entry.range(), unit);
+            }
+        }
+    }
+    (sorted(ranges), listed)
+}
+
+/// The address ranges of the compilation units that `.debug_aranges` does
+/// not list, from their root entry (`DW_AT_ranges`, `DW_AT_low_pc`): a walk
+/// over every unit header, which reads a page of every unit.
+fn unlisted_index(
+    dwarf: &gimli::Dwarf<Reader>,
+    info: &Info,
+    listed: &HashSet<usize>,
+    mut error: impl FnMut(gimli::Error),
+) -> Box<[UnitRange]> {
+    let mut ranges = Vec::new();
+    if let Info::Compressed(c) = info {
+        unlisted_compressed(dwarf, c, listed, |range, unit| {
+            push(&mut ranges, range, unit)
+        });
+        return sorted(ranges);
+    }
+    let mut units = dwarf.units();
+    loop {
+        let header = match units.next() {
+            Ok(Some(header)) => header,
+            Ok(None) => break,
+            Err(e) => {
+                error(e);
+                break;
+            }
+        };
+        let Some(offset) = header.debug_info_offset() else {
+            continue;
+        };
+        if listed.contains(&offset.0)
+            || !matches!(
+                header.type_(),
+                gimli::UnitType::Compilation | gimli::UnitType::Skeleton(_)
+            )
+        {
+            continue;
+        }
+        // A unit that does not parse is skipped here; a lookup in it
+        // would fail the same way in `addr2line`.
+        let Ok(unit) = dwarf.unit(header) else {
+            continue;
+        };
+        let Ok(mut iter) = dwarf.unit_ranges(&unit) else {
+            continue;
+        };
+        while let Ok(Some(range)) = iter.next() {
+            push(&mut ranges, range, offset.0);
+        }
+    }
+    sorted(ranges)
+}
+
+/// The ranges of the units of a compressed `.debug_info` that
+/// `.debug_aranges` does not list, in one streaming pass.
+fn unlisted_compressed(
+    dwarf: &gimli::Dwarf<Reader>,
+    c: &CompressedInfo,
+    listed: &HashSet<usize>,
+    mut push: impl FnMut(gimli::Range, usize),
+) {
+    let Ok(mut r) = c.stream() else { return };
+    let mut offset = 0usize;
+    // A stream that ends early or is corrupt ends the index there; the
+    // lookups of those units count the error.
+    while let Ok(Some((len, bytes))) = c.next_unit(&mut r, !listed.contains(&offset)) {
+        let unit_offset = offset;
+        offset += len;
+        if listed.contains(&unit_offset) {
+            continue;
+        }
+        let one = one_unit(dwarf, c.reader(bytes));
+        let Ok(Some(header)) = one.units().next() else {
+            continue;
+        };
+        if !matches!(
+            header.type_(),
+            gimli::UnitType::Compilation | gimli::UnitType::Skeleton(_)
+        ) {
+            continue;
+        }
+        let Ok(unit) = one.unit(header) else {
+            continue;
+        };
+        let Ok(mut iter) = one.unit_ranges(&unit) else {
+            continue;
+        };
+        while let Ok(Some(range)) = iter.next() {
+            push(range, unit_offset);
+        }
+    }
+}
+
+/// `ranges` sorted for [`units_at`].
+fn sorted(mut ranges: Vec<UnitRange>) -> Box<[UnitRange]> {
+    ranges.sort_unstable_by_key(|r| (r.end, r.unit));
+    let mut min = u64::MAX;
+    for r in ranges.iter_mut().rev() {
+        min = min.min(r.begin);
+        r.min_begin = min;
+    }
+    ranges.into_boxed_slice()
+}
