@@ -70,6 +70,8 @@ pub struct Recording {
     intervals: u64,
     /// Stats of aggregators replaced by [`Recording::forget_processes`].
     aggregator_base: AggregatorStats,
+    /// The bound on an interval's stacks ([`Recording::limiting_stack_bytes`]).
+    stack_budget: Option<usize>,
 }
 
 impl Recording {
@@ -86,7 +88,17 @@ impl Recording {
             samples_kept: 0,
             intervals: 0,
             aggregator_base: AggregatorStats::default(),
+            stack_budget: None,
         }
+    }
+
+    /// Keeps each interval's distinct stacks within about `bytes`; samples
+    /// of further new stacks are dropped and counted
+    /// ([`AggregatorStats::stacks_dropped`]).
+    pub fn limiting_stack_bytes(mut self, bytes: usize) -> Recording {
+        self.stack_budget = Some(bytes);
+        self.aggregator.limit_stack_bytes(bytes);
+        self
     }
 
     /// The first interval starts at `unix_nano` instead of now.
@@ -110,8 +122,12 @@ impl Recording {
 
     /// An empty recording with the same settings whose interval starts now.
     pub fn successor(&self) -> Recording {
-        Recording::new(Arc::clone(&self.symbolizer), self.frequency_hz)
-            .with_filter(self.filter.clone())
+        let next = Recording::new(Arc::clone(&self.symbolizer), self.frequency_hz)
+            .with_filter(self.filter.clone());
+        match self.stack_budget {
+            Some(bytes) => next.limiting_stack_bytes(bytes),
+            None => next,
+        }
     }
 
     pub fn symbolizer(&self) -> &Arc<Symbolizer> {
@@ -204,6 +220,9 @@ impl Recording {
     pub fn forget_processes(&mut self) {
         self.aggregator_base += self.aggregator.stats();
         self.aggregator = Aggregator::new();
+        if let Some(bytes) = self.stack_budget {
+            self.aggregator.limit_stack_bytes(bytes);
+        }
     }
 
     /// Processes known now.

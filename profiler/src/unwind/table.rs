@@ -274,7 +274,12 @@ impl UnwindTable {
 /// What unwinding reads of an object file of a profiled process (headers,
 /// `.eh_frame`, `.debug_frame`, notes), copied, capped.
 pub fn read_object(file: &File) -> io::Result<smolder_symbolizer::process::ElfCopy> {
-    smolder_symbolizer::process::read_elf_copy(file, smolder_symbolizer::process::MAX_OBJECT_BYTES)
+    // No debug sections: a table needs none, and they can be most of a file.
+    smolder_symbolizer::process::read_elf_parts(
+        file,
+        smolder_symbolizer::process::MAX_OBJECT_BYTES,
+        smolder_symbolizer::process::ElfParts::Unwind,
+    )
 }
 
 impl TableKey {
@@ -284,14 +289,31 @@ impl TableKey {
     pub fn of_bytes(data: &[u8], meta: &std::fs::Metadata) -> TableKey {
         static SECRET: std::sync::OnceLock<std::collections::hash_map::RandomState> =
             std::sync::OnceLock::new();
-        if let Some(id) = object::File::parse(data)
-            .ok()
-            .and_then(|o| o.build_id().ok().flatten().map(<[u8]>::to_vec))
-            .filter(|id| !id.is_empty())
-        {
-            use std::hash::BuildHasher;
-            let content = SECRET.get_or_init(Default::default).hash_one(data);
-            return TableKey::BuildId { id, content };
+        let parsed = object::File::parse(data).ok();
+        if let Some((obj, id)) = parsed.and_then(|o| {
+            let id = o.build_id().ok().flatten().map(<[u8]>::to_vec)?;
+            (!id.is_empty()).then_some((o, id))
+        }) {
+            use std::hash::{BuildHasher, Hasher};
+            // What a table is made of: the segments and the CFI sections
+            // (hashing the whole file would read every page of it).
+            let mut h = SECRET.get_or_init(Default::default).build_hasher();
+            for s in obj.segments() {
+                let (offset, filesz) = s.file_range();
+                h.write_u64(offset);
+                h.write_u64(filesz);
+                h.write_u64(s.address());
+            }
+            for name in [".eh_frame", ".debug_frame"] {
+                if let Some(data) = obj.section_by_name(name).and_then(|s| section_data(&s)) {
+                    h.write(name.as_bytes());
+                    h.write(data);
+                }
+            }
+            return TableKey::BuildId {
+                id,
+                content: h.finish(),
+            };
         }
         TableKey::File {
             dev: meta.dev(),
@@ -430,21 +452,27 @@ fn plt_expression(bytes: &[u8]) -> Option<(i32, i16)> {
 
 /// Sorts rows, keeps one per `pc` (a real rule over the INVALID end marker
 /// of the previous function), and merges neighbours with the same rule.
-fn compact(rows: &mut [UnwindRow]) -> Vec<UnwindRow> {
+/// Sorts the rows and keeps, in place (no second table in memory while a
+/// large binary's rows are compacted), the first row of each PC whose rule
+/// differs from the row kept before it.
+fn compact(rows: &mut Vec<UnwindRow>) -> Vec<UnwindRow> {
     rows.sort_by_key(|r| (r.pc, r.cfa_type == cfa::INVALID));
-    let mut out: Vec<UnwindRow> = Vec::with_capacity(rows.len());
+    let mut kept = 0usize;
     let mut previous_pc = None;
-    for row in rows.iter() {
+    for i in 0..rows.len() {
+        let row = rows[i];
         if previous_pc.replace(row.pc) == Some(row.pc) {
             continue;
         }
-        if out.last().is_some_and(|last| last.same_rule(row)) {
+        if kept > 0 && rows[kept - 1].same_rule(&row) {
             continue;
         }
-        out.push(*row);
+        rows[kept] = row;
+        kept += 1;
     }
-    out.shrink_to_fit();
-    out
+    rows.truncate(kept);
+    rows.shrink_to_fit();
+    std::mem::take(rows)
 }
 
 #[cfg(test)]
