@@ -572,9 +572,10 @@ pub enum ElfParts {
     /// `.dynsym`). What was left out is in [`ElfCopy::left_out`].
     Symbols { max_bytes: u64 },
     /// What an unwind table is built from: headers, notes, `.eh_frame`,
-    /// `.eh_frame_hdr`, `.debug_frame`, and the symbol tables (runtime
-    /// detection reads symbols); no debug sections.
+    /// `.eh_frame_hdr`, `.debug_frame`; no symbol tables, no debug sections.
     Unwind,
+    /// Everything but the debug sections (symbols for runtime detection).
+    NoDebug,
 }
 
 /// What an [`ElfCopy`] left out because of its byte budget.
@@ -767,8 +768,15 @@ pub fn read_elf_parts(file: &File, cap: u64, parts: ElfParts) -> io::Result<ElfC
                     Some(rest[..rest.iter().position(|&b| b == 0)?].to_vec())
                 })
                 .unwrap_or_default();
-            let unwanted_debug = parts == ElfParts::Unwind && is_debug_section(&name);
-            if !(section_is_skipped(&name, flags) || unwanted_debug) {
+            let unwanted = match parts {
+                ElfParts::Symbols { .. } => false,
+                ElfParts::NoDebug => is_debug_section(&name),
+                ElfParts::Unwind => {
+                    is_debug_section(&name)
+                        || matches!(&name[..], b".symtab" | b".strtab" | b".dynsym" | b".dynstr")
+                }
+            };
+            if !(section_is_skipped(&name, flags) || unwanted) {
                 wanted.push((offset, size, name));
             }
         }
@@ -803,7 +811,7 @@ pub fn read_elf_parts(file: &File, cap: u64, parts: ElfParts) -> io::Result<ElfC
         Err(e) => {
             let budget = match parts {
                 ElfParts::Symbols { max_bytes } => max_bytes,
-                ElfParts::Unwind => u64::MAX,
+                ElfParts::Unwind | ElfParts::NoDebug => u64::MAX,
             };
             if len > budget {
                 return Err(io::Error::other(format!(

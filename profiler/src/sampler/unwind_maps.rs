@@ -197,6 +197,8 @@ impl RowMemory {
         })
     }
 
+    /// Writes `rows` at row `start`, 1 MiB of rows at a time, each through
+    /// a mapping of its own pages (so at most 1 MiB is mapped at once).
     fn write(&mut self, start: u32, rows: &[UnwindRow]) -> Result<(), String> {
         let end = start as usize + rows.len();
         if end > self.capacity as usize {
@@ -205,15 +207,22 @@ impl RowMemory {
                 self.capacity
             ));
         }
-        if rows.is_empty() {
-            return Ok(());
+        let per_window = (1 << 20) / ROW_BYTES as usize;
+        for (i, chunk) in rows.chunks(per_window).enumerate() {
+            self.write_window(start as usize + i * per_window, chunk)?;
         }
+        Ok(())
+    }
+
+    fn write_window(&mut self, start: usize, rows: &[UnwindRow]) -> Result<(), String> {
         let row = ROW_BYTES as usize;
-        let first = start as usize * row / self.page * self.page;
+        let end = start + rows.len();
+        let first = start * row / self.page * self.page;
         let len = (end * row).div_ceil(self.page) * self.page - first;
         // SAFETY: maps `len` bytes at page offset `first` of a
         // BPF_F_MMAPABLE array, both within what the kernel allocated
-        // (checked above; the kernel checks again), shared and writable.
+        // (checked by the caller; the kernel checks again), shared and
+        // writable.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -235,7 +244,7 @@ impl RowMemory {
         // old data with the kernel's layout, and only this thread writes
         // the map; the mapping is dropped right after.
         unsafe {
-            let at = ptr.cast::<u8>().add(start as usize * row - first);
+            let at = ptr.cast::<u8>().add(start * row - first);
             std::ptr::copy_nonoverlapping(rows.as_ptr(), at.cast::<UnwindRow>(), rows.len());
             libc::munmap(ptr, len);
         }
@@ -450,7 +459,9 @@ impl Worker {
             Some(key) => key,
             None => {
                 let started = Instant::now();
-                let built = build_for_mapping(pid, entry, |k| self.resident.contains_key(k));
+                let capacity = self.rows.capacity as usize;
+                let built =
+                    build_for_mapping(pid, entry, capacity, |k| self.resident.contains_key(k));
                 let (key, table) = match built {
                     Ok(b) => b,
                     Err(e) => {
