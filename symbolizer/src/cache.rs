@@ -131,7 +131,27 @@ impl ObjectCache {
         }
         Counters::bump(&counters.cache_misses);
         let backing = match read {
-            ReadFile::Copy { cap } => Backing::read(file, logical_path, cap)?,
+            ReadFile::Copy { cap } => {
+                // One object never takes more than the whole budget.
+                let backing = Backing::read(file, logical_path, cap, self.budget as u64)?;
+                if let Backing::Copied(copy) = &backing {
+                    let left_out = copy.left_out();
+                    if left_out.debug || left_out.symtab {
+                        Counters::bump(&counters.objects_cut_to_budget);
+                        tracing::debug!(
+                            "{}: read without {} (over the symbol cache's {} bytes)",
+                            logical_path.display(),
+                            if left_out.symtab {
+                                "debug sections and .symtab"
+                            } else {
+                                "debug sections"
+                            },
+                            self.budget
+                        );
+                    }
+                }
+                backing
+            }
             ReadFile::Map => Backing::map(file, logical_path)?,
         };
         let obj = ElfObject::parse(Arc::new(backing), logical_path, logical_path)?;

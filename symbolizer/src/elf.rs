@@ -58,12 +58,21 @@ impl Backing {
     /// Copies what lookups read of `file` (at most `cap` bytes; code and
     /// data are not copied): a copy that the process owning the file
     /// cannot truncate under us.
-    pub(crate) fn read(file: &File, path: &Path, cap: u64) -> Result<Backing, Error> {
+    /// Debug sections, then `.symtab`, are left out when what would be
+    /// copied comes to more than `max_bytes`.
+    pub(crate) fn read(
+        file: &File,
+        path: &Path,
+        cap: u64,
+        max_bytes: u64,
+    ) -> Result<Backing, Error> {
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len == 0 {
             return Err(Error::object(path, "empty file"));
         }
-        let copy = crate::process::read_elf_copy(file, cap).map_err(|e| Error::io(path, e))?;
+        let parts = crate::process::ElfParts::Symbols { max_bytes };
+        let copy =
+            crate::process::read_elf_parts(file, cap, parts).map_err(|e| Error::io(path, e))?;
         Ok(Backing::Copied(copy))
     }
 }
@@ -182,14 +191,19 @@ impl ElfObject {
                 }
             })
             .collect();
-        let has_debug_info = file
-            .section_by_name(".debug_info")
-            .is_some_and(|s| s.file_range().is_some_and(|(_, size)| size > 0));
+        let debug_left_out = matches!(&*data, Backing::Copied(c) if c.left_out().debug);
+        let has_debug_info = !debug_left_out
+            && file
+                .section_by_name(".debug_info")
+                .is_some_and(|s| s.file_range().is_some_and(|(_, size)| size > 0));
         let debug_only = file
             .section_by_name(".text")
             .is_some_and(|s| s.file_range().is_none());
         let little_endian = file.is_little_endian();
-        let weight = data.len();
+        let weight = match &*data {
+            Backing::Copied(copy) => copy.copied_bytes(),
+            other => other.len(),
+        };
         Ok(ElfObject {
             path: path.to_owned(),
             logical_path: logical_path.to_owned(),

@@ -584,18 +584,68 @@ pub(crate) fn kernel_vdso() -> Option<&'static [u8]> {
 /// pages that cost no memory. A copy: the process owning the file cannot
 /// truncate it under us (no SIGBUS), and a 100 MiB binary whose tables
 /// take 5 MiB costs 5 MiB.
-pub struct ElfCopy(memmap2::MmapMut);
+pub struct ElfCopy {
+    map: memmap2::MmapMut,
+    /// Bytes copied in: what the copy holds in memory, at most its length.
+    copied: usize,
+    /// Parts left out to stay within the copy's byte budget.
+    left_out: LeftOut,
+}
+
+/// Which parts of an ELF file an [`ElfCopy`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElfParts {
+    /// What symbolization reads: headers, symbol tables, notes, debug
+    /// links, `.eh_frame` and the debug sections; when these come to more
+    /// than `max_bytes`, the debug sections are left out, then `.symtab`
+    /// and `.strtab` (names come from what is left: `.symtab`, else
+    /// `.dynsym`). What was left out is in [`ElfCopy::left_out`].
+    Symbols { max_bytes: u64 },
+    /// What an unwind table is built from: headers, notes, `.eh_frame`,
+    /// `.eh_frame_hdr`, `.debug_frame`; no symbol tables, no debug sections.
+    Unwind,
+    /// Everything but the debug sections (symbols for runtime detection).
+    NoDebug,
+}
+
+/// What an [`ElfCopy`] left out because of its byte budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeftOut {
+    /// The DWARF sections (`.debug_*`, `.zdebug_*`): no file names, lines
+    /// or inlined frames from this file.
+    pub debug: bool,
+    /// `.symtab` and `.strtab`: names from `.dynsym` only.
+    pub symtab: bool,
+}
+
+impl ElfCopy {
+    /// What was left out to stay within the budget.
+    pub fn left_out(&self) -> LeftOut {
+        self.left_out
+    }
+
+    /// Bytes of the file copied in (the rest are zero pages that cost no
+    /// memory): what the copy weighs.
+    pub fn copied_bytes(&self) -> usize {
+        self.copied.min(self.map.len())
+    }
+}
 
 impl std::ops::Deref for ElfCopy {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        &self.map
     }
 }
 
 impl std::fmt::Debug for ElfCopy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ElfCopy({} bytes)", self.0.len())
+        write!(
+            f,
+            "ElfCopy({} bytes, {} copied)",
+            self.map.len(),
+            self.copied_bytes()
+        )
     }
 }
 
@@ -616,9 +666,26 @@ fn section_is_skipped(name: &[u8], flags: u64) -> bool {
     allocated && !name.starts_with(b".note") && !KEEP_ALLOCATED.contains(&name)
 }
 
-/// Reads what an [`ElfCopy`] holds from `file`, at most `cap` bytes in all;
-/// a file that is not ELF is copied whole (under the same cap).
+fn is_debug_section(name: &[u8]) -> bool {
+    (name.starts_with(b".debug_") && name != b".debug_frame") || name.starts_with(b".zdebug_")
+}
+
+/// Reads what an [`ElfCopy`] holds from `file` (everything symbolization
+/// reads), at most `cap` bytes in all; a file that is not ELF is copied
+/// whole (under the same cap).
 pub fn read_elf_copy(file: &File, cap: u64) -> io::Result<ElfCopy> {
+    read_elf_parts(
+        file,
+        cap,
+        ElfParts::Symbols {
+            max_bytes: u64::MAX,
+        },
+    )
+}
+
+/// Reads the `parts` of `file` into an [`ElfCopy`], under the same rules
+/// as [`read_elf_copy`].
+pub fn read_elf_parts(file: &File, cap: u64, parts: ElfParts) -> io::Result<ElfCopy> {
     use object::read::elf::{FileHeader, SectionHeader};
     let len = file.metadata()?.len();
     if len > cap {
@@ -628,6 +695,7 @@ pub fn read_elf_copy(file: &File, cap: u64) -> io::Result<ElfCopy> {
     }
     let size = usize::try_from(len).map_err(io::Error::other)?;
     let mut copy = memmap2::MmapOptions::new().len(size.max(1)).map_anon()?;
+    let mut copied = 0usize;
     let mut fill = |copy: &mut memmap2::MmapMut, offset: u64, bytes: u64| -> io::Result<()> {
         let start = usize::try_from(offset).map_err(io::Error::other)?;
         let end = usize::try_from(offset.saturating_add(bytes))
@@ -636,6 +704,7 @@ pub fn read_elf_copy(file: &File, cap: u64) -> io::Result<ElfCopy> {
         if start >= end {
             return Ok(());
         }
+        copied += end - start;
         // A file that shrank since fstat reads short: the rest stays zero.
         let mut at = start;
         while at < end {
@@ -652,13 +721,23 @@ pub fn read_elf_copy(file: &File, cap: u64) -> io::Result<ElfCopy> {
     let is_elf64 = copy.get(..5) == Some(b"\x7fELF\x02");
     let is_elf32 = copy.get(..5) == Some(b"\x7fELF\x01");
     if !(is_elf64 || is_elf32) {
+        if matches!(parts, ElfParts::Symbols { max_bytes } if len > max_bytes) {
+            return Err(io::Error::other(format!(
+                "not ELF, and {len} bytes, over the copy budget"
+            )));
+        }
         fill(&mut copy, 0, len)?;
-        return Ok(ElfCopy(copy));
+        return Ok(ElfCopy {
+            map: copy,
+            copied,
+            left_out: LeftOut::default(),
+        });
     }
     fn headers<H: FileHeader<Endian = object::Endianness>>(
         copy: &mut memmap2::MmapMut,
+        parts: ElfParts,
         fill: &mut dyn FnMut(&mut memmap2::MmapMut, u64, u64) -> io::Result<()>,
-    ) -> io::Result<()> {
+    ) -> io::Result<LeftOut> {
         let bad = |e: object::read::Error| io::Error::other(e.to_string());
         let (ph, ph_len, sh, sh_len) = {
             let header = H::parse(&copy[..]).map_err(bad)?;
@@ -706,6 +785,7 @@ pub fn read_elf_copy(file: &File, cap: u64) -> io::Result<ElfCopy> {
         let names = sections
             .get(strndx)
             .map(|&(offset, size, ..)| (offset, size));
+        let mut wanted: Vec<(u64, u64, Vec<u8>)> = Vec::new();
         for &(offset, size, kind, flags, name) in &sections {
             if kind == object::elf::SHT_NOBITS.0 || kind == object::elf::SHT_NULL.0 {
                 continue;
@@ -718,22 +798,66 @@ pub fn read_elf_copy(file: &File, cap: u64) -> io::Result<ElfCopy> {
                     Some(rest[..rest.iter().position(|&b| b == 0)?].to_vec())
                 })
                 .unwrap_or_default();
-            if !section_is_skipped(&name, flags) {
-                fill(copy, offset, size)?;
+            let unwanted = match parts {
+                ElfParts::Symbols { .. } => false,
+                ElfParts::NoDebug => is_debug_section(&name),
+                ElfParts::Unwind => {
+                    is_debug_section(&name)
+                        || matches!(&name[..], b".symtab" | b".strtab" | b".dynsym" | b".dynstr")
+                }
+            };
+            if !(section_is_skipped(&name, flags) || unwanted) {
+                wanted.push((offset, size, name));
             }
         }
-        Ok(())
+        let mut left_out = LeftOut::default();
+        if let ElfParts::Symbols { max_bytes } = parts {
+            let total = |w: &[(u64, u64, Vec<u8>)]| {
+                w.iter()
+                    .fold(0u64, |sum, &(_, size, _)| sum.saturating_add(size))
+            };
+            if total(&wanted) > max_bytes && wanted.iter().any(|(_, _, n)| is_debug_section(n)) {
+                wanted.retain(|(_, _, n)| !is_debug_section(n));
+                left_out.debug = true;
+            }
+            let symtab = |n: &[u8]| n == b".symtab" || n == b".strtab";
+            if total(&wanted) > max_bytes && wanted.iter().any(|(_, _, n)| symtab(n)) {
+                wanted.retain(|(_, _, n)| !symtab(n));
+                left_out.symtab = true;
+            }
+        }
+        for (offset, size, _) in wanted {
+            fill(copy, offset, size)?;
+        }
+        Ok(left_out)
     }
     let result = if is_elf64 {
-        headers::<object::elf::FileHeader64<object::Endianness>>(&mut copy, &mut fill)
+        headers::<object::elf::FileHeader64<object::Endianness>>(&mut copy, parts, &mut fill)
     } else {
-        headers::<object::elf::FileHeader32<object::Endianness>>(&mut copy, &mut fill)
+        headers::<object::elf::FileHeader32<object::Endianness>>(&mut copy, parts, &mut fill)
     };
-    if result.is_err() {
-        // Headers that do not parse: keep the bytes, let the parser say why.
-        fill(&mut copy, 0, len)?;
-    }
-    Ok(ElfCopy(copy))
+    let left_out = match result {
+        Ok(left_out) => left_out,
+        Err(e) => {
+            let budget = match parts {
+                ElfParts::Symbols { max_bytes } => max_bytes,
+                ElfParts::Unwind | ElfParts::NoDebug => u64::MAX,
+            };
+            if len > budget {
+                return Err(io::Error::other(format!(
+                    "section headers do not parse ({e}) and the whole file, {len} bytes, is over the budget of {budget}"
+                )));
+            }
+            // Headers that do not parse: keep the bytes, let the parser say why.
+            fill(&mut copy, 0, len)?;
+            LeftOut::default()
+        }
+    };
+    Ok(ElfCopy {
+        map: copy,
+        copied,
+        left_out,
+    })
 }
 
 #[cfg(test)]

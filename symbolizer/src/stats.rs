@@ -61,6 +61,10 @@ pub struct Stats {
     pub debug_links_refused: u64,
     /// Compressed sections whose declared size is over the cap: not inflated.
     pub decompression_refused: u64,
+    /// Files of processes read without their debug sections (and, if still
+    /// too large, without `.symtab`) because these were over the cache's
+    /// byte budget: their frames get names but no lines or inlined frames.
+    pub objects_cut_to_budget: u64,
 }
 
 impl Stats {
@@ -120,6 +124,7 @@ counters!(
     files_refused,
     debug_links_refused,
     decompression_refused,
+    objects_cut_to_budget,
 );
 
 impl Counters {

@@ -42,8 +42,15 @@ pub struct AgentConfig {
     pub exporter: ExporterSettings,
     /// Attributes added to every resource (`OTEL_RESOURCE_ATTRIBUTES` wins).
     pub resource_attributes: BTreeMap<String, String>,
-    /// Byte budget of the symbolizer's cache of parsed binaries.
-    pub symbol_cache_bytes: usize,
+    /// What the agent may hold in memory, in bytes (`"64MiB"` or a number
+    /// in the file): every cache and table is sized from it
+    /// ([`super::MemoryBudget`]), and the agent trims its caches when its
+    /// resident memory comes near it.
+    #[serde(with = "size_text")]
+    pub memory_limit: u64,
+    /// Byte budget of the symbolizer's cache of parsed binaries; by
+    /// default its share of `memory_limit`, never more.
+    pub symbol_cache_bytes: Option<usize>,
     /// Start afresh (closing every opened binary) every this many intervals.
     pub aggregator_reset_intervals: u32,
     /// Off-CPU profiling (where threads wait), off by default.
@@ -63,12 +70,19 @@ impl Default for AgentConfig {
             filter: FilterConfig::default(),
             exporter: ExporterSettings::default(),
             resource_attributes: BTreeMap::new(),
-            symbol_cache_bytes: 128 << 20,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            symbol_cache_bytes: None,
             aggregator_reset_intervals: 30,
             off_cpu: OffCpuSettings::default(),
         }
     }
 }
+
+/// The agent's memory limit unless told otherwise.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
+/// The smallest memory limit accepted: below it the agent's own code,
+/// threads and buffers leave nothing for its caches.
+pub const MIN_MEMORY_LIMIT: u64 = 32 << 20;
 
 /// The `[off_cpu]` table: an `off_cpu` profile (nanoseconds waited, by
 /// the stack a thread blocked with) beside the CPU one in every interval.
@@ -196,6 +210,11 @@ impl Default for ExporterSettings {
 }
 
 impl AgentConfig {
+    /// How `memory_limit` is shared out.
+    pub fn budget(&self) -> super::MemoryBudget {
+        super::MemoryBudget::new(self.memory_limit)
+    }
+
     /// The file's settings (defaults when `path` is `None`) overridden by
     /// the process environment.
     pub fn load(path: Option<&Path>) -> Result<AgentConfig, AgentError> {
@@ -216,6 +235,7 @@ impl AgentConfig {
     }
 
     /// Overrides settings from `SMOLDER_FREQUENCY`, `SMOLDER_INTERVAL`,
+    /// `SMOLDER_MEMORY_LIMIT`,
     /// `SMOLDER_OUTPUT_DIR`, `SMOLDER_HTTP`, and the OTLP endpoint from
     /// `OTEL_EXPORTER_OTLP_[PROFILES_]ENDPOINT`. (The other `OTEL_*`
     /// variables are read by [`Self::exporter_config`].)
@@ -232,6 +252,10 @@ impl AgentConfig {
         if let Some(interval) = var("SMOLDER_INTERVAL") {
             self.interval = parse_duration(&interval)
                 .map_err(|e| AgentError::Config(format!("SMOLDER_INTERVAL: {e}")))?;
+        }
+        if let Some(limit) = var("SMOLDER_MEMORY_LIMIT") {
+            self.memory_limit = parse_size(&limit)
+                .map_err(|e| AgentError::Config(format!("SMOLDER_MEMORY_LIMIT: {e}")))?;
         }
         if let Some(dir) = var("SMOLDER_OUTPUT_DIR") {
             self.output_dir = Some(dir.into());
@@ -266,6 +290,13 @@ impl AgentConfig {
                      authenticated; set http_allow_remote = true (or --http-allow-remote) to serve it"
                 ));
             }
+        }
+        if self.memory_limit < MIN_MEMORY_LIMIT {
+            return bad(format!(
+                "memory_limit = {} bytes: at least {} MiB",
+                self.memory_limit,
+                MIN_MEMORY_LIMIT >> 20
+            ));
         }
         if self.exporter.queue_bytes == 0 {
             return bad("exporter.queue_bytes must be > 0".into());
@@ -320,7 +351,7 @@ impl AgentConfig {
                 client_cert: from_env.tls.client_cert.or_else(|| s.client_cert.clone()),
                 client_key: from_env.tls.client_key.or_else(|| s.client_key.clone()),
             },
-            queue_bytes: s.queue_bytes,
+            queue_bytes: s.queue_bytes.min(self.budget().export_queue_bytes()),
             retry: RetryPolicy {
                 initial_backoff: s.initial_backoff,
                 max_backoff: s.max_backoff.max(s.initial_backoff),
@@ -423,6 +454,54 @@ pub fn parse_frequency(text: &str) -> Result<u64, String> {
     Ok(hz)
 }
 
+/// `4096`, `64K`, `512M`, `2G` (also `KiB`, `MB`, ...: all binary units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 512M or 2G"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use K, M, G or T"
+            ))
+        }
+    };
+    match number.checked_mul(1 << shift) {
+        Some(0) => Err("the size must be above 0".into()),
+        Some(size) => Ok(size),
+        None => Err(format!("{text:?} is too large")),
+    }
+}
+
+/// Sizes in the file are a number of bytes or text (`"64MiB"`).
+mod size_text {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Size::deserialize(d)? {
+            Size::Bytes(n) => Ok(n),
+            Size::Text(text) => super::parse_size(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// Durations in the file are text (`"10s"`) as in the flags.
 mod duration_text {
     use std::time::Duration;
@@ -446,6 +525,8 @@ endpoint = "http://file:4317"
 http = "127.0.0.1:7070"
 resource_attributes = { "deployment.environment" = "staging" }
 
+memory_limit = "48MiB"
+
 [retention]
 count = 5
 
@@ -464,6 +545,7 @@ initial_backoff = "200ms"
     fn file_then_environment() {
         let mut config: AgentConfig = toml::from_str(FILE).unwrap();
         assert_eq!(config.frequency_hz, 49);
+        assert_eq!(config.memory_limit, 48 << 20);
         assert_eq!(config.interval, Duration::from_secs(2));
         assert_eq!(config.retention.count, 5);
         assert_eq!(config.retention.bytes, Retention::default().bytes);

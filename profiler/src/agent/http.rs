@@ -35,11 +35,13 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds `addr` and serves in a task; `store` is the `--output-dir`
-    /// that `/view` and `/profile` read.
+    /// that `/view` and `/profile` read, `render_cache_bytes` what their
+    /// renderings may keep for reloads.
     pub async fn start(
         addr: SocketAddr,
         state: Arc<AgentState>,
         store: Option<std::path::PathBuf>,
+        render_cache_bytes: usize,
     ) -> Result<HttpServer, AgentError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -63,9 +65,10 @@ impl HttpServer {
                 Router::new()
                     .route("/profile", get(profile))
                     .route("/view", get(view_page))
-                    .with_state(Arc::new(ViewState::new(
-                        store.as_deref().map(StoreReader::new),
-                    ))),
+                    .with_state(Arc::new(
+                        ViewState::new(store.as_deref().map(StoreReader::new))
+                            .with_cache_bytes(render_cache_bytes),
+                    )),
             );
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

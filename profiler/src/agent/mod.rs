@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+pub mod budget;
 pub mod config;
 pub mod filter;
 pub mod http;
@@ -45,6 +46,7 @@ use crate::exporter::{Exporter, ExporterConfig, ExporterError, ExporterStats, Re
 use crate::pipeline::{Interval, Recording};
 use crate::sampler::{Sampler, SamplerConfig, SamplerError, SamplerEvent, SamplerStats};
 
+pub use budget::{MemoryBudget, MemoryGuard};
 pub use config::{AgentConfig, ExporterSettings, FilterConfig, Retention};
 pub use privileges::{drop_capabilities, UnprivilegedRuntime};
 pub use report::{AgentState, Counters, IntervalReport};
@@ -130,6 +132,8 @@ struct Running {
     exporter_base: Arc<Mutex<ExporterStats>>,
     /// Where exporters run: threads without capabilities.
     export_threads: UnprivilegedRuntime,
+    /// Resident memory against the limit, checked after each interval.
+    memory: MemoryGuard,
 }
 
 fn start_sampler(config: &AgentConfig) -> Result<Sampler, AgentError> {
@@ -143,6 +147,7 @@ fn start_sampler(config: &AgentConfig) -> Result<Sampler, AgentError> {
         frequency_hz: config.frequency_hz,
         pid_filter,
         off_cpu: config.off_cpu.sampler_config(),
+        unwind_table_bytes: config.budget().unwind_table_bytes(),
         ..SamplerConfig::default()
     })?;
     sampler.set_table_filter(config.filter.process_filter());
@@ -252,7 +257,19 @@ impl Running {
         if self.intervals.is_multiple_of(reset) {
             self.recording.forget_processes();
         }
+        self.check_memory();
         self.publish_counters(processes);
+    }
+
+    /// Near the memory limit, the caches go: parsed binaries, and what
+    /// is known of processes (their open files, maps, perf maps).
+    fn check_memory(&mut self) {
+        let budget = self.config.budget();
+        if let Some(rss) = self.memory.check(&budget) {
+            self.recording.symbolizer().clear_cache();
+            self.recording.forget_processes();
+            self.memory.after_trim(&budget, rss);
+        }
     }
 
     fn counters(&self, processes: u64) -> Counters {
@@ -301,6 +318,16 @@ impl Running {
             off_cpu_unmatched: sampler.off_cpu_unmatched,
             off_cpu_lost: sampler.off_cpu_lost,
             processes,
+            memory_limit_bytes: self.config.memory_limit,
+            rss_bytes: MemoryGuard::rss().unwrap_or(0),
+            rss_peak_bytes: self.memory.peak_rss,
+            symbol_cache_bytes: self.recording.symbolizer().stats().cache_bytes,
+            unwind_table_bytes: sampler.unwind_table_bytes,
+            unwind_table_cap_bytes: self.config.budget().unwind_table_bytes(),
+            unwind_tables_evicted: sampler.unwind_tables_evicted,
+            stacks_dropped: aggregator.stacks_dropped,
+            memory_trims: self.memory.trims,
+            objects_cut_to_budget: self.recording.symbolizer().stats().objects_cut_to_budget,
             exporter,
         }
     }
@@ -377,6 +404,11 @@ impl Running {
         if new.http != self.config.http || new.http_allow_remote != self.config.http_allow_remote {
             tracing::warn!("the HTTP address is not changed by a reload: restart the agent");
         }
+        let mut new = new;
+        if new.memory_limit != self.config.memory_limit {
+            tracing::warn!("memory_limit is not changed by a reload: restart the agent");
+            new.memory_limit = self.config.memory_limit;
+        }
         self.resource = new.resource(env);
         self.state.set_interval(new.interval);
         self.config = new;
@@ -413,9 +445,15 @@ pub async fn run(
     config.validate()?;
     let exporter_config = config.exporter_config(env)?;
     let state = Arc::new(AgentState::new(config.interval));
+    let budget = config.budget();
+    let symbol_cache = budget.symbol_cache_bytes();
     let symbolizer = Arc::new(
         Symbolizer::builder()
-            .cache_bytes(config.symbol_cache_bytes)
+            .cache_bytes(
+                config
+                    .symbol_cache_bytes
+                    .map_or(symbol_cache, |b| b.min(symbol_cache)),
+            )
             .build(),
     );
     // kallsyms is slow to read: before the sampler, or samples pile up.
@@ -433,6 +471,7 @@ pub async fn run(
                     addr,
                     Arc::clone(&state),
                     config.output_dir.clone(),
+                    budget.render_cache_bytes(),
                 ))
                 .await
                 .map_err(|e| AgentError::Io {
@@ -450,7 +489,8 @@ pub async fn run(
         resource: config.resource(env),
         recording: Recording::new(symbolizer, config.frequency_hz)
             .with_filter(config.filter.process_filter())
-            .with_snapshots(Some(sampler.snapshots())),
+            .with_snapshots(Some(sampler.snapshots()))
+            .limiting_stack_bytes(budget.interval_stack_bytes()),
         exporter_config,
         state: Arc::clone(&state),
         sampler: Some(sampler),
@@ -461,6 +501,7 @@ pub async fn run(
         sampler_base: SamplerStats::default(),
         exporter_base: Arc::new(Mutex::new(ExporterStats::default())),
         export_threads,
+        memory: MemoryGuard::default(),
         config,
     };
     running.publish_counters(0);

@@ -212,6 +212,24 @@ pub struct Counters {
     pub off_cpu_lost: u64,
     /// Processes in the latest interval.
     pub processes: u64,
+    /// The memory limit, the agent's resident memory at the last check and
+    /// the highest seen, the symbolizer cache's bytes, the unwind rows'
+    /// bytes in the kernel (and their cap), tables evicted to stay under
+    /// it, and what the limit dropped: distinct stacks of an interval
+    /// beyond its share, and times the caches were emptied because
+    /// resident memory came near the limit.
+    pub memory_limit_bytes: u64,
+    pub rss_bytes: u64,
+    pub rss_peak_bytes: u64,
+    pub symbol_cache_bytes: u64,
+    pub unwind_table_bytes: u64,
+    pub unwind_table_cap_bytes: u64,
+    pub unwind_tables_evicted: u64,
+    pub stacks_dropped: u64,
+    pub memory_trims: u64,
+    /// Binaries read without their debug sections (or `.symtab`) to stay
+    /// within the symbol cache's share of the limit.
+    pub objects_cut_to_budget: u64,
     pub exporter: Option<ExporterStats>,
 }
 
@@ -474,6 +492,63 @@ pub fn prometheus_text(c: &Counters) -> String {
         "gauge",
         "Processes in the latest interval.",
         &[("", c.processes)],
+    );
+    family(
+        "smolder_memory_limit_bytes",
+        "gauge",
+        "The agent's memory limit (memory_limit): every cache and table is sized from it.",
+        &[("", c.memory_limit_bytes)],
+    );
+    family(
+        "smolder_resident_memory_bytes",
+        "gauge",
+        "The agent's resident memory after the latest interval.",
+        &[("", c.rss_bytes)],
+    );
+    family(
+        "smolder_resident_memory_peak_bytes",
+        "gauge",
+        "The highest resident memory seen after an interval.",
+        &[("", c.rss_peak_bytes)],
+    );
+    family(
+        "smolder_symbol_cache_bytes",
+        "gauge",
+        "Bytes held by the symbolizer's cache of parsed binaries.",
+        &[("", c.symbol_cache_bytes)],
+    );
+    family(
+        "smolder_unwind_table_bytes",
+        "gauge",
+        "Kernel memory used by unwind-table rows, and its cap (a share of the memory limit).",
+        &[
+            ("{kind=\"used\"}", c.unwind_table_bytes),
+            ("{kind=\"cap\"}", c.unwind_table_cap_bytes),
+        ],
+    );
+    family(
+        "smolder_unwind_tables_evicted_total",
+        "counter",
+        "Unwind tables evicted to stay under their cap (reloaded when walked again).",
+        &[("", c.unwind_tables_evicted)],
+    );
+    family(
+        "smolder_stacks_dropped_total",
+        "counter",
+        "Samples of new distinct stacks dropped because an interval's stacks reached their share of the memory limit.",
+        &[("", c.stacks_dropped)],
+    );
+    family(
+        "smolder_objects_cut_to_budget_total",
+        "counter",
+        "Binaries read without their debug sections (names, no lines) because these were over the symbol cache's share of the memory limit.",
+        &[("", c.objects_cut_to_budget)],
+    );
+    family(
+        "smolder_memory_trims_total",
+        "counter",
+        "Times the caches were emptied because resident memory came near the memory limit.",
+        &[("", c.memory_trims)],
     );
     let e = c.exporter.unwrap_or_default();
     family(

@@ -25,7 +25,8 @@ use super::config::parse_duration;
 use super::report::CPU_SAMPLE_TYPE;
 use super::store::{Selection, StoreReader, StoredInterval};
 
-/// Renderings kept for reloads, all together at most this many bytes.
+/// Renderings kept for reloads, all together at most this many bytes
+/// unless told otherwise ([`ViewState::with_cache_bytes`]).
 const CACHE_BYTES: usize = 32 << 20;
 /// A range without `last=`/`from=` is the last hour.
 const DEFAULT_LAST: Duration = Duration::from_secs(3600);
@@ -484,11 +485,22 @@ fn cache_key(what: &str, query: &ViewQuery, files: &[&[StoredInterval]]) -> u64 
 }
 
 /// Renderings by key, bounded in bytes, oldest out first.
-#[derive(Default)]
 struct RenderCache {
     entries: HashMap<u64, Arc<Vec<u8>>>,
     order: VecDeque<u64>,
     bytes: usize,
+    capacity: usize,
+}
+
+impl Default for RenderCache {
+    fn default() -> Self {
+        RenderCache {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            capacity: CACHE_BYTES,
+        }
+    }
 }
 
 impl RenderCache {
@@ -497,13 +509,13 @@ impl RenderCache {
     }
 
     fn put(&mut self, key: u64, value: Arc<Vec<u8>>) {
-        if value.len() > CACHE_BYTES / 4 || self.entries.contains_key(&key) {
+        if value.len() > self.capacity / 4 || self.entries.contains_key(&key) {
             return;
         }
         self.bytes += value.len();
         self.entries.insert(key, value);
         self.order.push_back(key);
-        while self.bytes > CACHE_BYTES {
+        while self.bytes > self.capacity {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
@@ -552,6 +564,16 @@ impl ViewState {
             turn: Mutex::new(()),
             stats: Mutex::new(ViewStats::default()),
         }
+    }
+
+    /// Keeps at most `bytes` of renderings for reloads (the agent's share
+    /// of its memory limit).
+    pub fn with_cache_bytes(self, bytes: usize) -> ViewState {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .capacity = bytes;
+        self
     }
 
     pub fn stats(&self) -> ViewStats {

@@ -50,6 +50,11 @@ pub struct AgentArgs {
     /// Export queue bound in bytes
     #[arg(long, value_name = "BYTES")]
     pub queue_bytes: Option<usize>,
+    /// What the agent may hold in memory (64M by default): every cache and
+    /// table is sized from it, and caches are emptied when resident memory
+    /// comes near it
+    #[arg(long, value_name = "SIZE", value_parser = smolder::agent::config::parse_size)]
+    pub memory_limit: Option<u64>,
     /// Keep every capability (by default all but CAP_BPF, CAP_PERFMON,
     /// CAP_SYSLOG, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH are dropped)
     #[arg(long)]
@@ -91,6 +96,9 @@ impl AgentArgs {
         if let Some(bytes) = self.queue_bytes {
             config.exporter.queue_bytes = bytes;
         }
+        if let Some(bytes) = self.memory_limit {
+            config.memory_limit = bytes;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -104,6 +112,8 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = args.load()?;
+    // Before any thread starts: threads share two allocator arenas.
+    agent::budget::limit_allocator_arenas();
     if !args.keep_capabilities {
         // Before the runtime starts its threads: capabilities are per thread.
         let kept = agent::drop_capabilities().context("cannot drop capabilities")?;

@@ -40,34 +40,7 @@ impl InputArgs {
     }
 }
 
-/// `4096`, `64K`, `512M`, `2G` (also `KiB`, `MB`, ...: all binary units).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size like 512M or 2G"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use K, M, G or T"
-            ))
-        }
-    };
-    match number.checked_mul(1 << shift) {
-        Some(0) => Err("the size must be above 0".into()),
-        Some(size) => Ok(size),
-        None => Err(format!("{text:?} is too large")),
-    }
-}
+pub use smolder::agent::config::parse_size;
 
 /// A progress bar for reading a large input, when stderr is a terminal.
 fn progress_bar(path: &Path, size: u64) -> Option<indicatif::ProgressBar> {

@@ -105,6 +105,9 @@ pub struct AggregatorStats {
     /// be read (freed, or not a code object): unnamed, never guessed.
     pub python_frames_named: u64,
     pub python_frames_unreadable: u64,
+    /// Samples of new distinct stacks dropped because the interval's
+    /// stacks had reached their memory bound.
+    pub stacks_dropped: u64,
 }
 
 impl std::ops::AddAssign for AggregatorStats {
@@ -123,6 +126,7 @@ impl std::ops::AddAssign for AggregatorStats {
         self.python_unsupported += b.python_unsupported;
         self.python_frames_named += b.python_frames_named;
         self.python_frames_unreadable += b.python_frames_unreadable;
+        self.stacks_dropped += b.stacks_dropped;
     }
 }
 
@@ -204,6 +208,24 @@ struct StackKey {
     off_cpu: bool,
 }
 
+impl StackKey {
+    /// Memory a stack holds in the interval's table, roughly: the key,
+    /// its vectors and strings, and the table's own overhead.
+    fn estimated_bytes(&self) -> usize {
+        std::mem::size_of::<StackKey>()
+            + std::mem::size_of::<Vec<(u64, i64)>>()
+            + 16
+            + self.thread_name.len()
+            + std::mem::size_of_val(self.kernel.as_slice())
+            + std::mem::size_of_val(self.user.as_slice())
+            + self
+                .labels
+                .iter()
+                .map(|(k, v)| 48 + k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
 struct ProcessState {
     maps: ProcessMaps,
     maps_read_at: Option<Instant>,
@@ -236,6 +258,9 @@ pub struct Aggregator {
     python_code: Vec<std::sync::Arc<CodeInfo>>,
     python_code_index: HashMap<(u32, u64), u32>,
     stats: AggregatorStats,
+    /// Estimated bytes of `stacks`, and their bound, if any.
+    stack_bytes: usize,
+    stack_budget: Option<usize>,
     /// What addresses of objects were symbolized as, kept across intervals
     /// when the driver asked for it ([`Aggregator::keep_symbols`]).
     memo: Option<SymbolMemo>,
@@ -272,6 +297,8 @@ impl Aggregator {
             python_code: Vec::new(),
             python_code_index: HashMap::new(),
             stats: AggregatorStats::default(),
+            stack_bytes: 0,
+            stack_budget: None,
             memo: None,
             snapshots: None,
         }
@@ -633,10 +660,30 @@ impl Aggregator {
         let value = sample
             .off_cpu_ns
             .map_or(1, |ns| i64::try_from(ns).unwrap_or(i64::MAX));
-        self.stacks
-            .entry(key)
-            .or_default()
-            .push((sample.time_unix_nano, value));
+        let observation = (sample.time_unix_nano, value);
+        if let Some(observations) = self.stacks.get_mut(&key) {
+            self.stack_bytes += std::mem::size_of_val(&observation);
+            observations.push(observation);
+            return;
+        }
+        let bytes = key.estimated_bytes() + std::mem::size_of_val(&observation);
+        if self
+            .stack_budget
+            .is_some_and(|budget| self.stack_bytes + bytes > budget)
+        {
+            self.stats.stacks_dropped += 1;
+            return;
+        }
+        self.stack_bytes += bytes;
+        self.stacks.insert(key, vec![observation]);
+    }
+
+    /// Keeps an interval's stacks within about `bytes` (an estimate of
+    /// their memory): once reached, samples of stacks not seen yet in the
+    /// interval are dropped and counted (`stacks_dropped`); samples of
+    /// stacks already there still count.
+    pub fn limit_stack_bytes(&mut self, bytes: usize) {
+        self.stack_budget = Some(bytes);
     }
 
     /// Symbolizes everything gathered so far and returns it as one profile
@@ -647,6 +694,7 @@ impl Aggregator {
     /// interval except for processes that exited.
     pub fn finish(&mut self, symbolizer: &Symbolizer, config: ProfileConfig) -> ProfilesData {
         let stacks = std::mem::take(&mut self.stacks);
+        self.stack_bytes = 0;
 
         // Every distinct address once: user frames per object, kernel frames together.
         // Return addresses point after their call; the call is one byte before.

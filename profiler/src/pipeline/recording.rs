@@ -73,6 +73,8 @@ pub struct Recording {
     aggregator_base: AggregatorStats,
     /// What the sampler read of processes at their exec.
     snapshots: Option<Arc<ProcessSnapshots>>,
+    /// The bound on an interval's stacks ([`Recording::limiting_stack_bytes`]).
+    stack_budget: Option<usize>,
 }
 
 impl Recording {
@@ -90,6 +92,7 @@ impl Recording {
             intervals: 0,
             aggregator_base: AggregatorStats::default(),
             snapshots: None,
+            stack_budget: None,
         }
     }
 
@@ -105,6 +108,15 @@ impl Recording {
     pub fn set_snapshots(&mut self, snapshots: Option<Arc<ProcessSnapshots>>) {
         self.aggregator.use_snapshots(snapshots.clone());
         self.snapshots = snapshots;
+    }
+
+    /// Keeps each interval's distinct stacks within about `bytes`; samples
+    /// of further new stacks are dropped and counted
+    /// ([`AggregatorStats::stacks_dropped`]).
+    pub fn limiting_stack_bytes(mut self, bytes: usize) -> Recording {
+        self.stack_budget = Some(bytes);
+        self.aggregator.limit_stack_bytes(bytes);
+        self
     }
 
     /// The first interval starts at `unix_nano` instead of now.
@@ -128,9 +140,13 @@ impl Recording {
 
     /// An empty recording with the same settings whose interval starts now.
     pub fn successor(&self) -> Recording {
-        Recording::new(Arc::clone(&self.symbolizer), self.frequency_hz)
+        let next = Recording::new(Arc::clone(&self.symbolizer), self.frequency_hz)
             .with_filter(self.filter.clone())
-            .with_snapshots(self.snapshots.clone())
+            .with_snapshots(self.snapshots.clone());
+        match self.stack_budget {
+            Some(bytes) => next.limiting_stack_bytes(bytes),
+            None => next,
+        }
     }
 
     pub fn symbolizer(&self) -> &Arc<Symbolizer> {
@@ -227,6 +243,9 @@ impl Recording {
         self.aggregator_base += self.aggregator.stats();
         self.aggregator = Aggregator::new();
         self.aggregator.use_snapshots(self.snapshots.clone());
+        if let Some(bytes) = self.stack_budget {
+            self.aggregator.limit_stack_bytes(bytes);
+        }
     }
 
     /// Processes known now.

@@ -29,7 +29,7 @@ use smolder_symbolizer::process::{open_mapped_file, Mapping, ProcessMaps};
 
 pub use memory::ProcessMemory;
 
-use crate::unwind::{read_object, ElfLayout};
+use crate::unwind::{read_object_parts, ElfLayout};
 
 /// A Python frame in a sample's user PCs (`SMOLDER_PY_FRAME_TAG` in
 /// `profiler/bpf/python.h`): bit 63 set, which no user address has.
@@ -357,7 +357,8 @@ pub fn detect(pid: u32, maps: &ProcessMaps) -> Detection {
 /// has no `_PyRuntime` (not the interpreter itself).
 fn inspect(pid: u32, entry: &Mapping, name_minor: u8) -> Result<Option<Detection>, String> {
     let file = open_mapped_file(pid, entry).map_err(|e| e.to_string())?;
-    let bytes = read_object(&file).map_err(|e| format!("reading {}: {e}", entry.path))?;
+    let bytes = read_object_parts(&file, smolder_symbolizer::process::ElfParts::NoDebug)
+        .map_err(|e| format!("reading {}: {e}", entry.path))?;
     let obj = object::File::parse(&*bytes).map_err(|e| format!("{}: {e}", entry.path))?;
     let mut runtime = None;
     let mut eval = None;

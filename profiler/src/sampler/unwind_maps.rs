@@ -170,17 +170,15 @@ impl Drop for UnwindLoader {
     }
 }
 
-/// `UNWIND_ROWS`, memory-mapped.
+/// `UNWIND_ROWS`, written through a short-lived memory mapping of just
+/// the pages a table lands on: the map's memory is the kernel's (reported
+/// as its `memlock`), and keeping all of it mapped here would count every
+/// page of it in the agent's RSS, used or not.
 struct RowMemory {
-    ptr: *mut UnwindRow,
     capacity: u32,
-    bytes: usize,
-    _map: MapData,
+    page: usize,
+    map: MapData,
 }
-
-// SAFETY: the mapping is owned by this struct and only the worker thread
-// touches it.
-unsafe impl Send for RowMemory {}
 
 impl RowMemory {
     fn new(map: Map) -> Result<RowMemory, String> {
@@ -190,51 +188,67 @@ impl RowMemory {
         let info = data
             .info()
             .map_err(|e| format!("reading UNWIND_ROWS info: {e}"))?;
-        let capacity = info.max_entries();
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (capacity as usize * ROW_BYTES as usize).div_ceil(page) * page;
-        // SAFETY: mapping a BPF_F_MMAPABLE array map of `capacity` rows,
-        // shared and writable; the length is what the kernel allocated.
+        Ok(RowMemory {
+            capacity: info.max_entries(),
+            page,
+            map: data,
+        })
+    }
+
+    /// Writes `rows` at row `start`, 1 MiB of rows at a time, each through
+    /// a mapping of its own pages (so at most 1 MiB is mapped at once).
+    fn write(&mut self, start: u32, rows: &[UnwindRow]) -> Result<(), String> {
+        let end = start as usize + rows.len();
+        if end > self.capacity as usize {
+            return Err(format!(
+                "rows {start}..{end} past the {} rows of UNWIND_ROWS",
+                self.capacity
+            ));
+        }
+        let per_window = (1 << 20) / ROW_BYTES as usize;
+        for (i, chunk) in rows.chunks(per_window).enumerate() {
+            self.write_window(start as usize + i * per_window, chunk)?;
+        }
+        Ok(())
+    }
+
+    fn write_window(&mut self, start: usize, rows: &[UnwindRow]) -> Result<(), String> {
+        let row = ROW_BYTES as usize;
+        let end = start + rows.len();
+        let first = start * row / self.page * self.page;
+        let len = (end * row).div_ceil(self.page) * self.page - first;
+        // SAFETY: maps `len` bytes at page offset `first` of a
+        // BPF_F_MMAPABLE array, both within what the kernel allocated
+        // (checked by the caller; the kernel checks again), shared and
+        // writable.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                bytes,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
+                self.map.fd().as_fd().as_raw_fd(),
+                first as libc::off_t,
             )
         };
         if ptr == libc::MAP_FAILED {
             return Err(format!(
-                "memory-mapping UNWIND_ROWS ({bytes} bytes): {}",
+                "memory-mapping {len} bytes of UNWIND_ROWS: {}",
                 std::io::Error::last_os_error()
             ));
         }
-        Ok(RowMemory {
-            ptr: ptr.cast(),
-            capacity,
-            bytes,
-            _map: data,
-        })
-    }
-
-    fn write(&mut self, start: u32, rows: &[UnwindRow]) {
-        let end = start as usize + rows.len();
-        assert!(end <= self.capacity as usize, "row extent out of bounds");
-        // SAFETY: in bounds (checked above), UnwindRow is plain old data with
-        // the kernel's layout, and only this thread writes the mapping.
+        // SAFETY: the destination is inside the mapping made above (rows
+        // start..end lie within pages first..first+len), UnwindRow is plain
+        // old data with the kernel's layout, and only this thread writes
+        // the map; the mapping is dropped right after.
         unsafe {
-            std::ptr::copy_nonoverlapping(rows.as_ptr(), self.ptr.add(start as usize), rows.len());
+            let at = ptr.cast::<u8>().add(start * row - first);
+            std::ptr::copy_nonoverlapping(rows.as_ptr(), at.cast::<UnwindRow>(), rows.len());
+            libc::munmap(ptr, len);
         }
-    }
-}
-
-impl Drop for RowMemory {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what new() mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+        Ok(())
     }
 }
 
@@ -501,7 +515,9 @@ impl Worker {
             Some(key) => key,
             None => {
                 let started = Instant::now();
-                let built = build_for_mapping(pid, entry, |k| self.resident.contains_key(k));
+                let capacity = self.rows.capacity as usize;
+                let built =
+                    build_for_mapping(pid, entry, capacity, |k| self.resident.contains_key(k));
                 let (key, table) = match built {
                     Ok(b) => b,
                     Err(e) => {
@@ -512,6 +528,11 @@ impl Worker {
                 };
                 if let Some(table) = table {
                     let rows = table.rows();
+                    if rows.is_empty() {
+                        // No code to unwind (a data-only library): not a failure.
+                        self.failed.insert(identity, ());
+                        return None;
+                    }
                     let Some((id, start)) = self.place(rows.len() as u32, pinned) else {
                         tracing::warn!(
                             "unwind table of {} ({} rows) does not fit the table memory cap: frame pointers for it",
@@ -521,7 +542,13 @@ impl Worker {
                         self.give_up(identity);
                         return None;
                     };
-                    self.rows.write(start, rows);
+                    if let Err(e) = self.rows.write(start, rows) {
+                        tracing::warn!("unwind table of {}: {e}", entry.path);
+                        self.extents.release(start, rows.len() as u32);
+                        self.free_ids.push(id);
+                        self.give_up(identity);
+                        return None;
+                    }
                     self.generation = self.generation.wrapping_add(1).max(1);
                     let published = UnwindTableEntry {
                         row_start: start,

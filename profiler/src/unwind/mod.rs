@@ -34,7 +34,9 @@ mod table;
 mod walk;
 
 pub use process::{build_for_mapping, TableCache};
-pub use table::{read_object, ElfLayout, TableKey, UnwindError, UnwindSource, UnwindTable};
+pub use table::{
+    read_object, read_object_parts, ElfLayout, TableKey, UnwindError, UnwindSource, UnwindTable,
+};
 pub use walk::{MappedTable, Regs, StepEnd, UnwindTables, Walk, MAX_WALK_FRAMES};
 
 /// How a row computes the CFA (`SMOLDER_CFA_*` in `sampler.h`).

@@ -23,6 +23,7 @@ pub fn file_identity(entry: &Mapping) -> (u64, u64) {
 pub fn build_for_mapping(
     pid: u32,
     entry: &Mapping,
+    max_rows: usize,
     known: impl Fn(&TableKey) -> bool,
 ) -> Result<(TableKey, Option<UnwindTable>), UnwindError> {
     let name = || format!("{} (pid {pid})", entry.path);
@@ -37,7 +38,7 @@ pub fn build_for_mapping(
     if known(&key) {
         return Ok((key, None));
     }
-    let table = UnwindTable::from_elf(&bytes, &name())?;
+    let table = UnwindTable::from_elf_within(&bytes, &name(), max_rows)?;
     Ok((key, Some(table)))
 }
 
@@ -71,7 +72,8 @@ impl TableCache {
         {
             return Ok(t.clone());
         }
-        let (key, built) = build_for_mapping(pid, entry, |k| self.by_key.contains_key(k))?;
+        let (key, built) =
+            build_for_mapping(pid, entry, usize::MAX, |k| self.by_key.contains_key(k))?;
         if let Some(table) = built {
             self.by_key.insert(key.clone(), Arc::new(table));
         }

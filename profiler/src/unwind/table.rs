@@ -16,11 +16,22 @@ use super::{cfa, fp, UnwindRow};
 /// Why a table could not be built.
 #[derive(Debug)]
 pub enum UnwindError {
-    Io { path: String, source: io::Error },
+    Io {
+        path: String,
+        source: io::Error,
+    },
     Object(String, object::Error),
     Architecture(String),
     NoUnwindInfo(String),
-    Cfi { path: String, source: gimli::Error },
+    Cfi {
+        path: String,
+        source: gimli::Error,
+    },
+    /// More rows than the walker's memory can take.
+    TooLarge {
+        path: String,
+        max_rows: usize,
+    },
 }
 
 impl std::fmt::Display for UnwindError {
@@ -36,6 +47,12 @@ impl std::fmt::Display for UnwindError {
             }
             UnwindError::Cfi { path, source } => {
                 write!(f, "{path}: malformed call frame information: {source}")
+            }
+            UnwindError::TooLarge { path, max_rows } => {
+                write!(
+                    f,
+                    "{path}: more unwind rows than the {max_rows} the table memory holds"
+                )
             }
         }
     }
@@ -170,16 +187,23 @@ impl UnwindTable {
 
     /// Builds the table from the bytes of an ELF file.
     pub fn from_elf(data: &[u8], name: &str) -> Result<UnwindTable, UnwindError> {
+        Self::from_elf_within(data, name, usize::MAX)
+    }
+
+    /// [`UnwindTable::from_elf`], giving up (`UnwindError::TooLarge`) once
+    /// the rows gathered pass `max_rows` × 5/4: a table that cannot fit
+    /// the walker's memory is not built in ours.
+    pub fn from_elf_within(
+        data: &[u8],
+        name: &str,
+        max_rows: usize,
+    ) -> Result<UnwindTable, UnwindError> {
         let obj = object::File::parse(data).map_err(|e| UnwindError::Object(name.into(), e))?;
         if obj.architecture() != object::Architecture::X86_64 {
             return Err(UnwindError::Architecture(name.into()));
         }
         let layout = ElfLayout::of_object(&obj);
         let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
-        let cfi_err = |source| UnwindError::Cfi {
-            path: name.to_owned(),
-            source,
-        };
         let mut bases = BaseAddresses::default();
         if let Some(text) = obj.section_by_name(".text") {
             bases = bases.set_text(text.address());
@@ -193,7 +217,7 @@ impl UnwindTable {
         {
             let bases = bases.set_eh_frame(sec);
             let eh = EhFrame::new(data, LittleEndian);
-            let rows = collect_rows(&eh, &bases).map_err(cfi_err)?;
+            let rows = collect_rows(&eh, &bases, data.len(), max_rows, name)?;
             (rows, UnwindSource::EhFrame, data.len() as u64)
         } else if let Some(data) = obj
             .section_by_name(".debug_frame")
@@ -201,7 +225,7 @@ impl UnwindTable {
         {
             let mut debug = DebugFrame::new(data, LittleEndian);
             debug.set_address_size(8);
-            let rows = collect_rows(&debug, &bases).map_err(cfi_err)?;
+            let rows = collect_rows(&debug, &bases, data.len(), max_rows, name)?;
             (rows, UnwindSource::DebugFrame, data.len() as u64)
         } else {
             return Err(UnwindError::NoUnwindInfo(name.into()));
@@ -274,7 +298,20 @@ impl UnwindTable {
 /// What unwinding reads of an object file of a profiled process (headers,
 /// `.eh_frame`, `.debug_frame`, notes), copied, capped.
 pub fn read_object(file: &File) -> io::Result<smolder_symbolizer::process::ElfCopy> {
-    smolder_symbolizer::process::read_elf_copy(file, smolder_symbolizer::process::MAX_OBJECT_BYTES)
+    // Only the CFI: symbols and debug sections can be most of a file.
+    read_object_parts(file, smolder_symbolizer::process::ElfParts::Unwind)
+}
+
+/// [`read_object`] of other parts.
+pub fn read_object_parts(
+    file: &File,
+    parts: smolder_symbolizer::process::ElfParts,
+) -> io::Result<smolder_symbolizer::process::ElfCopy> {
+    smolder_symbolizer::process::read_elf_parts(
+        file,
+        smolder_symbolizer::process::MAX_OBJECT_BYTES,
+        parts,
+    )
 }
 
 impl TableKey {
@@ -284,14 +321,31 @@ impl TableKey {
     pub fn of_bytes(data: &[u8], meta: &std::fs::Metadata) -> TableKey {
         static SECRET: std::sync::OnceLock<std::collections::hash_map::RandomState> =
             std::sync::OnceLock::new();
-        if let Some(id) = object::File::parse(data)
-            .ok()
-            .and_then(|o| o.build_id().ok().flatten().map(<[u8]>::to_vec))
-            .filter(|id| !id.is_empty())
-        {
-            use std::hash::BuildHasher;
-            let content = SECRET.get_or_init(Default::default).hash_one(data);
-            return TableKey::BuildId { id, content };
+        let parsed = object::File::parse(data).ok();
+        if let Some((obj, id)) = parsed.and_then(|o| {
+            let id = o.build_id().ok().flatten().map(<[u8]>::to_vec)?;
+            (!id.is_empty()).then_some((o, id))
+        }) {
+            use std::hash::{BuildHasher, Hasher};
+            // What a table is made of: the segments and the CFI sections
+            // (hashing the whole file would read every page of it).
+            let mut h = SECRET.get_or_init(Default::default).build_hasher();
+            for s in obj.segments() {
+                let (offset, filesz) = s.file_range();
+                h.write_u64(offset);
+                h.write_u64(filesz);
+                h.write_u64(s.address());
+            }
+            for name in [".eh_frame", ".debug_frame"] {
+                if let Some(data) = obj.section_by_name(name).and_then(|s| section_data(&s)) {
+                    h.write(name.as_bytes());
+                    h.write(data);
+                }
+            }
+            return TableKey::BuildId {
+                id,
+                content: h.finish(),
+            };
         }
         TableKey::File {
             dev: meta.dev(),
@@ -308,15 +362,43 @@ fn section_data<'data>(s: &object::Section<'data, '_>) -> Option<&'data [u8]> {
     s.data().ok().filter(|d| !d.is_empty())
 }
 
-/// Every CFI row of every FDE, plus an INVALID row where an FDE ends.
-fn collect_rows<'a, S>(section: &S, bases: &BaseAddresses) -> gimli::Result<Vec<UnwindRow>>
+/// Every CFI row of every FDE, plus an INVALID row where an FDE ends; at
+/// most `max_rows` × 5/4 (else `TooLarge`). The vector grows by a quarter
+/// at a time from an estimate of the CFI's rows (a quarter of its bytes),
+/// not by doubling: a large binary's rows cost what they are.
+fn collect_rows<'a, S>(
+    section: &S,
+    bases: &BaseAddresses,
+    cfi_bytes: usize,
+    max_rows: usize,
+    name: &str,
+) -> Result<Vec<UnwindRow>, UnwindError>
 where
     S: UnwindSection<Slice<'a>>,
 {
-    let mut out = Vec::new();
+    let limit = max_rows.saturating_add(max_rows / 4);
+    let too_large = || UnwindError::TooLarge {
+        path: name.to_owned(),
+        max_rows,
+    };
+    let cfi_err = |source| UnwindError::Cfi {
+        path: name.to_owned(),
+        source,
+    };
+    let mut out: Vec<UnwindRow> = Vec::with_capacity((cfi_bytes / 4).min(limit) + 1);
+    let push = |out: &mut Vec<UnwindRow>, row: UnwindRow| -> Result<(), UnwindError> {
+        if out.len() >= limit {
+            return Err(too_large());
+        }
+        if out.len() == out.capacity() {
+            out.reserve_exact((out.len() / 4).max(1024));
+        }
+        out.push(row);
+        Ok(())
+    };
     let mut ctx = Box::new(UnwindContext::new());
     let mut entries = section.entries(bases);
-    while let Some(entry) = entries.next()? {
+    while let Some(entry) = entries.next().map_err(cfi_err)? {
         let CieOrFde::Fde(partial) = entry else {
             continue;
         };
@@ -342,16 +424,16 @@ where
                     };
                     out_row.pc = row.start_address();
                     end = row.end_address();
-                    out.push(out_row);
+                    push(&mut out, out_row)?;
                 }
                 Ok(None) => break,
                 Err(_) => {
-                    out.push(UnwindRow::invalid(end));
+                    push(&mut out, UnwindRow::invalid(end))?;
                     break;
                 }
             }
         }
-        out.push(UnwindRow::invalid(end));
+        push(&mut out, UnwindRow::invalid(end))?;
     }
     Ok(out)
 }
@@ -430,21 +512,39 @@ fn plt_expression(bytes: &[u8]) -> Option<(i32, i16)> {
 
 /// Sorts rows, keeps one per `pc` (a real rule over the INVALID end marker
 /// of the previous function), and merges neighbours with the same rule.
-fn compact(rows: &mut [UnwindRow]) -> Vec<UnwindRow> {
-    rows.sort_by_key(|r| (r.pc, r.cfa_type == cfa::INVALID));
-    let mut out: Vec<UnwindRow> = Vec::with_capacity(rows.len());
+/// Sorts the rows and keeps, in place (no second table in memory while a
+/// large binary's rows are compacted), the first row of each PC whose rule
+/// differs from the row kept before it.
+fn compact(rows: &mut Vec<UnwindRow>) -> Vec<UnwindRow> {
+    // In place (a stable sort would take half the table again); rows of
+    // one PC order by the whole rule, so the one kept does not depend on
+    // the sort.
+    rows.sort_unstable_by_key(|r| {
+        (
+            r.pc,
+            r.cfa_type == cfa::INVALID,
+            r.cfa_type,
+            r.cfa_offset,
+            r.fp_type,
+            r.fp_offset,
+        )
+    });
+    let mut kept = 0usize;
     let mut previous_pc = None;
-    for row in rows.iter() {
+    for i in 0..rows.len() {
+        let row = rows[i];
         if previous_pc.replace(row.pc) == Some(row.pc) {
             continue;
         }
-        if out.last().is_some_and(|last| last.same_rule(row)) {
+        if kept > 0 && rows[kept - 1].same_rule(&row) {
             continue;
         }
-        out.push(*row);
+        rows[kept] = row;
+        kept += 1;
     }
-    out.shrink_to_fit();
-    out
+    rows.truncate(kept);
+    rows.shrink_to_fit();
+    std::mem::take(rows)
 }
 
 #[cfg(test)]
