@@ -267,6 +267,10 @@ pub struct Aggregator {
     /// What the sampler's prefetcher read of processes at their exec, for
     /// those gone before their samples are read here.
     snapshots: Option<Arc<ProcessSnapshots>>,
+    /// Processes already counted as running a CPython of an unknown
+    /// layout, with its path: a process whose mappings are read again
+    /// (after an exec the reader met late) is not counted twice.
+    python_unsupported_seen: std::collections::HashSet<(u32, String)>,
 }
 
 /// Symbolized file offsets per object, and each object's build-id, at
@@ -301,6 +305,7 @@ impl Aggregator {
             stack_budget: None,
             memo: None,
             snapshots: None,
+            python_unsupported_seen: Default::default(),
         }
     }
 
@@ -424,11 +429,13 @@ impl Aggregator {
                     state.python = Some(Some(CodeReader::new(pid, interpreter)));
                 }
                 Detection::Unsupported { path, reason } => {
-                    tracing::info!(
-                        "process {pid}: Python frames of {path} are not unwound (native frames only): {reason}"
-                    );
-                    self.stats.python_unsupported += 1;
                     state.python = Some(None);
+                    if self.python_unsupported_seen.insert((pid, path.clone())) {
+                        tracing::info!(
+                            "process {pid}: Python frames of {path} are not unwound (native frames only): {reason}"
+                        );
+                        self.stats.python_unsupported += 1;
+                    }
                 }
                 // libpython may not be mapped yet: asked again on the next read.
                 Detection::NotPython => {}
