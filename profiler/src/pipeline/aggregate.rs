@@ -28,6 +28,7 @@ use smolder_symbolizer::{PerfMapReader, ProcessFacts, Source, Symbolized, Symbol
 
 use super::process::resource_attributes;
 use super::snapshots::ProcessSnapshots;
+use super::unix_nano_now;
 use crate::python::code::{CodeInfo, CodeReader};
 use crate::python::{self, Detection, FrameRef};
 
@@ -1011,12 +1012,6 @@ fn jit_frame_type(name: &str) -> FrameType {
     } else {
         FrameType::Native
     }
-}
-
-fn unix_nano_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

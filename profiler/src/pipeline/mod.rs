@@ -17,3 +17,11 @@ pub use recording::{Interval, ProcessFilter, Recording, RecordingStats};
 pub use smolder_symbolizer::process::{Mapping, ProcessMaps};
 pub use smolder_symbolizer::ProcessFacts;
 pub use snapshots::{ProcessSnapshots, SnapshotStats};
+
+/// Now, in unix nanoseconds (the samples' clock); 0 before 1970, saturated
+/// past 2554.
+pub(crate) fn unix_nano_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

@@ -26,7 +26,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
 use smolder_profiles_proto::ProfileConfig;
@@ -34,6 +34,7 @@ use smolder_symbolizer::{ProcessFacts, Symbolizer};
 
 use super::aggregate::{Aggregator, AggregatorStats, Sample};
 use super::snapshots::ProcessSnapshots;
+use super::unix_nano_now;
 
 /// Decides from a process's facts whether its samples are kept.
 pub type ProcessFilter = Arc<dyn Fn(&ProcessFacts) -> bool + Send + Sync>;
@@ -261,12 +262,6 @@ impl Recording {
             aggregator: self.aggregator_base + self.aggregator.stats(),
         }
     }
-}
-
-fn unix_nano_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

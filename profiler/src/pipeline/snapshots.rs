@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use smolder_symbolizer::process::{open_mapped_file, ProcessMaps};
 use smolder_symbolizer::ProcessFacts;
 
+use super::unix_nano_now;
+
 /// Processes kept at most; the oldest image is dropped for a new one.
 pub const MAX_SNAPSHOTS: usize = 512;
 /// Open files kept per process at most.
@@ -214,10 +216,4 @@ fn open_new_files(pid: u32, maps: &ProcessMaps, open: &[(u64, u64)]) -> Vec<((u6
         }
     }
     opened
-}
-
-fn unix_nano_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
