@@ -543,6 +543,29 @@ pub fn profile_stacks(
     out
 }
 
+/// Asserts what [`split_shares`] found: each of `sixty`, `thirty`, `ten`
+/// within `tolerance` of 60/30/10, and at least 95 % of those stacks
+/// complete. `what` names the run in the messages.
+pub fn assert_split(
+    shares: &std::collections::BTreeMap<&'static str, f64>,
+    complete: f64,
+    tolerance: f64,
+    what: &str,
+) {
+    for (name, want) in [("sixty", 0.6), ("thirty", 0.3), ("ten", 0.1)] {
+        let got = shares.get(name).copied().unwrap_or(0.0);
+        assert!(
+            (got - want).abs() <= tolerance,
+            "{what}: {name} {got:.3}, want {want} ({shares:?})"
+        );
+    }
+    assert!(
+        complete >= 0.95,
+        "{what}: only {:.1}% of stacks are <module> -> main -> f -> work",
+        complete * 100.0
+    );
+}
+
 /// For stacks of [`split_script`]: shares of `sixty`, `thirty`, `ten`
 /// among the samples in any of them, the share of those whose Python
 /// frames are exactly `<module>` -> `main` -> the function -> `work`, and

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use serde_json::Value;
 use smolder_e2e::{
-    compile_c, profile_stacks, pyenv_python, python_check, require_ebpf, require_tool, run_ok,
-    smolder_bin, split_script, split_shares, workspace_root,
+    assert_split, compile_c, profile_stacks, pyenv_python, python_check, require_ebpf,
+    require_tool, run_ok, smolder_bin, split_script, split_shares, workspace_root,
 };
 use smolder_profiles_proto::otlp::collector::profiles::v1development::ExportProfilesServiceRequest;
 use smolder_profiles_proto::read_profile;
@@ -1024,17 +1024,11 @@ fn python_frames_are_exported_with_their_split() {
         "agent: {total} of {all} samples of the interpreter with Python frames, {:.1}% complete, {shares:?}",
         complete * 100.0
     );
-    for (name, want) in [("sixty", 0.6), ("thirty", 0.3), ("ten", 0.1)] {
-        let got = shares.get(name).copied().unwrap_or(0.0);
-        assert!(
-            (got - want).abs() <= 0.05,
-            "{name} {got:.3}, want {want} ({shares:?}); agent said: {stderr}"
-        );
-    }
-    assert!(
-        complete >= 0.95,
-        "only {:.1}% of stacks are <module> -> main -> f -> work",
-        complete * 100.0
+    assert_split(
+        &shares,
+        complete,
+        0.05,
+        &format!("agent (it said: {stderr})"),
     );
     // Python frames carry the script's file and a line in it.
     let script = split_script();

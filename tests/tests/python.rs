@@ -13,8 +13,9 @@ use std::process::Command;
 
 use smolder::python::{Detection, Layout};
 use smolder_e2e::{
-    compile_c, cpu_scale, folded, perf_record_folded, profile_stacks, pyenv_python, require_ebpf,
-    require_tool, run_ok, smolder_ok, split_script, split_shares, StackFrame as Frame,
+    assert_split, compile_c, cpu_scale, folded, perf_record_folded, profile_stacks, pyenv_python,
+    require_ebpf, require_tool, run_ok, smolder_ok, split_script, split_shares,
+    StackFrame as Frame,
 };
 use smolder_profiles_proto::read_profile;
 
@@ -114,18 +115,7 @@ fn python_functions_split_60_30_10_with_complete_stacks_on_every_version() {
             total as f64 >= 0.5 * 2.5 * 499.0,
             "3.{minor}: only {total} samples in the three functions; smolder said: {stderr}"
         );
-        for (name, want) in [("sixty", 0.6), ("thirty", 0.3), ("ten", 0.1)] {
-            let got = shares.get(name).copied().unwrap_or(0.0);
-            assert!(
-                (got - want).abs() <= 0.03,
-                "3.{minor}: {name} {got:.3}, want {want} ({shares:?})"
-            );
-        }
-        assert!(
-            complete >= 0.95,
-            "3.{minor}: only {:.1}% of stacks are <module> -> main -> f -> work",
-            complete * 100.0
-        );
+        assert_split(&shares, complete, 0.03, &format!("3.{minor}"));
         // Python frames name the script and a line inside their function,
         // or else the interpreter's own library (threading's `_shutdown`
         // as the interpreter exits, importlib as it starts).
@@ -859,16 +849,5 @@ fn record_all_names_the_python_frames_of_an_interpreter_already_running() {
         total as f64 >= 0.5 * all as f64 && total >= 100,
         "only {total} of the interpreter's {all} samples have Python frames; smolder said: {stderr}"
     );
-    for (name, want) in [("sixty", 0.6), ("thirty", 0.3), ("ten", 0.1)] {
-        let got = shares.get(name).copied().unwrap_or(0.0);
-        assert!(
-            (got - want).abs() <= 0.05,
-            "{name} {got:.3}, want {want} ({shares:?})"
-        );
-    }
-    assert!(
-        complete >= 0.95,
-        "only {:.1}% of stacks are <module> -> main -> f -> work",
-        complete * 100.0
-    );
+    assert_split(&shares, complete, 0.05, "record -a");
 }
