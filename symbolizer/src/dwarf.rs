@@ -24,7 +24,17 @@ pub(crate) enum SectionBytes {
         start: usize,
         end: usize,
     },
-    Owned(Arc<[u8]>),
+    /// Inflated or copied bytes, kept as the `Vec` they were read into
+    /// (an `Arc<[u8]>` would copy them once more: a section of libc's
+    /// debug file is megabytes).
+    Owned(Arc<Vec<u8>>),
+}
+
+/// `bytes` as kept: a large buffer gives back its spare capacity in place
+/// (the allocator remaps it), a small one is copied at most once.
+pub(crate) fn owned_bytes(mut bytes: Vec<u8>) -> Arc<Vec<u8>> {
+    bytes.shrink_to_fit();
+    Arc::new(bytes)
 }
 
 impl Deref for SectionBytes {
@@ -262,7 +272,7 @@ pub(crate) fn load_sections_where(
     let owned = std::cell::Cell::new(0usize);
     let load = |id: gimli::SectionId| -> Result<Reader, Error> {
         let Some(section) = file.section_by_name(id.name()).filter(|_| wanted(id)) else {
-            return Ok(Reader::new(SectionBytes::Owned(Arc::from(&[][..])), endian));
+            return Ok(Reader::new(SectionBytes::Owned(Arc::default()), endian));
         };
         // The header's size would size the allocation: bound it first, by
         // a cap and by the best ratio deflate or zstd reach on real DWARF.
@@ -291,12 +301,12 @@ pub(crate) fn load_sections_where(
                         start,
                         end,
                     },
-                    _ => SectionBytes::Owned(Arc::from(slice)),
+                    _ => SectionBytes::Owned(Arc::new(slice.to_vec())),
                 }
             }
             Cow::Owned(vec) => {
                 owned.set(owned.get() + vec.len());
-                SectionBytes::Owned(Arc::from(vec))
+                SectionBytes::Owned(owned_bytes(vec))
             }
         };
         Ok(Reader::new(bytes, endian))

@@ -38,9 +38,10 @@ pub(crate) struct KernelSymbol<'a> {
 
 impl KernelSymbols {
     pub(crate) fn load() -> Result<KernelSymbols, Error> {
-        let text =
-            fs::read_to_string("/proc/kallsyms").map_err(|e| Error::io("/proc/kallsyms", e))?;
-        let mut syms = KernelSymbols::parse(&text);
+        // Read a line at a time: the text is megabytes, the table is smaller.
+        let file = fs::File::open("/proc/kallsyms").map_err(|e| Error::io("/proc/kallsyms", e))?;
+        let mut syms = KernelSymbols::read(std::io::BufReader::with_capacity(64 << 10, file))
+            .map_err(|e| Error::io("/proc/kallsyms", e))?;
         if syms.entries.is_empty() {
             return Err(Error::KallsymsRestricted);
         }
@@ -54,12 +55,27 @@ impl KernelSymbols {
 
     /// Parses kallsyms text. Zero addresses (hidden by `kptr_restrict`) and
     /// absolute symbols (per-CPU offsets) are dropped.
+    #[cfg(test)]
     pub(crate) fn parse(text: &str) -> KernelSymbols {
+        KernelSymbols::read(text.as_bytes()).expect("reading a string")
+    }
+
+    /// Reads kallsyms text, a line at a time; a line that is not UTF-8 is
+    /// skipped.
+    pub(crate) fn read(mut text: impl std::io::BufRead) -> std::io::Result<KernelSymbols> {
         let mut entries = Vec::new();
         let mut names = String::new();
         let mut modules = vec![KERNEL_MODULE.to_owned()];
         let mut module_index: HashMap<String, u32> = HashMap::new();
-        for line in text.lines() {
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            if text.read_until(b'\n', &mut raw)? == 0 {
+                break;
+            }
+            let Ok(line) = std::str::from_utf8(&raw) else {
+                continue;
+            };
             let mut parts = line.split_ascii_whitespace();
             let (Some(addr), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
             else {
@@ -95,12 +111,14 @@ impl KernelSymbols {
             });
         }
         entries.sort_by_key(|e| e.addr);
-        KernelSymbols {
+        entries.shrink_to_fit();
+        names.shrink_to_fit();
+        Ok(KernelSymbols {
             entries,
             names,
             modules,
             build_ids: HashMap::new(),
-        }
+        })
     }
 
     /// The symbol at or before `addr`, if `addr` is not below every symbol.

@@ -254,7 +254,7 @@ impl CompressedInfo {
     }
 
     fn reader(&self, bytes: Vec<u8>) -> Reader {
-        Reader::new(SectionBytes::Owned(Arc::from(bytes)), self.endian)
+        Reader::new(SectionBytes::Owned(dwarf::owned_bytes(bytes)), self.endian)
     }
 }
 

@@ -251,6 +251,7 @@ fn under_churn_the_agent_stays_within_its_default_memory_limit() {
     );
     std::thread::sleep(RUN);
     let peak = peak_rss(agent.0.id());
+    eprintln!("the agent's peak resident memory: {} MiB", peak >> 20);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
     let mut agent = agent;
