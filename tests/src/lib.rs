@@ -566,6 +566,28 @@ pub fn assert_split(
     );
 }
 
+/// The `n` heaviest stacks of [`split_script`]'s run that are in none of
+/// its three functions, root first, for a failure message.
+pub fn outside_split(stacks: &[(Vec<StackFrame>, i64)], n: usize) -> String {
+    let mut outside: Vec<&(Vec<StackFrame>, i64)> = stacks
+        .iter()
+        .filter(|(frames, _)| {
+            !frames
+                .iter()
+                .any(|f| f.python && ["sixty", "thirty", "ten"].contains(&f.function.as_str()))
+        })
+        .collect();
+    outside.sort_by_key(|(_, weight)| std::cmp::Reverse(*weight));
+    outside
+        .iter()
+        .take(n)
+        .map(|(frames, weight)| {
+            let names: Vec<&str> = frames.iter().map(|f| f.function.as_str()).collect();
+            format!("\n  {weight} {}", names.join(";"))
+        })
+        .collect()
+}
+
 /// For stacks of [`split_script`]: shares of `sixty`, `thirty`, `ten`
 /// among the samples in any of them, the share of those whose Python
 /// frames are exactly `<module>` -> `main` -> the function -> `work`, and

@@ -13,8 +13,8 @@ use std::process::Command;
 
 use smolder::python::{Detection, Layout};
 use smolder_e2e::{
-    assert_split, compile_c, cpu_scale, folded, perf_record_folded, profile_stacks, pyenv_python,
-    require_ebpf, require_tool, run_ok, smolder_ok, split_script, split_shares,
+    assert_split, compile_c, cpu_scale, folded, outside_split, perf_record_folded, profile_stacks,
+    pyenv_python, require_ebpf, require_tool, run_ok, smolder_ok, split_script, split_shares,
     StackFrame as Frame,
 };
 use smolder_profiles_proto::read_profile;
@@ -113,7 +113,9 @@ fn python_functions_split_60_30_10_with_complete_stacks_on_every_version() {
         // (more CPU time under emulation, where the timer fires less often).
         assert!(
             total as f64 >= 0.5 * 2.5 * 499.0,
-            "3.{minor}: only {total} samples in the three functions; smolder said: {stderr}"
+            "3.{minor}: only {total} samples in the three functions; smolder said: {stderr}\n\
+             the heaviest stacks outside them:{}",
+            outside_split(&stacks, 8)
         );
         assert_split(&shares, complete, 0.03, &format!("3.{minor}"));
         // Python frames name the script and a line inside their function,
