@@ -761,6 +761,7 @@ fn page_in_headless_chromium_metrics_and_local_files() {
     for name in [
         "smolder_samples_total{}",
         "smolder_samples_lost_total{}",
+        "smolder_samples_held_back_dropped_total{}",
         "smolder_unwind_failures_total{}",
         "smolder_symbolization_errors_total{}",
         "smolder_export_queue_bytes{}",

@@ -119,7 +119,7 @@ pub fn limit_allocator_arenas() {
 }
 
 /// Returns the free pages of the allocator's heaps to the kernel.
-fn release_free_heap() {
+pub fn release_free_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions.
     unsafe {

@@ -106,6 +106,11 @@ fn env(key: &str) -> Option<String> {
     std::env::var(key).ok()
 }
 
+/// What one sample read while an interval is symbolized is taken to
+/// hold (its user and kernel frames, its thread's name), for the bound on
+/// how many are held.
+const HELD_EVENT_BYTES: usize = 1024;
+
 /// Runs CPU-bound work without stalling the runtime's other tasks (the
 /// HTTP server, the exporter) when the runtime has threads to spare.
 fn blocking<T>(work: impl FnOnce() -> T) -> T {
@@ -132,6 +137,9 @@ struct Running {
     exporter_base: Arc<Mutex<ExporterStats>>,
     /// Where exporters run: threads without capabilities.
     export_threads: UnprivilegedRuntime,
+    /// Events read while an interval was symbolized that did not fit the
+    /// share of the memory limit held for them.
+    samples_held_back_dropped: u64,
     /// Resident memory against the limit, checked after each interval.
     memory: MemoryGuard,
 }
@@ -186,37 +194,72 @@ impl Running {
         // while this one is symbolized belong to the next.
         let end_unix = unix_nano_now();
         self.state.finishing();
+        // What the interval left freed goes back before symbolizing takes more.
+        budget::release_free_heap();
+        // Symbolizing runs on a thread of its own while this task keeps
+        // reading the ring buffer (a full ring loses samples), holding what
+        // it reads for the next interval, within a share of the memory limit.
+        let successor = self.recording.successor();
+        let mut recording = std::mem::replace(&mut self.recording, successor);
+        let mut work = tokio::task::spawn_blocking(move || {
+            let interval = recording.finish_interval_at(end_unix);
+            (recording, interval)
+        });
+        let limit = within.map(|d| tokio::time::Instant::now() + d);
+        let mut held: Vec<SamplerEvent> = Vec::new();
+        let hold_max = self.config.budget().interval_stack_bytes() / HELD_EVENT_BYTES;
+        let mut reading = within.is_none();
+        let finished = loop {
+            let expired = async {
+                match limit {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let sampler = self.sampler.as_mut().filter(|_| reading);
+            let read = async {
+                match sampler {
+                    Some(sampler) => sampler.next_events().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                done = &mut work => break done.ok(),
+                () = expired => break None,
+                events = read => match events {
+                    Ok(events) => {
+                        for event in events {
+                            if held.len() < hold_max {
+                                held.push(event);
+                            } else {
+                                self.samples_held_back_dropped += 1;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // The main loop meets it again and stops.
+                        tracing::warn!("reading samples while symbolizing: {e}");
+                        reading = false;
+                    }
+                },
+            }
+        };
+        let Some((recording, interval)) = finished else {
+            // Only a shutdown gives a deadline; what is left is dropped.
+            tracing::warn!(
+                "the last interval was not symbolized within {:?}: dropped",
+                within.unwrap_or_default()
+            );
+            self.state.interval_done();
+            return;
+        };
+        self.recording = recording;
+        self.recording.feed(held);
         let Interval {
             mut data,
             start_unix_nano: start_unix,
             duration,
-        } = match within {
-            None => {
-                let recording = &mut self.recording;
-                blocking(|| recording.finish_interval_at(end_unix))
-            }
-            Some(limit) => {
-                let successor = self.recording.successor();
-                let mut recording = std::mem::replace(&mut self.recording, successor);
-                let work = tokio::task::spawn_blocking(move || {
-                    let interval = recording.finish_interval_at(end_unix);
-                    (recording, interval)
-                });
-                match tokio::time::timeout(limit, work).await {
-                    Ok(Ok((recording, interval))) => {
-                        self.recording = recording;
-                        interval
-                    }
-                    _ => {
-                        tracing::warn!(
-                            "the last interval was not symbolized within {limit:?}: dropped"
-                        );
-                        self.state.interval_done();
-                        return;
-                    }
-                }
-            }
-        };
+        } = interval;
         self.intervals += 1;
 
         self.resource.apply(&mut data);
@@ -292,6 +335,7 @@ impl Running {
             samples: sampler.samples,
             samples_kept: recording.samples_kept,
             samples_lost: sampler.lost,
+            samples_held_back_dropped: self.samples_held_back_dropped,
             events_lost: sampler.events_lost,
             unwind_failures: sampler.user_read_faults
                 + sampler.truncated
@@ -485,6 +529,8 @@ pub async fn run(
     let exporter = start_exporter(exporter_config.as_ref(), &export_threads)?;
     let store = open_store(&config)?;
     let sampler = start_sampler(&config)?;
+    // Loading parsed the kernel's BTF (tens of MiB, freed): give it back.
+    budget::release_free_heap();
     let mut running = Running {
         resource: config.resource(env),
         recording: Recording::new(symbolizer, config.frequency_hz)
@@ -501,6 +547,7 @@ pub async fn run(
         sampler_base: SamplerStats::default(),
         exporter_base: Arc::new(Mutex::new(ExporterStats::default())),
         export_threads,
+        samples_held_back_dropped: 0,
         memory: MemoryGuard::default(),
         config,
     };

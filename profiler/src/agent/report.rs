@@ -167,6 +167,9 @@ pub struct Counters {
     pub samples_kept: u64,
     /// Samples lost to a full ring buffer.
     pub samples_lost: u64,
+    /// Samples read while an interval was symbolized that did not fit the
+    /// share of the memory limit held for them.
+    pub samples_held_back_dropped: u64,
     /// Exec/exit records lost to a full ring buffer.
     pub events_lost: u64,
     /// Stack walks that stopped early or failed (user read faults, frame
@@ -362,6 +365,12 @@ pub fn prometheus_text(c: &Counters) -> String {
         "counter",
         "Samples lost because the ring buffer was full.",
         &[("", c.samples_lost)],
+    );
+    family(
+        "smolder_samples_held_back_dropped_total",
+        "counter",
+        "Samples read while an interval was symbolized and dropped: more than the memory limit's share for them.",
+        &[("", c.samples_held_back_dropped)],
     );
     family(
         "smolder_events_lost_total",
