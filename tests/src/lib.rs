@@ -621,3 +621,57 @@ pub fn split_shares(
         .collect();
     (shares, complete as f64 / total.max(1) as f64, total)
 }
+
+/// Lines a child writes, collected by a thread.
+#[derive(Clone, Default)]
+pub struct Lines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Lines {
+    /// Collects the lines of `stream` from now on.
+    pub fn follow(&self, stream: impl std::io::Read + Send + 'static) {
+        use std::io::BufRead;
+        let lines = self.0.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn text(&self) -> String {
+        self.all().join("\n")
+    }
+
+    /// Waits until `pred` holds for some line; returns it.
+    pub fn wait_for(
+        &self,
+        timeout: std::time::Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.all().into_iter().find(|l| pred(l)) {
+                return Some(line);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// A child killed and reaped when dropped (a failing test leaves none).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

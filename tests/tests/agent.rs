@@ -8,14 +8,15 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prost::Message;
 use serde_json::Value;
 use smolder_e2e::{
     assert_split, compile_c, profile_stacks, pyenv_python, python_check, require_ebpf,
-    require_tool, run_ok, smolder_bin, split_script, split_shares, workspace_root,
+    require_tool, run_ok, smolder_bin, split_script, split_shares, workspace_root, KillOnDrop,
+    Lines,
 };
 use smolder_profiles_proto::otlp::collector::profiles::v1development::ExportProfilesServiceRequest;
 use smolder_profiles_proto::read_profile;
@@ -37,53 +38,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// (minutes, not seconds, from a guest kernel's 9p root under emulation:
 /// `tests/kernels/run`).
 const RECEIVER_START_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Lines a child writes, collected by a thread.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<String>>>);
-
-impl Lines {
-    fn follow(&self, stream: impl Read + Send + 'static) {
-        let lines = self.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-
-    fn all(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn text(&self) -> String {
-        self.all().join("\n")
-    }
-
-    /// Waits until `pred` holds for some line; returns it.
-    fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self.all().into_iter().find(|l| pred(l)) {
-                return Some(line);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn sigterm(child: &Child) {
     // SAFETY: kill(2) on our own child's pid.

@@ -8,16 +8,16 @@
 //! (`tests/oracles/otlp_receiver.py`), and every request passes the
 //! official decoder (`tests/oracles/otlp_check.py`).
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use smolder_e2e::{
-    compile_c, python_check, require_ebpf, require_tool, smolder_bin, workspace_root,
+    compile_c, python_check, require_ebpf, require_tool, smolder_bin, workspace_root, KillOnDrop,
+    Lines,
 };
 
 /// The default limit (`memory_limit`), and what the test allows above it:
@@ -66,15 +66,6 @@ fn build_source() -> String {
             )
         })
         .collect()
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The churn: a compile loop and the program starter, until dropped.
@@ -152,36 +143,12 @@ impl Drop for Churn {
     }
 }
 
-fn follow(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let out = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            out.lock().unwrap().push(line);
-        }
-    });
+/// Waits for a line of `lines` that `pred` holds for; fails the test
+/// naming `what` after `timeout`.
+fn wait_for(lines: &Lines, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
     lines
-}
-
-fn wait_for(
-    lines: &Mutex<Vec<String>>,
-    timeout: Duration,
-    what: &str,
-    pred: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(line) = lines.lock().unwrap().iter().find(|l| pred(l)) {
-            return line.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waiting for {what}: {:?}",
-            lines.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        .wait_for(timeout, pred)
+        .unwrap_or_else(|| panic!("waiting for {what}: {:?}", lines.all()))
 }
 
 /// `VmHWM` (peak resident memory) of `pid`, in bytes.
@@ -213,7 +180,8 @@ fn under_churn_the_agent_stays_within_its_default_memory_limit() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the receiver");
-    let receiver_lines = follow(receiver.stdout.take().unwrap());
+    let receiver_lines = Lines::default();
+    receiver_lines.follow(receiver.stdout.take().unwrap());
     let receiver = KillOnDrop(receiver);
     let first = wait_for(
         &receiver_lines,
@@ -241,7 +209,8 @@ fn under_churn_the_agent_stays_within_its_default_memory_limit() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start smolder agent");
-    let agent_lines = follow(agent.stderr.take().unwrap());
+    let agent_lines = Lines::default();
+    agent_lines.follow(agent.stderr.take().unwrap());
     let agent = KillOnDrop(agent);
     wait_for(
         &agent_lines,
@@ -258,7 +227,7 @@ fn under_churn_the_agent_stays_within_its_default_memory_limit() {
     let status = agent.0.wait().expect("wait for the agent");
     let (compiles, started) = churn.stop();
     std::thread::sleep(Duration::from_millis(200));
-    let log = agent_lines.lock().unwrap().join("\n");
+    let log = agent_lines.text();
     assert!(status.success(), "the agent failed ({status}): {log}");
     assert!(
         compiles >= 2 && started >= 15 * 30,

@@ -7,46 +7,17 @@
 //! root); the speedscope package is installed by `.ci/run`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use smolder_e2e::{
-    compile_c, require_ebpf, require_tool, rich_profile, run_ok, smolder_bin, smolder_ok, HOT_C,
+    compile_c, require_ebpf, require_tool, rich_profile, run_ok, smolder_bin, smolder_ok,
+    KillOnDrop, Lines, HOT_C,
 };
 use smolder_profiles_proto::{read_profile, sample_weight, write_profile, Format, ProfileView};
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The agent's stderr lines, collected by a thread.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<String>>>);
-
-impl Lines {
-    fn follow(&self, stream: impl Read + Send + 'static) {
-        let lines = self.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line);
-            }
-        });
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().join("\n")
-    }
-}
 
 /// Starts `smolder agent` with `args`; returns it and its HTTP address.
 fn start_agent(args: &[&str]) -> (KillOnDrop, SocketAddr, Lines) {

@@ -11,21 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use smolder_e2e::{compile_c, require_ebpf, require_tool, run_ok, smolder, smolder_ok};
+use smolder_e2e::{compile_c, require_ebpf, require_tool, run_ok, smolder, smolder_ok, KillOnDrop};
 
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A directory user nobody can write, with the test's files.
