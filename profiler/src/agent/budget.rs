@@ -6,6 +6,9 @@
 //! nothing itself: the agent hands each part its budget and calls
 //! [`MemoryGuard::check`].
 
+/// The most kernel memory the unwind rows take, whatever the limit.
+const MAX_UNWIND_TABLE_BYTES: u64 = 28 << 20;
+
 /// The shares of one memory limit, in bytes.
 ///
 /// The limit bounds the agent's resident memory. What is not shared out
@@ -30,10 +33,12 @@ impl MemoryBudget {
     }
 
     /// Kernel memory for unwind-table rows (`UNWIND_ROWS`): half the
-    /// limit, at most 32 MiB (2 M rows: the largest shared library on a
-    /// developer's host, libLLVM, takes 1.4 M). Not resident in the agent.
+    /// limit, at most 28 MiB (1.8 M rows: the largest shared library on a
+    /// developer's host, libLLVM, takes 1.4 M), so that with the rings and
+    /// hash maps (3.4 MiB) the BPF maps stay within 32 MiB. Not resident in
+    /// the agent.
     pub fn unwind_table_bytes(&self) -> u64 {
-        (self.limit / 2).min(32 << 20)
+        (self.limit / 2).min(MAX_UNWIND_TABLE_BYTES)
     }
 
     /// Distinct stacks one interval gathers before new ones are dropped
@@ -139,9 +144,9 @@ mod tests {
             + b.export_queue_bytes() as u64
             + b.render_cache_bytes() as u64;
         assert!(shared < b.trim_above());
-        assert_eq!(b.unwind_table_bytes(), 32 << 20);
+        assert_eq!(b.unwind_table_bytes(), 28 << 20);
         assert_eq!(MemoryBudget::new(32 << 20).unwind_table_bytes(), 16 << 20);
-        assert_eq!(MemoryBudget::new(1 << 30).unwind_table_bytes(), 32 << 20);
+        assert_eq!(MemoryBudget::new(1 << 30).unwind_table_bytes(), 28 << 20);
     }
 
     #[test]
