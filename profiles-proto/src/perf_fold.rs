@@ -106,6 +106,8 @@ struct Collapser<'a> {
     body_lookups: u64,
     body_hits: u64,
     bodies_on: bool,
+    /// The key of the stack line being looked up (kept for its buffer).
+    key: Vec<u8>,
     /// An event line just opened an event (counted, no frames yet).
     opened: bool,
     /// Events ended so far.
@@ -146,6 +148,7 @@ impl<'a> Collapser<'a> {
             body_lookups: 0,
             body_hits: 0,
             bodies_on: true,
+            key: Vec::new(),
             opened: false,
             ended: 0,
             stacks: new_map(),
@@ -330,7 +333,20 @@ impl<'a> Collapser<'a> {
             return;
         };
         let rest = &line[space + 1..];
-        let range = match self.stack_lines[usize::from(self.java)].get(rest.as_bytes()) {
+        // The offset does not change the frames either: a line is looked up
+        // by its text without it (a 0xff byte, never in text, where it was),
+        // so that the other offsets of a function are found too.
+        let mut key = std::mem::take(&mut self.key);
+        key.clear();
+        match offset_span(rest) {
+            Some((from, to)) => {
+                key.extend_from_slice(&rest.as_bytes()[..from]);
+                key.push(0xff);
+                key.extend_from_slice(&rest.as_bytes()[to..]);
+            }
+            None => key.extend_from_slice(rest.as_bytes()),
+        }
+        let range = match self.stack_lines[usize::from(self.java)].get(key.as_slice()) {
             Some(&range) => range,
             None => {
                 let from = self.line_frames.len() as u32;
@@ -347,10 +363,11 @@ impl<'a> Collapser<'a> {
                     self.line_frames.push(id);
                 }
                 let range = (from, self.line_frames.len() as u32);
-                self.stack_lines[usize::from(self.java)].insert(rest.as_bytes().into(), range);
+                self.stack_lines[usize::from(self.java)].insert(key.as_slice().into(), range);
                 range
             }
         };
+        self.key = key;
         let frames = &self.line_frames[range.0 as usize..range.1 as usize];
         self.stack.extend(frames.iter().rev());
     }
@@ -425,6 +442,19 @@ fn trim_end(text: &str) -> &str {
         Some(b) if !b.is_ascii() => text[..keep].trim_end(),
         _ => &text[..keep],
     }
+}
+
+/// Where the offset (`+0xOFF`) that [`stack_line_frames`] takes off the
+/// symbol of `rest` lies in it, if it has one.
+fn offset_span(rest: &str) -> Option<(usize, usize)> {
+    let (symbol, _) = rest.rsplit_once(' ')?;
+    let start = symbol.len() - symbol.trim_start().len();
+    let trimmed = symbol.trim();
+    let plus = trimmed.rfind("+0x")?;
+    trimmed[plus + 3..]
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then_some((start + plus, start + trimmed.len()))
 }
 
 /// The frames one stack line adds, outermost first: `rest` is the line
@@ -1365,6 +1395,26 @@ d 3 [0] 1: 1 cpu-clock:
             text.push('\n');
         }
         same(text.as_bytes());
+        // Offsets taken off where a blank before them or after them, or
+        // a second offset, would make two lines alike without the marker.
+        same(
+            b"\
+p 1/1 [0] 1: 1 cpu-clock: 
+\t 1 a +0x1 (/bin/p)
+\t 2 a+0x1  (/bin/p)
+\t 3 a  (/bin/p)
+\t 4 a+0x1+0x2 (/bin/p)
+\t 5 a+0x1 (/bin/p)
+\t 6 a+0x3 (/bin/p)
+\t 7 a (/bin/p)
+\t 8 a+0x (/bin/p)
+\t 9 a+0xg (/bin/p)
+\t a  +0x1 (/bin/p)
+\t b a+0x1 /bin/p
+\t c a+0x2 /bin/p
+
+",
+        );
         // Many distinct stack texts: the table fills, then is given up.
         let mut text = String::new();
         for i in 0..2000 {
