@@ -74,6 +74,17 @@ impl FoldedStacks {
 /// Stack lines (their text after the address) to a range of `line_frames`.
 type StackLines = Map<Box<[u8]>, (u32, u32)>;
 
+/// The text of an event's stack lines to its stack id and line count.
+type Bodies = Map<Box<[u8]>, (u32, u32)>;
+
+/// Bytes of stack text one collapser keeps in its [`Bodies`] (tiny in
+/// tests, so that a full table is tested too).
+const BODY_BYTES: usize = if cfg!(test) { 2048 } else { 1 << 20 };
+/// Lookups in [`Bodies`] after which the table is given up when fewer
+/// than a quarter of them found the stack (every stack text new: an input
+/// of many distinct stacks, where the lookups are only a cost).
+const BODY_TRIAL: u64 = if cfg!(test) { 64 } else { 4096 };
+
 /// One collapser's view of the text: the per-event state of inferno's perf
 /// collapser, and what it has counted so far, interned.
 struct Collapser<'a> {
@@ -87,6 +98,20 @@ struct Collapser<'a> {
     /// as a range of `line_frames`; `[1]` for `java` comms (other rules).
     stack_lines: [StackLines; 2],
     line_frames: Vec<u32>,
+    /// Whole stacks by the text of their lines (`[1]` for `java` comms):
+    /// an event whose stack text was met before is counted from one
+    /// lookup instead of line by line. At most [`BODY_BYTES`] of text.
+    bodies: [Bodies; 2],
+    body_bytes: usize,
+    body_lookups: u64,
+    body_hits: u64,
+    bodies_on: bool,
+    /// The key of the stack line being looked up (kept for its buffer).
+    key: Vec<u8>,
+    /// An event line just opened an event (counted, no frames yet).
+    opened: bool,
+    /// Events ended so far.
+    ended: u64,
     stacks: Map<Box<[u32]>, u32>,
     roots: Map<Box<str>, u32>,
     counts: Map<(u32, u32), u64>,
@@ -118,6 +143,14 @@ impl<'a> Collapser<'a> {
             frame_ids: new_map(),
             stack_lines: [new_map(), new_map()],
             line_frames: Vec::new(),
+            bodies: [new_map(), new_map()],
+            body_bytes: 0,
+            body_lookups: 0,
+            body_hits: 0,
+            bodies_on: true,
+            key: Vec::new(),
+            opened: false,
+            ended: 0,
             stacks: new_map(),
             roots: new_map(),
             counts: new_map(),
@@ -146,8 +179,76 @@ impl<'a> Collapser<'a> {
             }
             self.line(&block[start..end]);
             start = end + 1;
+            if std::mem::take(&mut self.opened) && self.bodies_on {
+                match self.body(&block[start..]) {
+                    Ok(Some((n, len))) => {
+                        lines += n;
+                        start += len;
+                    }
+                    Ok(None) => {}
+                    Err(line) => return Err(lines + line),
+                }
+            }
         }
         Ok(lines)
+    }
+
+    /// The lines of `text` one by one, without looking whole stacks up:
+    /// how many there were, or the first one over the limit.
+    fn plain_lines(&mut self, text: &[u8]) -> std::result::Result<usize, usize> {
+        let mut lines = 0;
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            lines += 1;
+            if line.len() as u64 > self.limit {
+                return Err(lines);
+            }
+            self.line(line.strip_suffix(b"\n").unwrap_or(line));
+        }
+        Ok(lines)
+    }
+
+    /// The stack lines of the event an event line just opened, `text`
+    /// being what follows that line: when they run to an empty line in
+    /// `text` and the same lines were met before, the event is counted at
+    /// once and its empty line taken too; else they are collapsed line by
+    /// line, and remembered when they made the event's whole stack.
+    /// Returns the lines and bytes taken, `None` when nothing was, or the
+    /// first line over the limit.
+    fn body(&mut self, text: &[u8]) -> std::result::Result<Option<(usize, usize)>, usize> {
+        if text.first() == Some(&b'\n') {
+            return Ok(None);
+        }
+        let Some(len) = memchr::memmem::find(text, b"\n\n").map(|i| i + 1) else {
+            return Ok(None);
+        };
+        let body = &text[..len];
+        let java = usize::from(self.java);
+        self.body_lookups += 1;
+        if let Some(&(stack, lines)) = self.bodies[java].get(body) {
+            self.body_hits += 1;
+            self.count(stack);
+            self.reset_event();
+            return Ok(Some((lines as usize + 1, len + 1)));
+        }
+        if self.body_lookups >= BODY_TRIAL && self.body_hits * 4 < self.body_lookups {
+            self.bodies_on = false;
+            self.bodies = [new_map(), new_map()];
+        }
+        let ended = self.ended;
+        let lines = self.plain_lines(body)?;
+        // Still the same event, with frames: the lines are its whole stack
+        // (the empty line after them ends it), whatever text surrounds them.
+        if self.bodies_on
+            && self.ended == ended
+            && !self.skip
+            && !self.stack.is_empty()
+            && self.body_bytes + len <= BODY_BYTES
+        {
+            let stack = self.intern_stack();
+            self.bodies[java].insert(body.into(), (stack, lines as u32));
+            self.body_bytes += len;
+        }
+        Ok(Some((lines, len)))
     }
 
     /// One line, without its `\n`.
@@ -213,9 +314,12 @@ impl<'a> Collapser<'a> {
         self.root.push('/');
         self.root.push_str(tid);
         self.java = self.root.starts_with("java");
-        if let Some(frame) = single {
-            self.stack_line(frame);
-            self.in_event = false;
+        match single {
+            Some(frame) => {
+                self.stack_line(frame);
+                self.in_event = false;
+            }
+            None => self.opened = true,
         }
     }
 
@@ -229,7 +333,20 @@ impl<'a> Collapser<'a> {
             return;
         };
         let rest = &line[space + 1..];
-        let range = match self.stack_lines[usize::from(self.java)].get(rest.as_bytes()) {
+        // The offset does not change the frames either: a line is looked up
+        // by its text without it (a 0xff byte, never in text, where it was),
+        // so that the other offsets of a function are found too.
+        let mut key = std::mem::take(&mut self.key);
+        key.clear();
+        match offset_span(rest) {
+            Some((from, to)) => {
+                key.extend_from_slice(&rest.as_bytes()[..from]);
+                key.push(0xff);
+                key.extend_from_slice(&rest.as_bytes()[to..]);
+            }
+            None => key.extend_from_slice(rest.as_bytes()),
+        }
+        let range = match self.stack_lines[usize::from(self.java)].get(key.as_slice()) {
             Some(&range) => range,
             None => {
                 let from = self.line_frames.len() as u32;
@@ -246,37 +363,54 @@ impl<'a> Collapser<'a> {
                     self.line_frames.push(id);
                 }
                 let range = (from, self.line_frames.len() as u32);
-                self.stack_lines[usize::from(self.java)].insert(rest.as_bytes().into(), range);
+                self.stack_lines[usize::from(self.java)].insert(key.as_slice().into(), range);
                 range
             }
         };
+        self.key = key;
         let frames = &self.line_frames[range.0 as usize..range.1 as usize];
         self.stack.extend(frames.iter().rev());
     }
 
     fn end_event(&mut self) {
         if !self.stack.is_empty() {
-            let stack = match self.stacks.get(self.stack.as_slice()) {
-                Some(&id) => id,
-                None => {
-                    let id = self.stacks.len() as u32;
-                    self.stacks.insert(self.stack.as_slice().into(), id);
-                    id
-                }
-            };
-            let root = match self.roots.get(self.root.as_str()) {
-                Some(&id) => id,
-                None => {
-                    let id = self.roots.len() as u32;
-                    self.roots.insert(self.root.as_str().into(), id);
-                    id
-                }
-            };
-            let count = self.counts.entry((root, stack)).or_default();
-            *count = count.saturating_add(self.period.unwrap_or(1));
+            let stack = self.intern_stack();
+            self.count(stack);
         }
+        self.reset_event();
+    }
+
+    /// The id of the event's stack so far.
+    fn intern_stack(&mut self) -> u32 {
+        match self.stacks.get(self.stack.as_slice()) {
+            Some(&id) => id,
+            None => {
+                let id = self.stacks.len() as u32;
+                self.stacks.insert(self.stack.as_slice().into(), id);
+                id
+            }
+        }
+    }
+
+    /// Counts the event's period for `stack` under its root.
+    fn count(&mut self, stack: u32) {
+        let root = match self.roots.get(self.root.as_str()) {
+            Some(&id) => id,
+            None => {
+                let id = self.roots.len() as u32;
+                self.roots.insert(self.root.as_str().into(), id);
+                id
+            }
+        };
+        let count = self.counts.entry((root, stack)).or_default();
+        *count = count.saturating_add(self.period.unwrap_or(1));
+    }
+
+    fn reset_event(&mut self) {
+        self.ended += 1;
         self.in_event = false;
         self.skip = false;
+        self.opened = false;
         self.stack.clear();
         self.period = None;
     }
@@ -308,6 +442,19 @@ fn trim_end(text: &str) -> &str {
         Some(b) if !b.is_ascii() => text[..keep].trim_end(),
         _ => &text[..keep],
     }
+}
+
+/// Where the offset (`+0xOFF`) that [`stack_line_frames`] takes off the
+/// symbol of `rest` lies in it, if it has one.
+fn offset_span(rest: &str) -> Option<(usize, usize)> {
+    let (symbol, _) = rest.rsplit_once(' ')?;
+    let start = symbol.len() - symbol.trim_start().len();
+    let trimmed = symbol.trim();
+    let plus = trimmed.rfind("+0x")?;
+    trimmed[plus + 3..]
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then_some((start + plus, start + trimmed.len()))
 }
 
 /// The frames one stack line adds, outermost first: `rest` is the line
@@ -1224,6 +1371,59 @@ d 3 [0] 1: 1 cpu-clock:
         }
         // Unicode blanks end an event as inferno's `trim_end` sees them.
         same("p 1/1 [0] 1: 1 cpu-clock: \n\t 1 a (/bin/p)\u{3000}\n\u{85}\np 1/1 [0] 1: 1 cpu-clock: \n\t 1 b (/bin/p)\n".as_bytes());
+    }
+
+    #[test]
+    fn stacks_met_again_are_counted_as_the_first_time() {
+        // The same stack text again and again (looked up whole), between
+        // texts that are not one event's whole stack: a blank line of
+        // Unicode spaces or CR inside, a comment, no frames, another
+        // event type, a java comm, an event line with its frame.
+        let events = [
+            "p 1/1 [0] 1: 3 cpu-clock: \n\t 1 a (/bin/p)\n\t 2 main (/bin/p)\n",
+            "p 1/2 [0] 1: 4 cpu-clock: \n\t 1 a (/bin/p)\n\u{3000}\nq 2/2 [0] 1: 1 cpu-clock: \n\t 2 main (/bin/p)\n",
+            "p 1/1 [0] 1: 5 cpu-clock: \n\t 1 a (/bin/p)\n# c\n\t 2 main (/bin/p)\n",
+            "p 1/1 [0] 1: 5 cpu-clock: \n\t 1 a (/bin/p)\r\n\r\n\t 2 main (/bin/p)\n",
+            "p 1/1 [0] 1: 6 cpu-clock: \n\t 1 (deleted) (/bin/p)\n",
+            "p 1/1 [0] 1: 7 instructions: \n\t 1 a (/bin/p)\n\t 2 main (/bin/p)\n",
+            "java 3/3 [0] 1: 2 cpu-clock: \n\t 1 Lx/Y;.f()V (/tmp/perf-3.map)\n",
+            "p 1/1 [0] 1: 8 cpu-clock:  1 a (/bin/p)\n\t 2 main (/bin/p)\n",
+        ];
+        let mut text = String::new();
+        for i in 0..600 {
+            text.push_str(events[i % events.len()]);
+            text.push('\n');
+        }
+        same(text.as_bytes());
+        // Offsets taken off where a blank before them or after them, or
+        // a second offset, would make two lines alike without the marker.
+        same(
+            b"\
+p 1/1 [0] 1: 1 cpu-clock: 
+\t 1 a +0x1 (/bin/p)
+\t 2 a+0x1  (/bin/p)
+\t 3 a  (/bin/p)
+\t 4 a+0x1+0x2 (/bin/p)
+\t 5 a+0x1 (/bin/p)
+\t 6 a+0x3 (/bin/p)
+\t 7 a (/bin/p)
+\t 8 a+0x (/bin/p)
+\t 9 a+0xg (/bin/p)
+\t a  +0x1 (/bin/p)
+\t b a+0x1 /bin/p
+\t c a+0x2 /bin/p
+
+",
+        );
+        // Many distinct stack texts: the table fills, then is given up.
+        let mut text = String::new();
+        for i in 0..2000 {
+            text.push_str(&format!(
+                "p 1/1 [0] 1: 1 cpu-clock: \n\t {i:x} f{} (/bin/p)\n\t 2 main (/bin/p)\n\n",
+                i % 7
+            ));
+        }
+        same(text.as_bytes());
     }
 
     #[test]

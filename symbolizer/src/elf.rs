@@ -5,11 +5,12 @@
 //! Owns the order in which names are looked up for an address: DWARF (own or
 //! from the debug file), then `.symtab` (own or the debug file's), then `.dynsym`.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use object::{Object, ObjectSection, ObjectSegment};
 
@@ -99,6 +100,8 @@ pub(crate) struct Env<'a> {
     pub(crate) counters: &'a Counters,
     pub(crate) demangle: bool,
     pub(crate) inlined: bool,
+    /// Bytes of found frames one object keeps ([`FoundCache`]).
+    pub(crate) found_bytes: usize,
 }
 
 /// One parsed ELF object, shared through the cache.
@@ -130,6 +133,64 @@ pub(crate) struct ElfObject {
     units: OnceLock<Option<UnitDwarf>>,
     /// Demangled names, for this object and its debug file.
     names: NameCache,
+    /// Frames found per address.
+    found: FoundCache,
+}
+
+/// The frames found for the addresses of one object, so that an address
+/// met again (the same hot code in every interval of the agent, a second
+/// pass over a list) is answered without a lookup. Lookups that counted
+/// an error are not kept (a later one counts it again). Past its byte
+/// budget the cache starts over.
+#[derive(Default)]
+struct FoundCache {
+    found: Mutex<HashMap<u64, (Vec<Frame>, Resolution)>>,
+    bytes: AtomicUsize,
+}
+
+impl FoundCache {
+    fn get(&self, vaddr: u64) -> Option<(Vec<Frame>, Resolution)> {
+        let found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        found.get(&vaddr).cloned()
+    }
+
+    fn put(&self, vaddr: u64, frames: &[Frame], resolution: Resolution, budget: usize) {
+        let bytes = 64
+            + frames
+                .iter()
+                .map(|f| {
+                    std::mem::size_of::<Frame>()
+                        + f.function.as_ref().map_or(0, String::len)
+                        + f.file.as_ref().map_or(0, String::len)
+                })
+                .sum::<usize>();
+        let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        if self.bytes.load(Ordering::Relaxed) + bytes > budget {
+            *found = HashMap::new();
+            self.bytes.store(0, Ordering::Relaxed);
+        }
+        if found.insert(vaddr, (frames.to_vec(), resolution)).is_none() {
+            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Errors counted so far, of the kinds a lookup in an object can count.
+fn lookup_errors(env: &Env<'_>) -> u64 {
+    let c = env.counters;
+    [
+        &c.io_errors,
+        &c.object_errors,
+        &c.dwarf_errors,
+        &c.decompression_refused,
+    ]
+    .iter()
+    .map(|n| n.load(Ordering::Relaxed))
+    .sum()
 }
 
 impl std::fmt::Debug for ElfObject {
@@ -224,6 +285,7 @@ impl ElfObject {
             dwarf: OnceLock::new(),
             units: OnceLock::new(),
             names: NameCache::default(),
+            found: FoundCache::default(),
         })
     }
 
@@ -262,6 +324,7 @@ impl ElfObject {
     pub(crate) fn weight(&self) -> usize {
         self.weight.load(Ordering::Relaxed)
             + self.names.heap_bytes()
+            + self.found.heap_bytes()
             + self
                 .units
                 .get()
@@ -430,8 +493,21 @@ impl ElfObject {
         dynsym.lookup(vaddr, &self.data).map(found)
     }
 
-    /// The frames for virtual address `vaddr`, innermost first.
+    /// The frames for virtual address `vaddr`, innermost first: found
+    /// before, or looked up.
     pub(crate) fn lookup(&self, vaddr: u64, env: &Env<'_>) -> (Vec<Frame>, Resolution) {
+        if let Some(found) = self.found.get(vaddr) {
+            return found;
+        }
+        let errors = lookup_errors(env);
+        let (frames, resolution) = self.look_up(vaddr, env);
+        if lookup_errors(env) == errors {
+            self.found.put(vaddr, &frames, resolution, env.found_bytes);
+        }
+        (frames, resolution)
+    }
+
+    fn look_up(&self, vaddr: u64, env: &Env<'_>) -> (Vec<Frame>, Resolution) {
         let mut frames = self.dwarf_frames(vaddr, env);
         let dwarf_named = frames.last().is_some_and(|f| f.function.is_some());
         if dwarf_named {

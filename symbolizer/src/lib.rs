@@ -156,6 +156,7 @@ pub mod fuzzing {
             counters: &counters,
             demangle: true,
             inlined: true,
+            found_bytes: 1 << 20,
         };
         let mut probes = obj.probe_addresses(&env);
         probes.truncate(128);

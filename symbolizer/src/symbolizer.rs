@@ -38,7 +38,14 @@ pub struct Symbolizer {
     perf_map_cache: Mutex<HashMap<u32, CachedPerfMap>>,
     kernel: Mutex<Option<(Instant, Arc<KernelSymbols>)>>,
     counters: Counters,
+    /// Bytes of found frames one object keeps: a sixteenth of the cache
+    /// budget (which counts them in the object's weight), at least 1 MiB.
+    found_bytes: usize,
 }
+
+/// Addresses of one file per thread, at least, before the lookups of a
+/// file the caller named are spread over the CPUs.
+const PARALLEL_ADDRESSES: usize = 512;
 
 /// Options for a [`Symbolizer`]; every one has a default.
 #[derive(Debug, Clone)]
@@ -117,6 +124,7 @@ impl SymbolizerBuilder {
             perf_maps: self.perf_maps,
             map_process_files: self.map_process_files,
             cache: ObjectCache::new(self.cache_bytes),
+            found_bytes: (self.cache_bytes / 16).max(1 << 20),
             perf_map_cache: Mutex::new(HashMap::new()),
             kernel: Mutex::new(None),
             counters: Counters::default(),
@@ -285,13 +293,14 @@ impl Symbolizer {
             counters: &self.counters,
             demangle: self.demangle,
             inlined: self.inlined,
+            found_bytes: self.found_bytes,
         }
     }
 
     fn symbolize_elf(&self, path: &Path, kind: AddressKind, addrs: &[u64]) -> Vec<Symbolized> {
         let display = path.display().to_string();
         match self.cache.open(path, path, &self.counters) {
-            Ok(obj) => self.in_object_all(&obj, &display, kind, addrs),
+            Ok(obj) => self.in_object_parallel(&obj, &display, kind, addrs),
             Err(e) => {
                 self.counters.error(&e);
                 addrs
@@ -319,7 +328,7 @@ impl Symbolizer {
                 })?,
         };
         let display = obj.logical_path.display().to_string();
-        Ok(self.in_object_all(&obj, &display, kind, addrs))
+        Ok(self.in_object_parallel(&obj, &display, kind, addrs))
     }
 
     fn in_object_all(
@@ -336,10 +345,62 @@ impl Symbolizer {
                  give virtual addresses or make the binary itself available",
             ));
         }
+        let build_id = obj.build_id_hex();
         addrs
             .iter()
-            .map(|&addr| self.in_object(obj, path, addr, kind))
+            .map(|&addr| self.in_object(obj, path, build_id.as_deref(), addr, kind))
             .collect()
+    }
+
+    /// [`Self::in_object_all`] on every CPU for a long list of addresses
+    /// of a file the caller named (`Source::Elf`, `Source::BuildId`): the
+    /// addresses are sorted and cut into one run per thread, so that each
+    /// thread parses the compilation units its run falls in (two threads
+    /// meet only at the edges of their runs).
+    fn in_object_parallel(
+        &self,
+        obj: &ElfObject,
+        path: &str,
+        kind: AddressKind,
+        addrs: &[u64],
+    ) -> Vec<Symbolized> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(addrs.len() / PARALLEL_ADDRESSES);
+        if threads <= 1 {
+            return self.in_object_all(obj, path, kind, addrs);
+        }
+        if kind == AddressKind::FileOffset && !obj.can_translate_offsets() {
+            // Counted once, as `in_object_all` does.
+            return self.in_object_all(obj, path, kind, addrs);
+        }
+        let build_id = obj.build_id_hex();
+        let mut order: Vec<usize> = (0..addrs.len()).collect();
+        order.sort_unstable_by_key(|&i| addrs[i]);
+        let run = order.len().div_ceil(threads);
+        let parts: Vec<Vec<(usize, Symbolized)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = order
+                .chunks(run)
+                .map(|indices| {
+                    let build_id = build_id.as_deref();
+                    scope.spawn(move || {
+                        indices
+                            .iter()
+                            .map(|&i| (i, self.in_object(obj, path, build_id, addrs[i], kind)))
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut out: Vec<Option<Symbolized>> = (0..addrs.len()).map(|_| None).collect();
+        for (i, found) in parts.into_iter().flatten() {
+            out[i] = Some(found);
+        }
+        out.into_iter().flatten().collect()
     }
 
     /// The object with build-id `id` under the debug root: the binary itself
@@ -355,7 +416,14 @@ impl Symbolizer {
     }
 
     /// Symbolizes one address of `obj`, given as a file offset or vaddr.
-    fn in_object(&self, obj: &ElfObject, path: &str, addr: u64, kind: AddressKind) -> Symbolized {
+    fn in_object(
+        &self,
+        obj: &ElfObject,
+        path: &str,
+        build_id: Option<&str>,
+        addr: u64,
+        kind: AddressKind,
+    ) -> Symbolized {
         let (vaddr, offset) = match kind {
             AddressKind::FileOffset => (obj.file_offset_to_vaddr(addr), Some(addr)),
             AddressKind::VirtualAddress => (Some(addr), obj.vaddr_to_file_offset(addr)),
@@ -370,7 +438,11 @@ impl Symbolizer {
         Symbolized {
             addr,
             frames,
-            module: Some(module(path, obj.build_id_hex(), offset.unwrap_or(addr))),
+            module: Some(module(
+                path,
+                build_id.map(str::to_owned),
+                offset.unwrap_or(addr),
+            )),
         }
     }
 
@@ -437,8 +509,15 @@ impl Symbolizer {
                 out[i] = Some(match (entry, kind, &object) {
                     (Some(entry), _, Some(Ok(obj))) => {
                         let offset = entry.file_offset(addr);
-                        self.in_object(obj, entry.display_name(), offset, AddressKind::FileOffset)
-                            .with_addr(addr)
+                        let build_id = obj.build_id_hex();
+                        self.in_object(
+                            obj,
+                            entry.display_name(),
+                            build_id.as_deref(),
+                            offset,
+                            AddressKind::FileOffset,
+                        )
+                        .with_addr(addr)
                     }
                     (Some(entry), _, Some(Err(_))) => self.unresolved(
                         addr,

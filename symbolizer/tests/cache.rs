@@ -202,3 +202,39 @@ fn a_forged_build_id_gets_its_own_entry() {
     }
     assert_eq!(s.cached_objects(), 2);
 }
+
+/// A long list of addresses, looked up on every CPU and again from the
+/// frames found before, gives what looking them up one by one gives, in
+/// the order asked.
+#[test]
+fn many_addresses_at_once_and_again_equal_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = common::generated_c(dir.path(), 10);
+    let a = common::build_c(dir.path(), "a", &[generated.to_str().unwrap()]);
+    let funcs = common::functions(&a);
+    // Every function, at several offsets, in an order that is not sorted.
+    let mut addrs: Vec<u64> = Vec::new();
+    for step in 0..100u64 {
+        for f in &funcs {
+            addrs.push(f.addr + step);
+        }
+    }
+    addrs.reverse();
+    let third = addrs.len() / 3;
+    addrs.rotate_left(third);
+    assert!(addrs.len() >= 2048, "{} addresses", addrs.len());
+    let one_by_one = Symbolizer::new();
+    let expected: Vec<_> = addrs
+        .iter()
+        .map(|&addr| one_by_one.symbolize(&vaddr(&a), &[addr]).unwrap().remove(0))
+        .collect();
+    let s = Symbolizer::new();
+    let first = s.symbolize(&vaddr(&a), &addrs).unwrap();
+    assert_eq!(first, expected);
+    let again = s.symbolize(&vaddr(&a), &addrs).unwrap();
+    assert_eq!(again, expected);
+    assert!(
+        expected.iter().filter(|r| !r.frames.is_empty()).count() >= funcs.len(),
+        "{expected:?}"
+    );
+}

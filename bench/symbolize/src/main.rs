@@ -8,9 +8,15 @@
 //! everything cached. For the command-line tools, warm time is the extra time
 //! of feeding the addresses six times over once, divided by five.
 //!
-//! Usage: `smolder-bench-symbolize [BINARY] [--addresses N]`. Without a binary,
-//! the Rust test fixture of the symbolizer is built with `rustc -C
-//! opt-level=3 -g`.
+//! The in-process contenders (smolder, blazesym) also report the CPU time
+//! of each pass (user + system, every thread of the process): on a shared
+//! machine wall time includes waiting for a CPU. With `--runs N` they run
+//! N times each, alternating which goes first, and the medians are
+//! reported; `--no-cli` leaves out the command-line tools.
+//!
+//! Usage: `smolder-bench-symbolize [BINARY] [--addresses N] [--runs N]
+//! [--no-cli]`. Without a binary, the Rust test fixture of the symbolizer is
+//! built with `rustc -C opt-level=3 -g`.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -27,6 +33,8 @@ struct Figures {
     name: &'static str,
     cold: Duration,
     warm: Duration,
+    /// CPU time of the passes, for the in-process contenders.
+    cpu: Option<(Duration, Duration)>,
     frames: usize,
     max_rss_kib: i64,
 }
@@ -39,9 +47,19 @@ fn main() {
     }
     let mut binary = None;
     let mut count = 10_000usize;
+    let mut runs = 1usize;
+    let mut cli = true;
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--runs" => {
+                runs = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .expect("--runs N")
+            }
+            "--no-cli" => cli = false,
             "--addresses" => {
                 count = it
                     .next()
@@ -67,9 +85,33 @@ fn main() {
         addrs.len()
     );
 
-    let mut results = Vec::new();
-    for name in ["smolder", "blazesym"] {
-        results.push(in_process(name, &binary, &addr_file));
+    println!("load average before: {}", load_average());
+    let names = ["smolder", "blazesym"];
+    let mut each: Vec<Vec<Figures>> = names.iter().map(|_| Vec::new()).collect();
+    for round in 0..runs {
+        for k in 0..names.len() {
+            let i = (round + k) % names.len();
+            let f = in_process(names[i], &binary, &addr_file);
+            let (cold_cpu, warm_cpu) = f.cpu.unwrap_or_default();
+            println!(
+                "round {} {:<9} cold {:>8.1} ms ({:>7.1} ms CPU)  warm {:>7.1} ms ({:>6.1} ms CPU)  peak {:>6.1} MiB",
+                round + 1,
+                f.name,
+                f.cold.as_secs_f64() * 1e3,
+                cold_cpu.as_secs_f64() * 1e3,
+                f.warm.as_secs_f64() * 1e3,
+                warm_cpu.as_secs_f64() * 1e3,
+                f.max_rss_kib as f64 / 1024.0
+            );
+            each[i].push(f);
+        }
+    }
+    println!("load average after: {}", load_average());
+    let mut results: Vec<Figures> = each.into_iter().map(median).collect();
+    if !cli {
+        report(&results, addrs.len());
+        let _ = std::fs::remove_dir_all(&work);
+        return;
     }
     results.push(command_line(
         "binutils addr2line",
@@ -90,6 +132,40 @@ fn main() {
     ));
     report(&results, addrs.len());
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The median of each column of one contender's runs.
+fn median(mut runs: Vec<Figures>) -> Figures {
+    fn mid<T: Ord + Copy>(mut v: Vec<T>) -> T {
+        v.sort_unstable();
+        v[v.len() / 2]
+    }
+    let cpu = runs
+        .iter()
+        .map(|r| r.cpu)
+        .collect::<Option<Vec<_>>>()
+        .map(|c| {
+            (
+                mid(c.iter().map(|c| c.0).collect()),
+                mid(c.iter().map(|c| c.1).collect()),
+            )
+        });
+    let cold = mid(runs.iter().map(|r| r.cold).collect());
+    let warm = mid(runs.iter().map(|r| r.warm).collect());
+    let max_rss_kib = mid(runs.iter().map(|r| r.max_rss_kib).collect());
+    let mut first = runs.swap_remove(0);
+    first.cold = cold;
+    first.warm = warm;
+    first.cpu = cpu;
+    first.max_rss_kib = max_rss_kib;
+    first
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15-minute figures: the machine is shared.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn build_fixture(dir: &Path) -> PathBuf {
@@ -148,21 +224,30 @@ fn in_process(name: &'static str, bin: &Path, addr_file: &Path) -> Figures {
     let mut f = out
         .split_whitespace()
         .map(|n| n.parse::<u64>().unwrap_or(0));
-    let (cold, warm, frames) = (
-        f.next().unwrap_or(0),
-        f.next().unwrap_or(0),
-        f.next().unwrap_or(0),
-    );
+    let mut next = || Duration::from_nanos(f.next().unwrap_or(0));
+    let (cold, warm, frames) = (next(), next(), next());
+    let cpu = (next(), next());
     Figures {
         name,
-        cold: Duration::from_nanos(cold),
-        warm: Duration::from_nanos(warm),
-        frames: frames as usize,
+        cold,
+        warm,
+        cpu: Some(cpu),
+        frames: frames.as_nanos() as usize,
         max_rss_kib: rss,
     }
 }
 
-/// The child side: symbolize twice in this process, print `cold warm frames`.
+/// CPU time of this process so far (every thread, user + system).
+fn process_cpu() -> Duration {
+    // SAFETY: an all-zero timespec is valid; clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The child side: symbolize twice in this process, print `cold warm
+/// frames cold-CPU warm-CPU` (nanoseconds).
 fn child(name: &str, bin: &Path, addr_file: &Path) {
     let text = std::fs::read_to_string(addr_file).expect("addresses");
     let addrs: Vec<u64> = text
@@ -170,6 +255,7 @@ fn child(name: &str, bin: &Path, addr_file: &Path) {
         .filter_map(|l| u64::from_str_radix(l.trim_start_matches("0x"), 16).ok())
         .collect();
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     let mut frames = 0;
     match name {
         "smolder" => {
@@ -181,10 +267,14 @@ fn child(name: &str, bin: &Path, addr_file: &Path) {
                 addresses: smolder_symbolizer::AddressKind::VirtualAddress,
             };
             for _ in 0..2 {
-                let t = Instant::now();
+                let (t, c) = (Instant::now(), process_cpu());
                 let out = s.symbolize(&src, &addrs).expect("symbolize");
                 times.push(t.elapsed());
+                cpu.push(process_cpu() - c);
                 frames = out.iter().map(|r| r.frames.len().max(1)).sum();
+            }
+            if std::env::var_os("BENCH_STATS").is_some() {
+                eprintln!("{:?}", s.stats());
             }
         }
         "blazesym" => {
@@ -196,11 +286,12 @@ fn child(name: &str, bin: &Path, addr_file: &Path) {
                 .build();
             let src = source::Source::Elf(source::Elf::new(bin));
             for _ in 0..2 {
-                let t = Instant::now();
+                let (t, c) = (Instant::now(), process_cpu());
                 let out = s
                     .symbolize(&src, Input::VirtOffset(&addrs))
                     .expect("blazesym");
                 times.push(t.elapsed());
+                cpu.push(process_cpu() - c);
                 frames = out
                     .iter()
                     .map(|r| match r {
@@ -212,7 +303,14 @@ fn child(name: &str, bin: &Path, addr_file: &Path) {
         }
         other => panic!("unknown contender {other}"),
     }
-    println!("{} {} {}", times[0].as_nanos(), times[1].as_nanos(), frames);
+    println!(
+        "{} {} {} {} {}",
+        times[0].as_nanos(),
+        times[1].as_nanos(),
+        frames,
+        cpu[0].as_nanos(),
+        cpu[1].as_nanos()
+    );
 }
 
 /// Times a command-line symbolizer fed the addresses once and twice.
@@ -235,6 +333,7 @@ fn command_line(
         name,
         cold: once,
         warm: many.saturating_sub(once) / WARM_PASSES,
+        cpu: None,
         frames: count_frames(&out),
         max_rss_kib: rss.max(rss2),
     }
@@ -289,7 +388,26 @@ fn report(results: &[Figures], n: usize) {
             r.frames
         );
     }
+    println!("\nCPU time (user + system, all threads), in-process contenders:");
+    for r in results {
+        if let Some((cold, warm)) = r.cpu {
+            println!(
+                "{:<20} cold {:>8.1} ms CPU   warm {:>7.1} ms CPU",
+                r.name,
+                cold.as_secs_f64() * 1e3,
+                warm.as_secs_f64() * 1e3
+            );
+        }
+    }
     let us = &results[0];
+    if let (Some(ours), Some(theirs)) = (us.cpu, results.get(1).and_then(|r| r.cpu)) {
+        println!(
+            "CPU ratio {} / smolder: cold {:.2}x   warm {:.2}x",
+            results[1].name,
+            theirs.0.as_secs_f64() / ours.0.as_secs_f64().max(1e-9),
+            theirs.1.as_secs_f64() / ours.1.as_secs_f64().max(1e-9)
+        );
+    }
     println!("\nratios (peer / smolder; above 1 means smolder is faster or smaller):");
     for r in &results[1..] {
         println!(
