@@ -453,11 +453,6 @@ impl Worker {
             _pad: 0,
             mappings: [MappingEntry::default(); raw::MAX_MAPPINGS],
         };
-        // An interpreter's frames first: finding its state is a symbol
-        // lookup, while its tables may take a second to build on a busy host.
-        if let Some(python) = &mut self.python {
-            python.load(pid, &maps);
-        }
         let mut pinned: Vec<TableKey> = Vec::new();
         let entries = maps.entries();
         if entries.len() > raw::MAX_MAPPINGS {
@@ -486,6 +481,13 @@ impl Worker {
             }
         }
         value.count = entries.len().min(raw::MAX_MAPPINGS) as u32;
+        // The interpreter's frames once the tables are in: before them, the
+        // native frames between two runs of Python frames (a C function
+        // called from Python calling back) would be walked by frame pointer,
+        // and a stack could read Python -> Python with the C call lost.
+        if let Some(python) = &mut self.python {
+            python.load(pid, &maps);
+        }
         self.procs
             .insert(pid, value, 0)
             .map_err(|e| LoadError(format!("writing PROC_MAPPINGS for process {pid}: {e}")))?;
