@@ -1309,7 +1309,8 @@ mod tests {
             }
             let bytes = write_profile(&data, Format::OtlpBinary).unwrap();
             std::fs::write(
-                dir.path().join(format!("profile-{:013}.otlp", start / 1_000_000)),
+                dir.path()
+                    .join(format!("profile-{:013}.otlp", start / 1_000_000)),
                 bytes,
             )
             .unwrap();
@@ -1344,7 +1345,11 @@ mod tests {
         assert!(other > 0 && other == folded.samples, "{bounded}");
         let held = bounded.lines().count() as u64 - 1;
         assert!(held <= 20 + 40, "{held} stacks held");
-        assert_eq!(folded.stacks + held - 1, 6 * 40, "every tail stack is held or folded");
+        assert_eq!(
+            folded.stacks + held - 1,
+            6 * 40,
+            "every tail stack is held or folded"
+        );
         // The page says so, and its total is the same.
         let page = view
             .page(&ViewQuery::parse("last=1h&stacks=20", ViewFormat::Svg).unwrap())
