@@ -1340,7 +1340,7 @@ mod tests {
         let other: i64 = bounded
             .lines()
             .filter(|l| l.starts_with(OTHER_STACKS))
-            .map(|l| sum(l))
+            .map(sum)
             .sum();
         assert!(other > 0 && other == folded.samples, "{bounded}");
         let held = bounded.lines().count() as u64 - 1;
