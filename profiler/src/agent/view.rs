@@ -34,7 +34,7 @@ const CACHE_BYTES: usize = 32 << 20;
 /// rebuilt when it folds) and the costliest rendering of it (the page:
 /// folded text, inferno's frames, the top table). Measured with
 /// `smolder-bench view` at several `stacks=` (bench/README.md §9).
-pub const BYTES_PER_STACK: usize = 4096;
+pub const BYTES_PER_STACK: usize = 5 << 10;
 /// A range without `last=`/`from=` is the last hour.
 const DEFAULT_LAST: Duration = Duration::from_secs(3600);
 
