@@ -4,9 +4,12 @@
 //! `wait4`), `/profile` in pprof and the `/view` page are made for the
 //! last hour and the last 24 hours, against the agent's 64 MiB budget.
 //! The disk taken by 24 h, before and after compaction, is reported too.
+//! Each request holds at most the distinct stacks the default memory
+//! limit's share allows; `--stacks N,M` asks again with `stacks=N` (a
+//! lower bound), which gives the peak bytes per stack held.
 //!
 //! ```text
-//! cargo run --release -p smolder-bench -- view [--hours 24] [--cpus 64] [--workdir DIR]
+//! cargo run --release -p smolder-bench -- view [--hours 24] [--cpus 64] [--workdir DIR] [--reuse] [--stacks 500,2000]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -216,34 +219,56 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
-/// The child: one request of the view, timed; prints `seconds bytes`.
+/// The child: one request of the view, timed, then the same again (a
+/// hit in the render cache); prints `seconds bytes again_seconds
+/// folded_stacks max_stacks rss_before_bytes peak_rss_kib`. The peak is
+/// the child's own `VmHWM`: `wait4`'s `ru_maxrss` starts from the
+/// parent's resident memory at the fork (Linux keeps it across `exec`),
+/// which here is that of the generator, 30 MiB.
 fn child(args: &[String]) -> Result<()> {
     let [dir, what, query] = args else {
         return Err("view --child DIR profile|page QUERY".into());
     };
+    let rss_before = smolder::agent::MemoryGuard::rss().unwrap_or(0);
     let state = ViewState::new(Some(StoreReader::new(Path::new(dir))));
-    let start = Instant::now();
-    let bytes = match what.as_str() {
-        "profile" => state
-            .profile(&ViewQuery::parse(query, ViewFormat::Pprof)?)
-            .map_err(|e| e.message)?,
-        _ => state
-            .page(&ViewQuery::parse(query, ViewFormat::Svg)?)
-            .map_err(|e| e.message)?,
+    let query = match what.as_str() {
+        "profile" => ViewQuery::parse(query, ViewFormat::Pprof)?,
+        _ => ViewQuery::parse(query, ViewFormat::Svg)?,
     };
+    let request = || match what.as_str() {
+        "profile" => state.profile(&query),
+        _ => state.page(&query),
+    };
+    let start = Instant::now();
+    let rendered = request().map_err(|e| e.message)?;
     let first = start.elapsed();
     let again = Instant::now();
-    let _ = match what.as_str() {
-        "profile" => state.profile(&ViewQuery::parse(query, ViewFormat::Pprof)?),
-        _ => state.page(&ViewQuery::parse(query, ViewFormat::Svg)?),
-    };
+    let _ = request();
     println!(
-        "{:.3} {} {:.6}",
+        "{:.3} {} {:.6} {} {} {} {}",
         first.as_secs_f64(),
-        bytes.len(),
-        again.elapsed().as_secs_f64()
+        rendered.bytes.len(),
+        again.elapsed().as_secs_f64(),
+        rendered.folded.stacks,
+        query
+            .max_stacks
+            .map_or(state.max_stacks(), |n| n.min(state.max_stacks())),
+        rss_before,
+        peak_rss_kib()
     );
     Ok(())
+}
+
+/// This process's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 pub fn main(mut args: impl Iterator<Item = String>) -> Result<()> {
@@ -251,6 +276,8 @@ pub fn main(mut args: impl Iterator<Item = String>) -> Result<()> {
     let mut cpus = 64u64;
     let mut processes = 150u64;
     let mut workdir: Option<PathBuf> = None;
+    let mut reuse = false;
+    let mut stack_limits: Vec<Option<usize>> = vec![None];
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -259,105 +286,132 @@ pub fn main(mut args: impl Iterator<Item = String>) -> Result<()> {
             "--cpus" => cpus = value()?.parse()?,
             "--processes" => processes = value()?.parse()?,
             "--workdir" => workdir = Some(value()?.into()),
+            // Keep the store a previous run left in --workdir.
+            "--reuse" => reuse = true,
+            // Also ask with `stacks=N` (a lower bound on the merge), each N.
+            "--stacks" => {
+                for n in value()?.split(',') {
+                    stack_limits.push(Some(n.parse()?));
+                }
+            }
             other => return Err(format!("view: unknown argument {other:?}").into()),
         }
     }
     let temp = tempfile::tempdir()?;
     let root = workdir.unwrap_or_else(|| temp.path().to_owned());
     let store = root.join("store");
-    let _ = std::fs::remove_dir_all(&store);
-    std::fs::create_dir_all(&store)?;
+    let kept = reuse && dir_bytes(&store).1 > 0;
+    if kept {
+        let (bytes, files) = dir_bytes(&store);
+        println!(
+            "Reusing {}: {files} files, {:.1} MiB.",
+            store.display(),
+            mib(bytes)
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&store);
+        std::fs::create_dir_all(&store)?;
 
-    let mut rng = Rng(0x5eed_1234_abcd_0001);
-    let host = Host::new(&mut rng);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64;
-    let count = hours * 3600 * 1000 / INTERVAL_MS;
-    let first_ms = now_ms - count * INTERVAL_MS;
-    println!(
-        "Writing {count} intervals of 10 s ({hours} h) of a busy host: {cpus} CPUs at {HZ} Hz ({} samples an interval), {processes} processes of 20 programs, a third of them replaced every 5 min.",
-        cpus * HZ * 10
-    );
-    let started = Instant::now();
-    let mut raw = 0u64;
-    for i in 0..count {
-        let start = first_ms + i * INTERVAL_MS;
-        let bytes = host.interval(&mut rng, start, cpus, processes);
-        raw += bytes.len() as u64;
-        std::fs::write(store.join(format!("profile-{start:013}.otlp")), bytes)?;
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let host = Host::new(&mut rng);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64;
+        let count = hours * 3600 * 1000 / INTERVAL_MS;
+        let first_ms = now_ms - count * INTERVAL_MS;
+        println!(
+            "Writing {count} intervals of 10 s ({hours} h) of a busy host: {cpus} CPUs at {HZ} Hz ({} samples an interval), {processes} processes of 20 programs, a third of them replaced every 5 min.",
+            cpus * HZ * 10
+        );
+        let started = Instant::now();
+        let mut raw = 0u64;
+        for i in 0..count {
+            let start = first_ms + i * INTERVAL_MS;
+            let bytes = host.interval(&mut rng, start, cpus, processes);
+            raw += bytes.len() as u64;
+            std::fs::write(store.join(format!("profile-{start:013}.otlp")), bytes)?;
+        }
+        println!(
+            "  written in {:.1} s: {:.1} MiB of OTLP, {:.0} KiB an interval (the agent adds one SVG per interval until compacted)",
+            started.elapsed().as_secs_f64(),
+            mib(raw),
+            raw as f64 / count as f64 / 1024.0
+        );
+        // The agent's next interval compacts everything older than an hour.
+        let local = LocalStore::open(&store, Retention::default())?;
+        let last = host.interval(&mut rng, now_ms, cpus, processes);
+        let data = smolder_profiles_proto::read_profile(&last)?.data;
+        let started = Instant::now();
+        let stored = local.store(&data, now_ms, "bench")?;
+        let (bytes, files) = dir_bytes(&store);
+        println!(
+            "  compaction of {} intervals into 5-minute files: {:.1} s (once; the agent compacts 30 intervals every 5 minutes); the store now: {files} files, {:.1} MiB for {hours} h",
+            stored.compacted,
+            started.elapsed().as_secs_f64(),
+            mib(bytes)
+        );
     }
-    println!(
-        "  written in {:.1} s: {:.1} MiB of OTLP, {:.0} KiB an interval (the agent adds one SVG per interval until compacted)",
-        started.elapsed().as_secs_f64(),
-        mib(raw),
-        raw as f64 / count as f64 / 1024.0
-    );
-    // The agent's next interval compacts everything older than an hour.
-    let local = LocalStore::open(&store, Retention::default())?;
-    let last = host.interval(&mut rng, now_ms, cpus, processes);
-    let data = smolder_profiles_proto::read_profile(&last)?.data;
-    let started = Instant::now();
-    let stored = local.store(&data, now_ms, "bench")?;
-    let (bytes, files) = dir_bytes(&store);
-    println!(
-        "  compaction of {} intervals into 5-minute files: {:.1} s (once; the agent compacts 30 intervals every 5 minutes); the store now: {files} files, {:.1} MiB for {hours} h",
-        stored.compacted,
-        started.elapsed().as_secs_f64(),
-        mib(bytes)
-    );
 
     let bench = std::env::current_exe()?;
     println!();
     println!(
-        "| request | range | first (s) | again, cached (ms) | peak RSS (MiB) | budget | output |"
+        "| request | range | stacks= | first (s) | again, cached (ms) | RSS before (MiB) | peak RSS (MiB) | budget | stacks held at most | stacks folded | output |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    let mut ranges = vec![("1h", "last=1h")];
-    if hours >= 24 {
-        ranges.push(("24h", "last=24h"));
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut ranges = vec![("1h".to_owned(), "last=1h".to_owned())];
+    if hours > 1 {
+        ranges.push((format!("{hours}h"), format!("last={hours}h")));
     }
-    for (label, query) in ranges {
-        for (what, q) in [
-            ("/profile pprof", format!("{query}&format=pprof")),
-            ("/view page", query.to_owned()),
-        ] {
-            let log = root.join("child.log");
-            let out = root.join("child.out");
-            let kind = if what.starts_with("/profile") {
-                "profile"
-            } else {
-                "page"
+    for (label, query) in &ranges {
+        for limit in &stack_limits {
+            let query = match limit {
+                Some(n) => format!("{query}&stacks={n}"),
+                None => query.clone(),
             };
-            let cost = run_one(
-                Command::new(&bench)
-                    .args(["view", "--child"])
-                    .arg(&store)
-                    .args([kind, q.as_str()]),
-                Stdio::from(std::fs::File::create(&out)?),
-                &log,
-            )?;
-            let text = std::fs::read_to_string(&out)?;
-            let fields: Vec<&str> = text.split_whitespace().collect();
-            let peak = cost.max_rss_kib as f64 / 1024.0;
-            println!(
-                "| {what} | {label} | {} | {:.2} | {peak:.1} | {} | {:.0} KiB |",
-                fields.first().copied().unwrap_or("?"),
-                fields
-                    .get(2)
-                    .and_then(|s| s.parse::<f64>().ok())
-                    .map_or(0.0, |s| s * 1000.0),
-                if peak <= BUDGET_MIB {
-                    "within 64 MiB"
+            for (what, q) in [
+                ("/profile pprof", format!("{query}&format=pprof")),
+                ("/view page", query.clone()),
+            ] {
+                let log = root.join("child.log");
+                let out = root.join("child.out");
+                let kind = if what.starts_with("/profile") {
+                    "profile"
                 } else {
-                    "OVER 64 MiB"
-                },
-                fields
-                    .get(1)
-                    .and_then(|s| s.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-                    / 1024.0
-            );
+                    "page"
+                };
+                run_one(
+                    Command::new(&bench)
+                        .args(["view", "--child"])
+                        .arg(&store)
+                        .args([kind, q.as_str()]),
+                    Stdio::from(std::fs::File::create(&out)?),
+                    &log,
+                )?;
+                let text = std::fs::read_to_string(&out)?;
+                let fields: Vec<&str> = text.split_whitespace().collect();
+                let field = |i: usize| {
+                    fields
+                        .get(i)
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .unwrap_or(f64::NAN)
+                };
+                let peak = field(6) / 1024.0;
+                println!(
+                    "| {what} | {label} | {} | {} | {:.2} | {:.1} | {peak:.1} | {} | {} | {} | {:.0} KiB |",
+                    limit.map_or("-".to_owned(), |n| n.to_string()),
+                    fields.first().copied().unwrap_or("?"),
+                    field(2) * 1000.0,
+                    field(5) / (1 << 20) as f64,
+                    if peak <= BUDGET_MIB {
+                        "within 64 MiB"
+                    } else {
+                        "OVER 64 MiB"
+                    },
+                    fields.get(4).copied().unwrap_or("?"),
+                    fields.get(3).copied().unwrap_or("?"),
+                    field(1) / 1024.0
+                );
+            }
         }
     }
     Ok(())

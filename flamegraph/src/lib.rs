@@ -332,20 +332,27 @@ fn draw(
     if stacks.total == 0 {
         return Err(Error::NoSamples);
     }
-    let frames = frame_type::frames(stacks.counts.keys().map(String::as_str));
-    let mut palette = options
-        .color_by_frame_type
-        .then(|| frame_type::palette(frames.iter().copied(), waiting));
+    let (mut palette, classes) = {
+        let frames = frame_type::frames(stacks.counts.keys().map(String::as_str));
+        (
+            options
+                .color_by_frame_type
+                .then(|| frame_type::palette(frames.iter().copied(), waiting)),
+            frame_type::classes(frames.iter().copied()),
+        )
+    };
     let mut inferno = options.inferno(&count_name, waiting, palette.as_mut());
-    inferno.func_frameattrs = frame_type::classes(frames.iter().copied());
-    let lines = stacks.lines();
-    from_lines(&mut inferno, lines.iter().map(String::as_str), out).map_err(Error::Write)?;
-    Ok(RenderSummary {
+    inferno.func_frameattrs = classes;
+    let summary = RenderSummary {
         stacks: stacks.counts.len(),
         samples: stacks.total,
         negative_stacks: stacks.negative,
         count_name,
-    })
+    };
+    // The stacks become the lines: one copy of the text, not two.
+    let lines = stacks.into_lines();
+    from_lines(&mut inferno, lines.iter().map(String::as_str), out).map_err(Error::Write)?;
+    Ok(summary)
 }
 
 /// Draws how `after` differs from `before` as a differential flamegraph:

@@ -45,11 +45,15 @@ impl Stacks {
         })
     }
 
-    /// `stack count` lines, sorted.
-    pub(crate) fn lines(&self) -> Vec<String> {
+    /// `stack count` lines, sorted, made of the stacks themselves.
+    pub(crate) fn into_lines(self) -> Vec<String> {
         self.counts
-            .iter()
-            .map(|(stack, count)| format!("{stack} {count}"))
+            .into_iter()
+            .map(|(mut stack, count)| {
+                stack.push(' ');
+                stack.push_str(&count.to_string());
+                stack
+            })
             .collect()
     }
 }
@@ -185,8 +189,8 @@ mod tests {
             ("a;d".into(), 0),
         ])
         .unwrap();
-        assert_eq!(stacks.lines(), ["a;b 5"]);
         assert_eq!((stacks.total, stacks.negative), (5, 1));
+        assert_eq!(stacks.into_lines(), ["a;b 5"]);
     }
 
     #[test]

@@ -231,6 +231,8 @@ pub struct ProfileBuilder {
     resources: Vec<ResourceEntry>,
     resource_index: HashMap<Vec<u8>, usize>,
     scope: InstrumentationScope,
+    /// Distinct samples of all resources and types.
+    distinct_samples: usize,
 }
 
 impl ProfileBuilder {
@@ -254,6 +256,7 @@ impl ProfileBuilder {
                 version: env!("CARGO_PKG_VERSION").into(),
                 ..InstrumentationScope::default()
             },
+            distinct_samples: 0,
         }
     }
 
@@ -448,6 +451,7 @@ impl ProfileBuilder {
             None => {
                 profile.samples.push((key.clone(), Observations::default()));
                 profile.index.insert(key, profile.samples.len() - 1);
+                self.distinct_samples += 1;
                 profile.samples.len() - 1
             }
         };
@@ -466,11 +470,7 @@ impl ProfileBuilder {
 
     /// Number of distinct samples so far (after merging).
     pub fn sample_count(&self) -> usize {
-        self.resources
-            .iter()
-            .flat_map(|r| r.profiles.iter().flatten())
-            .map(|p| p.samples.len())
-            .sum()
+        self.distinct_samples
     }
 
     pub fn finish(self) -> ProfilesData {

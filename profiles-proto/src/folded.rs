@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::{BuildHasher, RandomState};
 
 use crate::builder::{
     FrameType, LocationSpec, ProfileBuilder, ProfileConfig, ProfileTypeId, ResourceId, SourceLine,
@@ -84,7 +85,11 @@ fn fold_with(data: &ProfilesData, options: &FoldOptions, comm_roots: bool) -> Ve
         })
     });
     let mut order: Vec<(String, i64)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+    // Stacks by the hash of their text, each a chain through `next`: the
+    // text is held once, in `order` (a long range folds to many MiB).
+    let hasher = RandomState::new();
+    let mut index: HashMap<u64, usize> = HashMap::new();
+    let mut next: Vec<usize> = Vec::new();
     let mut line = String::new();
     for (resource, profile) in view.profiles() {
         let (t, u) = view.value_type(profile.sample_type.as_ref());
@@ -166,10 +171,16 @@ fn fold_with(data: &ProfilesData, options: &FoldOptions, comm_roots: bool) -> Ve
                 continue;
             }
             let weight = sample_weight(sample);
-            match index.get(&line) {
-                Some(&i) => order[i].1 = order[i].1.saturating_add(weight),
+            let hash = hasher.hash_one(&line);
+            let mut at = index.get(&hash).copied();
+            while let Some(i) = at.filter(|&i| order[i].0 != line) {
+                at = Some(next[i]).filter(|&n| n != usize::MAX);
+            }
+            match at {
+                Some(i) => order[i].1 = order[i].1.saturating_add(weight),
                 None => {
-                    index.insert(line.clone(), order.len());
+                    let head = index.insert(hash, order.len());
+                    next.push(head.unwrap_or(usize::MAX));
                     order.push((line.clone(), weight));
                 }
             }

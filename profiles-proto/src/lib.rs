@@ -64,7 +64,7 @@ pub use format::{
 pub use links::{
     parse_trace_id, retain_trace, sample_link, TraceLink, SPAN_ID_LABEL, TRACE_ID_LABEL,
 };
-pub use merge::{location_spec, merge, Merger, INSTANCE_ATTRIBUTES};
+pub use merge::{location_spec, merge, Folded, Merger, INSTANCE_ATTRIBUTES, OTHER_STACKS};
 pub use perf_fold::FoldedStacks;
 pub use perf_script::{read_perf_script, read_perf_script_from};
 pub use pprof::{decode_pprof, encode_pprof, from_pprof, to_pprof};

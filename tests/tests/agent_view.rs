@@ -58,6 +58,12 @@ fn start_agent(args: &[&str]) -> (KillOnDrop, SocketAddr, Lines) {
 
 /// A plain HTTP/1.0 GET: status and body bytes.
 fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_get_with_head(addr, path);
+    (status, body)
+}
+
+/// A plain HTTP/1.0 GET: status, head (status line and headers) and body.
+fn http_get_with_head(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -69,13 +75,21 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .expect("an HTTP response");
-    let head = String::from_utf8_lossy(&response[..split]);
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (status, response[split + 4..].to_vec())
+    (status, head, response[split + 4..].to_vec())
+}
+
+/// The value of header `name` (lower case) in an HTTP head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim())
+    })
 }
 
 /// `go tool pprof -top -sample_index=samples` on a file or URL: the total
@@ -403,18 +417,30 @@ fn the_merged_range_in_pprof_the_page_and_speedscope() {
 
     // The store's total and the endpoint's, read while no interval lands
     // in between (the agent writes one a second).
+    // The same merge held to 2 distinct stacks (`stacks=2`) folds the
+    // rest into "[other stacks]", and its total is still the store's.
     let url = format!("http://{addr}/profile?last=1h&format=pprof");
-    let (total, files, flat) = (0..5)
+    let bounded_url = format!("{url}&stacks=2");
+    let (total, files, flat, bounded) = (0..5)
         .find_map(|_| {
             let (before, files) = store_total(&store);
             let (pprof_total, flat) = go_top(&url);
+            let (bounded_total, bounded) = go_top(&bounded_url);
             let (after, _) = store_total(&store);
             (before == after).then(|| {
                 assert_eq!(pprof_total, after, "the merge covers every interval");
-                (after, files, flat)
+                assert_eq!(bounded_total, after, "the bounded merge too");
+                (after, files, flat, bounded)
             })
         })
         .expect("the store kept changing");
+    let other = bounded.get("[other stacks]").copied().unwrap_or(0);
+    assert!(other > 0, "nothing folded into [other stacks]: {bounded:?}");
+    let leaves = bounded.values().filter(|&&n| n > 0).count();
+    assert!(
+        leaves <= 3,
+        "at most 2 stacks besides [other stacks]: {bounded:?}"
+    );
     assert!(files >= 4, "{files} intervals: {}", stderr.text());
     assert!(total > 200, "{total} samples");
     // The workload's split, 60/30/10, as go tool pprof reads it.
@@ -426,6 +452,25 @@ fn the_merged_range_in_pprof_the_page_and_speedscope() {
     assert!((48.0..72.0).contains(&a), "hot_alpha {a:.1}%: {flat:?}");
     assert!((20.0..40.0).contains(&b), "hot_beta {b:.1}%: {flat:?}");
     assert!((4.0..17.0).contains(&g), "hot_gamma {g:.1}%: {flat:?}");
+    // The response and /metrics count what was folded.
+    let (status, head, _) = http_get_with_head(addr, "/profile?last=1h&format=folded&stacks=2");
+    assert_eq!(status, 200);
+    let folded: u64 = header(&head, "x-smolder-folded-stacks")
+        .unwrap_or_else(|| panic!("no x-smolder-folded-stacks: {head}"))
+        .parse()
+        .unwrap();
+    assert!(folded >= 1, "{head}");
+    let (_, metrics) = http_get(addr, "/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("smolder_view_stacks_folded_total "))
+        .unwrap_or_else(|| panic!("no smolder_view_stacks_folded_total:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(counted >= folded, "{counted} < {folded}");
+    let (_, head, _) = http_get_with_head(addr, "/profile?last=1h&format=folded");
+    assert_eq!(header(&head, "x-smolder-folded-stacks"), Some("0"));
 
     let endpoint_total = |filters: &str| -> i64 {
         let (status, folded) = http_get(addr, &format!("/profile?last=1h&format=folded{filters}"));

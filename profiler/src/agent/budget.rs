@@ -57,6 +57,13 @@ impl MemoryBudget {
         usize::try_from(self.limit / 16).unwrap_or(usize::MAX)
     }
 
+    /// One merged range of `/profile` or `/view` and its rendering, made
+    /// one at a time: it sets how many distinct stacks a merge holds
+    /// before folding the lightest into "[other stacks]".
+    pub fn range_view_bytes(&self) -> usize {
+        usize::try_from(self.limit / 8).unwrap_or(usize::MAX)
+    }
+
     /// Resident memory above which the caches are emptied.
     pub fn trim_above(&self) -> u64 {
         self.limit / 8 * 7
@@ -142,7 +149,8 @@ mod tests {
         let shared = b.symbol_cache_bytes() as u64
             + b.interval_stack_bytes() as u64
             + b.export_queue_bytes() as u64
-            + b.render_cache_bytes() as u64;
+            + b.render_cache_bytes() as u64
+            + b.range_view_bytes() as u64;
         assert!(shared < b.trim_above());
         assert_eq!(b.unwind_table_bytes(), 28 << 20);
         assert_eq!(MemoryBudget::new(32 << 20).unwind_table_bytes(), 16 << 20);

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -24,7 +24,7 @@ use super::report::{prometheus_text, AgentState, IntervalReport};
 use super::store::StoreReader;
 use super::view::escape;
 use super::view::{ViewFormat, ViewQuery, ViewState};
-use super::AgentError;
+use super::{AgentError, MemoryBudget};
 
 /// A running server; dropping `shutdown` (or sending on it) stops it.
 pub struct HttpServer {
@@ -35,13 +35,13 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds `addr` and serves in a task; `store` is the `--output-dir`
-    /// that `/view` and `/profile` read, `render_cache_bytes` what their
-    /// renderings may keep for reloads.
+    /// that `/view` and `/profile` read; `budget` gives their merges and
+    /// the renderings kept for reloads their shares.
     pub async fn start(
         addr: SocketAddr,
         state: Arc<AgentState>,
         store: Option<std::path::PathBuf>,
-        render_cache_bytes: usize,
+        budget: MemoryBudget,
     ) -> Result<HttpServer, AgentError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -53,6 +53,12 @@ impl HttpServer {
             action: "reading the HTTP address".into(),
             source,
         })?;
+        let view =
+            Arc::new(ViewState::new(store.as_deref().map(StoreReader::new)).with_budget(&budget));
+        let metrics = {
+            let view = Arc::clone(&view);
+            move |State(state): State<Arc<AgentState>>| async move { metrics(&state, &view) }
+        };
         let app = Router::new()
             .route("/", get(index))
             .route("/flamegraph.svg", get(host_svg))
@@ -65,10 +71,7 @@ impl HttpServer {
                 Router::new()
                     .route("/profile", get(profile))
                     .route("/view", get(view_page))
-                    .with_state(Arc::new(
-                        ViewState::new(store.as_deref().map(StoreReader::new))
-                            .with_cache_bytes(render_cache_bytes),
-                    )),
+                    .with_state(view),
             );
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -212,13 +215,32 @@ async fn process_svg(State(state): State<Arc<AgentState>>, Path(pid): Path<i64>)
     svg_response(state.latest().and_then(|r| r.render(Some(pid))))
 }
 
-async fn metrics(State(state): State<Arc<AgentState>>) -> Response {
+fn metrics(state: &AgentState, view: &ViewState) -> Response {
+    let mut text = prometheus_text(&state.counters());
+    let stats = view.stats();
+    for (name, help, value) in [
+        (
+            "smolder_view_merges_folded_total",
+            "Merged ranges of /profile and /view that held more distinct stacks than their memory share and folded the lightest into \"[other stacks]\".",
+            stats.folding_merges,
+        ),
+        (
+            "smolder_view_stacks_folded_total",
+            "Distinct stacks those merges folded into \"[other stacks]\".",
+            stats.stacks_folded,
+        ),
+    ] {
+        let _ = write!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus_text(&state.counters()),
+        text,
     )
         .into_response()
 }
@@ -240,6 +262,10 @@ fn view_error(e: super::view::ViewError) -> Response {
     (status, format!("{}\n", e.message)).into_response()
 }
 
+/// Response header of `/profile` and `/view`: how many distinct stacks
+/// the merge folded into "[other stacks]" to stay within its memory share.
+pub const FOLDED_STACKS_HEADER: &str = "x-smolder-folded-stacks";
+
 /// `/profile?last=1h&format=pprof`: every stored interval of the range,
 /// merged, in one format (pprof by default, as Go's `/debug/pprof/profile`).
 async fn profile(State(view): State<Arc<ViewState>>, RawQuery(query): RawQuery) -> Response {
@@ -252,7 +278,7 @@ async fn profile(State(view): State<Arc<ViewState>>, RawQuery(query): RawQuery) 
         tokio::task::spawn_blocking(move || view.profile(&query))
     };
     match work.await {
-        Ok(Ok(bytes)) => {
+        Ok(Ok(rendered)) => {
             let file = format!(
                 "attachment; filename=\"smolder-{}-{}.{}\"",
                 query.range.from_ns / 1_000_000_000,
@@ -268,8 +294,12 @@ async fn profile(State(view): State<Arc<ViewState>>, RawQuery(query): RawQuery) 
                 [
                     (header::CONTENT_TYPE, query.format.content_type().to_owned()),
                     (header::CONTENT_DISPOSITION, disposition),
+                    (
+                        HeaderName::from_static(FOLDED_STACKS_HEADER),
+                        rendered.folded.stacks.to_string(),
+                    ),
                 ],
-                bytes.as_ref().clone(),
+                rendered.bytes.clone(),
             )
                 .into_response()
         }
@@ -286,8 +316,14 @@ async fn view_page(State(view): State<Arc<ViewState>>, RawQuery(query): RawQuery
     };
     match tokio::task::spawn_blocking(move || view.page(&query)).await {
         Ok(Ok(html)) => (
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            html.as_ref().clone(),
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8".to_owned()),
+                (
+                    HeaderName::from_static(FOLDED_STACKS_HEADER),
+                    html.folded.stacks.to_string(),
+                ),
+            ],
+            html.bytes.clone(),
         )
             .into_response(),
         Ok(Err(e)) => view_error(e),

@@ -515,7 +515,7 @@ pub async fn run(
                     addr,
                     Arc::clone(&state),
                     config.output_dir.clone(),
-                    budget.render_cache_bytes(),
+                    budget,
                 ))
                 .await
                 .map_err(|e| AgentError::Io {

@@ -15,7 +15,7 @@ use smolder_profiles_proto::otlp::common::v1::any_value::Value;
 use smolder_profiles_proto::otlp::common::v1::KeyValue;
 use smolder_profiles_proto::otlp::profiles::v1development::{ProfilesData, Sample};
 use smolder_profiles_proto::otlp::resource::v1::Resource;
-use smolder_profiles_proto::{read_profile, sample_weight, Merger, ProfileView};
+use smolder_profiles_proto::{read_profile, sample_weight, Folded, Merger, ProfileView};
 
 /// Stored intervals are at most this long (an agent interval, or a
 /// compacted file): a file named more than this before a range cannot
@@ -235,6 +235,8 @@ pub struct Merged {
     pub samples: i64,
     /// Files merged.
     pub intervals: usize,
+    /// What the bound on distinct stacks folded into "[other stacks]".
+    pub folded: Folded,
 }
 
 impl StoreReader {
@@ -322,18 +324,23 @@ impl StoreReader {
     /// distinct stacks of the range, not with its length. By default the
     /// merge is by what ran ([`Merger::coarse`]: no addresses, PIDs, thread
     /// ids or CPUs), so it does not grow with the processes a churning host
-    /// starts either; `full_detail` keeps them.
+    /// starts either; `full_detail` keeps them. It holds at most
+    /// `max_stacks` distinct stacks ([`Merger::limiting_stacks`]): past
+    /// that, the lightest are summed into one "[other stacks]" frame per
+    /// program, so its totals stay exact whatever the range.
     pub fn merge(
         &self,
         intervals: &[StoredInterval],
         selection: &Selection,
         full_detail: bool,
+        max_stacks: usize,
     ) -> Merged {
-        let mut merger = if full_detail {
+        let merger = if full_detail {
             Merger::without_timestamps()
         } else {
             Merger::coarse()
         };
+        let mut merger = merger.limiting_stacks(max_stacks);
         let mut merged = 0;
         for interval in intervals {
             let Some(data) = read_stored(&interval.path) else {
@@ -348,11 +355,12 @@ impl StoreReader {
             }
             merged += 1;
         }
-        let samples = merger.total();
+        let (samples, folded) = (merger.total(), merger.folded());
         Merged {
             data: merger.finish(),
             samples,
             intervals: merged,
+            folded,
         }
     }
 }

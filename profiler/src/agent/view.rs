@@ -18,16 +18,23 @@ use smolder_flamegraph::{render, render_diff, FlamegraphOptions, OFF_CPU_SAMPLE_
 use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
 use smolder_profiles_proto::{
     encode_json, encode_pprof, fold, write_chrome_cpuprofile, write_folded, write_profile,
-    write_speedscope, FoldOptions, Format, ProfileView,
+    write_speedscope, FoldOptions, Folded, Format, ProfileView, OTHER_STACKS,
 };
 
-use super::config::parse_duration;
+use super::budget::MemoryBudget;
+use super::config::{parse_duration, DEFAULT_MEMORY_LIMIT};
 use super::report::CPU_SAMPLE_TYPE;
-use super::store::{Selection, StoreReader, StoredInterval};
+use super::store::{Merged, Selection, StoreReader, StoredInterval};
 
 /// Renderings kept for reloads, all together at most this many bytes
-/// unless told otherwise ([`ViewState::with_cache_bytes`]).
+/// unless told otherwise ([`ViewState::with_budget`]).
 const CACHE_BYTES: usize = 32 << 20;
+/// Peak bytes one distinct stack of a merged range takes while a request
+/// is made: the merge (its interned stack and sample, the dictionary
+/// rebuilt when it folds) and the costliest rendering of it (the page:
+/// folded text, inferno's frames, the top table). Measured with
+/// `smolder-bench view` at several `stacks=` (bench/README.md §9).
+pub const BYTES_PER_STACK: usize = 5 << 10;
 /// A range without `last=`/`from=` is the last hour.
 const DEFAULT_LAST: Duration = Duration::from_secs(3600);
 
@@ -145,6 +152,9 @@ pub struct ViewQuery {
     /// whose size grows with the processes of the range) instead of merging
     /// by what ran (the default, bounded by the distinct code paths).
     pub full_detail: bool,
+    /// `stacks=N`: hold at most N distinct stacks (never more than the
+    /// memory share allows), the rest folded into "[other stacks]".
+    pub max_stacks: Option<usize>,
 }
 
 /// Decodes `application/x-www-form-urlencoded` text.
@@ -418,6 +428,16 @@ impl ViewQuery {
                 Some((_, d)) if d == "coarse" => false,
                 Some((_, d)) => return Err(format!("detail={d}: use full or coarse")),
             },
+            max_stacks: match pairs.iter().rev().find(|(k, _)| k == "stacks") {
+                None => None,
+                Some((_, n)) => Some(
+                    n.trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("stacks={n}: a number of stacks, at least 1"))?,
+                ),
+            },
         })
     }
 
@@ -460,6 +480,9 @@ impl ViewQuery {
             let pids: Vec<String> = s.pids.iter().map(i64::to_string).collect();
             let _ = write!(q, "&pid={}", pids.join(","));
         }
+        if let Some(n) = self.max_stacks {
+            let _ = write!(q, "&stacks={n}");
+        }
         q
     }
 }
@@ -474,6 +497,7 @@ fn cache_key(what: &str, query: &ViewQuery, files: &[&[StoredInterval]]) -> u64 
     query.icicle.hash(&mut h);
     query.diff.hash(&mut h);
     query.full_detail.hash(&mut h);
+    query.max_stacks.hash(&mut h);
     for list in files {
         list.len().hash(&mut h);
         for f in *list {
@@ -484,9 +508,16 @@ fn cache_key(what: &str, query: &ViewQuery, files: &[&[StoredInterval]]) -> u64 
     h.finish()
 }
 
+/// A response of `/profile` or `/view`, and what its merge folded.
+#[derive(Debug, Default)]
+pub struct Rendered {
+    pub bytes: Vec<u8>,
+    pub folded: Folded,
+}
+
 /// Renderings by key, bounded in bytes, oldest out first.
 struct RenderCache {
-    entries: HashMap<u64, Arc<Vec<u8>>>,
+    entries: HashMap<u64, Arc<Rendered>>,
     order: VecDeque<u64>,
     bytes: usize,
     capacity: usize,
@@ -504,15 +535,15 @@ impl Default for RenderCache {
 }
 
 impl RenderCache {
-    fn get(&self, key: u64) -> Option<Arc<Vec<u8>>> {
+    fn get(&self, key: u64) -> Option<Arc<Rendered>> {
         self.entries.get(&key).cloned()
     }
 
-    fn put(&mut self, key: u64, value: Arc<Vec<u8>>) {
-        if value.len() > self.capacity / 4 || self.entries.contains_key(&key) {
+    fn put(&mut self, key: u64, value: Arc<Rendered>) {
+        if value.bytes.len() > self.capacity / 4 || self.entries.contains_key(&key) {
             return;
         }
-        self.bytes += value.len();
+        self.bytes += value.bytes.len();
         self.entries.insert(key, value);
         self.order.push_back(key);
         while self.bytes > self.capacity {
@@ -520,7 +551,7 @@ impl RenderCache {
                 break;
             };
             if let Some(v) = self.entries.remove(&old) {
-                self.bytes -= v.len();
+                self.bytes -= v.bytes.len();
             }
         }
     }
@@ -531,6 +562,10 @@ impl RenderCache {
 pub struct ViewStats {
     pub renders: u64,
     pub cache_hits: u64,
+    /// Merges that folded stacks into "[other stacks]".
+    pub folding_merges: u64,
+    /// Stacks they folded ([`Folded::stacks`]).
+    pub stacks_folded: u64,
 }
 
 /// The state behind `/profile` and `/view`.
@@ -540,6 +575,8 @@ pub struct ViewState {
     /// One merge at a time: memory stays that of one merged range.
     turn: Mutex<()>,
     stats: Mutex<ViewStats>,
+    /// Distinct stacks one request may hold, from its memory share.
+    max_stacks: usize,
 }
 
 /// A failed request: status and a line for the user.
@@ -557,23 +594,47 @@ fn no_store() -> ViewError {
 }
 
 impl ViewState {
+    /// The view within the default memory limit's shares.
     pub fn new(store: Option<StoreReader>) -> ViewState {
         ViewState {
             store,
             cache: Mutex::new(RenderCache::default()),
             turn: Mutex::new(()),
             stats: Mutex::new(ViewStats::default()),
+            max_stacks: 0,
         }
+        .with_budget(&MemoryBudget::new(DEFAULT_MEMORY_LIMIT))
     }
 
-    /// Keeps at most `bytes` of renderings for reloads (the agent's share
-    /// of its memory limit).
-    pub fn with_cache_bytes(self, bytes: usize) -> ViewState {
+    /// Keeps renderings for reloads within `budget.render_cache_bytes()`,
+    /// and each merge within `budget.range_view_bytes()`.
+    pub fn with_budget(mut self, budget: &MemoryBudget) -> ViewState {
         self.cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .capacity = bytes;
+            .capacity = budget.render_cache_bytes();
+        self.max_stacks = (budget.range_view_bytes() / BYTES_PER_STACK).max(1);
         self
+    }
+
+    /// Distinct stacks a merged range holds at most.
+    pub fn max_stacks(&self) -> usize {
+        self.max_stacks
+    }
+
+    /// The bound of one request's merge: its `stacks=`, at most the share's.
+    fn stack_limit(&self, query: &ViewQuery) -> usize {
+        query
+            .max_stacks
+            .map_or(self.max_stacks, |n| n.min(self.max_stacks))
+    }
+
+    fn count_folded(&self, folded: Folded) {
+        if folded.stacks > 0 {
+            let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+            stats.folding_merges += 1;
+            stats.stacks_folded += folded.stacks;
+        }
     }
 
     pub fn stats(&self) -> ViewStats {
@@ -581,7 +642,7 @@ impl ViewState {
     }
 
     /// The cached rendering of `key`, counted as a hit.
-    fn cache_hit(&self, key: u64) -> Option<Arc<Vec<u8>>> {
+    fn cache_hit(&self, key: u64) -> Option<Arc<Rendered>> {
         let hit = self
             .cache
             .lock()
@@ -597,8 +658,8 @@ impl ViewState {
     fn cached(
         &self,
         key: u64,
-        make: impl FnOnce() -> Result<Vec<u8>, ViewError>,
-    ) -> Result<Arc<Vec<u8>>, ViewError> {
+        make: impl FnOnce() -> Result<Rendered, ViewError>,
+    ) -> Result<Arc<Rendered>, ViewError> {
         if let Some(hit) = self.cache_hit(key) {
             return Ok(hit);
         }
@@ -608,6 +669,7 @@ impl ViewState {
             return Ok(hit);
         }
         let value = Arc::new(make()?);
+        self.count_folded(value.folded);
         self.stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -630,7 +692,7 @@ impl ViewState {
     }
 
     /// `/profile`: the merged range in the format asked for.
-    pub fn profile(&self, query: &ViewQuery) -> Result<Arc<Vec<u8>>, ViewError> {
+    pub fn profile(&self, query: &ViewQuery) -> Result<Arc<Rendered>, ViewError> {
         let store = self.store.as_ref().ok_or_else(no_store)?;
         let files = self.intervals(query.range)?;
         if files.is_empty() {
@@ -645,15 +707,27 @@ impl ViewState {
             });
         }
         let key = cache_key("profile", query, &[&files]);
+        let max_stacks = self.stack_limit(query);
         self.cached(key, || {
-            let merged = store.merge(&files, &query.selection, query.full_detail);
+            let merged = store.merge(&files, &query.selection, query.full_detail, max_stacks);
             let cpu_samples = merged.samples - off_cpu_ns(&merged.data);
-            encode(&merged.data, query, &title(query, cpu_samples))
+            let mut title = title(query, cpu_samples);
+            if merged.folded.stacks > 0 {
+                let _ = write!(
+                    title,
+                    " ({} stacks folded into {OTHER_STACKS})",
+                    merged.folded.stacks
+                );
+            }
+            Ok(Rendered {
+                bytes: encode(&merged.data, query, &title)?,
+                folded: merged.folded,
+            })
         })
     }
 
     /// `/view`: the page.
-    pub fn page(&self, query: &ViewQuery) -> Result<Arc<Vec<u8>>, ViewError> {
+    pub fn page(&self, query: &ViewQuery) -> Result<Arc<Rendered>, ViewError> {
         let store = self.store.as_ref().ok_or_else(no_store)?;
         let files = self.intervals(query.range)?;
         let before_files = if query.diff {
@@ -666,15 +740,36 @@ impl ViewState {
             query,
             &[&files, &before_files],
         );
+        // A diff holds two merges: half the stacks each.
+        let max_stacks = match query.diff {
+            true => (self.stack_limit(query) / 2).max(1),
+            false => self.stack_limit(query),
+        };
         self.cached(key, || {
-            let merged = store.merge(&files, &query.selection, query.full_detail);
+            let merged = store.merge(&files, &query.selection, query.full_detail, max_stacks);
             let before = query.diff.then(|| {
                 store
-                    .merge(&before_files, &query.selection, query.full_detail)
+                    .merge(
+                        &before_files,
+                        &query.selection,
+                        query.full_detail,
+                        max_stacks,
+                    )
                     .data
             });
             let cpu_samples = merged.samples - off_cpu_ns(&merged.data);
-            Ok(page_html(query, &files, &merged.data, cpu_samples, before.as_ref()).into_bytes())
+            let html = page_html(
+                query,
+                &files,
+                &merged,
+                cpu_samples,
+                max_stacks,
+                before.as_ref(),
+            );
+            Ok(Rendered {
+                bytes: html.into_bytes(),
+                folded: merged.folded,
+            })
         })
     }
 }
@@ -912,10 +1007,13 @@ fn chart_svg(query: &ViewQuery, files: &[StoredInterval]) -> String {
 fn page_html(
     query: &ViewQuery,
     files: &[StoredInterval],
-    merged: &ProfilesData,
+    merged: &Merged,
     samples: i64,
+    max_stacks: usize,
     before: Option<&ProfilesData>,
 ) -> String {
+    let (folded, merged_weight) = (merged.folded, merged.samples);
+    let merged = &merged.data;
     let range_q = query.range_query();
     let filters = query.filter_query();
     let mut body = String::new();
@@ -969,6 +1067,17 @@ fn page_html(
         );
     }
     body.push_str("</p>\n");
+    if folded.stacks > 0 {
+        let _ = writeln!(
+            body,
+            "<p id=\"folded\">This range has more distinct stacks than one view holds in its share of the agent's memory limit ({max_stacks}): \
+             the lightest, <span id=\"folded-stacks\">{}</span> stacks ({:.1} % of the range's weight), are summed in one \"{}\" frame per program, so every total is exact. \
+             A narrower range or a filter shows them.</p>",
+            folded.stacks,
+            100.0 * folded.samples as f64 / merged_weight.max(1) as f64,
+            escape(OTHER_STACKS)
+        );
+    }
     let _ = writeln!(
         body,
         "<p>Search (regular expression): <input type=\"text\" id=\"search\" value=\"{}\"> <span id=\"search-result\"></span></p>",
@@ -1179,10 +1288,94 @@ mod tests {
     }
 
     #[test]
+    fn a_range_with_more_stacks_than_its_share_folds_the_rest_with_exact_totals() {
+        use smolder_profiles_proto::{read_folded, write_profile, Format};
+        let dir = tempfile::tempdir().unwrap();
+        // Six intervals: each a hot stack and 40 stacks of its own.
+        let now_ms = now_ns() / 1_000_000;
+        let mut total = 0;
+        for n in 0..6u64 {
+            let mut text = String::from("main;hot 30\n");
+            for i in 0..40 {
+                text.push_str(&format!("main;tail_{n}_{i} 1\n"));
+            }
+            total += 30 + 40;
+            let mut data = read_folded(&text).unwrap();
+            let start = (now_ms - 600_000 + n * 10_000) * 1_000_000;
+            for rp in &mut data.resource_profiles {
+                for p in &mut rp.scope_profiles[0].profiles {
+                    (p.time_unix_nano, p.duration_nano) = (start, 10_000_000_000);
+                }
+            }
+            let bytes = write_profile(&data, Format::OtlpBinary).unwrap();
+            std::fs::write(
+                dir.path()
+                    .join(format!("profile-{:013}.otlp", start / 1_000_000)),
+                bytes,
+            )
+            .unwrap();
+        }
+        let view = ViewState::new(Some(StoreReader::new(dir.path())));
+        assert!(view.max_stacks() > 1000, "{}", view.max_stacks());
+        let folded_text = |q: &str| {
+            let r = view
+                .profile(&ViewQuery::parse(q, ViewFormat::Folded).unwrap())
+                .unwrap();
+            (String::from_utf8(r.bytes.clone()).unwrap(), r.folded)
+        };
+        let sum = |text: &str| -> i64 {
+            text.lines()
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+                .sum()
+        };
+        // Within the share: nothing folded.
+        let (all, folded) = folded_text("last=1h");
+        assert_eq!((sum(&all), folded.stacks), (total, 0));
+        assert!(!all.contains(OTHER_STACKS));
+        // At most 20 stacks: the hot one stays whole, the rest is folded
+        // and counted, and the total is the same.
+        let (bounded, folded) = folded_text("last=1h&stacks=20");
+        assert_eq!(sum(&bounded), total);
+        assert!(bounded.contains("main;hot 180\n"), "{bounded}");
+        let other: i64 = bounded
+            .lines()
+            .filter(|l| l.starts_with(OTHER_STACKS))
+            .map(sum)
+            .sum();
+        assert!(other > 0 && other == folded.samples, "{bounded}");
+        let held = bounded.lines().count() as u64 - 1;
+        assert!(held <= 20 + 40, "{held} stacks held");
+        assert_eq!(
+            folded.stacks + held - 1,
+            6 * 40,
+            "every tail stack is held or folded"
+        );
+        // The page says so, and its total is the same.
+        let page = view
+            .page(&ViewQuery::parse("last=1h&stacks=20", ViewFormat::Svg).unwrap())
+            .unwrap();
+        assert_eq!(page.folded, folded);
+        let html = String::from_utf8_lossy(&page.bytes);
+        assert!(html.contains(&format!(
+            "<span id=\"folded-stacks\">{}</span>",
+            folded.stacks
+        )));
+        assert!(html.contains(&format!("<span id=\"total\">{total}</span>")));
+        assert_eq!(view.stats().folding_merges, 2);
+        assert_eq!(view.stats().stacks_folded, 2 * folded.stacks);
+    }
+
+    #[test]
     fn the_cache_stays_within_its_bytes() {
         let mut cache = RenderCache::default();
         for key in 0..100u64 {
-            cache.put(key, Arc::new(vec![0u8; CACHE_BYTES / 8]));
+            cache.put(
+                key,
+                Arc::new(Rendered {
+                    bytes: vec![0u8; CACHE_BYTES / 8],
+                    folded: Folded::default(),
+                }),
+            );
         }
         assert!(cache.bytes <= CACHE_BYTES);
         assert!(cache.get(99).is_some() && cache.get(0).is_none());
