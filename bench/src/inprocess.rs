@@ -21,92 +21,38 @@
 //!   workload ended and before `stop()` (`VmHWM`), the time `stop()` (or
 //!   building the pprof-rs report) took, and smolder's own thread CPU.
 //!
-//! 3 rounds by default (`--runs N`), the order of the 5 configurations
+//! With `--pyroscope BIN`, pyroscope-rs (its pprof-rs backend) is a third
+//! profiler at both rates: BIN is `smolder-bench-pyroscope` (`bench/pyroscope`,
+//! a crate of its own that does not link smolder), run with the same
+//! `inprocess --child pyroscope HZ ROUNDS` arguments, the same workload
+//! (`src/workload.rs`) and the same report line. `bench/inprocess.sh`
+//! builds both and runs them together.
+//!
+//! 3 rounds by default (`--runs N`), the order of the configurations
 //! rotated every round; the tables give medians, and ratios smolder /
-//! pprof-rs. The 1-minute load average before each run is printed, since
-//! the machine may be shared.
+//! pprof-rs (and smolder / pyroscope-rs). The 1-minute load average before
+//! each run is printed, since the machine may be shared.
 
-use std::hint::black_box;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use smolder_profiles_proto::{fold, FoldOptions};
 
+use crate::workload::{peak_rss_kib, shares, spawn_workers, ChildReport, DEFAULT_ROUNDS, WORKERS};
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// Rounds per worker thread: about 2 s of CPU each on the reference machine.
-const DEFAULT_ROUNDS: u64 = 2_000;
-const WORKERS: usize = 3;
 const FREQUENCIES: [u64; 2] = [99, 999];
-/// Iterations of `spin` per round in each known function, and their shares.
-const FUNCTIONS: [(&str, u64); 3] = [
-    ("work_alpha", 600_000),
-    ("work_beta", 300_000),
-    ("work_gamma", 100_000),
-];
-
-#[inline(never)]
-fn spin(n: u64) -> u64 {
-    let mut x = 0u64;
-    for i in 0..n {
-        x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
-    }
-    x
-}
-
-#[inline(never)]
-fn work_alpha(n: u64) -> u64 {
-    spin(black_box(n))
-}
-
-#[inline(never)]
-fn work_beta(n: u64) -> u64 {
-    spin(black_box(n)).rotate_left(1)
-}
-
-#[inline(never)]
-fn work_gamma(n: u64) -> u64 {
-    spin(black_box(n)).rotate_left(2)
-}
-
-pub(crate) fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
-
-/// A fixed amount of work; returns the CPU time this thread used.
-///
-/// A round lasts about 1 ms, as long as a sample period at 999 Hz: so that
-/// the sampling cannot lock onto the rounds' phase, each round is scaled by
-/// a pseudo-random 0.5..1.5 (the same sequence on every run, mean 1).
-fn worker(rounds: u64) -> u64 {
-    let mut acc = 0;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..rounds {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let per_mille = 500 + (seed >> 33) % 1001;
-        let n = |k: usize| FUNCTIONS[k].1 * per_mille / 1000;
-        acc ^= work_alpha(n(0));
-        acc ^= work_beta(n(1));
-        acc ^= work_gamma(n(2));
-    }
-    black_box(acc);
-    thread_cpu_ns()
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     None,
     Smolder,
     Pprof,
+    /// pyroscope-rs, run from its own binary (`--pyroscope BIN`).
+    Pyroscope,
 }
 
 impl Mode {
@@ -115,6 +61,7 @@ impl Mode {
             Mode::None => "none",
             Mode::Smolder => "smolder",
             Mode::Pprof => "pprof-rs",
+            Mode::Pyroscope => "pyroscope",
         }
     }
 
@@ -123,73 +70,10 @@ impl Mode {
             "none" => Mode::None,
             "smolder" => Mode::Smolder,
             "pprof-rs" => Mode::Pprof,
+            "pyroscope" => Mode::Pyroscope,
             other => return Err(format!("unknown mode {other}").into()),
         })
     }
-}
-
-/// What a child reports of its run (one `key=value` line).
-#[derive(Clone, Copy, Debug, Default)]
-struct ChildReport {
-    wall_ns: u64,
-    cpu_ns: u64,
-    samples: u64,
-    sampled_ns: u64,
-    lost: u64,
-    threads: u64,
-    stop_ns: u64,
-    profiler_cpu_ns: u64,
-    /// Peak RSS (`VmHWM`) when the workload ended, before `stop()`, KiB.
-    hwm_kib: u64,
-    /// Per mille of the sample weight in each known function.
-    shares: [u64; 3],
-}
-
-fn spawn_workers(rounds: u64) -> Result<(Duration, u64)> {
-    let start = Instant::now();
-    let workers: Vec<_> = (1..=WORKERS)
-        .map(|i| {
-            std::thread::Builder::new()
-                .name(format!("worker-{i}"))
-                .spawn(move || worker(rounds))
-        })
-        .collect::<std::io::Result<_>>()?;
-    let mut cpu = 0;
-    for w in workers {
-        cpu += w.join().map_err(|_| "a worker panicked")?;
-    }
-    Ok((start.elapsed(), cpu))
-}
-
-/// This process's peak RSS so far (`VmHWM`), KiB.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-/// Per mille of `weights` in stacks naming each known function.
-fn shares<'a>(stacks: impl Iterator<Item = (&'a str, i64)>) -> [u64; 3] {
-    let mut in_fn = [0i64; 3];
-    let mut total = 0i64;
-    for (stack, w) in stacks {
-        total += w;
-        for (k, (name, _)) in FUNCTIONS.iter().enumerate() {
-            if stack.contains(name) {
-                in_fn[k] += w;
-            }
-        }
-    }
-    in_fn.map(|n| (n * 1000 / total.max(1)) as u64)
 }
 
 /// `--child MODE HZ ROUNDS`: one run, reported on stdout.
@@ -250,22 +134,13 @@ pub fn child(mode: &str, hz: u64, rounds: u64) -> Result<()> {
             r.threads = threads.len() as u64;
             r.shares = shares(stacks.iter().map(|(s, w)| (s.as_str(), *w)));
         }
+        Mode::Pyroscope => {
+            return Err(
+                "pyroscope runs from bench/pyroscope (--pyroscope BIN), not this binary".into(),
+            )
+        }
     }
-    println!(
-        "wall_ns={} cpu_ns={} samples={} sampled_ns={} lost={} threads={} stop_ns={} profiler_cpu_ns={} hwm_kib={} alpha={} beta={} gamma={}",
-        r.wall_ns,
-        r.cpu_ns,
-        r.samples,
-        r.sampled_ns,
-        r.lost,
-        r.threads,
-        r.stop_ns,
-        r.profiler_cpu_ns,
-        r.hwm_kib,
-        r.shares[0],
-        r.shares[1],
-        r.shares[2]
-    );
+    println!("{}", r.line());
     Ok(())
 }
 
@@ -310,9 +185,15 @@ fn loadavg() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn run_child(mode: Mode, hz: u64, rounds: u64) -> Result<Run> {
+fn run_child(mode: Mode, hz: u64, rounds: u64, pyroscope: Option<&PathBuf>) -> Result<Run> {
     let load = loadavg();
-    let child = Command::new(std::env::current_exe()?)
+    let exe = match mode {
+        Mode::Pyroscope => pyroscope
+            .ok_or("pyroscope runs need --pyroscope BIN")?
+            .clone(),
+        _ => std::env::current_exe()?,
+    };
+    let child = Command::new(exe)
         .args(["inprocess", "--child", mode.arg()])
         .arg(hz.to_string())
         .arg(rounds.to_string())
@@ -348,10 +229,12 @@ fn median_by(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
     v[v.len() / 2]
 }
 
-/// `smolder-bench inprocess [--runs N] [--rounds N]`, or a `--child` run.
+/// `smolder-bench inprocess [--runs N] [--rounds N] [--pyroscope BIN]`, or a
+/// `--child` run.
 pub fn main(mut args: impl Iterator<Item = String>) -> Result<()> {
     let mut runs = 3;
     let mut rounds = DEFAULT_ROUNDS;
+    let mut pyroscope = None;
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -363,13 +246,14 @@ pub fn main(mut args: impl Iterator<Item = String>) -> Result<()> {
             }
             "--runs" => runs = value()?.parse()?,
             "--rounds" => rounds = value()?.parse()?,
+            "--pyroscope" => pyroscope = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown argument {other:?}; see src/inprocess.rs").into()),
         }
     }
-    bench(runs, rounds)
+    bench(runs, rounds, pyroscope)
 }
 
-fn bench(runs: usize, rounds: u64) -> Result<()> {
+fn bench(runs: usize, rounds: u64, pyroscope: Option<PathBuf>) -> Result<()> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
     println!(
         "machine: {} CPUs, kernel {}, perf_event_paranoid {}",
@@ -383,6 +267,9 @@ fn bench(runs: usize, rounds: u64) -> Result<()> {
     for hz in FREQUENCIES {
         configs.push((Mode::Smolder, hz));
         configs.push((Mode::Pprof, hz));
+        if pyroscope.is_some() {
+            configs.push((Mode::Pyroscope, hz));
+        }
     }
     let name = |(m, hz): (Mode, u64)| {
         if m == Mode::None {
@@ -402,7 +289,7 @@ fn bench(runs: usize, rounds: u64) -> Result<()> {
         for k in 0..configs.len() {
             let i = (round + k) % configs.len();
             let (mode, hz) = configs[i];
-            let r = run_child(mode, hz, rounds)?;
+            let r = run_child(mode, hz, rounds, pyroscope.as_ref())?;
             let c = &r.report;
             println!(
                 "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {:.1} | {}/{}/{} | {:.0} | {} |",
@@ -445,6 +332,7 @@ fn bench(runs: usize, rounds: u64) -> Result<()> {
             rss_mib: median_by(runs, |r| r.max_rss_kib as f64) / 1024.0,
             extra_rss_mib: (median_by(runs, |r| r.max_rss_kib as f64) - base_rss) / 1024.0,
             extra_hwm_mib: (median_by(runs, |r| r.report.hwm_kib as f64) - base_hwm) / 1024.0,
+            stop_ms: median_by(runs, |r| r.report.stop_ns as f64) / 1e6,
         };
         println!(
             "| {} | {:.1} | {:.2} | {:.3} | {:.2} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} | {:.0} | {:.3} | {:.0} |",
@@ -458,28 +346,43 @@ fn bench(runs: usize, rounds: u64) -> Result<()> {
             m.rss_mib,
             m.extra_rss_mib,
             m.extra_hwm_mib,
-            median_by(runs, |r| r.report.stop_ns as f64) / 1e6,
+            m.stop_ms,
             median_by(runs, |r| r.report.profiler_cpu_ns as f64) / 1e9,
             median_by(runs, |r| r.report.samples as f64),
         );
         medians.push(m);
     }
     println!();
-    println!("| ratio smolder / pprof-rs | captured share | wall slowdown | thread CPU slowdown | process CPU | extra peak RSS | extra RSS before stop |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (j, hz) in FREQUENCIES.iter().enumerate() {
-        let (s, p) = (&medians[1 + 2 * j], &medians[2 + 2 * j]);
-        println!(
-            "| {hz} Hz | {:.2} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
-            s.captured / p.captured,
-            s.wall / p.wall,
-            s.cpu / p.cpu,
-            s.process_cpu / p.process_cpu,
-            s.extra_rss_mib / p.extra_rss_mib,
-            s.extra_hwm_mib / p.extra_hwm_mib,
-        );
+    let peers: &[Mode] = if pyroscope.is_some() {
+        &[Mode::Pprof, Mode::Pyroscope]
+    } else {
+        &[Mode::Pprof]
+    };
+    let find = |mode: Mode, hz: u64| {
+        configs
+            .iter()
+            .position(|&c| c == (mode, hz))
+            .map(|i| &medians[i])
+            .ok_or("a configuration without medians")
+    };
+    for &peer in peers {
+        println!("| ratio smolder / {} | captured share | wall slowdown | thread CPU slowdown | process CPU | extra peak RSS | extra RSS before stop | stop() time |", peer.arg());
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for hz in FREQUENCIES {
+            let (s, p) = (find(Mode::Smolder, hz)?, find(peer, hz)?);
+            println!(
+                "| {hz} Hz | {:.2} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} |",
+                s.captured / p.captured,
+                s.wall / p.wall,
+                s.cpu / p.cpu,
+                s.process_cpu / p.process_cpu,
+                s.extra_rss_mib / p.extra_rss_mib,
+                s.extra_hwm_mib / p.extra_hwm_mib,
+                s.stop_ms / p.stop_ms,
+            );
+        }
+        println!();
     }
-    println!();
     Ok(())
 }
 
@@ -492,6 +395,7 @@ struct Medians {
     rss_mib: f64,
     extra_rss_mib: f64,
     extra_hwm_mib: f64,
+    stop_ms: f64,
 }
 
 fn captured(c: &ChildReport) -> f64 {

@@ -35,6 +35,7 @@ mod record;
 mod scopes;
 mod unwind;
 mod view;
+mod workload;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};

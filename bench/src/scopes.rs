@@ -18,7 +18,7 @@ use opentelemetry::trace::TracerProvider;
 use tracing::Dispatch;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::inprocess::thread_cpu_ns;
+use crate::workload::thread_cpu_ns;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
