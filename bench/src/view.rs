@@ -254,21 +254,9 @@ fn child(args: &[String]) -> Result<()> {
             .max_stacks
             .map_or(state.max_stacks(), |n| n.min(state.max_stacks())),
         rss_before,
-        peak_rss_kib()
+        crate::workload::peak_rss_kib()
     );
     Ok(())
-}
-
-/// This process's peak resident memory (`VmHWM`), in KiB.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 pub fn main(mut args: impl Iterator<Item = String>) -> Result<()> {
