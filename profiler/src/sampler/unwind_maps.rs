@@ -519,29 +519,11 @@ impl Worker {
             Some(key) => key,
             None => {
                 let started = Instant::now();
-                // The room this table can get: the map less the tables this
-                // process walks already (not evictable for it), so that a
-                // table that cannot fit is given up before its rows are all
-                // gathered (libLLVM's are 1.4 M, 23 MiB in the agent).
-                let pinned_rows: u64 = pinned
-                    .iter()
-                    .filter_map(|k| self.resident.get(k))
-                    .map(|r| u64::from(r.count))
-                    .sum();
-                let capacity = u64::from(self.rows.capacity).saturating_sub(pinned_rows) as usize;
+                let capacity = self.rows.capacity as usize;
                 let built =
                     build_for_mapping(pid, entry, capacity, |k| self.resident.contains_key(k));
                 let (key, table) = match built {
                     Ok(b) => b,
-                    Err(e @ crate::unwind::UnwindError::TooLarge { .. }) => {
-                        tracing::warn!(
-                            "unwind table of {} does not fit the table memory cap beside the \
-                             process's other tables ({e}): frame pointers for it",
-                            entry.path
-                        );
-                        self.give_up(identity);
-                        return None;
-                    }
                     Err(e) => {
                         tracing::debug!("no unwind table: frame pointers for {}: {e}", entry.path);
                         self.give_up(identity);
