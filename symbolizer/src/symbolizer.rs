@@ -367,11 +367,9 @@ impl Symbolizer {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(addrs.len() / PARALLEL_ADDRESSES);
-        if threads <= 1 {
-            return self.in_object_all(obj, path, kind, addrs);
-        }
-        if kind == AddressKind::FileOffset && !obj.can_translate_offsets() {
-            // Counted once, as `in_object_all` does.
+        // Offsets a debug-only file cannot translate are an error counted
+        // once, by `in_object_all`.
+        if threads <= 1 || (kind == AddressKind::FileOffset && !obj.can_translate_offsets()) {
             return self.in_object_all(obj, path, kind, addrs);
         }
         let build_id = obj.build_id_hex();
