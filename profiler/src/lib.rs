@@ -35,6 +35,7 @@ pub use smolder_profiles_proto as profiles;
 pub use smolder_symbolizer as symbolizer;
 
 pub mod inprocess;
+pub mod output;
 pub mod pipeline;
 pub mod python;
 

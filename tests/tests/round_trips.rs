@@ -95,3 +95,41 @@ fn cli_convert_round_trips_through_every_format() {
     };
     assert_eq!(sorted(&folded), sorted(&direct));
 }
+
+/// `-o` naming a FIFO (or `/dev/null`, a terminal) writes into it: the
+/// output is not renamed over it, which would replace the device or FIFO
+/// with a regular file.
+#[test]
+fn cli_output_to_a_fifo_is_written_into_it_and_the_fifo_stays() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let start = dir.path().join("start.pb");
+    std::fs::write(&start, encode_binary(&rich_profile())).unwrap();
+    let fifo = dir.path().join("out.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo (coreutils)");
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    smolder_e2e::smolder_ok([
+        "convert".as_ref(),
+        start.as_os_str(),
+        "-o".as_ref(),
+        fifo.as_os_str(),
+        "--format".as_ref(),
+        "folded".as_ref(),
+    ]);
+    // Checked before joining: a reader of a replaced FIFO waits forever.
+    let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+    assert!(kind.is_fifo(), "the FIFO was replaced: {kind:?}");
+    let read = reader.join().unwrap();
+    let direct =
+        String::from_utf8(write_profile(&rich_profile(), Format::Folded).unwrap()).unwrap();
+    assert_eq!(read, direct);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 2, "no temporary file left beside it: {left:?}");
+}

@@ -200,7 +200,8 @@ fn read_input_with<T>(
 }
 
 /// Writes `bytes` to `path` atomically (a temporary file in the same
-/// directory, renamed into place), or to standard output for `-`.
+/// directory, renamed into place), or to standard output for `-`. A target
+/// that is a device or a FIFO (`/dev/null`) is written in place.
 pub fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
     write_output_with(path, |w| w.write_all(bytes).map_err(Into::into))
 }
@@ -221,6 +222,15 @@ pub fn write_output_with(
     let name = path.display();
     if path.is_dir() {
         bail!("{name}: is a directory; give a file name for the output");
+    }
+    if smolder::output::is_special(path) {
+        let out = smolder::output::open_special(path)
+            .map_err(|e| anyhow!("{name}: cannot open for writing: {e}"))?;
+        let mut buffered = std::io::BufWriter::new(out);
+        write(&mut buffered).with_context(|| format!("{name}"))?;
+        return buffered
+            .flush()
+            .map_err(|e| anyhow!("{name}: write failed: {e}"));
     }
     let dir: PathBuf = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -117,6 +117,12 @@ impl Profile {
             error,
         };
         let bytes = bytes.map_err(fail)?;
+        if crate::output::is_special(path) {
+            use std::io::Write;
+            return crate::output::open_special(path)
+                .and_then(|mut out| out.write_all(&bytes))
+                .map_err(|e| fail(e.to_string()));
+        }
         // Written beside the target and renamed, so a failure leaves no partial file.
         let tmp = path.with_extension("smolder-tmp");
         std::fs::write(&tmp, bytes)
