@@ -603,7 +603,9 @@ pub enum ElfParts {
     Symbols { max_bytes: u64 },
     /// What an unwind table is built from: headers, notes, `.eh_frame`,
     /// `.eh_frame_hdr`, `.debug_frame`; no symbol tables, no debug sections.
-    Unwind,
+    /// When these come to more than `max_bytes`, none of them is copied
+    /// ([`LeftOut::unwind`]).
+    Unwind { max_bytes: u64 },
     /// Everything but the debug sections (symbols for runtime detection).
     NoDebug,
 }
@@ -616,6 +618,9 @@ pub struct LeftOut {
     pub debug: bool,
     /// `.symtab` and `.strtab`: names from `.dynsym` only.
     pub symtab: bool,
+    /// What an unwind table is built from ([`ElfParts::Unwind`]): over the
+    /// budget, so no table.
+    pub unwind: bool,
 }
 
 impl ElfCopy {
@@ -721,7 +726,8 @@ pub fn read_elf_parts(file: &File, cap: u64, parts: ElfParts) -> io::Result<ElfC
     let is_elf64 = copy.get(..5) == Some(b"\x7fELF\x02");
     let is_elf32 = copy.get(..5) == Some(b"\x7fELF\x01");
     if !(is_elf64 || is_elf32) {
-        if matches!(parts, ElfParts::Symbols { max_bytes } if len > max_bytes) {
+        if matches!(parts, ElfParts::Symbols { max_bytes } | ElfParts::Unwind { max_bytes } if len > max_bytes)
+        {
             return Err(io::Error::other(format!(
                 "not ELF, and {len} bytes, over the copy budget"
             )));
@@ -801,7 +807,7 @@ pub fn read_elf_parts(file: &File, cap: u64, parts: ElfParts) -> io::Result<ElfC
             let unwanted = match parts {
                 ElfParts::Symbols { .. } => false,
                 ElfParts::NoDebug => is_debug_section(&name),
-                ElfParts::Unwind => {
+                ElfParts::Unwind { .. } => {
                     is_debug_section(&name)
                         || matches!(&name[..], b".symtab" | b".strtab" | b".dynsym" | b".dynstr")
                 }
@@ -811,11 +817,17 @@ pub fn read_elf_parts(file: &File, cap: u64, parts: ElfParts) -> io::Result<ElfC
             }
         }
         let mut left_out = LeftOut::default();
+        let total = |w: &[(u64, u64, Vec<u8>)]| {
+            w.iter()
+                .fold(0u64, |sum, &(_, size, _)| sum.saturating_add(size))
+        };
+        if let ElfParts::Unwind { max_bytes } = parts {
+            if total(&wanted) > max_bytes {
+                wanted.clear();
+                left_out.unwind = true;
+            }
+        }
         if let ElfParts::Symbols { max_bytes } = parts {
-            let total = |w: &[(u64, u64, Vec<u8>)]| {
-                w.iter()
-                    .fold(0u64, |sum, &(_, size, _)| sum.saturating_add(size))
-            };
             if total(&wanted) > max_bytes && wanted.iter().any(|(_, _, n)| is_debug_section(n)) {
                 wanted.retain(|(_, _, n)| !is_debug_section(n));
                 left_out.debug = true;
@@ -840,8 +852,8 @@ pub fn read_elf_parts(file: &File, cap: u64, parts: ElfParts) -> io::Result<ElfC
         Ok(left_out) => left_out,
         Err(e) => {
             let budget = match parts {
-                ElfParts::Symbols { max_bytes } => max_bytes,
-                ElfParts::Unwind | ElfParts::NoDebug => u64::MAX,
+                ElfParts::Symbols { max_bytes } | ElfParts::Unwind { max_bytes } => max_bytes,
+                ElfParts::NoDebug => u64::MAX,
             };
             if len > budget {
                 return Err(io::Error::other(format!(

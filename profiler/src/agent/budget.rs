@@ -41,6 +41,15 @@ impl MemoryBudget {
         (self.limit / 2).min(MAX_UNWIND_TABLE_BYTES)
     }
 
+    /// What one unwind table build may take of the agent's memory while it
+    /// runs (the binary's CFI copied in, then its rows): a quarter of the
+    /// limit. With the default limit, libLLVM (8.7 MiB of CFI, 1.4 M rows,
+    /// 32 MiB to build) is walked by frame pointers; raising the limit to
+    /// 128 MiB builds it.
+    pub fn unwind_build_bytes(&self) -> usize {
+        usize::try_from(self.limit / 4).unwrap_or(usize::MAX)
+    }
+
     /// Distinct stacks one interval gathers before new ones are dropped
     /// (counted), at the aggregator's estimate of their size.
     pub fn interval_stack_bytes(&self) -> usize {

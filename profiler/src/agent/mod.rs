@@ -156,6 +156,7 @@ fn start_sampler(config: &AgentConfig) -> Result<Sampler, AgentError> {
         pid_filter,
         off_cpu: config.off_cpu.sampler_config(),
         unwind_table_bytes: config.budget().unwind_table_bytes(),
+        unwind_build_bytes: config.budget().unwind_build_bytes(),
         ..SamplerConfig::default()
     })?;
     sampler.set_table_filter(config.filter.process_filter());
@@ -369,6 +370,7 @@ impl Running {
             unwind_table_bytes: sampler.unwind_table_bytes,
             unwind_table_cap_bytes: self.config.budget().unwind_table_bytes(),
             unwind_tables_evicted: sampler.unwind_tables_evicted,
+            unwind_table_failures: sampler.unwind_table_failures,
             stacks_dropped: aggregator.stacks_dropped,
             memory_trims: self.memory.trims,
             objects_cut_to_budget: self.recording.symbolizer().stats().objects_cut_to_budget,

@@ -228,6 +228,9 @@ pub struct Counters {
     pub unwind_table_bytes: u64,
     pub unwind_table_cap_bytes: u64,
     pub unwind_tables_evicted: u64,
+    /// Binaries walked by frame pointers because their table could not be
+    /// built (no CFI, malformed, or over the table memory or build budget).
+    pub unwind_table_failures: u64,
     pub stacks_dropped: u64,
     pub memory_trims: u64,
     /// Binaries read without their debug sections (or `.symtab`) to stay
@@ -540,6 +543,12 @@ pub fn prometheus_text(c: &Counters) -> String {
         "counter",
         "Unwind tables evicted to stay under their cap (reloaded when walked again).",
         &[("", c.unwind_tables_evicted)],
+    );
+    family(
+        "smolder_unwind_table_failures_total",
+        "counter",
+        "Binaries walked by frame pointers: no table could be built (no CFI, malformed, over the table memory or the build budget).",
+        &[("", c.unwind_table_failures)],
     );
     family(
         "smolder_stacks_dropped_total",

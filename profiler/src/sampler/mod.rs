@@ -154,6 +154,10 @@ pub struct SamplerConfig {
     /// the sampler starts; tables the walker used least recently are evicted
     /// to stay under it. 0: no tables, user stacks by frame pointers only.
     pub unwind_table_bytes: u64,
+    /// Memory one table build may use in this process (the CFI copied in,
+    /// then the rows gathered, 16 bytes each): a binary whose table needs
+    /// more is walked by frame pointers, and counted as a table failure.
+    pub unwind_build_bytes: usize,
     /// Debug: send a copy of the user stack (up to 64 KiB) with every sample
     /// of this process, read with [`Sampler::take_stack_copies`].
     pub stack_copy_pid: Option<u32>,
@@ -177,6 +181,7 @@ impl Default for SamplerConfig {
             poll_interval: Duration::from_millis(20),
             bpf_stats: false,
             unwind_table_bytes: 64 << 20,
+            unwind_build_bytes: usize::MAX,
             stack_copy_pid: None,
             python_frames: true,
             btf_path: None,
@@ -494,6 +499,7 @@ impl Sampler {
                 } else {
                     None
                 },
+                config.unwind_build_bytes,
             )
             .map_err(|e| SamplerError::Kernel {
                 action: "setting up the unwind table maps".into(),

@@ -21,7 +21,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use super::python::PythonProcs;
 use super::raw::{self, MappingEntry, ProcMappings, UnwindTableEntry};
 use crate::pipeline::{Mapping, ProcessFacts, ProcessFilter, ProcessMaps};
-use crate::unwind::{build_for_mapping, ElfLayout, TableKey, UnwindRow};
+use crate::unwind::{build_for_mapping, ElfLayout, TableKey, UnwindError, UnwindRow};
 
 /// Bytes of one row in `UNWIND_ROWS`.
 pub const ROW_BYTES: u64 = std::mem::size_of::<UnwindRow>() as u64;
@@ -74,8 +74,10 @@ impl UnwindLoader {
         tables: Map,
         procs: Map,
         python: Option<Map>,
+        build_bytes: usize,
     ) -> Result<UnwindLoader, String> {
         let mut worker = Worker::new(rows, tables, procs)?;
+        worker.build_bytes = build_bytes;
         worker.python = python.map(PythonProcs::new).transpose()?;
         let stats = worker.stats.clone();
         let (tx, rx) = mpsc::channel();
@@ -323,6 +325,8 @@ struct Worker {
     free_ids: Vec<u32>,
     generation: u32,
     stats: Arc<Mutex<LoaderStats>>,
+    /// What one table build may use of our memory (`unwind_build_bytes`).
+    build_bytes: usize,
 }
 
 impl Worker {
@@ -344,6 +348,7 @@ impl Worker {
             free_ids: (1..raw::MAX_TABLES).rev().collect(),
             generation: 0,
             stats: Arc::new(Mutex::new(LoaderStats::default())),
+            build_bytes: usize::MAX,
         })
     }
 
@@ -519,11 +524,24 @@ impl Worker {
             Some(key) => key,
             None => {
                 let started = Instant::now();
-                let capacity = self.rows.capacity as usize;
-                let built =
-                    build_for_mapping(pid, entry, capacity, |k| self.resident.contains_key(k));
+                // The most `place` can give: all of the map but the tables
+                // this process already holds (every other one can be evicted).
+                let held: u64 = pinned
+                    .iter()
+                    .filter_map(|k| self.resident.get(k))
+                    .map(|r| u64::from(r.count))
+                    .sum();
+                let room = u64::from(self.rows.capacity).saturating_sub(held) as usize;
+                let built = build_for_mapping(pid, entry, room, self.build_bytes, |k| {
+                    self.resident.contains_key(k)
+                });
                 let (key, table) = match built {
                     Ok(b) => b,
+                    Err(e @ (UnwindError::TooLarge { .. } | UnwindError::OverBudget { .. })) => {
+                        tracing::warn!("no unwind table: frame pointers for {e}");
+                        self.give_up(identity);
+                        return None;
+                    }
                     Err(e) => {
                         tracing::debug!("no unwind table: frame pointers for {}: {e}", entry.path);
                         self.give_up(identity);

@@ -35,7 +35,8 @@ mod walk;
 
 pub use process::{build_for_mapping, TableCache};
 pub use table::{
-    read_object, read_object_parts, ElfLayout, TableKey, UnwindError, UnwindSource, UnwindTable,
+    read_object, read_object_parts, read_object_within, ElfLayout, TableKey, UnwindError,
+    UnwindSource, UnwindTable,
 };
 pub use walk::{MappedTable, Regs, StepEnd, UnwindTables, Walk, MAX_WALK_FRAMES};
 

@@ -10,8 +10,8 @@ use smolder_symbolizer::process::open_mapped_file;
 
 use crate::pipeline::{Mapping, ProcessMaps};
 
-use super::table::read_object;
-use super::{MappedTable, TableKey, UnwindError, UnwindTable, UnwindTables};
+use super::table::read_object_within;
+use super::{MappedTable, TableKey, UnwindError, UnwindRow, UnwindTable, UnwindTables};
 
 /// Identity of the file of a mapping without opening it.
 pub fn file_identity(entry: &Mapping) -> (u64, u64) {
@@ -19,11 +19,15 @@ pub fn file_identity(entry: &Mapping) -> (u64, u64) {
 }
 
 /// Opens the file of `entry` and returns its key, and its table unless
-/// `known` says the key is already built (then `None`).
+/// `known` says the key is already built (then `None`). The table has at
+/// most `max_rows` rows, and its build at most `max_bytes` of memory: the
+/// CFI copied in, then the rows gathered from it (16 bytes each); past
+/// either, the build stops as soon as it knows, with what it gathered freed.
 pub fn build_for_mapping(
     pid: u32,
     entry: &Mapping,
     max_rows: usize,
+    max_bytes: usize,
     known: impl Fn(&TableKey) -> bool,
 ) -> Result<(TableKey, Option<UnwindTable>), UnwindError> {
     let name = || format!("{} (pid {pid})", entry.path);
@@ -31,12 +35,29 @@ pub fn build_for_mapping(
         path: name(),
         source,
     };
+    let over_budget = || UnwindError::OverBudget {
+        path: name(),
+        max_bytes,
+    };
     let file = open_mapped_file(pid, entry).map_err(|e| io_err(io::Error::other(e)))?;
     let meta = file.metadata().map_err(io_err)?;
-    let bytes = read_object(&file).map_err(io_err)?;
+    let bytes = read_object_within(&file, max_bytes as u64).map_err(io_err)?;
     let key = TableKey::of_bytes(&bytes, &meta);
     if known(&key) {
         return Ok((key, None));
+    }
+    if bytes.left_out().unwind {
+        return Err(over_budget());
+    }
+    // What is left for the rows once the CFI is in; the rows gathered may
+    // pass `max_rows` by a quarter before compaction (`from_elf_within`).
+    let room = max_bytes.saturating_sub(bytes.copied_bytes()) / std::mem::size_of::<UnwindRow>();
+    let row_budget = room.saturating_sub(room / 5);
+    if row_budget < max_rows {
+        return match UnwindTable::from_elf_within(&bytes, &name(), row_budget) {
+            Err(UnwindError::TooLarge { .. }) => Err(over_budget()),
+            built => Ok((key, Some(built?))),
+        };
     }
     let table = UnwindTable::from_elf_within(&bytes, &name(), max_rows)?;
     Ok((key, Some(table)))
@@ -72,8 +93,9 @@ impl TableCache {
         {
             return Ok(t.clone());
         }
-        let (key, built) =
-            build_for_mapping(pid, entry, usize::MAX, |k| self.by_key.contains_key(k))?;
+        let (key, built) = build_for_mapping(pid, entry, usize::MAX, usize::MAX, |k| {
+            self.by_key.contains_key(k)
+        })?;
         if let Some(table) = built {
             self.by_key.insert(key.clone(), Arc::new(table));
         }

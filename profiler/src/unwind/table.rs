@@ -32,6 +32,12 @@ pub enum UnwindError {
         path: String,
         max_rows: usize,
     },
+    /// Building the table would take more memory than the builder may use
+    /// (the CFI sections copied in, and the rows gathered from them).
+    OverBudget {
+        path: String,
+        max_bytes: usize,
+    },
 }
 
 impl std::fmt::Display for UnwindError {
@@ -52,6 +58,13 @@ impl std::fmt::Display for UnwindError {
                 write!(
                     f,
                     "{path}: more unwind rows than the {max_rows} the table memory holds"
+                )
+            }
+            UnwindError::OverBudget { path, max_bytes } => {
+                write!(
+                    f,
+                    "{path}: building its unwind table takes more than the {} KiB of memory a table build may use",
+                    max_bytes / 1024
                 )
             }
         }
@@ -298,8 +311,20 @@ impl UnwindTable {
 /// What unwinding reads of an object file of a profiled process (headers,
 /// `.eh_frame`, `.debug_frame`, notes), copied, capped.
 pub fn read_object(file: &File) -> io::Result<smolder_symbolizer::process::ElfCopy> {
+    read_object_within(file, u64::MAX)
+}
+
+/// [`read_object`], copying nothing of the CFI when it comes to more than
+/// `max_bytes` (then [`smolder_symbolizer::process::LeftOut::unwind`]).
+pub fn read_object_within(
+    file: &File,
+    max_bytes: u64,
+) -> io::Result<smolder_symbolizer::process::ElfCopy> {
     // Only the CFI: symbols and debug sections can be most of a file.
-    read_object_parts(file, smolder_symbolizer::process::ElfParts::Unwind)
+    read_object_parts(
+        file,
+        smolder_symbolizer::process::ElfParts::Unwind { max_bytes },
+    )
 }
 
 /// [`read_object`] of other parts.
@@ -607,5 +632,34 @@ mod tests {
         let bias = table.load_bias(m.start, m.offset).expect("bias");
         let row = table.lookup(here - bias).expect("row");
         assert!(matches!(row.cfa_type, cfa::SP | cfa::FP), "{row:?}");
+    }
+
+    /// A table build within a memory budget: under it, the same table;
+    /// below what the CFI alone weighs, nothing is copied; between, the
+    /// rows gathered stop at the budget. Each refusal says why.
+    #[test]
+    fn a_table_build_stays_within_its_memory_budget() {
+        let here = a_table_build_stays_within_its_memory_budget as *const () as u64;
+        let maps = crate::pipeline::ProcessMaps::read(std::process::id()).expect("maps");
+        let m = maps.find(here).expect("mapped").clone();
+        let build = |max_rows, max_bytes| {
+            super::super::build_for_mapping(std::process::id(), &m, max_rows, max_bytes, |_| false)
+                .map(|(_, t)| t.expect("built").rows().len())
+        };
+        let whole = build(usize::MAX, usize::MAX).expect("unbounded");
+        assert_eq!(build(usize::MAX, whole * 64).expect("ample"), whole);
+        let cfi = read_object(&File::open(std::env::current_exe().unwrap()).unwrap())
+            .unwrap()
+            .copied_bytes();
+        for max_bytes in [cfi / 2, cfi + whole * 16 / 2] {
+            match build(usize::MAX, max_bytes) {
+                Err(UnwindError::OverBudget { max_bytes: b, .. }) => assert_eq!(b, max_bytes),
+                other => panic!("{max_bytes} bytes: {other:?}"),
+            }
+        }
+        match build(whole / 2, usize::MAX) {
+            Err(UnwindError::TooLarge { max_rows, .. }) => assert_eq!(max_rows, whole / 2),
+            other => panic!("{other:?}"),
+        }
     }
 }
