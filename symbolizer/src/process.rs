@@ -578,8 +578,8 @@ pub(crate) fn kernel_vdso() -> Option<&'static [u8]> {
     })
 }
 
-/// The parts of an ELF file that symbolization and unwinding read (headers,
-/// symbol tables, notes, `.eh_frame`, debug sections), copied into an
+/// The parts of an ELF file that symbolization or unwinding reads (headers,
+/// symbol tables, notes, debug sections; or the CFI), copied into an
 /// anonymous mapping the size of the file; code and data are left as zero
 /// pages that cost no memory. A copy: the process owning the file cannot
 /// truncate it under us (no SIGBUS), and a 100 MiB binary whose tables
@@ -596,7 +596,9 @@ pub struct ElfCopy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ElfParts {
     /// What symbolization reads: headers, symbol tables, notes, debug
-    /// links, `.eh_frame` and the debug sections; when these come to more
+    /// links and the debug sections, not the CFI (`.eh_frame`,
+    /// `.eh_frame_hdr`, `.debug_frame`: 8.7 MiB of libLLVM that no name
+    /// comes from); when these come to more
     /// than `max_bytes`, the debug sections are left out, then `.symtab`
     /// and `.strtab` (names come from what is left: `.symtab`, else
     /// `.dynsym`). What was left out is in [`ElfCopy::left_out`].
@@ -805,7 +807,9 @@ pub fn read_elf_parts(file: &File, cap: u64, parts: ElfParts) -> io::Result<ElfC
                 })
                 .unwrap_or_default();
             let unwanted = match parts {
-                ElfParts::Symbols { .. } => false,
+                ElfParts::Symbols { .. } => {
+                    matches!(&name[..], b".eh_frame" | b".eh_frame_hdr" | b".debug_frame")
+                }
                 ElfParts::NoDebug => is_debug_section(&name),
                 ElfParts::Unwind { .. } => {
                     is_debug_section(&name)
@@ -888,19 +892,15 @@ mod tests {
             let (start, size) = file.section_by_name(name).unwrap().file_range().unwrap();
             start as usize..(start + size) as usize
         };
-        for kept in [
-            ".eh_frame",
-            ".symtab",
-            ".strtab",
-            ".debug_info",
-            ".debug_line",
-        ] {
+        for kept in [".symtab", ".strtab", ".debug_info", ".debug_line"] {
             assert_eq!(copy[range(kept)], whole[range(kept)], "{kept}");
         }
-        assert!(
-            copy[range(".text")].iter().all(|&b| b == 0),
-            "code is not copied"
-        );
+        for left in [".text", ".eh_frame", ".eh_frame_hdr"] {
+            assert!(
+                copy[range(left)].iter().all(|&b| b == 0),
+                "{left} is not copied (code, CFI)"
+            );
+        }
         // Not ELF: copied whole.
         let mut text = temp_file();
         std::io::Write::write_all(&mut text.1, b"not an ELF file").unwrap();
