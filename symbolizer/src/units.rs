@@ -4,8 +4,10 @@
 //! Owns the address → unit index (`.debug_aranges`, and the root entries of
 //! the units it does not list) and a bounded, least-recently-used set of
 //! one-unit `addr2line` contexts. A unit that refers into other units
-//! (`DW_FORM_ref_addr`, as LTO emits) cannot be read alone: its addresses
-//! are left to the whole-object context ([`DwarfInfo::load`]).
+//! (`DW_FORM_ref_addr`, as LTO emits) is read with the units its function
+//! names lead to, found by following those references entry by entry; where
+//! that cannot be done (a compressed `.debug_info`, broken DWARF) its
+//! addresses are left to the whole-object context ([`DwarfInfo::load`]).
 //!
 //! A compressed `.debug_info` (a distribution's separate debug file) is not
 //! inflated whole: each unit is inflated alone, streaming the section up to
@@ -265,6 +267,9 @@ pub(crate) struct UnitDwarf {
     /// Ranges of the units `.debug_aranges` lists.
     ranges: Box<[UnitRange]>,
     listed: HashSet<usize>,
+    /// The offsets of the listed units, sorted: where a walk over unit
+    /// headers to the unit of a cross-unit reference starts.
+    starts: Box<[usize]>,
     /// Ranges of the other units, found on the first address outside
     /// `ranges` (most objects list every unit that has code).
     unlisted: OnceLock<Box<[UnitRange]>>,
@@ -312,14 +317,18 @@ impl UnitDwarf {
                 source,
             })
         });
+        let mut starts: Vec<usize> = listed.iter().copied().collect();
+        starts.sort_unstable();
         let heap_bytes = owned
             + ranges.len() * std::mem::size_of::<UnitRange>()
+            + starts.len() * std::mem::size_of::<usize>()
             + listed.capacity() * 2 * std::mem::size_of::<usize>();
         Ok(UnitDwarf {
             dwarf,
             info,
             ranges,
             listed,
+            starts: starts.into_boxed_slice(),
             unlisted: OnceLock::new(),
             kept: Mutex::new(Kept {
                 units: LruCache::unbounded(),
@@ -447,7 +456,7 @@ impl UnitDwarf {
             Err(e) => return broken(e),
         };
         if refers_outside(&self.dwarf, &header) {
-            return (Parsed::NotAlone, 0);
+            return self.parse_linked(offset, env);
         }
         match DwarfInfo::from_dwarf(one_unit(&self.dwarf, bytes), &self.path, 0) {
             Ok(info) => {
@@ -463,9 +472,214 @@ impl UnitDwarf {
     }
 }
 
-/// The sections of `d` with `unit` alone as `.debug_info`: offsets within
-/// the unit stay right, as it refers to no other unit. No `.debug_aranges`:
-/// its own root entry gives its ranges.
+/// Units one context may take in besides its own, for the names its
+/// functions and inlined calls borrow from them; past it the whole-object
+/// context reads the unit.
+const MAX_LINKED_UNITS: usize = 512;
+
+/// Whether `addr2line` follows attribute `at` to name a function or an
+/// inlined call (its abstract origin, or the declaration it specifies).
+fn names_through(at: gimli::DwAt) -> bool {
+    at == gimli::DW_AT_abstract_origin || at == gimli::DW_AT_specification
+}
+
+impl UnitDwarf {
+    /// A context over the unit at `offset`, which refers into other units
+    /// (`DW_FORM_ref_addr`, as LTO writes an inlined function's abstract
+    /// origin): that unit and the units its names lead to, each read
+    /// whole but none of their line programs or function trees unless an
+    /// address falls in them. [`Parsed::NotAlone`] where the links cannot
+    /// be followed (compressed `.debug_info`, broken DWARF, too many units).
+    fn parse_linked(&self, offset: usize, env: &Env<'_>) -> (Parsed, usize) {
+        if !matches!(self.info, Info::Loaded) {
+            return (Parsed::NotAlone, 0);
+        }
+        let Ok(units) = self.linked_units(offset) else {
+            return (Parsed::NotAlone, 0);
+        };
+        let Some((section, weight)) = self.assemble(&units) else {
+            return (Parsed::NotAlone, 0);
+        };
+        match DwarfInfo::from_dwarf(one_unit(&self.dwarf, section), &self.path, 0) {
+            Ok(info) => {
+                Counters::bump(&env.counters.dwarf_units_parsed);
+                (Parsed::Unit(Arc::new(info)), weight)
+            }
+            Err(_) => (Parsed::NotAlone, 0),
+        }
+    }
+
+    /// The unit at `offset` and every unit that the names of its functions
+    /// and inlined calls lead to (through `DW_AT_abstract_origin` and
+    /// `DW_AT_specification`, across units and then within them, as
+    /// `addr2line` follows them), by offset in `.debug_info`. Reads the
+    /// entries of the first unit, and only the linked entries of the others.
+    fn linked_units(
+        &self,
+        offset: usize,
+    ) -> Result<std::collections::BTreeMap<usize, gimli::UnitHeader<Reader>>, gimli::Error> {
+        use gimli::AttributeValue;
+        let mut abbrevs: std::collections::HashMap<usize, Arc<gimli::Abbreviations>> =
+            std::collections::HashMap::new();
+        let mut abbreviations = |h: &gimli::UnitHeader<Reader>| -> gimli::Result<_> {
+            let at = h.debug_abbrev_offset().0;
+            if let Some(a) = abbrevs.get(&at) {
+                return Ok(Arc::clone(a));
+            }
+            let a = self.dwarf.abbreviations(h)?;
+            abbrevs.insert(at, Arc::clone(&a));
+            Ok(a)
+        };
+        let header = self
+            .dwarf
+            .debug_info
+            .header_from_offset(gimli::DebugInfoOffset(offset))?;
+        let mut pending = Vec::new();
+        let abbrev = abbreviations(&header)?;
+        let mut entries = header.entries_raw(&abbrev, None)?;
+        while !entries.is_empty() {
+            let Some(entry) = entries.read_abbreviation()? else {
+                continue;
+            };
+            for spec in entry.attributes() {
+                if !names_through(spec.name()) {
+                    entries.skip_attributes(std::slice::from_ref(spec))?;
+                    continue;
+                }
+                if let AttributeValue::DebugInfoRef(to) = entries.read_attribute(*spec)?.value() {
+                    pending.push(to.0);
+                }
+            }
+        }
+        let mut units = std::collections::BTreeMap::new();
+        units.insert(offset, header);
+        let mut seen = HashSet::new();
+        while let Some(target) = pending.pop() {
+            if !seen.insert(target) {
+                continue;
+            }
+            let known = units
+                .range(..=target)
+                .next_back()
+                .filter(|(start, h)| target < *start + h.length_including_self())
+                .map(|(start, h)| (*start, h.clone()));
+            let (start, header) = match known {
+                Some(found) => found,
+                None => {
+                    let (start, header) = self.unit_containing(target)?;
+                    units.insert(start, header.clone());
+                    if units.len() > MAX_LINKED_UNITS {
+                        return Err(gimli::Error::NoEntryAtGivenOffset(target as u64));
+                    }
+                    (start, header)
+                }
+            };
+            // A target outside its unit's entries is left for `addr2line`
+            // to meet (and report) as it would in the whole object.
+            let Some(at) = gimli::DebugInfoOffset(target).to_unit_offset(&header) else {
+                continue;
+            };
+            let abbrev = abbreviations(&header)?;
+            let mut entry = header.entries_raw(&abbrev, Some(at))?;
+            let Some(kind) = entry.read_abbreviation()? else {
+                continue;
+            };
+            for spec in kind.attributes() {
+                let attr = entry.read_attribute(*spec)?;
+                if !names_through(attr.name()) {
+                    continue;
+                }
+                match attr.value() {
+                    AttributeValue::UnitRef(to) => pending.push(start + to.0),
+                    AttributeValue::DebugInfoRef(to) => pending.push(to.0),
+                    _ => {}
+                }
+            }
+        }
+        Ok(units)
+    }
+
+    /// The unit of `.debug_info` that `target` falls in: from the nearest
+    /// unit `.debug_aranges` lists at or before it, header by header.
+    fn unit_containing(
+        &self,
+        target: usize,
+    ) -> Result<(usize, gimli::UnitHeader<Reader>), gimli::Error> {
+        let below = self.starts.partition_point(|&s| s <= target);
+        let mut start = below.checked_sub(1).map_or(0, |i| self.starts[i]);
+        loop {
+            let header = self
+                .dwarf
+                .debug_info
+                .header_from_offset(gimli::DebugInfoOffset(start))?;
+            let end = start + header.length_including_self();
+            if target < end {
+                return Ok((start, header));
+            }
+            start = end;
+        }
+    }
+
+    /// A `.debug_info` that holds `units` at their own offsets, so that
+    /// references between them stay right, and in each gap between them a
+    /// unit header whose abbreviations do not parse (`addr2line` skips such
+    /// a unit). The gaps stay zero pages that are never touched. Returns it
+    /// with what it weighs in memory.
+    fn assemble(
+        &self,
+        units: &std::collections::BTreeMap<usize, gimli::UnitHeader<Reader>>,
+    ) -> Option<(Reader, usize)> {
+        let full = self.dwarf.debug_info.reader();
+        let endian = full.endian();
+        let end = units
+            .iter()
+            .next_back()
+            .map(|(start, h)| start + h.length_including_self())?;
+        if end > full.len() {
+            return None;
+        }
+        // Zeroed, so large gaps are left to the kernel's zero pages.
+        let mut bytes = vec![0u8; end];
+        let mut at = 0;
+        let mut weight = 0;
+        for (&start, header) in units {
+            if start > at {
+                filler(&mut bytes[at..start], endian, header.address_size())?;
+                weight += 4096;
+            }
+            let len = header.length_including_self();
+            bytes[start..start + len].copy_from_slice(full.bytes().get(start..start + len)?);
+            weight += len;
+            at = start + len;
+        }
+        Some((
+            Reader::new(SectionBytes::Owned(Arc::new(bytes)), endian),
+            weight,
+        ))
+    }
+}
+
+/// Fills `gap` with one DWARF 4 unit header that spans it and whose
+/// abbreviations lie past the end of `.debug_abbrev`.
+fn filler(gap: &mut [u8], endian: gimli::RunTimeEndian, address_size: u8) -> Option<()> {
+    use gimli::Endianity;
+    let length = u32::try_from(gap.len().checked_sub(4)?)
+        .ok()
+        .filter(|&l| l < 0xffff_fff0)?;
+    if gap.len() < 11 {
+        return None;
+    }
+    endian.write_u32(&mut gap[0..4], length);
+    endian.write_u16(&mut gap[4..6], 4);
+    endian.write_u32(&mut gap[6..10], u32::MAX);
+    gap[10] = address_size;
+    Some(())
+}
+
+/// The sections of `d` with `unit` as `.debug_info`: one unit that refers
+/// to no other (at offset 0: offsets within it stay right), or units at
+/// their own offsets ([`UnitDwarf::assemble`]). No `.debug_aranges`: the
+/// units' root entries give their ranges.
 fn one_unit(d: &gimli::Dwarf<Reader>, unit: Reader) -> gimli::Dwarf<Reader> {
     gimli::Dwarf {
         debug_abbrev: d.debug_abbrev.clone(),
@@ -692,4 +906,100 @@ fn sorted(mut ranges: Vec<UnitRange>) -> Box<[UnitRange]> {
         r.min_begin = min;
     }
     ranges.into_boxed_slice()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::Command;
+
+    /// The test fixture built with ThinLTO across 16 codegen units, as a
+    /// release build of a Rust crate is: a function imported into another
+    /// unit and inlined there keeps its abstract origin in its own unit
+    /// (`DW_FORM_ref_addr`).
+    fn thin_lto_fixture(dir: &Path) -> PathBuf {
+        let out = dir.join("fixture-thin-lto");
+        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+        let status = Command::new(rustc)
+            .args(["-C", "opt-level=3", "-g", "-C", "codegen-units=16"])
+            .args(["-C", "lto=thin", "--edition", "2021", "-o"])
+            .arg(&out)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/common/fixture.rs"
+            ))
+            .status()
+            .expect("rustc runs");
+        assert!(status.success(), "rustc failed to build the fixture");
+        out
+    }
+
+    /// Each unit of the LTO fixture read with only the units its names lead
+    /// to gives the same frames as the whole-object context, at every 5th
+    /// byte of every unit, and no address is left to the whole context.
+    #[test]
+    fn linked_units_give_the_frames_of_the_whole_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = thin_lto_fixture(dir.path());
+        let obj = ElfObject::open(&bin, &bin).unwrap();
+        let counters = Counters::default();
+        let env = Env {
+            debug_root: dir.path(),
+            counters: &counters,
+            demangle: true,
+            inlined: true,
+            found_bytes: 1 << 20,
+        };
+        let units = UnitDwarf::load(&obj, &env).unwrap();
+        let (whole, broken) = DwarfInfo::load(&obj, None).unwrap();
+        assert!(broken.is_none());
+
+        let mut offsets: Vec<usize> = units.ranges.iter().map(|r| r.unit).collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        let mut linked = 0;
+        for &offset in &offsets {
+            let header = units
+                .dwarf
+                .debug_info
+                .header_from_offset(gimli::DebugInfoOffset(offset))
+                .unwrap();
+            if refers_outside(&units.dwarf, &header) {
+                let found = units.linked_units(offset).unwrap();
+                assert!(found.contains_key(&offset));
+                if found.len() > 1 {
+                    linked += 1;
+                }
+            }
+        }
+        assert!(
+            linked >= 2,
+            "only {linked} of {} units lead into other units: not the LTO case",
+            offsets.len()
+        );
+
+        let (names_a, names_b) = (NameCache::default(), NameCache::default());
+        let mut compared = 0;
+        let mut inlined = 0;
+        for r in units.ranges.iter() {
+            for vaddr in (r.begin..r.end).step_by(5) {
+                let ours = match units.frames(vaddr, &env, &names_a) {
+                    UnitFrames::Frames(Ok(frames)) => frames,
+                    UnitFrames::Frames(Err((_, e))) => panic!("{vaddr:#x}: {e}"),
+                    UnitFrames::Whole => panic!("{vaddr:#x} was left to the whole object"),
+                };
+                let theirs = whole.frames(vaddr, &env, &names_b).unwrap();
+                assert_eq!(ours, theirs, "{vaddr:#x}");
+                compared += 1;
+                inlined += usize::from(ours.len() > 1);
+            }
+        }
+        assert!(compared > 1000, "only {compared} addresses");
+        assert!(
+            inlined > 100,
+            "only {inlined} addresses with inlined frames"
+        );
+        assert_eq!(counters.snapshot().errors(), 0);
+    }
 }
