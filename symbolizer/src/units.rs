@@ -13,7 +13,7 @@
 //! inflated whole: each unit is inflated alone, streaming the section up to
 //! it and keeping only its bytes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -89,6 +89,33 @@ struct CompressedInfo {
     streamed: AtomicUsize,
     /// The whole section, inflated once past [`STREAMED_UNITS`].
     whole: OnceLock<Option<Reader>>,
+    /// The stream where the last unit inflated alone ended: a unit further
+    /// on is inflated from there, not from the start (lookups go through
+    /// addresses in order, and units mostly lie in address order).
+    resume: Mutex<Option<Resume>>,
+}
+
+/// An inflating stream of `.debug_info` and its position in the section.
+struct Resume {
+    at: usize,
+    stream: Box<dyn Read + Send>,
+}
+
+/// The compressed bytes of a section, read from the file they are in.
+struct CompressedBytes {
+    backing: Arc<Backing>,
+    at: usize,
+    end: usize,
+}
+
+impl Read for CompressedBytes {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = self.backing.get(self.at..self.end).unwrap_or(&[]);
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Units of a compressed `.debug_info` inflated one at a time (each costs
@@ -144,6 +171,7 @@ impl CompressedInfo {
             endian,
             streamed: AtomicUsize::new(0),
             whole: OnceLock::new(),
+            resume: Mutex::new(None),
         }))
     }
 
@@ -243,16 +271,45 @@ impl CompressedInfo {
             .map_or(0, gimli::Reader::len)
     }
 
-    /// The bytes of the unit at `offset`, inflated alone.
+    /// The inflated section as a stream that owns what it reads.
+    fn owned_stream(&self) -> std::io::Result<Box<dyn Read + Send>> {
+        let data = CompressedBytes {
+            backing: Arc::clone(&self.backing),
+            at: self.start,
+            end: self.end,
+        };
+        Ok(match self.format {
+            object::CompressionFormat::Zstandard => Box::new(
+                ruzstd::decoding::StreamingDecoder::new(data)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?
+                    .take(self.size),
+            ),
+            _ => Box::new(flate2::read::ZlibDecoder::new(data).take(self.size)),
+        })
+    }
+
+    /// The bytes of the unit at `offset`, inflated alone: from where the
+    /// last one ended when it lies further on, else from the start.
     fn unit_at(&self, offset: usize) -> std::io::Result<Vec<u8>> {
-        let mut r = self.stream()?;
-        let skipped = std::io::copy(&mut (&mut r).take(offset as u64), &mut std::io::sink())?;
-        if skipped != offset as u64 {
+        let mut resume = self.resume.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = match resume.take() {
+            Some(r) if r.at <= offset => r,
+            _ => Resume {
+                at: 0,
+                stream: self.owned_stream()?,
+            },
+        };
+        let skip = (offset - r.at) as u64;
+        let skipped = std::io::copy(&mut (&mut r.stream).take(skip), &mut std::io::sink())?;
+        if skipped != skip {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        self.next_unit(&mut r, true)?
-            .map(|(_, bytes)| bytes)
-            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+        let (len, bytes) = self
+            .next_unit(&mut r.stream, true)?
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        r.at = offset + len;
+        *resume = Some(r);
+        Ok(bytes)
     }
 
     fn reader(&self, bytes: Vec<u8>) -> Reader {
@@ -270,6 +327,9 @@ pub(crate) struct UnitDwarf {
     /// The offsets of the listed units, sorted: where a walk over unit
     /// headers to the unit of a cross-unit reference starts.
     starts: Box<[usize]>,
+    /// `.debug_info` in a mapping of the file, whose pages the walk over
+    /// unit headers gives back.
+    mapped: Option<MappedInfo>,
     /// Ranges of the other units, found on the first address outside
     /// `ranges` (most objects list every unit that has code).
     unlisted: OnceLock<Box<[UnitRange]>>,
@@ -317,6 +377,7 @@ impl UnitDwarf {
                 source,
             })
         });
+        let mapped = MappedInfo::of(&dwarf, obj.data());
         let mut starts: Vec<usize> = listed.iter().copied().collect();
         starts.sort_unstable();
         let heap_bytes = owned
@@ -329,6 +390,7 @@ impl UnitDwarf {
             ranges,
             listed,
             starts: starts.into_boxed_slice(),
+            mapped,
             unlisted: OnceLock::new(),
             kept: Mutex::new(Kept {
                 units: LruCache::unbounded(),
@@ -361,12 +423,18 @@ impl UnitDwarf {
         let mut candidates: Vec<usize> = units_at(&self.ranges, vaddr).collect();
         if candidates.is_empty() {
             let unlisted = self.unlisted.get_or_init(|| {
-                unlisted_index(&self.dwarf, &self.info, &self.listed, |source| {
-                    env.counters.error(&Error::Dwarf {
-                        path: self.path.clone(),
-                        source,
-                    })
-                })
+                unlisted_index(
+                    &self.dwarf,
+                    &self.info,
+                    self.mapped.as_ref(),
+                    &self.listed,
+                    |source| {
+                        env.counters.error(&Error::Dwarf {
+                            path: self.path.clone(),
+                            source,
+                        })
+                    },
+                )
             });
             candidates.extend(units_at(unlisted, vaddr));
         }
@@ -807,10 +875,15 @@ fn listed_index(
 
 /// The address ranges of the compilation units that `.debug_aranges` does
 /// not list, from their root entry (`DW_AT_ranges`, `DW_AT_low_pc`): a walk
-/// over every unit header, which reads a page of every unit.
+/// over every unit header, which reads a page of every unit (and the
+/// kernel maps up to 64 KiB around each). Where `.debug_info` is mapped
+/// from the file, the pages walked are given back every
+/// [`WALK_RESIDENT_BYTES`], so the walk does not raise the peak RSS by the
+/// section's size.
 fn unlisted_index(
     dwarf: &gimli::Dwarf<Reader>,
     info: &Info,
+    mapped: Option<&MappedInfo>,
     listed: &HashSet<usize>,
     mut error: impl FnMut(gimli::Error),
 ) -> Box<[UnitRange]> {
@@ -821,6 +894,8 @@ fn unlisted_index(
         });
         return sorted(ranges);
     }
+    let mut abbreviations = HashMap::new();
+    let mut dropped = 0;
     let mut units = dwarf.units();
     loop {
         let header = match units.next() {
@@ -842,19 +917,162 @@ fn unlisted_index(
         {
             continue;
         }
-        // A unit that does not parse is skipped here; a lookup in it
-        // would fail the same way in `addr2line`.
-        let Ok(unit) = dwarf.unit(header) else {
-            continue;
-        };
-        let Ok(mut iter) = dwarf.unit_ranges(&unit) else {
-            continue;
-        };
-        while let Ok(Some(range)) = iter.next() {
-            push(&mut ranges, range, offset.0);
+        // A unit whose root does not parse is skipped here; a lookup in
+        // it would fail the same way in `addr2line`.
+        if let Ok(unit) = root_unit(dwarf, header, &mut abbreviations) {
+            if let Ok(mut iter) = dwarf.unit_ranges(&unit) {
+                while let Ok(Some(range)) = iter.next() {
+                    push(&mut ranges, range, offset.0);
+                }
+            }
+        }
+        if let Some(mapped) = mapped {
+            let walked = offset.0.saturating_sub(dropped);
+            if walked >= WALK_RESIDENT_BYTES {
+                mapped.drop_pages(dropped, offset.0);
+                dropped = offset.0;
+            }
         }
     }
+    if let Some(mapped) = mapped {
+        mapped.drop_pages(dropped, mapped.len);
+    }
     sorted(ranges)
+}
+
+/// Bytes of a mapped `.debug_info` that the walk over unit headers lets
+/// stay resident before it gives their pages back.
+const WALK_RESIDENT_BYTES: usize = 2 << 20;
+
+/// `.debug_info` as a range of a read-only mapping of the file.
+struct MappedInfo {
+    /// Keeps the mapping alive while the walk drops its pages.
+    _backing: Arc<Backing>,
+    start: *const u8,
+    len: usize,
+}
+
+// SAFETY: `start` points into the mapping `_backing` keeps alive, which is
+// never written; it is only passed to `madvise`.
+unsafe impl Send for MappedInfo {}
+// SAFETY: as above.
+unsafe impl Sync for MappedInfo {}
+
+impl MappedInfo {
+    /// `dwarf`'s `.debug_info` when it lies in `backing` and that is a mapping.
+    fn of(dwarf: &gimli::Dwarf<Reader>, backing: &Arc<Backing>) -> Option<MappedInfo> {
+        if !matches!(**backing, Backing::Mapped(_)) {
+            return None;
+        }
+        let section = dwarf.debug_info.reader().bytes();
+        let base = backing.as_ptr() as usize;
+        let start = section.as_ptr() as usize;
+        (start >= base && start + section.len() <= base + backing.len()).then(|| MappedInfo {
+            _backing: Arc::clone(backing),
+            start: section.as_ptr(),
+            len: section.len(),
+        })
+    }
+
+    /// Gives back the resident pages that lie wholly within bytes
+    /// `from..to` of the section. They are read again from the file if
+    /// touched again: the mapping is private, read-only and never written,
+    /// so no content is lost.
+    fn drop_pages(&self, from: usize, to: usize) {
+        // SAFETY: sysconf has no memory effects.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let (from, to) = (from.min(self.len), to.min(self.len));
+        let first = (self.start as usize + from).next_multiple_of(page);
+        let last = (self.start as usize + to) / page * page;
+        if last > first {
+            // SAFETY: `first..last` lies in the read-only file mapping that
+            // `_backing` holds; MADV_DONTNEED on such pages only drops
+            // them from memory (the next read faults them in from the file).
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+}
+
+/// `header`'s unit with the root entry's bases and address read, but not
+/// its line program (which [`gimli::Dwarf::unit`] parses, reading
+/// `.debug_line` of every unit walked), with abbreviation tables shared
+/// between the units through `cache`.
+fn root_unit(
+    dwarf: &gimli::Dwarf<Reader>,
+    header: gimli::UnitHeader<Reader>,
+    cache: &mut HashMap<usize, Arc<gimli::Abbreviations>>,
+) -> gimli::Result<gimli::Unit<Reader>> {
+    use gimli::{constants as dw, AttributeValue};
+    let at = header.debug_abbrev_offset().0;
+    let abbreviations = match cache.get(&at) {
+        Some(a) => Arc::clone(a),
+        None => {
+            let a = dwarf.abbreviations(&header)?;
+            cache.insert(at, Arc::clone(&a));
+            a
+        }
+    };
+    let encoding = header.encoding();
+    let mut unit = gimli::Unit {
+        abbreviations,
+        name: None,
+        comp_dir: None,
+        low_pc: 0,
+        str_offsets_base: gimli::DebugStrOffsetsBase::default_for_encoding_and_file(
+            encoding,
+            dwarf.file_type,
+        ),
+        addr_base: gimli::DebugAddrBase(0),
+        loclists_base: gimli::DebugLocListsBase::default_for_encoding_and_file(
+            encoding,
+            dwarf.file_type,
+        ),
+        rnglists_base: gimli::DebugRngListsBase::default_for_encoding_and_file(
+            encoding,
+            dwarf.file_type,
+        ),
+        line_program: None,
+        dwo_id: match header.type_() {
+            gimli::UnitType::Skeleton(id) | gimli::UnitType::SplitCompilation(id) => Some(id),
+            _ => None,
+        },
+        header,
+    };
+    let mut low_pc = None;
+    {
+        let mut cursor = unit.header.entries(&unit.abbreviations);
+        cursor.next_dfs()?;
+        let root = cursor.current().ok_or(gimli::Error::MissingUnitDie)?;
+        for attr in root.attrs() {
+            match (attr.name(), attr.value()) {
+                (dw::DW_AT_low_pc, value) => low_pc = Some(value),
+                (
+                    dw::DW_AT_addr_base | dw::DW_AT_GNU_addr_base,
+                    AttributeValue::DebugAddrBase(b),
+                ) => unit.addr_base = b,
+                (
+                    dw::DW_AT_rnglists_base | dw::DW_AT_GNU_ranges_base,
+                    AttributeValue::DebugRngListsBase(b),
+                ) => unit.rnglists_base = b,
+                (dw::DW_AT_str_offsets_base, AttributeValue::DebugStrOffsetsBase(b)) => {
+                    unit.str_offsets_base = b
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(value) = low_pc {
+        if let Some(addr) = dwarf.attr_address(&unit, value)? {
+            unit.low_pc = addr;
+        }
+    }
+    Ok(unit)
 }
 
 /// The ranges of the units of a compressed `.debug_info` that
