@@ -377,7 +377,7 @@ impl UnitDwarf {
                 source,
             })
         });
-        let mapped = MappedInfo::of(&dwarf, obj.data());
+        let mapped = MappedInfo::of(&dwarf, obj);
         let mut starts: Vec<usize> = listed.iter().copied().collect();
         starts.sort_unstable();
         let heap_bytes = owned
@@ -944,57 +944,86 @@ fn unlisted_index(
 /// stay resident before it gives their pages back.
 const WALK_RESIDENT_BYTES: usize = 2 << 20;
 
-/// `.debug_info` as a range of a read-only mapping of the file.
+/// `.debug_info`, and the range lists its root entries point into, as
+/// ranges of a read-only mapping of the file.
 struct MappedInfo {
     /// Keeps the mapping alive while the walk drops its pages.
     _backing: Arc<Backing>,
     start: *const u8,
     len: usize,
+    /// `.debug_ranges` and `.debug_rnglists`, where mapped.
+    range_lists: Vec<(*const u8, usize)>,
 }
 
-// SAFETY: `start` points into the mapping `_backing` keeps alive, which is
-// never written; it is only passed to `madvise`.
+// SAFETY: the pointers point into the mapping `_backing` keeps alive, which
+// is never written; they are only passed to `madvise`.
 unsafe impl Send for MappedInfo {}
 // SAFETY: as above.
 unsafe impl Sync for MappedInfo {}
 
 impl MappedInfo {
-    /// `dwarf`'s `.debug_info` when it lies in `backing` and that is a mapping.
-    fn of(dwarf: &gimli::Dwarf<Reader>, backing: &Arc<Backing>) -> Option<MappedInfo> {
+    /// `dwarf`'s `.debug_info` when it lies in `obj`'s bytes and those are
+    /// a mapping.
+    fn of(dwarf: &gimli::Dwarf<Reader>, obj: &ElfObject) -> Option<MappedInfo> {
+        use object::{Object, ObjectSection};
+        let backing = obj.data();
         if !matches!(**backing, Backing::Mapped(_)) {
             return None;
         }
-        let section = dwarf.debug_info.reader().bytes();
         let base = backing.as_ptr() as usize;
-        let start = section.as_ptr() as usize;
-        (start >= base && start + section.len() <= base + backing.len()).then(|| MappedInfo {
+        let within = |b: &[u8]| {
+            let start = b.as_ptr() as usize;
+            !b.is_empty() && start >= base && start + b.len() <= base + backing.len()
+        };
+        let section = dwarf.debug_info.reader().bytes();
+        if !within(section) {
+            return None;
+        }
+        let file = object::File::parse(&***backing).ok()?;
+        let range_lists = [".debug_ranges", ".debug_rnglists"]
+            .iter()
+            .filter_map(|name| file.section_by_name(name)?.data().ok())
+            .filter(|b| within(b))
+            .map(|b| (b.as_ptr(), b.len()))
+            .collect();
+        Some(MappedInfo {
             _backing: Arc::clone(backing),
             start: section.as_ptr(),
             len: section.len(),
+            range_lists,
         })
     }
 
     /// Gives back the resident pages that lie wholly within bytes
-    /// `from..to` of the section. They are read again from the file if
-    /// touched again: the mapping is private, read-only and never written,
-    /// so no content is lost.
+    /// `from..to` of `.debug_info`, and those of the range lists.
     fn drop_pages(&self, from: usize, to: usize) {
-        // SAFETY: sysconf has no memory effects.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let (from, to) = (from.min(self.len), to.min(self.len));
-        let first = (self.start as usize + from).next_multiple_of(page);
-        let last = (self.start as usize + to) / page * page;
-        if last > first {
-            // SAFETY: `first..last` lies in the read-only file mapping that
-            // `_backing` holds; MADV_DONTNEED on such pages only drops
-            // them from memory (the next read faults them in from the file).
-            unsafe {
-                libc::madvise(
-                    first as *mut libc::c_void,
-                    last - first,
-                    libc::MADV_DONTNEED,
-                );
-            }
+        drop_resident(self.start, self.len, from, to);
+        for &(start, len) in &self.range_lists {
+            drop_resident(start, len, 0, len);
+        }
+    }
+}
+
+/// Gives back the resident pages that lie wholly within bytes `from..to`
+/// of the `len` bytes at `start`, in a read-only private file mapping.
+/// They are read again from the file if touched again: the mapping is
+/// never written, so no content is lost.
+fn drop_resident(start: *const u8, len: usize, from: usize, to: usize) {
+    // SAFETY: sysconf has no memory effects.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let (from, to) = (from.min(len), to.min(len));
+    let first = (start as usize + from).next_multiple_of(page);
+    let last = (start as usize + to) / page * page;
+    if last > first {
+        // SAFETY: `first..last` lies in a read-only file mapping that the
+        // caller keeps alive; MADV_DONTNEED on such pages only drops them
+        // from memory (the next read faults them in from the file).
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            );
         }
     }
 }
