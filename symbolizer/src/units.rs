@@ -327,6 +327,9 @@ pub(crate) struct UnitDwarf {
     /// The offsets of the listed units, sorted: where a walk over unit
     /// headers to the unit of a cross-unit reference starts.
     starts: Box<[usize]>,
+    /// Start → end of the units that [`UnitDwarf::unit_containing`] has
+    /// read the header of (at most one entry per unit).
+    walked: Mutex<std::collections::BTreeMap<usize, usize>>,
     /// `.debug_info` in a mapping of the file, whose pages the walk over
     /// unit headers gives back.
     mapped: Option<MappedInfo>,
@@ -390,6 +393,7 @@ impl UnitDwarf {
             ranges,
             listed,
             starts: starts.into_boxed_slice(),
+            walked: Mutex::new(std::collections::BTreeMap::new()),
             mapped,
             unlisted: OnceLock::new(),
             kept: Mutex::new(Kept {
@@ -674,13 +678,30 @@ impl UnitDwarf {
         target: usize,
     ) -> Result<(usize, gimli::UnitHeader<Reader>), gimli::Error> {
         let below = self.starts.partition_point(|&s| s <= target);
-        let mut start = below.checked_sub(1).map_or(0, |i| self.starts[i]);
+        let listed = below.checked_sub(1).map_or(0, |i| self.starts[i]);
+        let mut walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
+        // The units that earlier walks passed: each header is read once.
+        let mut start = match walked.range(..=target).next_back() {
+            Some((&s, &end)) if s >= listed => {
+                if target < end {
+                    return Ok((
+                        s,
+                        self.dwarf
+                            .debug_info
+                            .header_from_offset(gimli::DebugInfoOffset(s))?,
+                    ));
+                }
+                end
+            }
+            _ => listed,
+        };
         loop {
             let header = self
                 .dwarf
                 .debug_info
                 .header_from_offset(gimli::DebugInfoOffset(start))?;
             let end = start + header.length_including_self();
+            walked.insert(start, end);
             if target < end {
                 return Ok((start, header));
             }
@@ -706,8 +727,9 @@ impl UnitDwarf {
         if end > full.len() {
             return None;
         }
-        // Zeroed, so large gaps are left to the kernel's zero pages.
-        let mut bytes = vec![0u8; end];
+        // An anonymous mapping: the gaps stay pages never touched (a heap
+        // block of this size may come zeroed page by page).
+        let mut bytes = memmap2::MmapMut::map_anon(end).ok()?;
         let mut at = 0;
         let mut weight = 0;
         for (&start, header) in units {
@@ -721,7 +743,10 @@ impl UnitDwarf {
             at = start + len;
         }
         Some((
-            Reader::new(SectionBytes::Owned(Arc::new(bytes)), endian),
+            Reader::new(
+                SectionBytes::Anonymous(Arc::new(bytes.make_read_only().ok()?)),
+                endian,
+            ),
             weight,
         ))
     }
