@@ -57,7 +57,8 @@ pub(crate) enum UnitFrames {
 #[derive(Clone)]
 enum Parsed {
     Unit(Arc<DwarfInfo>),
-    /// Refers into other units.
+    /// Refers into other units in a way [`UnitDwarf::parse_linked`] cannot
+    /// follow: the whole-object context reads it.
     NotAlone,
     /// Its header, abbreviations or root entry do not parse (counted once).
     Broken,
@@ -1030,7 +1031,7 @@ impl MappedInfo {
 }
 
 /// Gives back the resident pages that lie wholly within bytes `from..to`
-/// of the `len` bytes at `start`, in a read-only private file mapping.
+/// of the `len` bytes at `start`, in a read-only file mapping.
 /// They are read again from the file if touched again: the mapping is
 /// never written, so no content is lost.
 fn drop_resident(start: *const u8, len: usize, from: usize, to: usize) {
