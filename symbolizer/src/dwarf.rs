@@ -28,6 +28,10 @@ pub(crate) enum SectionBytes {
     /// (an `Arc<[u8]>` would copy them once more: a section of libc's
     /// debug file is megabytes).
     Owned(Arc<Vec<u8>>),
+    /// An anonymous mapping, for a large section that is mostly zero
+    /// pages never touched (see `units`): a heap allocation of that size
+    /// may be zeroed page by page.
+    Anonymous(Arc<memmap2::Mmap>),
 }
 
 /// `bytes` as kept: a large buffer gives back its spare capacity in place
@@ -47,6 +51,7 @@ impl Deref for SectionBytes {
                 end,
             } => backing.get(*start..*end).unwrap_or(&[]),
             SectionBytes::Owned(bytes) => bytes,
+            SectionBytes::Anonymous(map) => map,
         }
     }
 }
@@ -57,9 +62,8 @@ impl fmt::Debug for SectionBytes {
     }
 }
 
-// SAFETY: both variants deref to bytes owned by an `Arc` that is never mutated;
-// cloning the `Arc` does not move them (an `Mmap` or `Vec` buffer, or an
-// `Arc<[u8]>` allocation).
+// SAFETY: every variant derefs to bytes owned by an `Arc` that is never
+// mutated; cloning the `Arc` does not move them (an `Mmap` or `Vec` buffer).
 unsafe impl gimli::StableDeref for SectionBytes {}
 // SAFETY: as above; a clone derefs to the same address.
 unsafe impl gimli::CloneStableDeref for SectionBytes {}

@@ -4,14 +4,16 @@
 //! Owns the address → unit index (`.debug_aranges`, and the root entries of
 //! the units it does not list) and a bounded, least-recently-used set of
 //! one-unit `addr2line` contexts. A unit that refers into other units
-//! (`DW_FORM_ref_addr`, as LTO emits) cannot be read alone: its addresses
-//! are left to the whole-object context ([`DwarfInfo::load`]).
+//! (`DW_FORM_ref_addr`, as LTO emits) is read with the units its function
+//! names lead to, found by following those references entry by entry; where
+//! that cannot be done (a compressed `.debug_info`, broken DWARF) its
+//! addresses are left to the whole-object context ([`DwarfInfo::load`]).
 //!
 //! A compressed `.debug_info` (a distribution's separate debug file) is not
 //! inflated whole: each unit is inflated alone, streaming the section up to
 //! it and keeping only its bytes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,7 +57,8 @@ pub(crate) enum UnitFrames {
 #[derive(Clone)]
 enum Parsed {
     Unit(Arc<DwarfInfo>),
-    /// Refers into other units.
+    /// Refers into other units in a way [`UnitDwarf::parse_linked`] cannot
+    /// follow: the whole-object context reads it.
     NotAlone,
     /// Its header, abbreviations or root entry do not parse (counted once).
     Broken,
@@ -87,6 +90,33 @@ struct CompressedInfo {
     streamed: AtomicUsize,
     /// The whole section, inflated once past [`STREAMED_UNITS`].
     whole: OnceLock<Option<Reader>>,
+    /// The stream where the last unit inflated alone ended: a unit further
+    /// on is inflated from there, not from the start (lookups go through
+    /// addresses in order, and units mostly lie in address order).
+    resume: Mutex<Option<Resume>>,
+}
+
+/// An inflating stream of `.debug_info` and its position in the section.
+struct Resume {
+    at: usize,
+    stream: Box<dyn Read + Send>,
+}
+
+/// The compressed bytes of a section, read from the file they are in.
+struct CompressedBytes {
+    backing: Arc<Backing>,
+    at: usize,
+    end: usize,
+}
+
+impl Read for CompressedBytes {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = self.backing.get(self.at..self.end).unwrap_or(&[]);
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// Units of a compressed `.debug_info` inflated one at a time (each costs
@@ -142,6 +172,7 @@ impl CompressedInfo {
             endian,
             streamed: AtomicUsize::new(0),
             whole: OnceLock::new(),
+            resume: Mutex::new(None),
         }))
     }
 
@@ -241,16 +272,45 @@ impl CompressedInfo {
             .map_or(0, gimli::Reader::len)
     }
 
-    /// The bytes of the unit at `offset`, inflated alone.
+    /// The inflated section as a stream that owns what it reads.
+    fn owned_stream(&self) -> std::io::Result<Box<dyn Read + Send>> {
+        let data = CompressedBytes {
+            backing: Arc::clone(&self.backing),
+            at: self.start,
+            end: self.end,
+        };
+        Ok(match self.format {
+            object::CompressionFormat::Zstandard => Box::new(
+                ruzstd::decoding::StreamingDecoder::new(data)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?
+                    .take(self.size),
+            ),
+            _ => Box::new(flate2::read::ZlibDecoder::new(data).take(self.size)),
+        })
+    }
+
+    /// The bytes of the unit at `offset`, inflated alone: from where the
+    /// last one ended when it lies further on, else from the start.
     fn unit_at(&self, offset: usize) -> std::io::Result<Vec<u8>> {
-        let mut r = self.stream()?;
-        let skipped = std::io::copy(&mut (&mut r).take(offset as u64), &mut std::io::sink())?;
-        if skipped != offset as u64 {
+        let mut resume = self.resume.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = match resume.take() {
+            Some(r) if r.at <= offset => r,
+            _ => Resume {
+                at: 0,
+                stream: self.owned_stream()?,
+            },
+        };
+        let skip = (offset - r.at) as u64;
+        let skipped = std::io::copy(&mut (&mut r.stream).take(skip), &mut std::io::sink())?;
+        if skipped != skip {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        self.next_unit(&mut r, true)?
-            .map(|(_, bytes)| bytes)
-            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+        let (len, bytes) = self
+            .next_unit(&mut r.stream, true)?
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        r.at = offset + len;
+        *resume = Some(r);
+        Ok(bytes)
     }
 
     fn reader(&self, bytes: Vec<u8>) -> Reader {
@@ -265,6 +325,15 @@ pub(crate) struct UnitDwarf {
     /// Ranges of the units `.debug_aranges` lists.
     ranges: Box<[UnitRange]>,
     listed: HashSet<usize>,
+    /// The offsets of the listed units, sorted: where a walk over unit
+    /// headers to the unit of a cross-unit reference starts.
+    starts: Box<[usize]>,
+    /// Start → end of the units that [`UnitDwarf::unit_containing`] has
+    /// read the header of (at most one entry per unit).
+    walked: Mutex<std::collections::BTreeMap<usize, usize>>,
+    /// `.debug_info` in a mapping of the file, whose pages the walk over
+    /// unit headers gives back.
+    mapped: Option<MappedInfo>,
     /// Ranges of the other units, found on the first address outside
     /// `ranges` (most objects list every unit that has code).
     unlisted: OnceLock<Box<[UnitRange]>>,
@@ -312,14 +381,21 @@ impl UnitDwarf {
                 source,
             })
         });
+        let mapped = MappedInfo::of(&dwarf, obj);
+        let mut starts: Vec<usize> = listed.iter().copied().collect();
+        starts.sort_unstable();
         let heap_bytes = owned
             + ranges.len() * std::mem::size_of::<UnitRange>()
+            + starts.len() * std::mem::size_of::<usize>()
             + listed.capacity() * 2 * std::mem::size_of::<usize>();
         Ok(UnitDwarf {
             dwarf,
             info,
             ranges,
             listed,
+            starts: starts.into_boxed_slice(),
+            walked: Mutex::new(std::collections::BTreeMap::new()),
+            mapped,
             unlisted: OnceLock::new(),
             kept: Mutex::new(Kept {
                 units: LruCache::unbounded(),
@@ -352,12 +428,18 @@ impl UnitDwarf {
         let mut candidates: Vec<usize> = units_at(&self.ranges, vaddr).collect();
         if candidates.is_empty() {
             let unlisted = self.unlisted.get_or_init(|| {
-                unlisted_index(&self.dwarf, &self.info, &self.listed, |source| {
-                    env.counters.error(&Error::Dwarf {
-                        path: self.path.clone(),
-                        source,
-                    })
-                })
+                unlisted_index(
+                    &self.dwarf,
+                    &self.info,
+                    self.mapped.as_ref(),
+                    &self.listed,
+                    |source| {
+                        env.counters.error(&Error::Dwarf {
+                            path: self.path.clone(),
+                            source,
+                        })
+                    },
+                )
             });
             candidates.extend(units_at(unlisted, vaddr));
         }
@@ -447,7 +529,7 @@ impl UnitDwarf {
             Err(e) => return broken(e),
         };
         if refers_outside(&self.dwarf, &header) {
-            return (Parsed::NotAlone, 0);
+            return self.parse_linked(offset, env);
         }
         match DwarfInfo::from_dwarf(one_unit(&self.dwarf, bytes), &self.path, 0) {
             Ok(info) => {
@@ -463,9 +545,235 @@ impl UnitDwarf {
     }
 }
 
-/// The sections of `d` with `unit` alone as `.debug_info`: offsets within
-/// the unit stay right, as it refers to no other unit. No `.debug_aranges`:
-/// its own root entry gives its ranges.
+/// Units one context may take in besides its own, for the names its
+/// functions and inlined calls borrow from them; past it the whole-object
+/// context reads the unit.
+const MAX_LINKED_UNITS: usize = 512;
+
+/// Whether `addr2line` follows attribute `at` to name a function or an
+/// inlined call (its abstract origin, or the declaration it specifies).
+fn names_through(at: gimli::DwAt) -> bool {
+    at == gimli::DW_AT_abstract_origin || at == gimli::DW_AT_specification
+}
+
+impl UnitDwarf {
+    /// A context over the unit at `offset`, which refers into other units
+    /// (`DW_FORM_ref_addr`, as LTO writes an inlined function's abstract
+    /// origin): that unit and the units its names lead to, each read
+    /// whole but none of their line programs or function trees unless an
+    /// address falls in them. [`Parsed::NotAlone`] where the links cannot
+    /// be followed (compressed `.debug_info`, broken DWARF, too many units).
+    fn parse_linked(&self, offset: usize, env: &Env<'_>) -> (Parsed, usize) {
+        if !matches!(self.info, Info::Loaded) {
+            return (Parsed::NotAlone, 0);
+        }
+        let Ok(units) = self.linked_units(offset) else {
+            return (Parsed::NotAlone, 0);
+        };
+        let Some((section, weight)) = self.assemble(&units) else {
+            return (Parsed::NotAlone, 0);
+        };
+        match DwarfInfo::from_dwarf(one_unit(&self.dwarf, section), &self.path, 0) {
+            Ok(info) => {
+                Counters::bump(&env.counters.dwarf_units_parsed);
+                (Parsed::Unit(Arc::new(info)), weight)
+            }
+            Err(_) => (Parsed::NotAlone, 0),
+        }
+    }
+
+    /// The unit at `offset` and every unit that the names of its functions
+    /// and inlined calls lead to (through `DW_AT_abstract_origin` and
+    /// `DW_AT_specification`, across units and then within them, as
+    /// `addr2line` follows them), by offset in `.debug_info`. Reads the
+    /// entries of the first unit, and only the linked entries of the others.
+    fn linked_units(
+        &self,
+        offset: usize,
+    ) -> Result<std::collections::BTreeMap<usize, gimli::UnitHeader<Reader>>, gimli::Error> {
+        use gimli::AttributeValue;
+        let mut abbrevs: std::collections::HashMap<usize, Arc<gimli::Abbreviations>> =
+            std::collections::HashMap::new();
+        let mut abbreviations = |h: &gimli::UnitHeader<Reader>| -> gimli::Result<_> {
+            let at = h.debug_abbrev_offset().0;
+            if let Some(a) = abbrevs.get(&at) {
+                return Ok(Arc::clone(a));
+            }
+            let a = self.dwarf.abbreviations(h)?;
+            abbrevs.insert(at, Arc::clone(&a));
+            Ok(a)
+        };
+        let header = self
+            .dwarf
+            .debug_info
+            .header_from_offset(gimli::DebugInfoOffset(offset))?;
+        let mut pending = Vec::new();
+        let abbrev = abbreviations(&header)?;
+        let mut entries = header.entries_raw(&abbrev, None)?;
+        while !entries.is_empty() {
+            let Some(entry) = entries.read_abbreviation()? else {
+                continue;
+            };
+            for spec in entry.attributes() {
+                if !names_through(spec.name()) {
+                    entries.skip_attributes(std::slice::from_ref(spec))?;
+                    continue;
+                }
+                if let AttributeValue::DebugInfoRef(to) = entries.read_attribute(*spec)?.value() {
+                    pending.push(to.0);
+                }
+            }
+        }
+        let mut units = std::collections::BTreeMap::new();
+        units.insert(offset, header);
+        let mut seen = HashSet::new();
+        while let Some(target) = pending.pop() {
+            if !seen.insert(target) {
+                continue;
+            }
+            let known = units
+                .range(..=target)
+                .next_back()
+                .filter(|(start, h)| target < *start + h.length_including_self())
+                .map(|(start, h)| (*start, h.clone()));
+            let (start, header) = match known {
+                Some(found) => found,
+                None => {
+                    let (start, header) = self.unit_containing(target)?;
+                    units.insert(start, header.clone());
+                    if units.len() > MAX_LINKED_UNITS {
+                        return Err(gimli::Error::NoEntryAtGivenOffset(target as u64));
+                    }
+                    (start, header)
+                }
+            };
+            // A target outside its unit's entries is left for `addr2line`
+            // to meet (and report) as it would in the whole object.
+            let Some(at) = gimli::DebugInfoOffset(target).to_unit_offset(&header) else {
+                continue;
+            };
+            let abbrev = abbreviations(&header)?;
+            let mut entry = header.entries_raw(&abbrev, Some(at))?;
+            let Some(kind) = entry.read_abbreviation()? else {
+                continue;
+            };
+            for spec in kind.attributes() {
+                let attr = entry.read_attribute(*spec)?;
+                if !names_through(attr.name()) {
+                    continue;
+                }
+                match attr.value() {
+                    AttributeValue::UnitRef(to) => pending.push(start + to.0),
+                    AttributeValue::DebugInfoRef(to) => pending.push(to.0),
+                    _ => {}
+                }
+            }
+        }
+        Ok(units)
+    }
+
+    /// The unit of `.debug_info` that `target` falls in: from the nearest
+    /// unit `.debug_aranges` lists at or before it, header by header.
+    fn unit_containing(
+        &self,
+        target: usize,
+    ) -> Result<(usize, gimli::UnitHeader<Reader>), gimli::Error> {
+        let below = self.starts.partition_point(|&s| s <= target);
+        let listed = below.checked_sub(1).map_or(0, |i| self.starts[i]);
+        let mut walked = self.walked.lock().unwrap_or_else(|p| p.into_inner());
+        // The units that earlier walks passed: each header is read once.
+        let mut start = match walked.range(..=target).next_back() {
+            Some((&s, &end)) if s >= listed => {
+                if target < end {
+                    return Ok((
+                        s,
+                        self.dwarf
+                            .debug_info
+                            .header_from_offset(gimli::DebugInfoOffset(s))?,
+                    ));
+                }
+                end
+            }
+            _ => listed,
+        };
+        loop {
+            let header = self
+                .dwarf
+                .debug_info
+                .header_from_offset(gimli::DebugInfoOffset(start))?;
+            let end = start + header.length_including_self();
+            walked.insert(start, end);
+            if target < end {
+                return Ok((start, header));
+            }
+            start = end;
+        }
+    }
+
+    /// A `.debug_info` that holds `units` at their own offsets, so that
+    /// references between them stay right, and in each gap between them a
+    /// unit header whose abbreviations do not parse (`addr2line` skips such
+    /// a unit). The gaps stay zero pages that are never touched. Returns it
+    /// with what it weighs in memory.
+    fn assemble(
+        &self,
+        units: &std::collections::BTreeMap<usize, gimli::UnitHeader<Reader>>,
+    ) -> Option<(Reader, usize)> {
+        let full = self.dwarf.debug_info.reader();
+        let endian = full.endian();
+        let end = units
+            .iter()
+            .next_back()
+            .map(|(start, h)| start + h.length_including_self())?;
+        if end > full.len() {
+            return None;
+        }
+        // An anonymous mapping: the gaps stay pages never touched (a heap
+        // block of this size may come zeroed page by page).
+        let mut bytes = memmap2::MmapMut::map_anon(end).ok()?;
+        let mut at = 0;
+        let mut weight = 0;
+        for (&start, header) in units {
+            if start > at {
+                filler(&mut bytes[at..start], endian, header.address_size())?;
+                weight += 4096;
+            }
+            let len = header.length_including_self();
+            bytes[start..start + len].copy_from_slice(full.bytes().get(start..start + len)?);
+            weight += len;
+            at = start + len;
+        }
+        Some((
+            Reader::new(
+                SectionBytes::Anonymous(Arc::new(bytes.make_read_only().ok()?)),
+                endian,
+            ),
+            weight,
+        ))
+    }
+}
+
+/// Fills `gap` with one DWARF 4 unit header that spans it and whose
+/// abbreviations lie past the end of `.debug_abbrev`.
+fn filler(gap: &mut [u8], endian: gimli::RunTimeEndian, address_size: u8) -> Option<()> {
+    use gimli::Endianity;
+    let length = u32::try_from(gap.len().checked_sub(4)?)
+        .ok()
+        .filter(|&l| l < 0xffff_fff0)?;
+    if gap.len() < 11 {
+        return None;
+    }
+    endian.write_u32(&mut gap[0..4], length);
+    endian.write_u16(&mut gap[4..6], 4);
+    endian.write_u32(&mut gap[6..10], u32::MAX);
+    gap[10] = address_size;
+    Some(())
+}
+
+/// The sections of `d` with `unit` as `.debug_info`: one unit that refers
+/// to no other (at offset 0: offsets within it stay right), or units at
+/// their own offsets ([`UnitDwarf::assemble`]). No `.debug_aranges`: the
+/// units' root entries give their ranges.
 fn one_unit(d: &gimli::Dwarf<Reader>, unit: Reader) -> gimli::Dwarf<Reader> {
     gimli::Dwarf {
         debug_abbrev: d.debug_abbrev.clone(),
@@ -593,10 +901,15 @@ fn listed_index(
 
 /// The address ranges of the compilation units that `.debug_aranges` does
 /// not list, from their root entry (`DW_AT_ranges`, `DW_AT_low_pc`): a walk
-/// over every unit header, which reads a page of every unit.
+/// over every unit header, which reads a page of every unit (and the
+/// kernel maps up to 64 KiB around each). Where `.debug_info` is mapped
+/// from the file, the pages walked are given back every
+/// [`WALK_RESIDENT_BYTES`], so the walk does not raise the peak RSS by the
+/// section's size.
 fn unlisted_index(
     dwarf: &gimli::Dwarf<Reader>,
     info: &Info,
+    mapped: Option<&MappedInfo>,
     listed: &HashSet<usize>,
     mut error: impl FnMut(gimli::Error),
 ) -> Box<[UnitRange]> {
@@ -607,6 +920,8 @@ fn unlisted_index(
         });
         return sorted(ranges);
     }
+    let mut abbreviations = HashMap::new();
+    let mut dropped = 0;
     let mut units = dwarf.units();
     loop {
         let header = match units.next() {
@@ -628,19 +943,191 @@ fn unlisted_index(
         {
             continue;
         }
-        // A unit that does not parse is skipped here; a lookup in it
-        // would fail the same way in `addr2line`.
-        let Ok(unit) = dwarf.unit(header) else {
-            continue;
-        };
-        let Ok(mut iter) = dwarf.unit_ranges(&unit) else {
-            continue;
-        };
-        while let Ok(Some(range)) = iter.next() {
-            push(&mut ranges, range, offset.0);
+        // A unit whose root does not parse is skipped here; a lookup in
+        // it would fail the same way in `addr2line`.
+        if let Ok(unit) = root_unit(dwarf, header, &mut abbreviations) {
+            if let Ok(mut iter) = dwarf.unit_ranges(&unit) {
+                while let Ok(Some(range)) = iter.next() {
+                    push(&mut ranges, range, offset.0);
+                }
+            }
+        }
+        if let Some(mapped) = mapped {
+            let walked = offset.0.saturating_sub(dropped);
+            if walked >= WALK_RESIDENT_BYTES {
+                mapped.drop_pages(dropped, offset.0);
+                dropped = offset.0;
+            }
         }
     }
+    if let Some(mapped) = mapped {
+        mapped.drop_pages(dropped, mapped.len);
+    }
     sorted(ranges)
+}
+
+/// Bytes of a mapped `.debug_info` that the walk over unit headers lets
+/// stay resident before it gives their pages back.
+const WALK_RESIDENT_BYTES: usize = 2 << 20;
+
+/// `.debug_info`, and the range lists its root entries point into, as
+/// ranges of a read-only mapping of the file.
+struct MappedInfo {
+    /// Keeps the mapping alive while the walk drops its pages.
+    _backing: Arc<Backing>,
+    start: *const u8,
+    len: usize,
+    /// `.debug_ranges` and `.debug_rnglists`, where mapped.
+    range_lists: Vec<(*const u8, usize)>,
+}
+
+// SAFETY: the pointers point into the mapping `_backing` keeps alive, which
+// is never written; they are only passed to `madvise`.
+unsafe impl Send for MappedInfo {}
+// SAFETY: as above.
+unsafe impl Sync for MappedInfo {}
+
+impl MappedInfo {
+    /// `dwarf`'s `.debug_info` when it lies in `obj`'s bytes and those are
+    /// a mapping.
+    fn of(dwarf: &gimli::Dwarf<Reader>, obj: &ElfObject) -> Option<MappedInfo> {
+        use object::{Object, ObjectSection};
+        let backing = obj.data();
+        if !matches!(**backing, Backing::Mapped(_)) {
+            return None;
+        }
+        let base = backing.as_ptr() as usize;
+        let within = |b: &[u8]| {
+            let start = b.as_ptr() as usize;
+            !b.is_empty() && start >= base && start + b.len() <= base + backing.len()
+        };
+        let section = dwarf.debug_info.reader().bytes();
+        if !within(section) {
+            return None;
+        }
+        let file = object::File::parse(&***backing).ok()?;
+        let range_lists = [".debug_ranges", ".debug_rnglists"]
+            .iter()
+            .filter_map(|name| file.section_by_name(name)?.data().ok())
+            .filter(|b| within(b))
+            .map(|b| (b.as_ptr(), b.len()))
+            .collect();
+        Some(MappedInfo {
+            _backing: Arc::clone(backing),
+            start: section.as_ptr(),
+            len: section.len(),
+            range_lists,
+        })
+    }
+
+    /// Gives back the resident pages that lie wholly within bytes
+    /// `from..to` of `.debug_info`, and those of the range lists.
+    fn drop_pages(&self, from: usize, to: usize) {
+        drop_resident(self.start, self.len, from, to);
+        for &(start, len) in &self.range_lists {
+            drop_resident(start, len, 0, len);
+        }
+    }
+}
+
+/// Gives back the resident pages that lie wholly within bytes `from..to`
+/// of the `len` bytes at `start`, in a read-only file mapping.
+/// They are read again from the file if touched again: the mapping is
+/// never written, so no content is lost.
+fn drop_resident(start: *const u8, len: usize, from: usize, to: usize) {
+    // SAFETY: sysconf has no memory effects.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let (from, to) = (from.min(len), to.min(len));
+    let first = (start as usize + from).next_multiple_of(page);
+    let last = (start as usize + to) / page * page;
+    if last > first {
+        // SAFETY: `first..last` lies in a read-only file mapping that the
+        // caller keeps alive; MADV_DONTNEED on such pages only drops them
+        // from memory (the next read faults them in from the file).
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+}
+
+/// `header`'s unit with the root entry's bases and address read, but not
+/// its line program (which [`gimli::Dwarf::unit`] parses, reading
+/// `.debug_line` of every unit walked), with abbreviation tables shared
+/// between the units through `cache`.
+fn root_unit(
+    dwarf: &gimli::Dwarf<Reader>,
+    header: gimli::UnitHeader<Reader>,
+    cache: &mut HashMap<usize, Arc<gimli::Abbreviations>>,
+) -> gimli::Result<gimli::Unit<Reader>> {
+    use gimli::{constants as dw, AttributeValue};
+    let at = header.debug_abbrev_offset().0;
+    let abbreviations = match cache.get(&at) {
+        Some(a) => Arc::clone(a),
+        None => {
+            let a = dwarf.abbreviations(&header)?;
+            cache.insert(at, Arc::clone(&a));
+            a
+        }
+    };
+    let encoding = header.encoding();
+    let mut unit = gimli::Unit {
+        abbreviations,
+        name: None,
+        comp_dir: None,
+        low_pc: 0,
+        str_offsets_base: gimli::DebugStrOffsetsBase::default_for_encoding_and_file(
+            encoding,
+            dwarf.file_type,
+        ),
+        addr_base: gimli::DebugAddrBase(0),
+        loclists_base: gimli::DebugLocListsBase::default_for_encoding_and_file(
+            encoding,
+            dwarf.file_type,
+        ),
+        rnglists_base: gimli::DebugRngListsBase::default_for_encoding_and_file(
+            encoding,
+            dwarf.file_type,
+        ),
+        line_program: None,
+        dwo_id: match header.type_() {
+            gimli::UnitType::Skeleton(id) | gimli::UnitType::SplitCompilation(id) => Some(id),
+            _ => None,
+        },
+        header,
+    };
+    let mut low_pc = None;
+    {
+        let mut cursor = unit.header.entries(&unit.abbreviations);
+        cursor.next_dfs()?;
+        let root = cursor.current().ok_or(gimli::Error::MissingUnitDie)?;
+        for attr in root.attrs() {
+            match (attr.name(), attr.value()) {
+                (dw::DW_AT_low_pc, value) => low_pc = Some(value),
+                (
+                    dw::DW_AT_addr_base | dw::DW_AT_GNU_addr_base,
+                    AttributeValue::DebugAddrBase(b),
+                ) => unit.addr_base = b,
+                (
+                    dw::DW_AT_rnglists_base | dw::DW_AT_GNU_ranges_base,
+                    AttributeValue::DebugRngListsBase(b),
+                ) => unit.rnglists_base = b,
+                (dw::DW_AT_str_offsets_base, AttributeValue::DebugStrOffsetsBase(b)) => {
+                    unit.str_offsets_base = b
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(value) = low_pc {
+        if let Some(addr) = dwarf.attr_address(&unit, value)? {
+            unit.low_pc = addr;
+        }
+    }
+    Ok(unit)
 }
 
 /// The ranges of the units of a compressed `.debug_info` that
@@ -692,4 +1179,100 @@ fn sorted(mut ranges: Vec<UnitRange>) -> Box<[UnitRange]> {
         r.min_begin = min;
     }
     ranges.into_boxed_slice()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::Command;
+
+    /// The test fixture built with ThinLTO across 16 codegen units, as a
+    /// release build of a Rust crate is: a function imported into another
+    /// unit and inlined there keeps its abstract origin in its own unit
+    /// (`DW_FORM_ref_addr`).
+    fn thin_lto_fixture(dir: &Path) -> PathBuf {
+        let out = dir.join("fixture-thin-lto");
+        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+        let status = Command::new(rustc)
+            .args(["-C", "opt-level=3", "-g", "-C", "codegen-units=16"])
+            .args(["-C", "lto=thin", "--edition", "2021", "-o"])
+            .arg(&out)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/common/fixture.rs"
+            ))
+            .status()
+            .expect("rustc runs");
+        assert!(status.success(), "rustc failed to build the fixture");
+        out
+    }
+
+    /// Each unit of the LTO fixture read with only the units its names lead
+    /// to gives the same frames as the whole-object context, at every 5th
+    /// byte of every unit, and no address is left to the whole context.
+    #[test]
+    fn linked_units_give_the_frames_of_the_whole_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = thin_lto_fixture(dir.path());
+        let obj = ElfObject::open(&bin, &bin).unwrap();
+        let counters = Counters::default();
+        let env = Env {
+            debug_root: dir.path(),
+            counters: &counters,
+            demangle: true,
+            inlined: true,
+            found_bytes: 1 << 20,
+        };
+        let units = UnitDwarf::load(&obj, &env).unwrap();
+        let (whole, broken) = DwarfInfo::load(&obj, None).unwrap();
+        assert!(broken.is_none());
+
+        let mut offsets: Vec<usize> = units.ranges.iter().map(|r| r.unit).collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        let mut linked = 0;
+        for &offset in &offsets {
+            let header = units
+                .dwarf
+                .debug_info
+                .header_from_offset(gimli::DebugInfoOffset(offset))
+                .unwrap();
+            if refers_outside(&units.dwarf, &header) {
+                let found = units.linked_units(offset).unwrap();
+                assert!(found.contains_key(&offset));
+                if found.len() > 1 {
+                    linked += 1;
+                }
+            }
+        }
+        assert!(
+            linked >= 2,
+            "only {linked} of {} units lead into other units: not the LTO case",
+            offsets.len()
+        );
+
+        let (names_a, names_b) = (NameCache::default(), NameCache::default());
+        let mut compared = 0;
+        let mut inlined = 0;
+        for r in units.ranges.iter() {
+            for vaddr in (r.begin..r.end).step_by(5) {
+                let ours = match units.frames(vaddr, &env, &names_a) {
+                    UnitFrames::Frames(Ok(frames)) => frames,
+                    UnitFrames::Frames(Err((_, e))) => panic!("{vaddr:#x}: {e}"),
+                    UnitFrames::Whole => panic!("{vaddr:#x} was left to the whole object"),
+                };
+                let theirs = whole.frames(vaddr, &env, &names_b).unwrap();
+                assert_eq!(ours, theirs, "{vaddr:#x}");
+                compared += 1;
+                inlined += usize::from(ours.len() > 1);
+            }
+        }
+        assert!(compared > 1000, "only {compared} addresses");
+        assert!(
+            inlined > 100,
+            "only {inlined} addresses with inlined frames"
+        );
+        assert_eq!(counters.snapshot().errors(), 0);
+    }
 }

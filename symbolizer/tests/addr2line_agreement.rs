@@ -125,6 +125,7 @@ fn agreement(bin: &Path, label: &str, min_addresses: usize, demangle: bool) -> A
     Agreement {
         with_binutils: ratio,
         with_either: (agree + arbitrated) as f64 / n,
+        stats: symbolizer.stats(),
     }
 }
 
@@ -133,6 +134,7 @@ struct Agreement {
     with_binutils: f64,
     /// Also counting location disagreements where llvm-symbolizer sides with us.
     with_either: f64,
+    stats: smolder_symbolizer::Stats,
 }
 
 #[test]
@@ -281,7 +283,7 @@ fn clang_fixture_without_aranges_agrees_with_binutils() {
 }
 
 /// GCC's link-time optimisation writes units that refer into other units
-/// (`DW_FORM_ref_addr`); those are read with the whole object's DWARF.
+/// (`DW_FORM_ref_addr`); those are read with the units they refer to.
 /// binutils 2.40 names the file of many LTO lines `<artificial>` (the LTO
 /// unit's name); llvm-symbolizer arbitrates those.
 #[test]
@@ -290,6 +292,37 @@ fn lto_fixture_agrees_with_binutils() {
     let bin = build_c_with(dir.path(), "gcc", "fixture-lto", &["-O2", "-g", "-flto"]);
     let a = agreement(&bin, "C gcc -O2 -g -flto", 200, true);
     assert!(a.with_either >= 0.99, "agreement {}", a.with_either);
+}
+
+/// A Rust crate built as a release build is (ThinLTO across 16 codegen
+/// units): functions inlined across units keep their abstract origin in
+/// the unit they came from (`DW_FORM_ref_addr`). Each sampled unit is read
+/// with the units its names lead to; the whole-object context is never built.
+#[test]
+fn rust_thin_lto_fixture_agrees_with_binutils() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("fixture-thin-lto");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    common::run(
+        std::process::Command::new(rustc)
+            .args(["-C", "opt-level=3", "-g", "-C", "codegen-units=16"])
+            .args(["-C", "lto=thin", "--edition", "2021", "-o"])
+            .arg(&bin)
+            .arg(common::FIXTURE_RS),
+    );
+    let abbrevs = common::run(
+        std::process::Command::new("readelf")
+            .arg("--debug-dump=abbrev")
+            .arg(&bin),
+    );
+    assert!(
+        abbrevs.contains("DW_FORM_ref_addr"),
+        "no cross-unit references in the ThinLTO fixture"
+    );
+    let a = agreement(&bin, "Rust opt-level=3 -g ThinLTO", 2000, true);
+    assert!(a.with_binutils >= 0.99, "agreement {}", a.with_binutils);
+    assert_eq!(a.stats.dwarf_parsed, 1, "{:?}", a.stats);
+    assert!(a.stats.dwarf_units_parsed >= 2, "{:?}", a.stats);
 }
 
 /// Compressed debug sections (`-gz`, as distributions ship debug files):
