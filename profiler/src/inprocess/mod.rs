@@ -382,7 +382,8 @@ impl ProfilerGuard {
         }
     }
 
-    /// Intervals exported so far in long-running mode (`export_every`).
+    /// Intervals ended so far in long-running mode (`export_every`); each
+    /// one with samples was exported.
     pub fn intervals_exported(&self) -> u64 {
         match &self.backend {
             Backend::Perf { intervals, .. } => intervals.load(Ordering::Acquire),
@@ -501,7 +502,13 @@ mod exporting {
             })
         }
 
+        /// Queues an interval for export; one without samples (no
+        /// resource) is not sent: a request with nothing in it tells the
+        /// collector nothing.
         pub fn send(&self, data: ProfilesData) {
+            if data.resource_profiles.is_empty() {
+                return;
+            }
             if let Some(tx) = &self.tx {
                 let _ = tx.send(data);
             }
