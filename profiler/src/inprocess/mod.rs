@@ -580,8 +580,9 @@ fn thread_name(tid: u32) -> String {
 /// addresses it has not seen.
 const KEPT_SYMBOLS: usize = 16_384;
 
-/// In long-running mode, how much the process may grow past its size after
-/// the first interval before the symbolizer's parsed objects are dropped.
+/// In long-running mode, how much the process may grow past its lowest
+/// size after an interval before the symbolizer's parsed objects are
+/// dropped (and the freed heap handed back).
 #[cfg(feature = "exporter")]
 const PARSED_BYTES: u64 = 16 << 20;
 
@@ -736,13 +737,23 @@ fn reader(
                 // while the process grew by less than `PARSED_BYTES` since
                 // the last drop; past it, what was parsed goes (what it gave
                 // stays, `KEPT_SYMBOLS`) and a later new address parses again.
+                // The base is the lowest resident size seen after an
+                // interval: the first intervals' transients (the first
+                // parse of large debug sections) must not raise it.
                 let rss = resident_bytes();
                 match parsed_since {
                     Some(base) if rss > base + PARSED_BYTES => {
                         recording.symbolizer().clear_cache();
+                        // What was parsed goes back to the kernel, not only
+                        // to the allocator.
+                        #[cfg(target_env = "gnu")]
+                        // SAFETY: malloc_trim has no preconditions.
+                        unsafe {
+                            libc::malloc_trim(0);
+                        }
                         parsed_since = Some(resident_bytes());
                     }
-                    Some(_) => {}
+                    Some(base) => parsed_since = Some(base.min(rss)),
                     None => parsed_since = Some(rss),
                 }
                 interval_start = interval.start_unix_nano + interval.duration.as_nanos() as u64;
