@@ -139,14 +139,7 @@ pub fn limit_allocator_arenas() {
     }
 }
 
-/// Returns the free pages of the allocator's heaps to the kernel.
-pub fn release_free_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
+pub use crate::heap::release_free_heap;
 
 #[cfg(test)]
 mod tests {

@@ -746,11 +746,7 @@ fn reader(
                         recording.symbolizer().clear_cache();
                         // What was parsed goes back to the kernel, not only
                         // to the allocator.
-                        #[cfg(target_env = "gnu")]
-                        // SAFETY: malloc_trim has no preconditions.
-                        unsafe {
-                            libc::malloc_trim(0);
-                        }
+                        crate::heap::release_free_heap();
                         parsed_since = Some(resident_bytes());
                     }
                     Some(base) => parsed_since = Some(base.min(rss)),

@@ -76,8 +76,7 @@ impl UnwindLoader {
         python: Option<Map>,
         build_bytes: usize,
     ) -> Result<UnwindLoader, String> {
-        let mut worker = Worker::new(rows, tables, procs)?;
-        worker.build_bytes = build_bytes;
+        let mut worker = Worker::new(rows, tables, procs, build_bytes)?;
         worker.python = python.map(PythonProcs::new).transpose()?;
         let stats = worker.stats.clone();
         let (tx, rx) = mpsc::channel();
@@ -330,7 +329,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(rows: Map, tables: Map, procs: Map) -> Result<Worker, String> {
+    fn new(rows: Map, tables: Map, procs: Map, build_bytes: usize) -> Result<Worker, String> {
         let rows = RowMemory::new(rows)?;
         let tables = Array::try_from(tables).map_err(|e| format!("opening UNWIND_TABLES: {e}"))?;
         let procs =
@@ -348,7 +347,7 @@ impl Worker {
             free_ids: (1..raw::MAX_TABLES).rev().collect(),
             generation: 0,
             stats: Arc::new(Mutex::new(LoaderStats::default())),
-            build_bytes: usize::MAX,
+            build_bytes,
         })
     }
 
@@ -537,13 +536,20 @@ impl Worker {
                 });
                 let (key, table) = match built {
                     Ok(b) => b,
-                    Err(e @ (UnwindError::TooLarge { .. } | UnwindError::OverBudget { .. })) => {
-                        tracing::warn!("no unwind table: frame pointers for {e}");
-                        self.give_up(identity);
-                        return None;
-                    }
                     Err(e) => {
-                        tracing::debug!("no unwind table: frame pointers for {}: {e}", entry.path);
+                        // Over a cap is worth a warning; a binary without
+                        // usable CFI is common.
+                        if matches!(
+                            e,
+                            UnwindError::TooLarge { .. } | UnwindError::OverBudget { .. }
+                        ) {
+                            tracing::warn!("no unwind table: frame pointers for {e}");
+                        } else {
+                            tracing::debug!(
+                                "no unwind table: frame pointers for {}: {e}",
+                                entry.path
+                            );
+                        }
                         self.give_up(identity);
                         return None;
                     }

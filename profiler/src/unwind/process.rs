@@ -53,14 +53,10 @@ pub fn build_for_mapping(
     // pass `max_rows` by a quarter before compaction (`from_elf_within`).
     let room = max_bytes.saturating_sub(bytes.copied_bytes()) / std::mem::size_of::<UnwindRow>();
     let row_budget = room.saturating_sub(room / 5);
-    if row_budget < max_rows {
-        return match UnwindTable::from_elf_within(&bytes, &name(), row_budget) {
-            Err(UnwindError::TooLarge { .. }) => Err(over_budget()),
-            built => Ok((key, Some(built?))),
-        };
+    match UnwindTable::from_elf_within(&bytes, &name(), max_rows.min(row_budget)) {
+        Err(UnwindError::TooLarge { .. }) if row_budget < max_rows => Err(over_budget()),
+        built => Ok((key, Some(built?))),
     }
-    let table = UnwindTable::from_elf_within(&bytes, &name(), max_rows)?;
-    Ok((key, Some(table)))
 }
 
 /// Tables built so far, by binary; what [`UnwindTables::for_process`] reuses.
