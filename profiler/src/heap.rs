@@ -8,3 +8,19 @@ pub fn release_free_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// [`release_free_heap`], only when the allocator holds at least
+/// `min_free` bytes free: trimming a few pages costs more CPU (the walk,
+/// then the faults that bring them back) than the memory is worth.
+pub fn release_free_heap_over(min_free: usize) {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 has no preconditions.
+        let free = unsafe { libc::mallinfo2() }.fordblks;
+        if free >= min_free {
+            release_free_heap();
+        }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = min_free;
+}

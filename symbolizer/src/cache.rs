@@ -266,6 +266,12 @@ impl ObjectCache {
                 break;
             };
             total = total.saturating_sub(obj.weight());
+            tracing::debug!(
+                "{}: dropped from the symbol cache ({} bytes; over {} bytes)",
+                obj.path.display(),
+                obj.weight(),
+                self.budget
+            );
             Counters::bump(&counters.cache_evictions);
             evicted = true;
         }

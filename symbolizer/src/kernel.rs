@@ -27,6 +27,9 @@ pub(crate) struct KernelSymbols {
     names: String,
     modules: Vec<String>,
     build_ids: HashMap<String, Option<String>>,
+    /// The core kernel's text, `_stext` to `_etext`: fixed for the boot,
+    /// unlike module, BPF and trampoline symbols.
+    core_text: Option<(u64, u64)>,
 }
 
 /// One kernel lookup result.
@@ -68,6 +71,7 @@ impl KernelSymbols {
         let mut modules = vec![KERNEL_MODULE.to_owned()];
         let mut module_index: HashMap<String, u32> = HashMap::new();
         let mut raw = Vec::new();
+        let (mut stext, mut etext) = (None, None);
         loop {
             raw.clear();
             if text.read_until(b'\n', &mut raw)? == 0 {
@@ -97,6 +101,13 @@ impl KernelSymbols {
                 }
                 _ => 0,
             };
+            if module == 0 {
+                match name {
+                    "_stext" => stext = Some(addr),
+                    "_etext" => etext = Some(addr),
+                    _ => {}
+                }
+            }
             let (Ok(name_start), Ok(name_len)) =
                 (u32::try_from(names.len()), u32::try_from(name.len()))
             else {
@@ -118,7 +129,15 @@ impl KernelSymbols {
             names,
             modules,
             build_ids: HashMap::new(),
+            core_text: stext.zip(etext).filter(|(s, e)| s < e),
         })
+    }
+
+    /// `addr` is in the core kernel's text, whose names do not change
+    /// while the machine runs (modules and BPF programs come and go).
+    pub(crate) fn in_core_text(&self, addr: u64) -> bool {
+        self.core_text
+            .is_some_and(|(start, end)| (start..end).contains(&addr))
     }
 
     /// The symbol at or before `addr`, if `addr` is not below every symbol.
@@ -202,6 +221,22 @@ not a line
         let s = syms.lookup(0xffffffffc0b00001).unwrap();
         assert_eq!((s.name, s.module), ("nf_hook", "[nf_tables]"));
         assert!(syms.lookup(0x1000).is_none());
+    }
+
+    #[test]
+    fn core_text_is_stext_to_etext_of_the_kernel_itself() {
+        let syms = KernelSymbols::parse(
+            "ffffffff81000000 T _stext\n\
+             ffffffff81001000 T do_syscall_64\n\
+             ffffffff82000000 T _etext\n\
+             ffffffffc0000000 t _stext [fake]\n\
+             ffffffffc0001000 t helper [fake]\n",
+        );
+        assert!(syms.in_core_text(0xffffffff81001234));
+        assert!(!syms.in_core_text(0xffffffff82000000));
+        assert!(!syms.in_core_text(0xffffffffc0001010));
+        let no_bounds = KernelSymbols::parse("ffffffff81001000 T do_syscall_64\n");
+        assert!(!no_bounds.in_core_text(0xffffffff81001234));
     }
 
     #[test]

@@ -152,9 +152,16 @@ impl ProcessMaps {
 
     /// The mapping holding `pc`.
     pub fn find(&self, pc: u64) -> Option<&Mapping> {
-        let i = self.entries.partition_point(|e| e.start <= pc);
-        let entry = self.entries.get(i.checked_sub(1)?)?;
-        (pc < entry.end).then_some(entry)
+        self.position(pc).map(|i| &self.entries[i])
+    }
+
+    /// The index in [`ProcessMaps::entries`] of the mapping `pc` is in.
+    pub fn position(&self, pc: u64) -> Option<usize> {
+        let i = self
+            .entries
+            .partition_point(|e| e.start <= pc)
+            .checked_sub(1)?;
+        (pc < self.entries[i].end).then_some(i)
     }
 
     pub fn entries(&self) -> &[Mapping] {

@@ -16,7 +16,9 @@ use crate::process::{self, Mapping, MappingKind, ProcessFacts, ProcessMaps};
 use crate::stats::Counters;
 use crate::{debugfile, AddressKind, Error, Frame, ModuleInfo, Source, Stats, Symbolized};
 
-/// How long kallsyms is trusted before it is read again (modules come and go).
+/// How long kallsyms is trusted for addresses outside the core kernel's
+/// text before it is read again (modules and BPF programs come and go;
+/// reading it costs tens of milliseconds of CPU).
 const KALLSYMS_TTL: Duration = Duration::from_secs(60);
 /// Perf maps kept parsed at once; beyond that the oldest are forgotten.
 const PERF_MAPS_KEPT: usize = 64;
@@ -612,10 +614,12 @@ impl Symbolizer {
         }
     }
 
-    fn kernel_symbols(&self) -> Result<Arc<KernelSymbols>, Error> {
+    /// The kernel's symbols for `addrs`: read again past [`KALLSYMS_TTL`]
+    /// only when one of them is outside the core kernel's text.
+    fn kernel_symbols(&self, addrs: &[u64]) -> Result<Arc<KernelSymbols>, Error> {
         let mut guard = lock(&self.kernel);
         if let Some((loaded, syms)) = &*guard {
-            if loaded.elapsed() < KALLSYMS_TTL {
+            if loaded.elapsed() < KALLSYMS_TTL || addrs.iter().all(|&a| syms.in_core_text(a)) {
                 return Ok(Arc::clone(syms));
             }
         }
@@ -625,7 +629,7 @@ impl Symbolizer {
     }
 
     fn symbolize_kernel(&self, addrs: &[u64]) -> Result<Vec<Symbolized>, Error> {
-        let syms = self.kernel_symbols()?;
+        let syms = self.kernel_symbols(addrs)?;
         Ok(addrs
             .iter()
             .map(|&addr| match syms.lookup(addr) {

@@ -139,7 +139,7 @@ pub fn limit_allocator_arenas() {
     }
 }
 
-pub use crate::heap::release_free_heap;
+pub use crate::heap::{release_free_heap, release_free_heap_over};
 
 #[cfg(test)]
 mod tests {

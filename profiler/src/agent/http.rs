@@ -163,7 +163,7 @@ async fn index(State(state): State<Arc<AgentState>>) -> Html<String> {
         );
     }
     body.push_str("</table>\n<h2>Every process</h2>\n");
-    match &report.host_svg {
+    match report.host_svg() {
         Some(svg) => {
             body.push_str("<div class=\"graph\" id=\"host-flamegraph\">");
             body.push_str(&inline_svg(svg));
@@ -208,7 +208,11 @@ fn svg_response(svg: Option<Vec<u8>>) -> Response {
 }
 
 async fn host_svg(State(state): State<Arc<AgentState>>) -> Response {
-    svg_response(state.latest().and_then(|r| r.host_svg.clone()))
+    svg_response(
+        state
+            .latest()
+            .and_then(|r| r.host_svg().map(<[u8]>::to_vec)),
+    )
 }
 
 async fn process_svg(State(state): State<Arc<AgentState>>, Path(pid): Path<i64>) -> Response {

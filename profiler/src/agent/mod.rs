@@ -111,6 +111,14 @@ fn env(key: &str) -> Option<String> {
 /// how many are held.
 const HELD_EVENT_BYTES: usize = 1024;
 
+/// Free heap below this stays with the allocator between intervals.
+const FREE_HEAP_WORTH_TRIMMING: usize = 4 << 20;
+
+/// How often the ring buffer is read while it is less than half full (the
+/// kernel program wakes the reader past half): the agent has no one
+/// waiting on a sample, and every wakeup costs CPU on a quiet host.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
 /// Runs CPU-bound work without stalling the runtime's other tasks (the
 /// HTTP server, the exporter) when the runtime has threads to spare.
 fn blocking<T>(work: impl FnOnce() -> T) -> T {
@@ -157,6 +165,7 @@ fn start_sampler(config: &AgentConfig) -> Result<Sampler, AgentError> {
         off_cpu: config.off_cpu.sampler_config(),
         unwind_table_bytes: config.budget().unwind_table_bytes(),
         unwind_build_bytes: config.budget().unwind_build_bytes(),
+        poll_interval: POLL_INTERVAL,
         ..SamplerConfig::default()
     })?;
     sampler.set_table_filter(config.filter.process_filter());
@@ -195,8 +204,9 @@ impl Running {
         // while this one is symbolized belong to the next.
         let end_unix = unix_nano_now();
         self.state.finishing();
-        // What the interval left freed goes back before symbolizing takes more.
-        budget::release_free_heap();
+        // What the interval left freed goes back before symbolizing takes
+        // more (when it is worth a trim).
+        budget::release_free_heap_over(FREE_HEAP_WORTH_TRIMMING);
         // Symbolizing runs on a thread of its own while this task keeps
         // reading the ring buffer (a full ring loses samples), holding what
         // it reads for the next interval, within a share of the memory limit.

@@ -38,8 +38,8 @@ pub struct IntervalReport {
     /// Busiest first.
     pub processes: Vec<ProcessShare>,
     pub samples: i64,
-    /// The host-wide flamegraph (a root per process); `None` without samples.
-    pub host_svg: Option<Vec<u8>>,
+    /// The host-wide flamegraph, drawn when first asked for.
+    host_svg: std::sync::OnceLock<Option<Vec<u8>>>,
 }
 
 fn attribute<'a>(
@@ -102,17 +102,21 @@ impl IntervalReport {
             .collect();
         processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
         let samples = processes.iter().map(|p| p.samples).sum();
-        let mut report = IntervalReport {
+        IntervalReport {
             data,
             start_unix_nano,
             duration,
             frequency_hz,
             processes,
             samples,
-            host_svg: None,
-        };
-        report.host_svg = report.render(None);
-        report
+            host_svg: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The host-wide flamegraph (a root per process), drawn on the first
+    /// call (the page's, not every interval's); `None` without samples.
+    pub fn host_svg(&self) -> Option<&[u8]> {
+        self.host_svg.get_or_init(|| self.render(None)).as_deref()
     }
 
     /// The flamegraph of the whole host (`None`) or of one process.
@@ -684,7 +688,7 @@ mod tests {
         assert_eq!(report.processes[0].name, "busy");
         assert_eq!(report.processes[0].cpu_percent, 80.0);
         assert_eq!(report.samples, 9);
-        let host = String::from_utf8(report.host_svg.clone().unwrap()).unwrap();
+        let host = String::from_utf8(report.host_svg().unwrap().to_vec()).unwrap();
         assert!(host.contains("busy_work") && host.contains("idle_work"));
         let one = String::from_utf8(report.render(Some(1)).unwrap()).unwrap();
         assert!(one.contains("idle_work") && !one.contains("busy_work"));

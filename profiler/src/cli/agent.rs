@@ -119,8 +119,10 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         let kept = agent::drop_capabilities().context("cannot drop capabilities")?;
         tracing::info!("capabilities kept: {}", kept.join(", "));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // The sampling loop on this one thread (symbolizing runs on a blocking
+    // thread of its own; the page and the exporter on runtimes of their own):
+    // a wakeup is not handed between worker threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;

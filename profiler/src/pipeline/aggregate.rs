@@ -32,6 +32,12 @@ use super::unix_nano_now;
 use crate::python::code::{CodeInfo, CodeReader};
 use crate::python::{self, Detection, FrameRef};
 
+/// The aggregator's tables (PIDs, mappings, stacks: hashed on every
+/// sample) use a fast hash. Its seed is random per agent, so a profiled
+/// process cannot aim its addresses at collisions, and an interval's
+/// stacks are bounded anyway ([`Aggregator::limit_stack_bytes`]).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A process's mappings are re-read on a miss at most this often, once it
 /// has had [`EARLY_MAPS_READS`] reads: a new program maps its libraries in
 /// its first milliseconds, when a miss is nearly always a new mapping;
@@ -229,6 +235,10 @@ impl StackKey {
 
 struct ProcessState {
     maps: ProcessMaps,
+    /// The mapping each entry of `maps` was resolved to, once it was
+    /// (a frame's PC finds its entry, and the entry its mapping, with
+    /// neither a copy nor a hash).
+    mapping_ids: Vec<Option<MappingId>>,
     maps_read_at: Option<Instant>,
     /// The same moment in the samples' clock (unix nanoseconds).
     maps_read_unix_nano: u64,
@@ -244,21 +254,23 @@ pub struct Aggregator {
     /// What each process seen is (name, command line, cgroup, service
     /// name, uid), read once per process image: the resource attributes,
     /// the perf map's owner and the callers' filters all come from here.
-    facts: HashMap<u32, ProcessFacts>,
-    processes: HashMap<u32, ProcessState>,
+    facts: FastMap<u32, ProcessFacts>,
+    processes: FastMap<u32, ProcessState>,
     objects: Vec<ObjectFile>,
-    object_index: HashMap<(u64, u64), u32>,
+    object_index: FastMap<(u64, u64), u32>,
     /// The vDSO objects, by mapping size.
     vdso_index: HashMap<u64, u32>,
     mappings: Vec<MappingRecord>,
-    mapping_index: HashMap<MappingRecord, MappingId>,
+    mapping_index: FastMap<MappingRecord, MappingId>,
     /// Per stack: (timestamp, value) of each sample (value 1 on-CPU,
     /// nanoseconds off-CPU).
-    stacks: HashMap<StackKey, Vec<(u64, i64)>>,
+    stacks: FastMap<StackKey, Vec<(u64, i64)>>,
     /// Code objects of Python frames, by (pid, address).
     python_code: Vec<std::sync::Arc<CodeInfo>>,
     python_code_index: HashMap<(u32, u64), u32>,
     stats: AggregatorStats,
+    /// The user frames of the sample being added, kept for the next one.
+    user_frames: Vec<UserFrame>,
     /// Estimated bytes of `stacks`, and their bound, if any.
     stack_bytes: usize,
     stack_budget: Option<usize>,
@@ -291,17 +303,18 @@ impl Default for Aggregator {
 impl Aggregator {
     pub fn new() -> Aggregator {
         Aggregator {
-            facts: HashMap::new(),
-            processes: HashMap::new(),
+            facts: FastMap::default(),
+            processes: FastMap::default(),
             objects: Vec::new(),
-            object_index: HashMap::new(),
+            object_index: FastMap::default(),
             vdso_index: HashMap::new(),
             mappings: Vec::new(),
-            mapping_index: HashMap::new(),
-            stacks: HashMap::new(),
+            mapping_index: FastMap::default(),
+            stacks: FastMap::default(),
             python_code: Vec::new(),
             python_code_index: HashMap::new(),
             stats: AggregatorStats::default(),
+            user_frames: Vec::new(),
             stack_bytes: 0,
             stack_budget: None,
             memo: None,
@@ -396,6 +409,7 @@ impl Aggregator {
         state.maps_reads = state.maps_reads.saturating_add(1);
         match ProcessMaps::read(pid) {
             Ok(maps) => {
+                state.mapping_ids = vec![None; maps.entries().len()];
                 state.maps = maps;
                 if let Some(snapshots) = &self.snapshots {
                     snapshots.discard(pid);
@@ -412,6 +426,7 @@ impl Aggregator {
                     return;
                 };
                 self.stats.processes_read_at_exec += 1;
+                state.mapping_ids = vec![None; snapshot.maps.entries().len()];
                 state.maps = snapshot.maps;
                 state.maps_read_unix_nano = snapshot.read_unix_nano;
                 let entries: Vec<Mapping> = state.maps.entries().to_vec();
@@ -518,6 +533,13 @@ impl Aggregator {
     /// `time_unix_nano` is when the sample was taken: mappings read before
     /// it may lack the one it hit, mappings read after it cannot gain it.
     fn resolve_user_pc(&mut self, pid: u32, pc: u64, time_unix_nano: u64) -> UserFrame {
+        let known = self.processes.get(&pid).and_then(|p| {
+            let i = p.maps.position(pc)?;
+            p.mapping_ids.get(i).copied().flatten()
+        });
+        if let Some(mapping) = known {
+            return UserFrame::Mapped { mapping, pc };
+        }
         let found = self
             .processes
             .get(&pid)
@@ -570,6 +592,11 @@ impl Aggregator {
             self.mappings.push(record);
             next
         });
+        if let Some(p) = self.processes.get_mut(&pid) {
+            if let Some(slot) = p.maps.position(pc).and_then(|i| p.mapping_ids.get_mut(i)) {
+                *slot = Some(mapping);
+            }
+        }
         UserFrame::Mapped { mapping, pc }
     }
 
@@ -617,6 +644,12 @@ impl Aggregator {
 
     /// Adds one sampled stack.
     pub fn add(&mut self, sample: &Sample) {
+        self.add_owned(sample.clone());
+    }
+
+    /// [`Aggregator::add`] of a sample it may take apart (the sampler's
+    /// path: the stack's key takes the sample's vectors, not copies).
+    pub fn add_owned(&mut self, sample: Sample) {
         self.stats.samples += 1;
         self.stats.off_cpu_samples += u64::from(sample.off_cpu_ns.is_some());
         self.facts(sample.pid, &sample.thread_name);
@@ -624,6 +657,7 @@ impl Aggregator {
             .entry(sample.pid)
             .or_insert_with(|| ProcessState {
                 maps: ProcessMaps::default(),
+                mapping_ids: Vec::new(),
                 maps_read_at: None,
                 maps_read_unix_nano: 0,
                 maps_reads: 0,
@@ -646,22 +680,24 @@ impl Aggregator {
         {
             self.stats.samples_of_vanished_processes += 1;
         }
-        let user = sample
-            .user
-            .iter()
-            .map(|&pc| match FrameRef::decode(pc) {
+        // The frames go into the last sample's vector: a sample of a stack
+        // already seen (most samples) allocates nothing for them.
+        let mut user = std::mem::take(&mut self.user_frames);
+        user.clear();
+        for &pc in &sample.user {
+            user.push(match FrameRef::decode(pc) {
                 Some(frame) => self.resolve_python(sample.pid, frame),
                 None => self.resolve_user_pc(sample.pid, pc, sample.time_unix_nano),
-            })
-            .collect();
-        let key = StackKey {
+            });
+        }
+        let mut key = StackKey {
             pid: sample.pid,
             tid: sample.tid,
             cpu: sample.cpu,
-            thread_name: sample.thread_name.clone(),
-            kernel: sample.kernel.clone(),
+            thread_name: sample.thread_name,
+            kernel: sample.kernel,
             user,
-            labels: sample.labels.clone(),
+            labels: sample.labels,
             link: sample.link,
             off_cpu: sample.off_cpu_ns.is_some(),
         };
@@ -672,6 +708,7 @@ impl Aggregator {
         if let Some(observations) = self.stacks.get_mut(&key) {
             self.stack_bytes += std::mem::size_of_val(&observation);
             observations.push(observation);
+            self.user_frames = key.user;
             return;
         }
         let bytes = key.estimated_bytes() + std::mem::size_of_val(&observation);
@@ -680,9 +717,12 @@ impl Aggregator {
             .is_some_and(|budget| self.stack_bytes + bytes > budget)
         {
             self.stats.stacks_dropped += 1;
+            self.user_frames = key.user;
             return;
         }
         self.stack_bytes += bytes;
+        // As many frames as it holds, as the estimate counts.
+        key.user.shrink_to_fit();
         self.stacks.insert(key, vec![observation]);
     }
 
@@ -701,7 +741,9 @@ impl Aggregator {
     /// cleared, what is known of processes and objects is kept for the next
     /// interval except for processes that exited.
     pub fn finish(&mut self, symbolizer: &Symbolizer, config: ProfileConfig) -> ProfilesData {
-        let stacks = std::mem::take(&mut self.stacks);
+        // The next interval likely has as many stacks: no regrowing.
+        let room = FastMap::with_capacity_and_hasher(self.stacks.len(), Default::default());
+        let stacks = std::mem::replace(&mut self.stacks, room);
         self.stack_bytes = 0;
 
         // Every distinct address once: user frames per object, kernel frames together.

@@ -168,6 +168,22 @@ impl Recording {
 
     /// Adds a sample if the filter keeps its process; says whether it did.
     pub fn add(&mut self, sample: &Sample) -> bool {
+        self.keeps(sample) && {
+            self.aggregator.add(sample);
+            true
+        }
+    }
+
+    /// [`Recording::add`] of a sample it may take apart.
+    pub fn add_owned(&mut self, sample: Sample) -> bool {
+        self.keeps(&sample) && {
+            self.aggregator.add_owned(sample);
+            true
+        }
+    }
+
+    /// Counts the sample, and says whether the filter keeps its process.
+    fn keeps(&mut self, sample: &Sample) -> bool {
         self.samples_seen += 1;
         if let Some(filter) = &self.filter {
             if !filter(self.aggregator.facts(sample.pid, &sample.thread_name)) {
@@ -175,7 +191,6 @@ impl Recording {
             }
         }
         self.samples_kept += 1;
-        self.aggregator.add(sample);
         true
     }
 
@@ -200,7 +215,7 @@ impl Recording {
                     if let Some(snapshots) = &self.snapshots {
                         snapshots.reader_at(sample.time_unix_nano);
                     }
-                    self.add(&sample);
+                    self.add_owned(sample);
                 }
                 SamplerEvent::Exec { pid, .. } => {
                     self.on_exec(pid);
