@@ -265,9 +265,11 @@ pub struct Aggregator {
     /// Per stack: (timestamp, value) of each sample (value 1 on-CPU,
     /// nanoseconds off-CPU).
     stacks: FastMap<StackKey, Vec<(u64, i64)>>,
-    /// Code objects of Python frames, by (pid, address).
+    /// Code objects of Python frames, interned by their reading (the
+    /// `Arc` the process's reader keeps; `python_code` holds it, so the
+    /// address is not reused while it is a key).
     python_code: Vec<std::sync::Arc<CodeInfo>>,
-    python_code_index: HashMap<(u32, u64), u32>,
+    python_code_index: HashMap<usize, u32>,
     stats: AggregatorStats,
     /// The user frames of the sample being added, kept for the next one.
     user_frames: Vec<UserFrame>,
@@ -375,7 +377,6 @@ impl Aggregator {
             p.jit = None;
             p.python = None;
         }
-        self.python_code_index.retain(|(p, _), _| *p != pid);
     }
 
     /// The process exited: what was read of it stays until `finish`.
@@ -465,10 +466,8 @@ impl Aggregator {
     /// The Python frame the walker wrote as `frame`, named from the code
     /// object in the process's memory (read once per code object).
     fn resolve_python(&mut self, pid: u32, frame: FrameRef) -> UserFrame {
-        if let Some(&code) = self.python_code_index.get(&(pid, frame.code)) {
-            let line = self.python_code[code as usize].line(frame.instr);
-            return UserFrame::Python { code, line };
-        }
+        // The reader checks on each use that the address still holds the
+        // code object it read; the same reading is interned once.
         let info = self
             .processes
             .get_mut(&pid)
@@ -476,10 +475,15 @@ impl Aggregator {
         let Some(info) = info else {
             return UserFrame::PythonUnreadable { code: frame.code };
         };
-        let code = self.python_code.len() as u32;
         let line = info.line(frame.instr);
-        self.python_code.push(info);
-        self.python_code_index.insert((pid, frame.code), code);
+        let next = self.python_code.len() as u32;
+        let code = *self
+            .python_code_index
+            .entry(Arc::as_ptr(&info) as usize)
+            .or_insert(next);
+        if code == next {
+            self.python_code.push(info);
+        }
         UserFrame::Python { code, line }
     }
 

@@ -19,6 +19,31 @@ pub const MAX_STRING_CHARS: u64 = 1024;
 pub const MAX_LINE_TABLE_BYTES: u64 = 64 << 10;
 /// Code objects kept per process.
 pub const MAX_CACHED_CODE: usize = 16384;
+/// Reads of a code object before it is given up as unreadable until the
+/// cache is cleared: a read can fail for a moment (seen once under load,
+/// cause not found), and a first failure kept for the whole interval lost
+/// every later frame of that function.
+pub const CODE_READ_ATTEMPTS: u8 = 4;
+
+/// A code object read (with what it was read from), or the reads of it
+/// that failed so far.
+enum Cached {
+    Read(Arc<CodeInfo>, Stamp),
+    Failed(u8),
+}
+
+/// The fields a code object's name, file and lines were read from: read
+/// again (one read) on every later use of the address, so that a code
+/// object freed and another one allocated at its address (CPython frees
+/// the compiler's code objects as a program starts) is read anew, never
+/// named after the first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    name: u64,
+    file: u64,
+    first_line: u32,
+    line_table: u64,
+}
 
 /// What a code object says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +78,7 @@ impl CodeInfo {
 pub struct CodeReader {
     interpreter: Interpreter,
     memory: ProcessMemory,
-    cache: HashMap<u64, Option<Arc<CodeInfo>>>,
+    cache: HashMap<u64, Cached>,
 }
 
 impl CodeReader {
@@ -76,41 +101,89 @@ impl CodeReader {
 
     /// The code object at `addr`; `None` when it cannot be read or is not
     /// a code object (freed, or a layout that does not match).
+    /// A failed read is tried again on later calls, [`CODE_READ_ATTEMPTS`]
+    /// times in all.
     pub fn code(&mut self, addr: u64) -> Option<Arc<CodeInfo>> {
-        if let Some(hit) = self.cache.get(&addr) {
-            return hit.clone();
-        }
-        let info = self.read(addr).ok().map(Arc::new);
-        if self.cache.len() >= MAX_CACHED_CODE {
+        let failed = match self.cache.get(&addr) {
+            Some(Cached::Read(info, stamp)) => {
+                if self.stamp(addr).ok().as_ref() == Some(stamp) {
+                    return Some(Arc::clone(info));
+                }
+                0
+            }
+            Some(Cached::Failed(n)) if *n >= CODE_READ_ATTEMPTS => return None,
+            Some(Cached::Failed(n)) => *n,
+            None => 0,
+        };
+        let entry = match self.read(addr) {
+            Ok((info, stamp)) => Cached::Read(Arc::new(info), stamp),
+            Err(e) => {
+                tracing::debug!(
+                    "pid {}: code object at {addr:#x} not read (attempt {}): {e}",
+                    self.memory.pid(),
+                    failed + 1
+                );
+                Cached::Failed(failed + 1)
+            }
+        };
+        if self.cache.len() >= MAX_CACHED_CODE && !self.cache.contains_key(&addr) {
             self.cache.clear();
         }
-        self.cache.insert(addr, info.clone());
+        let info = match &entry {
+            Cached::Read(info, _) => Some(Arc::clone(info)),
+            Cached::Failed(_) => None,
+        };
+        self.cache.insert(addr, entry);
         info
     }
 
-    fn read(&self, addr: u64) -> io::Result<CodeInfo> {
+    /// The code object's type and the fields [`CodeReader::read`] follows,
+    /// in one read of its header.
+    fn stamp(&self, addr: u64) -> io::Result<Stamp> {
         let l = &self.interpreter.layout;
-        let field = |off: u16| addr.checked_add(u64::from(off)).ok_or_else(bad);
-        if self.memory.read_u64(field(8)?)? != self.interpreter.code_type {
-            return Err(io::Error::other("not a code object"));
-        }
         let name_at = if l.code_qualname != NONE {
             l.code_qualname
         } else {
             l.code_name
         };
-        let name = self.string(self.memory.read_u64(field(name_at)?)?)?;
-        let file = self.string(self.memory.read_u64(field(l.code_filename)?)?)?;
-        let first_line = i64::from(self.memory.read_u32(field(l.code_firstlineno)?)? as i32);
-        let table = self.memory.read_u64(field(l.code_linetable)?)?;
-        let line_table = self.bytes(table).unwrap_or_default();
-        Ok(CodeInfo {
+        let end = [name_at, l.code_filename, l.code_linetable]
+            .into_iter()
+            .map(|off| usize::from(off) + 8)
+            .chain([usize::from(l.code_firstlineno) + 4, 16])
+            .max()
+            .unwrap_or(16);
+        let mut head = vec![0u8; end];
+        self.memory.read_exact(addr, &mut head)?;
+        let u64_at = |off: usize| -> io::Result<u64> {
+            let b = head.get(off..off + 8).ok_or_else(bad)?;
+            Ok(u64::from_ne_bytes(b.try_into().map_err(|_| bad())?))
+        };
+        if u64_at(8)? != self.interpreter.code_type {
+            return Err(io::Error::other("not a code object"));
+        }
+        let at = usize::from(l.code_firstlineno);
+        let first_line = head.get(at..at + 4).ok_or_else(bad)?;
+        Ok(Stamp {
+            name: u64_at(usize::from(name_at))?,
+            file: u64_at(usize::from(l.code_filename))?,
+            first_line: u32::from_ne_bytes(first_line.try_into().map_err(|_| bad())?),
+            line_table: u64_at(usize::from(l.code_linetable))?,
+        })
+    }
+
+    fn read(&self, addr: u64) -> io::Result<(CodeInfo, Stamp)> {
+        let stamp = self.stamp(addr)?;
+        let name = self.string(stamp.name)?;
+        let file = self.string(stamp.file)?;
+        let line_table = self.bytes(stamp.line_table).unwrap_or_default();
+        let info = CodeInfo {
             name,
             file,
-            first_line,
+            first_line: i64::from(stamp.first_line as i32),
             line_table,
             kind: LineTable::for_minor(self.interpreter.minor),
-        })
+        };
+        Ok((info, stamp))
     }
 
     /// A `str`: compact (the characters follow the header), ASCII,

@@ -10,6 +10,11 @@ pub struct ProcessMemory {
 }
 
 impl ProcessMemory {
+    /// The process read.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     pub fn new(pid: u32) -> ProcessMemory {
         ProcessMemory { pid }
     }
