@@ -464,7 +464,8 @@ impl Aggregator {
     }
 
     /// The Python frame the walker wrote as `frame`, named from the code
-    /// object in the process's memory (read once per code object).
+    /// object in the process's memory (read once per code object, its
+    /// header checked on each use).
     fn resolve_python(&mut self, pid: u32, frame: FrameRef) -> UserFrame {
         // The reader checks on each use that the address still holds the
         // code object it read; the same reading is interned once.
