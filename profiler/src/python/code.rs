@@ -20,9 +20,10 @@ pub const MAX_LINE_TABLE_BYTES: u64 = 64 << 10;
 /// Code objects kept per process.
 pub const MAX_CACHED_CODE: usize = 16384;
 /// Reads of a code object before it is given up as unreadable until the
-/// cache is cleared: a read can fail for a moment (seen once under load,
-/// cause not found), and a first failure kept for the whole interval lost
-/// every later frame of that function.
+/// cache is cleared: a sample names a code object that lived when it was
+/// taken, and the reader may come after it was freed and before another
+/// one took its address; a first failure kept for the whole interval lost
+/// every later frame of the function that lives there next.
 pub const CODE_READ_ATTEMPTS: u8 = 4;
 
 /// A code object read (with what it was read from), or the reads of it
@@ -79,14 +80,32 @@ pub struct CodeReader {
     interpreter: Interpreter,
     memory: ProcessMemory,
     cache: HashMap<u64, Cached>,
+    /// Where the name is (`co_qualname`, else `co_name`), and the bytes of
+    /// header that hold every field of a [`Stamp`]: from the layout, once.
+    name_at: u16,
+    header_len: usize,
 }
 
 impl CodeReader {
     pub fn new(pid: u32, interpreter: Interpreter) -> CodeReader {
+        let l = &interpreter.layout;
+        let name_at = if l.code_qualname != NONE {
+            l.code_qualname
+        } else {
+            l.code_name
+        };
+        let header_len = [name_at, l.code_filename, l.code_linetable]
+            .into_iter()
+            .map(|off| usize::from(off) + 8)
+            .chain([usize::from(l.code_firstlineno) + 4, 16])
+            .max()
+            .unwrap_or(16);
         CodeReader {
             interpreter,
             memory: ProcessMemory::new(pid),
             cache: HashMap::new(),
+            name_at,
+            header_len,
         }
     }
 
@@ -141,18 +160,7 @@ impl CodeReader {
     /// in one read of its header.
     fn stamp(&self, addr: u64) -> io::Result<Stamp> {
         let l = &self.interpreter.layout;
-        let name_at = if l.code_qualname != NONE {
-            l.code_qualname
-        } else {
-            l.code_name
-        };
-        let end = [name_at, l.code_filename, l.code_linetable]
-            .into_iter()
-            .map(|off| usize::from(off) + 8)
-            .chain([usize::from(l.code_firstlineno) + 4, 16])
-            .max()
-            .unwrap_or(16);
-        let mut head = vec![0u8; end];
+        let mut head = vec![0u8; self.header_len];
         self.memory.read_exact(addr, &mut head)?;
         let u64_at = |off: usize| -> io::Result<u64> {
             let b = head.get(off..off + 8).ok_or_else(bad)?;
@@ -164,7 +172,7 @@ impl CodeReader {
         let at = usize::from(l.code_firstlineno);
         let first_line = head.get(at..at + 4).ok_or_else(bad)?;
         Ok(Stamp {
-            name: u64_at(usize::from(name_at))?,
+            name: u64_at(usize::from(self.name_at))?,
             file: u64_at(usize::from(l.code_filename))?,
             first_line: u32::from_ne_bytes(first_line.try_into().map_err(|_| bad())?),
             line_table: u64_at(usize::from(l.code_linetable))?,

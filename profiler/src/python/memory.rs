@@ -53,12 +53,6 @@ impl ProcessMemory {
         self.read_exact(addr, &mut b)?;
         Ok(u64::from_ne_bytes(b))
     }
-
-    pub fn read_u32(&self, addr: u64) -> io::Result<u32> {
-        let mut b = [0u8; 4];
-        self.read_exact(addr, &mut b)?;
-        Ok(u32::from_ne_bytes(b))
-    }
 }
 
 #[cfg(test)]
