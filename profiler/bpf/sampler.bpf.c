@@ -127,11 +127,10 @@ struct walk_ctx {
 	__u64 bp;
 	__u64 now;
 	__u32 nk;
-	__u32 nu;
+	__u32 nu; /* set when the walk is over (during it: rec->header.user_frames) */
 	__u32 flags;
-	__u32 table_frames;
-	__u32 fp_frames;
-	__u32 native; /* native frames stepped: the first one is the leaf */
+	__u32 past_leaf; /* 1 once a native frame was stepped: the first one is the leaf
+			  * (not a count: the verifier would follow the walk once per value) */
 	struct python_walk py;
 };
 
@@ -260,7 +259,7 @@ static __always_inline long fp_step(struct walk_ctx *c)
 	c->ip = ra;
 	c->sp = c->bp + 16;
 	c->bp = next_bp;
-	c->fp_frames++;
+	count(SMOLDER_STAT_FP_FRAMES);
 	return 0;
 }
 
@@ -302,7 +301,7 @@ static __always_inline long table_step(struct walk_ctx *c, struct smolder_unwind
 	c->ip = ra;
 	c->sp = cfa;
 	c->bp = bp;
-	c->table_frames++;
+	count(SMOLDER_STAT_TABLE_FRAMES);
 	return 0;
 }
 
@@ -319,7 +318,7 @@ static __always_inline long unwind_step_body(void *data, const int python)
 	struct smolder_mapping *m = NULL;
 	struct smolder_unwind_table *t;
 	struct smolder_unwind_row *row;
-	__u32 idx, table_id;
+	__u32 idx, table_id, nu;
 	__u64 lookup, frame;
 	int py;
 
@@ -330,24 +329,28 @@ static __always_inline long unwind_step_body(void *data, const int python)
 		return 1;
 	}
 	/* A return address points after its call: look up the call. */
-	lookup = c->native == 0 ? c->ip : c->ip - 1;
+	lookup = c->past_leaf ? c->ip - 1 : c->ip;
 	/* An interpreter's eval frame: its Python frames in its place. */
 	frame = c->ip;
 	py = python ? python_step(&c->py, lookup, &frame) : PY_NATIVE;
 	if (py != PY_REPLACED) {
-		idx = c->nk + c->nu;
+		/* The count lives in the record (map memory), not in c: there
+		 * the verifier would know its exact value at each step and
+		 * follow the walk once per value. */
+		nu = rec->header.user_frames;
+		idx = c->nk + nu;
 		if (idx >= SMOLDER_MAX_FRAMES)
 			return 1;
 		rec->pcs[idx] = frame;
-		c->nu++;
-		if (c->nu >= SMOLDER_MAX_USER_FRAMES) {
+		rec->header.user_frames = ++nu;
+		if (nu >= SMOLDER_MAX_USER_FRAMES) {
 			c->flags |= SMOLDER_SAMPLE_USER_TRUNCATED;
 			return 1;
 		}
 		if (py == PY_EMITTED)
 			return 0;
 	}
-	c->native++;
+	c->past_leaf = 1;
 	if (c->maps)
 		m = find_mapping(c->maps, lookup);
 	if (!m) {
@@ -385,6 +388,64 @@ static long unwind_step_native(__u32 i, void *data)
 	return unwind_step_body(data, 0);
 }
 
+#define VM_EXEC 0x00000004
+
+/* bpf_find_vma callback: is the VMA an executable file mapping? */
+static long file_exec_vma(struct task_struct *task, struct vm_area_struct *vma, void *data)
+{
+	__u32 *found = data;
+
+	*found = vma->vm_file && (vma->vm_flags & VM_EXEC);
+	return 0;
+}
+
+/* One recorded user frame, leaf first (a bpf_loop callback): at the first
+ * one in no loaded mapping, ask whether it lies in an executable file
+ * mapping, and stop. */
+static long new_file_step(__u32 i, void *data)
+{
+	struct walk_ctx *c = data;
+	struct smolder_sample *rec = c->rec;
+	__u32 idx = c->nk + i, found = 0;
+	__u64 pc;
+
+	if (!rec || i >= c->nu || idx >= SMOLDER_MAX_FRAMES)
+		return 1;
+	pc = rec->pcs[idx];
+	/* Python frames (tagged, above user addresses) have no mapping. */
+	if (pc == 0 || pc >= USER_ADDR_LIMIT)
+		return 0;
+	if (i > 0)
+		pc--; /* a return address: its call */
+	if (c->maps && find_mapping(c->maps, pc))
+		return 0;
+	if (bpf_find_vma(bpf_get_current_task_btf(), pc, file_exec_vma, &found, 0) == 0 && found)
+		c->flags |= SMOLDER_SAMPLE_USER_NEW_FILE;
+	return 1;
+}
+
+/*
+ * After a walk that met a PC in no loaded mapping (a bpf_loop callback run
+ * once, so that the verifier does not follow it again after every way out
+ * of the walk's loop; the frames are scanned again here rather than the PC
+ * kept during the walk, where any added state multiplies the verifier's
+ * work): is the first such PC in an executable file mapping, a library
+ * loaded since the process's mappings were last read, every sample in it
+ * partial until they are read again, rather than a bad return address or
+ * anonymous code? Not when the mappings are full (SMOLDER_MAX_MAPPINGS):
+ * reading them again would not add it.
+ */
+static long check_new_file(__u32 i, void *data)
+{
+	struct walk_ctx *c = data;
+
+	if (!(c->flags & SMOLDER_SAMPLE_USER_UNKNOWN_MAPPING) ||
+	    (c->maps && c->maps->count >= SMOLDER_MAX_MAPPINGS))
+		return 1;
+	bpf_loop(SMOLDER_MAX_USER_FRAMES, new_file_step, c, 0);
+	return 1;
+}
+
 /* Walks the user stack from (ip, sp, bp), writing PCs at pcs[nk ..];
  * Python frames only with `python` (a constant at each call site: without
  * it the verifier prunes the Python walk, which the off-CPU program cannot
@@ -405,33 +466,44 @@ static __always_inline __u32 walk_user_stack(struct smolder_sample *rec, struct 
 	if (nk > SMOLDER_MAX_KERNEL_FRAMES)
 		return 0;
 	c.now = bpf_ktime_get_ns();
+	rec->header.user_frames = 0;
 	if (python) {
 		python_begin(&c.py, task, tgid);
 		bpf_loop(SMOLDER_MAX_USER_FRAMES, unwind_step, &c, 0);
 	} else {
 		bpf_loop(SMOLDER_MAX_USER_FRAMES, unwind_step_native, &c, 0);
 	}
+	c.nu = rec->header.user_frames;
+	bpf_loop(1, check_new_file, &c, 0);
 	*flags |= c.flags;
-	if (c.table_frames)
-		count_n(SMOLDER_STAT_TABLE_FRAMES, c.table_frames);
-	if (c.fp_frames)
-		count_n(SMOLDER_STAT_FP_FRAMES, c.fp_frames);
 	return c.nu;
 }
 
+struct stack_copy_args {
+	__u64 time_ns;
+	__u64 ip;
+	__u64 sp;
+	__u64 bp;
+	__u32 tgid;
+	__u32 tid;
+};
+
 /* Debug: send the user stack from sp (up to SMOLDER_STACK_COPY_BYTES, less
- * near the top of the stack) with the registers the walk started from. */
-static __always_inline void copy_user_stack(struct task_struct *task, __u32 tgid, __u32 tid,
-					    __u64 time_ns, __u64 ip, __u64 sp, __u64 bp)
+ * near the top of the stack) with the registers the walk started from. A
+ * bpf_loop callback run once: inline, the verifier would follow it again
+ * for every way out of the walk's loop. */
+static long copy_user_stack(__u32 i, void *data)
 {
+	struct stack_copy_args *a = data;
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct smolder_stack_copy *copy;
-	__u64 top = BPF_CORE_READ(task, mm, start_stack);
+	__u64 top = BPF_CORE_READ(task, mm, start_stack), sp = a->sp;
 	__u32 len = SMOLDER_STACK_COPY_BYTES;
 
 	copy = bpf_ringbuf_reserve(&EVENTS, sizeof(*copy), 0);
 	if (!copy) {
 		count(SMOLDER_STAT_STACK_COPIES_LOST);
-		return;
+		return 1;
 	}
 	/* The main thread's frames all lie below start_stack. */
 	if (top > sp && top - sp < SMOLDER_STACK_COPY_BYTES)
@@ -454,14 +526,15 @@ static __always_inline void copy_user_stack(struct task_struct *task, __u32 tgid
 			len = 0;
 	}
 	copy->event.kind = SMOLDER_EVENT_STACK_COPY;
-	copy->event.pid = tgid;
-	copy->event.time_ns = time_ns;
-	copy->tid = tid;
+	copy->event.pid = a->tgid;
+	copy->event.time_ns = a->time_ns;
+	copy->tid = a->tid;
 	copy->len = len;
-	copy->ip = ip;
+	copy->ip = a->ip;
 	copy->sp = sp;
-	copy->bp = bp;
+	copy->bp = a->bp;
 	bpf_ringbuf_submit(copy, BPF_RB_FORCE_WAKEUP);
+	return 1;
 }
 
 /*
@@ -541,8 +614,18 @@ static __always_inline long send_stack_sample(void *ctx, struct smolder_sample *
 	if (size > sizeof(*rec))
 		size = sizeof(*rec);
 	err = bpf_ringbuf_output(&EVENTS, rec, size, wakeup_flags());
-	if (!err && stack_copy_tgid && stack_copy_tgid == tgid && !(flags & SMOLDER_SAMPLE_KTHREAD))
-		copy_user_stack(task, tgid, rec->header.tid, time_ns, ip, sp, bp);
+	if (!err && stack_copy_tgid && stack_copy_tgid == tgid && !(flags & SMOLDER_SAMPLE_KTHREAD)) {
+		struct stack_copy_args args = {
+			.time_ns = time_ns,
+			.ip = ip,
+			.sp = sp,
+			.bp = bp,
+			.tgid = tgid,
+			.tid = rec->header.tid,
+		};
+
+		bpf_loop(1, copy_user_stack, &args, 0);
+	}
 	return err;
 }
 

@@ -34,6 +34,7 @@
 #define SMOLDER_SAMPLE_USER_NO_UNWIND_INFO (1u << 6)  /* user walk stopped: no usable unwind row, or no progress */
 #define SMOLDER_SAMPLE_USER_COMPLETE (1u << 7)        /* user walk reached the outermost frame */
 #define SMOLDER_SAMPLE_USER_TABLE_MISSING (1u << 8)   /* a mapping's table was evicted: partial, user space reloads */
+#define SMOLDER_SAMPLE_USER_NEW_FILE (1u << 9)        /* the unknown PC lies in an executable file mapping the walker lacks (a library loaded since): user space reloads at once */
 
 /* Indexes of the per-CPU STATS array (__u64 counters). */
 #define SMOLDER_STAT_SAMPLES 0          /* perf_event runs that passed the PID filter */

@@ -721,6 +721,9 @@ impl Sampler {
             let unix = |boot_ns: u64| clock.map_or(0, |c| c.to_unix_ns(boot_ns));
             if let Some(loader) = &mut self.unwind {
                 match &event {
+                    raw::RawEvent::Sample(s) if s.flags.contains(SampleFlags::USER_NEW_FILE) => {
+                        loader.request_new_file(s.pid)
+                    }
                     raw::RawEvent::Sample(s)
                         if s.flags.contains(SampleFlags::USER_UNKNOWN_MAPPING)
                             || s.flags.contains(SampleFlags::USER_TABLE_MISSING) =>
@@ -875,6 +878,7 @@ fn probe_kernel_features() -> Result<(), SamplerError> {
 /// the Linux version that brought it.
 const NEEDED_HELPERS: &[(BpfHelper, &str, &str)] = &[
     (BpfHelper::BPF_FUNC_loop, "the bpf_loop helper", "5.17"),
+    (BpfHelper::BPF_FUNC_find_vma, "the bpf_find_vma helper", "5.17"),
     (
         BpfHelper::BPF_FUNC_task_pt_regs,
         "the bpf_task_pt_regs helper",

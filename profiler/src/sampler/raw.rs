@@ -181,6 +181,13 @@ impl SampleFlags {
     /// A mapping's unwind table had been evicted: the stack may be
     /// partial; the sampler reloads it.
     pub const USER_TABLE_MISSING: SampleFlags = SampleFlags(1 << 8);
+    /// The PC in no loaded mapping lies in an executable file mapping (a
+    /// library loaded since the process's mappings were read): the
+    /// sampler reads them again at once, not after [`USER_UNKNOWN_MAPPING`]'s
+    /// pause.
+    ///
+    /// [`USER_UNKNOWN_MAPPING`]: SampleFlags::USER_UNKNOWN_MAPPING
+    pub const USER_NEW_FILE: SampleFlags = SampleFlags(1 << 9);
 
     pub const fn from_bits(bits: u32) -> SampleFlags {
         SampleFlags(bits)

@@ -66,6 +66,14 @@ pub struct UnwindLoader {
 
 /// How soon the same process may be reloaded because of partial samples.
 const RELOAD_INTERVAL: Duration = Duration::from_millis(500);
+/// How soon, when the kernel saw a PC in an executable file mapping it
+/// lacks ([`SampleFlags::USER_NEW_FILE`]): a library just loaded (Python
+/// importing an extension module, `dlopen`) leaves every stack through it
+/// partial until the mappings are read again, and a program that calls
+/// into it at once would lose half a second of stacks to the pause above.
+///
+/// [`SampleFlags::USER_NEW_FILE`]: super::SampleFlags::USER_NEW_FILE
+const NEW_FILE_RELOAD_INTERVAL: Duration = Duration::from_millis(10);
 
 impl UnwindLoader {
     /// Starts the loader over the maps taken from the loaded object.
@@ -105,11 +113,21 @@ impl UnwindLoader {
     /// Queues loading the tables of `pid` (after a partial sample or a new
     /// PID); at most once per [`RELOAD_INTERVAL`] per process.
     pub fn request(&mut self, pid: u32) {
+        self.request_within(pid, RELOAD_INTERVAL);
+    }
+
+    /// Queues loading the tables of `pid` after a sample met a library its
+    /// mappings lack; at most once per [`NEW_FILE_RELOAD_INTERVAL`].
+    pub fn request_new_file(&mut self, pid: u32) {
+        self.request_within(pid, NEW_FILE_RELOAD_INTERVAL);
+    }
+
+    fn request_within(&mut self, pid: u32, interval: Duration) {
         let now = Instant::now();
         if self
             .asked
             .get(&pid)
-            .is_some_and(|&t| now.duration_since(t) < RELOAD_INTERVAL)
+            .is_some_and(|&t| now.duration_since(t) < interval)
         {
             return;
         }
@@ -368,7 +386,18 @@ impl Worker {
                     Err(_) => return,
                 }
             }
-            pending.extend(requests.try_iter().map(|r| (Instant::now(), r)));
+            for request in requests.try_iter() {
+                // A load already waiting covers another of the same process.
+                let queued = |r: &Request| match (r, &request) {
+                    (Request::Load { pid, done: None }, Request::Load { pid: p, done: None }) => {
+                        pid == p
+                    }
+                    _ => false,
+                };
+                if !pending.iter().any(|(_, r)| queued(r)) {
+                    pending.push((Instant::now(), request));
+                }
+            }
             let next = pending
                 .iter()
                 .enumerate()
