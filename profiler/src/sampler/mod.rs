@@ -878,7 +878,11 @@ fn probe_kernel_features() -> Result<(), SamplerError> {
 /// the Linux version that brought it.
 const NEEDED_HELPERS: &[(BpfHelper, &str, &str)] = &[
     (BpfHelper::BPF_FUNC_loop, "the bpf_loop helper", "5.17"),
-    (BpfHelper::BPF_FUNC_find_vma, "the bpf_find_vma helper", "5.17"),
+    (
+        BpfHelper::BPF_FUNC_find_vma,
+        "the bpf_find_vma helper",
+        "5.17",
+    ),
     (
         BpfHelper::BPF_FUNC_task_pt_regs,
         "the bpf_task_pt_regs helper",
