@@ -121,12 +121,16 @@ static long python_thread_search_step(__u32 i, void *data)
 /* Finds the current interpreter frame of this thread: the thread state of
  * the main interpreter whose thread id is this thread's fs base. */
 static __always_inline void python_begin(struct python_walk *py, struct task_struct *task,
-					 __u32 tgid)
+					 __u32 tgid, const __u16 *zero)
 {
 	struct smolder_python_proc *cfg = bpf_map_lookup_elem(&PYTHON_PROCS, &tgid);
 	struct python_thread_search s = {};
 	__u64 interp = 0, p = 0;
 
+	/* 0, read from map memory: a value the verifier does not know (see
+	 * walk_user_stack). */
+	py->emitted = *zero;
+	py->segment_done = *zero;
 	py->cfg = NULL;
 	py->frame = 0;
 	if (!cfg)

@@ -466,9 +466,20 @@ static __always_inline __u32 walk_user_stack(struct smolder_sample *rec, struct 
 	if (nk > SMOLDER_MAX_KERNEL_FRAMES)
 		return 0;
 	c.now = bpf_ktime_get_ns();
+	/*
+	 * The walk's state starts from values the verifier does not know
+	 * (user_frames, written and read back through map memory): the
+	 * verifier of kernels without "verify callbacks as if they are called
+	 * unknown number of times" (Debian's 6.1) checks the loop's callback
+	 * once, from the state of its first call, and removed as dead code
+	 * what a known 0 there never reaches, such as the branch that puts
+	 * an eval frame's Python frames in its place: every stack showed
+	 * _PyEval_EvalFrameDefault.
+	 */
 	rec->header.user_frames = 0;
+	c.past_leaf = rec->header.user_frames;
 	if (python) {
-		python_begin(&c.py, task, tgid);
+		python_begin(&c.py, task, tgid, &rec->header.user_frames);
 		bpf_loop(SMOLDER_MAX_USER_FRAMES, unwind_step, &c, 0);
 	} else {
 		bpf_loop(SMOLDER_MAX_USER_FRAMES, unwind_step_native, &c, 0);
