@@ -127,12 +127,19 @@ fn workdir() -> PathBuf {
 }
 
 fn build_c(name: &str, source: &str) -> PathBuf {
+    build_c_with(name, source, &[])
+}
+
+/// [`build_c`] with more gcc arguments (`-shared -fPIC`: a library `name`).
+fn build_c_with(name: &str, source: &str, extra: &[&str]) -> PathBuf {
     let dir = workdir();
     let src = dir.join(format!("{name}.c"));
     let exe = dir.join(name);
     std::fs::write(&src, source).expect("write source");
     let status = Command::new("gcc")
-        .args(["-O2", "-fomit-frame-pointer", "-g", "-o"])
+        .args(["-O2", "-fomit-frame-pointer", "-g"])
+        .args(extra)
+        .arg("-o")
         .arg(&exe)
         .arg(&src)
         .status()
@@ -194,6 +201,15 @@ fn spawn(exe: &Path, args: &[&str]) -> Running {
     // Past the dynamic loader: its libraries are mapped.
     std::thread::sleep(Duration::from_millis(300));
     Running(child)
+}
+
+/// A sampler that follows only the processes it is given (none yet).
+fn start_filtered() -> Option<Sampler> {
+    start(SamplerConfig {
+        frequency_hz: 199,
+        pid_filter: Some(vec![]),
+        ..SamplerConfig::default()
+    })
 }
 
 fn start(config: SamplerConfig) -> Option<Sampler> {
@@ -452,11 +468,7 @@ fn kernel_walk_matches_user_space_walk() {
 fn tables_load_on_the_first_sample_of_an_unknown_process() {
     let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let exe = build_c("late", DEEP_C);
-    let Some(mut sampler) = start(SamplerConfig {
-        frequency_hz: 199,
-        pid_filter: Some(vec![]),
-        ..SamplerConfig::default()
-    }) else {
+    let Some(mut sampler) = start_filtered() else {
         return;
     };
     let running = spawn(&exe, &["40"]);
@@ -557,32 +569,11 @@ unsigned long lib_outer(unsigned long x) {
 fn a_library_loaded_while_sampled_is_walked_at_once() {
     let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let exe = build_c("dlopener", DLOPEN_MAIN_C);
-    let mut libs = Vec::new();
-    for name in ["first", "second"] {
-        let lib = workdir().join(format!("lib{name}.so"));
-        let src = workdir().join(format!("lib{name}.c"));
-        std::fs::write(&src, DLOPEN_LIB_C).expect("write source");
-        let status = Command::new("gcc")
-            .args([
-                "-O2",
-                "-fomit-frame-pointer",
-                "-g",
-                "-shared",
-                "-fPIC",
-                "-o",
-            ])
-            .arg(&lib)
-            .arg(&src)
-            .status()
-            .expect("gcc");
-        assert!(status.success(), "gcc failed on lib{name}.so");
-        libs.push(lib);
-    }
-    let Some(mut sampler) = start(SamplerConfig {
-        frequency_hz: 199,
-        pid_filter: Some(vec![]),
-        ..SamplerConfig::default()
-    }) else {
+    let libs: Vec<PathBuf> = ["libfirst.so", "libsecond.so"]
+        .into_iter()
+        .map(|name| build_c_with(name, DLOPEN_LIB_C, &["-shared", "-fPIC"]))
+        .collect();
+    let Some(mut sampler) = start_filtered() else {
         return;
     };
     let mut child = Command::new(&exe)
