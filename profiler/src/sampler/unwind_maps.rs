@@ -57,7 +57,7 @@ pub struct UnwindLoader {
     thread: Option<JoinHandle<()>>,
     /// When each process was last asked for, so that a burst of partial
     /// samples asks once.
-    asked: HashMap<u32, Instant>,
+    asked: HashMap<u32, ReloadPace>,
     /// Which processes are worth tables ([`UnwindLoader::set_filter`]),
     /// decided once per process image.
     filter: Option<ProcessFilter>,
@@ -66,6 +66,49 @@ pub struct UnwindLoader {
 
 /// How soon the same process may be reloaded because of partial samples.
 const RELOAD_INTERVAL: Duration = Duration::from_millis(500);
+/// How many of those quick reloads one process gets per
+/// [`RELOAD_INTERVAL`]: a program importing its libraries gets each one
+/// read at once, and a process that maps files again and again (a
+/// `dlopen`/`dlclose` loop, hostile or not) costs at most this many reads
+/// of its mappings per half second, not one every 10 ms.
+const NEW_FILE_RELOADS_PER_INTERVAL: u32 = 8;
+
+/// When a process was last asked for, and its quick reloads in the current
+/// [`RELOAD_INTERVAL`] window.
+#[derive(Clone, Copy, Debug)]
+struct ReloadPace {
+    last: Instant,
+    window_start: Instant,
+    quick: u32,
+}
+
+impl ReloadPace {
+    /// Whether a reload asked for at `now` goes ahead (and is counted):
+    /// `new_file` ones after [`NEW_FILE_RELOAD_INTERVAL`] while the
+    /// window's quick ones last, others after [`RELOAD_INTERVAL`].
+    fn allow(pace: Option<&mut ReloadPace>, now: Instant, new_file: bool) -> Option<ReloadPace> {
+        let Some(p) = pace else {
+            return Some(ReloadPace {
+                last: now,
+                window_start: now,
+                quick: u32::from(new_file),
+            });
+        };
+        if now.duration_since(p.window_start) >= RELOAD_INTERVAL {
+            p.window_start = now;
+            p.quick = 0;
+        }
+        let since = now.duration_since(p.last);
+        let quick = new_file && p.quick < NEW_FILE_RELOADS_PER_INTERVAL;
+        if since < RELOAD_INTERVAL && !(quick && since >= NEW_FILE_RELOAD_INTERVAL) {
+            return None;
+        }
+        p.last = now;
+        p.quick += u32::from(quick);
+        Some(*p)
+    }
+}
+
 /// How soon, when the kernel saw a PC in an executable file mapping it
 /// lacks ([`SampleFlags::USER_NEW_FILE`]): a library just loaded (Python
 /// importing an extension module, `dlopen`) leaves every stack through it
@@ -113,25 +156,24 @@ impl UnwindLoader {
     /// Queues loading the tables of `pid` (after a partial sample or a new
     /// PID); at most once per [`RELOAD_INTERVAL`] per process.
     pub fn request(&mut self, pid: u32) {
-        self.request_within(pid, RELOAD_INTERVAL);
+        self.request_paced(pid, false);
     }
 
     /// Queues loading the tables of `pid` after a sample met a library its
-    /// mappings lack; at most once per [`NEW_FILE_RELOAD_INTERVAL`].
+    /// mappings lack; at most once per [`NEW_FILE_RELOAD_INTERVAL`], and
+    /// [`NEW_FILE_RELOADS_PER_INTERVAL`] times per [`RELOAD_INTERVAL`].
     pub fn request_new_file(&mut self, pid: u32) {
-        self.request_within(pid, NEW_FILE_RELOAD_INTERVAL);
+        self.request_paced(pid, true);
     }
 
-    fn request_within(&mut self, pid: u32, interval: Duration) {
+    fn request_paced(&mut self, pid: u32, new_file: bool) {
         let now = Instant::now();
-        if self
-            .asked
-            .get(&pid)
-            .is_some_and(|&t| now.duration_since(t) < interval)
-        {
-            return;
+        match ReloadPace::allow(self.asked.get_mut(&pid), now, new_file) {
+            Some(pace) => {
+                self.asked.insert(pid, pace);
+            }
+            None => return,
         }
-        self.asked.insert(pid, now);
         if let Some(filter) = &self.filter {
             let wanted = *self
                 .wanted
@@ -699,6 +741,48 @@ fn now_ns() -> u64 {
     // SAFETY: clock_gettime writes the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod pace_tests {
+    use super::*;
+
+    /// Asks every millisecond for `ms` milliseconds; the reloads let through.
+    fn reloads(ms: u64, new_file: bool) -> usize {
+        let t0 = Instant::now();
+        let mut pace: Option<ReloadPace> = None;
+        (0..ms)
+            .filter(|&i| {
+                let allowed =
+                    ReloadPace::allow(pace.as_mut(), t0 + Duration::from_millis(i), new_file);
+                if let Some(p) = allowed {
+                    pace = Some(p);
+                }
+                allowed.is_some()
+            })
+            .count()
+    }
+
+    #[test]
+    fn partial_samples_reload_twice_a_second() {
+        assert_eq!(reloads(2000, false), 4);
+    }
+
+    #[test]
+    fn new_files_reload_at_once_but_at_most_eight_times_per_half_second() {
+        // Every 10 ms while the window's eight last, then the next window.
+        assert_eq!(reloads(500, true), 8);
+        assert_eq!(reloads(2000, true), 32);
+        // The first quick ones come 10 ms apart.
+        let t0 = Instant::now();
+        let mut pace = ReloadPace::allow(None, t0, true).unwrap();
+        assert!(ReloadPace::allow(Some(&mut pace), t0 + Duration::from_millis(5), true).is_none());
+        assert!(ReloadPace::allow(Some(&mut pace), t0 + Duration::from_millis(10), true).is_some());
+        // A plain partial sample does not jump the half-second pause.
+        assert!(
+            ReloadPace::allow(Some(&mut pace), t0 + Duration::from_millis(30), false).is_none()
+        );
+    }
 }
 
 #[cfg(test)]
