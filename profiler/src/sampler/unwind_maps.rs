@@ -77,35 +77,39 @@ const NEW_FILE_RELOADS_PER_INTERVAL: u32 = 8;
 /// [`RELOAD_INTERVAL`] window.
 #[derive(Clone, Copy, Debug)]
 struct ReloadPace {
-    last: Instant,
+    /// `None`: never; its first reload goes ahead.
+    last: Option<Instant>,
     window_start: Instant,
     quick: u32,
 }
 
 impl ReloadPace {
+    fn new(now: Instant) -> ReloadPace {
+        ReloadPace {
+            last: None,
+            window_start: now,
+            quick: 0,
+        }
+    }
+
     /// Whether a reload asked for at `now` goes ahead (and is counted):
     /// `new_file` ones after [`NEW_FILE_RELOAD_INTERVAL`] while the
     /// window's quick ones last, others after [`RELOAD_INTERVAL`].
-    fn allow(pace: Option<&mut ReloadPace>, now: Instant, new_file: bool) -> Option<ReloadPace> {
-        let Some(p) = pace else {
-            return Some(ReloadPace {
-                last: now,
-                window_start: now,
-                quick: u32::from(new_file),
-            });
-        };
-        if now.duration_since(p.window_start) >= RELOAD_INTERVAL {
-            p.window_start = now;
-            p.quick = 0;
+    fn allow(&mut self, now: Instant, new_file: bool) -> bool {
+        if now.duration_since(self.window_start) >= RELOAD_INTERVAL {
+            self.window_start = now;
+            self.quick = 0;
         }
-        let since = now.duration_since(p.last);
-        let quick = new_file && p.quick < NEW_FILE_RELOADS_PER_INTERVAL;
-        if since < RELOAD_INTERVAL && !(quick && since >= NEW_FILE_RELOAD_INTERVAL) {
-            return None;
+        let quick = new_file && self.quick < NEW_FILE_RELOADS_PER_INTERVAL;
+        if let Some(last) = self.last {
+            let since = now.duration_since(last);
+            if since < RELOAD_INTERVAL && !(quick && since >= NEW_FILE_RELOAD_INTERVAL) {
+                return false;
+            }
         }
-        p.last = now;
-        p.quick += u32::from(quick);
-        Some(*p)
+        self.last = Some(now);
+        self.quick += u32::from(quick);
+        true
     }
 }
 
@@ -168,11 +172,12 @@ impl UnwindLoader {
 
     fn request_paced(&mut self, pid: u32, new_file: bool) {
         let now = Instant::now();
-        match ReloadPace::allow(self.asked.get_mut(&pid), now, new_file) {
-            Some(pace) => {
-                self.asked.insert(pid, pace);
-            }
-            None => return,
+        let pace = self
+            .asked
+            .entry(pid)
+            .or_insert_with(|| ReloadPace::new(now));
+        if !pace.allow(now, new_file) {
+            return;
         }
         if let Some(filter) = &self.filter {
             let wanted = *self
@@ -750,16 +755,9 @@ mod pace_tests {
     /// Asks every millisecond for `ms` milliseconds; the reloads let through.
     fn reloads(ms: u64, new_file: bool) -> usize {
         let t0 = Instant::now();
-        let mut pace: Option<ReloadPace> = None;
+        let mut pace = ReloadPace::new(t0);
         (0..ms)
-            .filter(|&i| {
-                let allowed =
-                    ReloadPace::allow(pace.as_mut(), t0 + Duration::from_millis(i), new_file);
-                if let Some(p) = allowed {
-                    pace = Some(p);
-                }
-                allowed.is_some()
-            })
+            .filter(|&i| pace.allow(t0 + Duration::from_millis(i), new_file))
             .count()
     }
 
@@ -775,13 +773,12 @@ mod pace_tests {
         assert_eq!(reloads(2000, true), 32);
         // The first quick ones come 10 ms apart.
         let t0 = Instant::now();
-        let mut pace = ReloadPace::allow(None, t0, true).unwrap();
-        assert!(ReloadPace::allow(Some(&mut pace), t0 + Duration::from_millis(5), true).is_none());
-        assert!(ReloadPace::allow(Some(&mut pace), t0 + Duration::from_millis(10), true).is_some());
+        let mut pace = ReloadPace::new(t0);
+        assert!(pace.allow(t0, true));
+        assert!(!pace.allow(t0 + Duration::from_millis(5), true));
+        assert!(pace.allow(t0 + Duration::from_millis(10), true));
         // A plain partial sample does not jump the half-second pause.
-        assert!(
-            ReloadPace::allow(Some(&mut pace), t0 + Duration::from_millis(30), false).is_none()
-        );
+        assert!(!pace.allow(t0 + Duration::from_millis(30), false));
     }
 }
 
