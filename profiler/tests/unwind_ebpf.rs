@@ -584,7 +584,7 @@ fn a_library_loaded_while_sampled_is_walked_at_once() {
         .expect("start the test program");
     let pid = child.id();
     let mut stdin = child.stdin.take().unwrap();
-    let running = Running(child);
+    let mut running = Running(child);
     std::thread::sleep(Duration::from_millis(300));
     let main = main_range(&exe, pid);
     sampler
@@ -613,12 +613,7 @@ fn a_library_loaded_while_sampled_is_walked_at_once() {
                 }
             }
         }
-        if std::fs::metadata(format!("/proc/{pid}/task")).is_err()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                s.rsplit_once(')')
-                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-            })
-        {
+        if !matches!(running.0.try_wait(), Ok(None)) {
             break;
         }
     }
