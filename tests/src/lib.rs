@@ -276,6 +276,21 @@ pub fn cpu_scale() -> f64 {
     }
 }
 
+/// How much longer than on this machine kind the tests' deadlines for the
+/// slow work (the agent symbolizing every process of the host, its last
+/// interval at exit) should be: `SMOLDER_TEST_TIMEOUT_SCALE`, default 1.
+/// `tests/kernels/guest` sets it under emulation, where everything but the
+/// sampling timer runs some ten times slower.
+pub fn timeout_scale() -> f64 {
+    match std::env::var("SMOLDER_TEST_TIMEOUT_SCALE") {
+        Ok(v) => match v.parse::<f64>() {
+            Ok(x) if x >= 1.0 && x.is_finite() => x,
+            _ => panic!("SMOLDER_TEST_TIMEOUT_SCALE={v:?}: not a number of at least 1"),
+        },
+        Err(_) => 1.0,
+    }
+}
+
 /// `source` with [`CPU_BUDGET_C`] in front.
 pub fn with_cpu_budget(source: &str) -> String {
     format!("{CPU_BUDGET_C}{source}")
@@ -496,6 +511,89 @@ pub fn profile_stacks(
     data: &smolder_profiles_proto::otlp::profiles::v1development::ProfilesData,
     pid: Option<u32>,
 ) -> Vec<(Vec<StackFrame>, i64)> {
+    timed_profile_stacks(data, pid)
+        .into_iter()
+        .map(|s| (s.frames, s.weight))
+        .collect()
+}
+
+/// One sample of [`timed_profile_stacks`].
+#[derive(Clone, Debug)]
+pub struct TimedStack {
+    /// Root first.
+    pub frames: Vec<StackFrame>,
+    /// Sum of the sample's values (its count when it has none).
+    pub weight: i64,
+    /// When each observation was taken (Unix ns); empty when the profile
+    /// keeps none.
+    pub timestamps: Vec<u64>,
+}
+
+/// A run split at the middle of its observations' time span: the first
+/// half takes the start-up (a new process's unwind tables being built, for
+/// seconds on a slow or emulated CPU), the second is the steady state.
+#[derive(Clone, Copy, Debug)]
+pub struct Halves {
+    pub first: u64,
+    pub middle: u64,
+}
+
+impl Halves {
+    /// The halves of the observations of `samples`; panics when none has
+    /// a timestamp.
+    pub fn of(samples: &[TimedStack]) -> Halves {
+        Halves::of_times(samples.iter().flat_map(|s| s.timestamps.iter().copied()))
+    }
+
+    /// The halves of a run with observations at `times`; panics when
+    /// there are none.
+    pub fn of_times(times: impl IntoIterator<Item = u64>) -> Halves {
+        let (first, last) = times
+            .into_iter()
+            .fold((u64::MAX, 0), |(lo, hi), t| (lo.min(t), hi.max(t)));
+        assert!(first <= last, "no timestamped samples");
+        Halves {
+            first,
+            middle: first + (last - first) / 2,
+        }
+    }
+
+    /// How many of `timestamps` lie in the run (its second half only when
+    /// `late`).
+    pub fn observations(&self, timestamps: &[u64], late: bool) -> usize {
+        let from = if late { self.middle } else { self.first };
+        timestamps.iter().filter(|&&t| t >= from).count()
+    }
+
+    /// Observations of samples that are `matching`, and all observations:
+    /// in the second half only when `late`.
+    pub fn count(
+        &self,
+        samples: &[TimedStack],
+        matching: impl Fn(&TimedStack) -> bool,
+        late: bool,
+    ) -> (usize, usize) {
+        let observations = |s: &TimedStack| self.observations(&s.timestamps, late);
+        let all = samples.iter().map(observations).sum();
+        let matched = samples
+            .iter()
+            .filter(|s| matching(s))
+            .map(observations)
+            .sum();
+        (matched, all)
+    }
+
+    /// Seconds from the first observation to `t`.
+    pub fn seconds(&self, t: u64) -> f64 {
+        t.saturating_sub(self.first) as f64 / 1e9
+    }
+}
+
+/// [`profile_stacks`] with each sample's timestamps.
+pub fn timed_profile_stacks(
+    data: &smolder_profiles_proto::otlp::profiles::v1development::ProfilesData,
+    pid: Option<u32>,
+) -> Vec<TimedStack> {
     use smolder_profiles_proto::otlp::common::v1::any_value::Value;
     use smolder_profiles_proto::{sample_weight, FrameType, ProfileView};
     let view = ProfileView::new(data);
@@ -537,7 +635,11 @@ pub fn profile_stacks(
                 }
             }
             frames.reverse();
-            out.push((frames, sample_weight(s)));
+            out.push(TimedStack {
+                frames,
+                weight: sample_weight(s),
+                timestamps: s.timestamps_unix_nano.clone(),
+            });
         }
     }
     out

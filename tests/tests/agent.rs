@@ -15,8 +15,8 @@ use prost::Message;
 use serde_json::Value;
 use smolder_e2e::{
     assert_split, compile_c, profile_stacks, pyenv_python, python_check, require_ebpf,
-    require_tool, run_ok, smolder_bin, split_script, split_shares, workspace_root, KillOnDrop,
-    Lines,
+    require_tool, run_ok, smolder_bin, split_script, split_shares, timeout_scale, workspace_root,
+    KillOnDrop, Lines,
 };
 use smolder_profiles_proto::otlp::collector::profiles::v1development::ExportProfilesServiceRequest;
 use smolder_profiles_proto::read_profile;
@@ -192,7 +192,7 @@ impl Agent {
                 break status;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
+                start.elapsed() < Duration::from_secs_f64(20.0 * timeout_scale()),
                 "the agent ignored SIGTERM: {}",
                 self.stderr.text()
             );
@@ -387,7 +387,7 @@ fn exports_the_workload_to_the_official_receiver() {
         assert_eq!(thread.cap_prm, want, "CapPrm of {thread:?}");
     }
     // Whole-host symbolization is slow the first time in a debug build.
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs_f64(90.0 * timeout_scale());
     while receiver.accepted() < 2 {
         assert!(
             Instant::now() < deadline,

@@ -15,7 +15,7 @@ use smolder::python::{Detection, Layout};
 use smolder_e2e::{
     assert_split, compile_c, cpu_scale, folded, outside_split, perf_record_folded, profile_stacks,
     pyenv_python, require_ebpf, require_tool, run_ok, smolder_ok, split_script, split_shares,
-    StackFrame as Frame,
+    timed_profile_stacks, Halves, StackFrame as Frame, TimedStack,
 };
 use smolder_profiles_proto::read_profile;
 
@@ -165,17 +165,51 @@ fn python_functions_split_60_30_10_with_complete_stacks_on_every_version() {
             };
             assert!(range.contains(line), "3.{minor}: {function} at line {line}");
         }
-        // The interpreter's eval loop is replaced, not shown beside its frames.
-        let eval: i64 = stacks
-            .iter()
-            .filter(|(f, _)| f.iter().any(|x| x.function == "_PyEval_EvalFrameDefault"))
-            .map(|(_, n)| n)
-            .sum();
-        assert!(
-            (eval as f64) < 0.05 * total as f64,
-            "3.{minor}: {eval} of {total} stacks still show _PyEval_EvalFrameDefault"
-        );
+        assert_eval_loop_replaced(&otlp, &format!("3.{minor}"));
     }
+}
+
+/// The interpreter's eval loop is replaced by the Python frames it runs,
+/// not shown beside them: in under 10 % of all samples, and in under 2 %
+/// of the second half of the run. Until smolder has built the new
+/// process's unwind tables (libpython's and libc's: 0.1 s here, 2-3 s
+/// under emulation) its stacks stop at the first frame in them; the first
+/// half takes that start-up, the second is the steady state.
+fn assert_eval_loop_replaced(otlp: &Path, what: &str) {
+    let data = read_profile(&std::fs::read(otlp).unwrap()).unwrap().data;
+    let samples = timed_profile_stacks(&data, None);
+    let shows_eval = |s: &TimedStack| {
+        s.frames
+            .iter()
+            .any(|f| f.function == "_PyEval_EvalFrameDefault")
+    };
+    let half = Halves::of(&samples);
+    let (eval_all, all) = half.count(&samples, shows_eval, false);
+    let (eval_late, late) = half.count(&samples, shows_eval, true);
+    let early_eval: Vec<String> = samples
+        .iter()
+        .filter(|s| shows_eval(s))
+        .flat_map(|s| s.timestamps.iter())
+        .copied()
+        .collect::<std::collections::BTreeSet<u64>>()
+        .into_iter()
+        .take(20)
+        .map(|t| format!("{:.2}", half.seconds(t)))
+        .collect();
+    eprintln!(
+        "{what}: the eval loop in {eval_all} of {all} samples, {eval_late} of {late} in the \
+         run's second half (from {:.2} s on); the first at {early_eval:?} s",
+        half.seconds(half.middle)
+    );
+    assert!(
+        (eval_all as f64) < 0.10 * all as f64,
+        "{what}: {eval_all} of {all} samples still show _PyEval_EvalFrameDefault"
+    );
+    assert!(
+        (eval_late as f64) < 0.02 * late as f64,
+        "{what}: {eval_late} of {late} samples of the run's second half still show \
+         _PyEval_EvalFrameDefault"
+    );
 }
 
 /// py-spy's raw output: `function (file:line);... count` lines.
@@ -656,6 +690,9 @@ fn node_stacks_through_jit_code_reach_main_like_perf() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("hot.js");
     std::fs::write(&script, HOT_JS).unwrap();
+    // --perf-basic-prof also turns on V8's code log, in the working
+    // directory (the source tree's tests/) unless told where.
+    let v8_log = format!("--logfile={}", dir.path().join("v8.log").display());
 
     let (ours, stderr) = record(
         dir.path(),
@@ -665,6 +702,8 @@ fn node_stacks_through_jit_code_reach_main_like_perf() {
         &[
             node.as_os_str(),
             "--perf-basic-prof".as_ref(),
+            "--no-logfile-per-isolate".as_ref(),
+            v8_log.as_ref(),
             script.as_os_str(),
         ],
     );
@@ -677,6 +716,8 @@ fn node_stacks_through_jit_code_reach_main_like_perf() {
         &[
             node.as_os_str(),
             "--perf-basic-prof".as_ref(),
+            "--no-logfile-per-isolate".as_ref(),
+            v8_log.as_ref(),
             script.as_os_str(),
         ],
     );

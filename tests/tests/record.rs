@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use smolder_e2e::{
     compile_c, cpu_scale, folded, perf_record_folded, python_check, require_ebpf, require_tool,
-    run_ok, smolder, smolder_ok, with_cpu_budget,
+    run_ok, smolder, smolder_ok, timeout_scale, with_cpu_budget,
 };
 use smolder_profiles_proto::{
     pprof::any_value_to_string, read_profile, sample_weight, ProfileView,
@@ -125,24 +125,6 @@ fn record_command_matches_perf_record_and_reaches_main() {
         .take(5)
         .map(|(f, n)| format!("{n} {}", f.join(";")))
         .collect();
-    let (n_ours, n_perf) = (
-        samples_in_any(&ours, &hot),
-        samples_in_any(&perf_folded, &hot),
-    );
-    for name in hot {
-        let (a, b) = (our_shares[name], perf_shares[name]);
-        let tolerance = share_tolerance((a + b) / 2.0, n_ours, n_perf);
-        assert!(
-            (a - b).abs() <= tolerance,
-            "{name}: smolder {a:.3} vs perf {b:.3}, more than {tolerance:.3} apart over {n_ours} and {n_perf} samples ({our_shares:?} vs {perf_shares:?}); \
-             smolder said: {stderr}; its heaviest stacks: {heaviest:#?}"
-        );
-    }
-    assert!(
-        (our_shares["hot_alpha"] - 0.6).abs() < 0.05,
-        "{our_shares:?}"
-    );
-
     let total: u64 = ours.iter().map(|(_, n)| n).sum();
     // (perf's folded weights are nanoseconds: count its samples' headers.)
     let perf_total = std::fs::read_to_string(dir.path().join("perf.txt"))
@@ -154,12 +136,52 @@ fn record_command_matches_perf_record_and_reaches_main() {
         perf_total > 0,
         "no cpu-clock sample in perf script's output"
     );
-    // As many samples as perf's of the same CPU time at the same rate
-    // (about 1,500 on hardware; under emulation the timer fires less
-    // often, for perf as for smolder).
+    let perf_ns: u64 = perf_folded.iter().map(|(_, n)| n).sum();
+    let (n_ours, n_perf) = (
+        samples_in_any(&ours, &hot),
+        // perf's samples in the hot functions, from their nanoseconds.
+        (perf_total as f64 * samples_in_any(&perf_folded, &hot) as f64 / perf_ns.max(1) as f64)
+            as u64,
+    );
+    // Under emulation (SMOLDER_TEST_TIMEOUT_SCALE) the timer's handler
+    // takes long enough to skip timer periods, so each sampler's shares
+    // lean by its own handler's cost (perf's moved 2-3 points off the
+    // split there, smolder's 1-2 the other way): smolder is held to the
+    // known split instead, within 0.04 (the binomial noise of ~4,000
+    // samples is under 0.01).
+    let emulated = timeout_scale() > 1.0;
+    for (name, split) in hot.iter().zip([0.6, 0.3, 0.1]) {
+        let (a, b) = (our_shares[*name], perf_shares[*name]);
+        let tolerance = share_tolerance((a + b) / 2.0, n_ours, n_perf);
+        if emulated {
+            assert!(
+                (a - split).abs() <= 0.04,
+                "{name}: smolder {a:.3} (perf {b:.3}), more than 0.04 from {split} \
+                 ({our_shares:?} vs {perf_shares:?}); smolder said: {stderr}; its heaviest \
+                 stacks: {heaviest:#?}"
+            );
+            continue;
+        }
+        assert!(
+            (a - b).abs() <= tolerance,
+            "{name}: smolder {a:.3} vs perf {b:.3}, more than {tolerance:.3} apart over {n_ours} and {n_perf} samples ({our_shares:?} vs {perf_shares:?}); \
+             smolder said: {stderr}; its heaviest stacks: {heaviest:#?}"
+        );
+    }
     assert!(
-        total as f64 >= 0.9 * perf_total as f64,
-        "too few samples: {total}, perf took {perf_total}"
+        (our_shares["hot_alpha"] - 0.6).abs() < 0.05,
+        "{our_shares:?}"
+    );
+
+    // As many samples as perf's of the same CPU time at the same rate
+    // (about 1,500 on hardware). Under emulation (SMOLDER_TEST_TIMEOUT_SCALE:
+    // everything but the timer some ten times slower) the walk in the
+    // timer's handler takes long enough for the timer to skip periods
+    // (perf's handler is shorter): 0.8 of perf's there (0.88-0.92 seen).
+    let least = if timeout_scale() > 1.0 { 0.8 } else { 0.9 };
+    assert!(
+        total as f64 >= least * perf_total as f64,
+        "too few samples: {total}, perf took {perf_total} (at least {least} of perf's)"
     );
     // Every stack in the program's own functions is walked to main (the
     // loader's start-up before main is no part of it).

@@ -75,6 +75,14 @@ fn one_line(message: &str) -> String {
 /// Runs the subcommand; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Record(args) = &cli.command {
+        // `record` prints its own summary; its log (the unwind tables it
+        // builds, what it gives up on) only when SMOLDER_LOG asks for it.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("SMOLDER_LOG") {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+        }
         return Ok(record::run(args)?.map_or(0, record::exit_code));
     }
     match cli.command {

@@ -526,6 +526,7 @@ impl Worker {
     }
 
     fn load_process(&mut self, pid: u32) -> Result<(), LoadError> {
+        let started = Instant::now();
         let maps = ProcessMaps::read(pid)
             .map_err(|e| LoadError(format!("reading /proc/{pid}/maps: {e}")))?;
         let mut value = ProcMappings {
@@ -571,6 +572,12 @@ impl Worker {
         self.procs
             .insert(pid, value, 0)
             .map_err(|e| LoadError(format!("writing PROC_MAPPINGS for process {pid}: {e}")))?;
+        tracing::debug!(
+            "process {pid}: {} executable mappings loaded ({} with a table) in {:?}",
+            value.count,
+            pinned.len(),
+            started.elapsed()
+        );
         self.stats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
