@@ -15,7 +15,7 @@ use smolder::python::{Detection, Layout};
 use smolder_e2e::{
     assert_split, compile_c, cpu_scale, folded, outside_split, perf_record_folded, profile_stacks,
     pyenv_python, require_ebpf, require_tool, run_ok, smolder_ok, split_script, split_shares,
-    timed_profile_stacks, Halves, StackFrame as Frame, TimedStack,
+    timed_profile_stacks, timeout_scale, Halves, StackFrame as Frame, TimedStack,
 };
 use smolder_profiles_proto::read_profile;
 
@@ -201,8 +201,10 @@ fn assert_eval_loop_replaced(otlp: &Path, what: &str) {
          run's second half (from {:.2} s on); the first at {early_eval:?} s",
         half.seconds(half.middle)
     );
+    // (The start-up window's length is the host's: judged on real
+    // hardware only, not under emulation, SMOLDER_TEST_TIMEOUT_SCALE.)
     assert!(
-        (eval_all as f64) < 0.10 * all as f64,
+        timeout_scale() > 1.0 || (eval_all as f64) < 0.10 * all as f64,
         "{what}: {eval_all} of {all} samples still show _PyEval_EvalFrameDefault"
     );
     assert!(

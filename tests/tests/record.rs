@@ -210,9 +210,9 @@ fn record_command_matches_perf_record_and_reaches_main() {
 }
 
 /// `smolder record -F 499 --format folded -- PROG` into DIR/NAME.folded.
-fn record_folded_499(dir: &Path, prog: &Path, name: &str) -> std::path::PathBuf {
+fn record_folded_499(dir: &Path, prog: &Path, name: &str, args: &[&str]) -> std::path::PathBuf {
     let out = dir.join(format!("{name}.folded"));
-    smolder_ok([
+    let mut command: Vec<&std::ffi::OsStr> = vec![
         "record".as_ref(),
         "-F".as_ref(),
         "499".as_ref(),
@@ -222,7 +222,9 @@ fn record_folded_499(dir: &Path, prog: &Path, name: &str) -> std::path::PathBuf 
         out.as_os_str(),
         "--".as_ref(),
         prog.as_os_str(),
-    ]);
+    ];
+    command.extend(args.iter().map(std::ffi::OsStr::new));
+    smolder_ok(command);
     out
 }
 
@@ -280,7 +282,7 @@ fn vdso_frames_are_named_from_the_kernels_image() {
     require_tool("nm", "binutils");
     let dir = tempfile::tempdir().unwrap();
     let prog = compile_c(dir.path(), "clock", &with_cpu_budget(CLOCK_C), FP_FLAGS);
-    let out = record_folded_499(dir.path(), &prog, "clock");
+    let out = record_folded_499(dir.path(), &prog, "clock", &[]);
     let functions = vdso_functions(dir.path());
     assert!(
         functions.iter().any(|f| f.contains("clock_gettime")),
@@ -300,15 +302,16 @@ fn vdso_frames_are_named_from_the_kernels_image() {
     );
 }
 
-/// Copies /dev/zero to /dev/null for one second of CPU time.
+/// Copies /dev/zero to /dev/null for `argv[1]` seconds of CPU time.
 const SYSCALLS_C: &str = r#"
 #include <fcntl.h>
+#include <stdlib.h>
 #include <unistd.h>
 __attribute__((noinline)) void copy_zeroes(int in, int out) {
     static char buf[1 << 16];
     while (!cpu_budget_spent) { if (read(in, buf, sizeof buf) <= 0) return; write(out, buf, sizeof buf); }
 }
-int main(void) { cpu_budget(1.0); int in = open("/dev/zero", O_RDONLY), out = open("/dev/null", O_WRONLY); copy_zeroes(in, out); return 0; }
+int main(int argc, char **argv) { cpu_budget(atof(argv[1])); int in = open("/dev/zero", O_RDONLY), out = open("/dev/null", O_WRONLY); copy_zeroes(in, out); return 0; }
 "#;
 
 #[test]
@@ -324,7 +327,11 @@ fn kernel_frames_sit_under_user_frames_with_kallsyms_names() {
         &with_cpu_budget(SYSCALLS_C),
         FP_FLAGS,
     );
-    let out = record_folded_499(dir.path(), &prog, "sys");
+    // One second of CPU time, longer where the timer fires less often
+    // (SMOLDER_TEST_CPU_SCALE): writes to /dev/null are short, and a few
+    // samples must land in them.
+    let secs = format!("{}", cpu_scale());
+    let out = record_folded_499(dir.path(), &prog, "sys", &[&secs]);
     let lines = folded(&out);
     let total: u64 = lines.iter().map(|(_, n)| n).sum();
     // Stacks main -> libc read/write -> kernel. (The frame-pointer walk
