@@ -587,6 +587,19 @@ impl Halves {
     pub fn seconds(&self, t: u64) -> f64 {
         t.saturating_sub(self.first) as f64 / 1e9
     }
+
+    /// The earliest 20 of `times`, as seconds from the first observation
+    /// (for messages).
+    pub fn earliest<'a>(&self, times: impl IntoIterator<Item = &'a u64>) -> Vec<String> {
+        times
+            .into_iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<u64>>()
+            .into_iter()
+            .take(20)
+            .map(|t| format!("{:.2}", self.seconds(t)))
+            .collect()
+    }
 }
 
 /// [`profile_stacks`] with each sample's timestamps.

@@ -311,16 +311,12 @@ fn off_cpu_stacks_of_a_build_without_frame_pointers_reach_the_thread_start() {
     let late = |s: &OffCpuSample| half.observations(&s.timestamps, true);
     let late_total: usize = samples.iter().map(late).sum();
     let late_complete: usize = samples.iter().filter(reaches).map(late).sum();
-    let broken_at: Vec<String> = samples
-        .iter()
-        .filter(|s| !reaches(s))
-        .flat_map(|s| s.timestamps.iter())
-        .copied()
-        .collect::<std::collections::BTreeSet<u64>>()
-        .into_iter()
-        .take(20)
-        .map(|t| format!("{:.2}", half.seconds(t)))
-        .collect();
+    let broken_at = half.earliest(
+        samples
+            .iter()
+            .filter(|s| !reaches(s))
+            .flat_map(|s| s.timestamps.iter()),
+    );
     eprintln!(
         "{complete} of {total} off-CPU samples reach main or start_thread, {late_complete} of \
          {late_total} in the run's second half (from {:.2} s on); those that do not at \

@@ -186,16 +186,12 @@ fn assert_eval_loop_replaced(otlp: &Path, what: &str) {
     let half = Halves::of(&samples);
     let (eval_all, all) = half.count(&samples, shows_eval, false);
     let (eval_late, late) = half.count(&samples, shows_eval, true);
-    let early_eval: Vec<String> = samples
-        .iter()
-        .filter(|s| shows_eval(s))
-        .flat_map(|s| s.timestamps.iter())
-        .copied()
-        .collect::<std::collections::BTreeSet<u64>>()
-        .into_iter()
-        .take(20)
-        .map(|t| format!("{:.2}", half.seconds(t)))
-        .collect();
+    let early_eval = half.earliest(
+        samples
+            .iter()
+            .filter(|s| shows_eval(s))
+            .flat_map(|s| s.timestamps.iter()),
+    );
     eprintln!(
         "{what}: the eval loop in {eval_all} of {all} samples, {eval_late} of {late} in the \
          run's second half (from {:.2} s on); the first at {early_eval:?} s",
