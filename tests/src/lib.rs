@@ -291,6 +291,14 @@ pub fn timeout_scale() -> f64 {
     }
 }
 
+/// Whether the tests run under emulation (a `tests/kernels` guest, which
+/// sets [`timeout_scale`] above 1): the timer skips periods while the
+/// walk runs in its handler, and a new process's start-up lasts as long
+/// as the host makes it, so bounds that depend on either are the host's.
+pub fn emulated() -> bool {
+    timeout_scale() > 1.0
+}
+
 /// `source` with [`CPU_BUDGET_C`] in front.
 pub fn with_cpu_budget(source: &str) -> String {
     format!("{CPU_BUDGET_C}{source}")

@@ -13,9 +13,9 @@ use std::process::Command;
 
 use smolder::python::{Detection, Layout};
 use smolder_e2e::{
-    assert_split, compile_c, cpu_scale, folded, outside_split, perf_record_folded, profile_stacks,
-    pyenv_python, require_ebpf, require_tool, run_ok, smolder_ok, split_script, split_shares,
-    timed_profile_stacks, timeout_scale, Halves, StackFrame as Frame, TimedStack,
+    assert_split, compile_c, cpu_scale, emulated, folded, outside_split, perf_record_folded,
+    profile_stacks, pyenv_python, require_ebpf, require_tool, run_ok, smolder_ok, split_script,
+    split_shares, timed_profile_stacks, Halves, StackFrame as Frame, TimedStack,
 };
 use smolder_profiles_proto::read_profile;
 
@@ -107,7 +107,10 @@ fn python_functions_split_60_30_10_with_complete_stacks_on_every_version() {
             "499",
             &[python.as_os_str(), script.as_os_str(), secs.as_ref()],
         );
-        let stacks = stacks(&otlp);
+        let data = read_profile(&std::fs::read(&otlp).unwrap()).unwrap().data;
+        let timed = timed_profile_stacks(&data, None);
+        let stacks: Vec<(Vec<Frame>, i64)> =
+            timed.iter().map(|s| (s.frames.clone(), s.weight)).collect();
         let (shares, complete, total) = split_shares(&stacks);
         // 2.5 s of CPU at 499 Hz: about 1,250 samples, whatever the CPU
         // (more CPU time under emulation, where the timer fires less often).
@@ -165,7 +168,7 @@ fn python_functions_split_60_30_10_with_complete_stacks_on_every_version() {
             };
             assert!(range.contains(line), "3.{minor}: {function} at line {line}");
         }
-        assert_eval_loop_replaced(&otlp, &format!("3.{minor}"));
+        assert_eval_loop_replaced(&timed, &format!("3.{minor}"));
     }
 }
 
@@ -175,17 +178,15 @@ fn python_functions_split_60_30_10_with_complete_stacks_on_every_version() {
 /// process's unwind tables (libpython's and libc's: 0.1 s here, 2-3 s
 /// under emulation) its stacks stop at the first frame in them; the first
 /// half takes that start-up, the second is the steady state.
-fn assert_eval_loop_replaced(otlp: &Path, what: &str) {
-    let data = read_profile(&std::fs::read(otlp).unwrap()).unwrap().data;
-    let samples = timed_profile_stacks(&data, None);
+fn assert_eval_loop_replaced(samples: &[TimedStack], what: &str) {
     let shows_eval = |s: &TimedStack| {
         s.frames
             .iter()
             .any(|f| f.function == "_PyEval_EvalFrameDefault")
     };
-    let half = Halves::of(&samples);
-    let (eval_all, all) = half.count(&samples, shows_eval, false);
-    let (eval_late, late) = half.count(&samples, shows_eval, true);
+    let half = Halves::of(samples);
+    let (eval_all, all) = half.count(samples, shows_eval, false);
+    let (eval_late, late) = half.count(samples, shows_eval, true);
     let early_eval = half.earliest(
         samples
             .iter()
@@ -198,9 +199,9 @@ fn assert_eval_loop_replaced(otlp: &Path, what: &str) {
         half.seconds(half.middle)
     );
     // (The start-up window's length is the host's: judged on real
-    // hardware only, not under emulation, SMOLDER_TEST_TIMEOUT_SCALE.)
+    // hardware only, not under emulation.)
     assert!(
-        timeout_scale() > 1.0 || (eval_all as f64) < 0.10 * all as f64,
+        emulated() || (eval_all as f64) < 0.10 * all as f64,
         "{what}: {eval_all} of {all} samples still show _PyEval_EvalFrameDefault"
     );
     assert!(

@@ -105,12 +105,7 @@ impl AgentArgs {
 }
 
 pub fn run(args: &AgentArgs) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SMOLDER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    super::init_log(Some("info"));
     let config = args.load()?;
     // Before any thread starts: threads share two allocator arenas.
     agent::budget::limit_allocator_arenas();

@@ -72,17 +72,30 @@ fn one_line(message: &str) -> String {
         .to_owned()
 }
 
+/// Sends `tracing` events to stderr, filtered by `SMOLDER_LOG` (a
+/// `tracing` filter), else by `default`; no log at all when neither is
+/// given.
+fn init_log(default: Option<&str>) {
+    let filter = match (
+        tracing_subscriber::EnvFilter::try_from_env("SMOLDER_LOG"),
+        default,
+    ) {
+        (Ok(filter), _) => filter,
+        (Err(_), Some(default)) => tracing_subscriber::EnvFilter::new(default),
+        (Err(_), None) => return,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Runs the subcommand; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Record(args) = &cli.command {
         // `record` prints its own summary; its log (the unwind tables it
         // builds, what it gives up on) only when SMOLDER_LOG asks for it.
-        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("SMOLDER_LOG") {
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .init();
-        }
+        init_log(None);
         return Ok(record::run(args)?.map_or(0, record::exit_code));
     }
     match cli.command {
