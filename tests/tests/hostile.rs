@@ -2,7 +2,8 @@
 //! `nobody` (`setpriv`): hostile perf maps (FIFO, symbolic link to a
 //! root-only file, 1 GiB sparse file), a process that truncates a file it
 //! maps while smolder reads it, a Python process corrupting its own code
-//! objects, frames and `_Py_DebugOffsets`, and JIT frames named from `node
+//! objects, frames and `_Py_DebugOffsets`, a process mapping a library
+//! at a new address hundreds of times a second, and JIT frames named from `node
 //! --perf-basic-prof`'s perf map against `perf record -g`. These need root
 //! (CI runs as root): they fail, not skip, when `CI` is set.
 
@@ -206,6 +207,132 @@ fn a_process_truncating_its_mapped_file_does_not_kill_smolder() {
         let out = smolder(["symbolize", "-p", &child.0.id().to_string(), "0x1000"]);
         assert!(out.status.success(), "symbolize -p died: {:?}", out.status);
     }
+}
+
+/// A library with one hot function, for [`DLOPEN_LOOP_C`].
+const HOT_LIBRARY_C: &str = r#"
+unsigned long hot_in_library(unsigned long n) {
+    unsigned long x = 0;
+    for (unsigned long i = 0; i < n; i++) x = x * 6364136223846793005UL + i;
+    return x;
+}
+"#;
+
+/// `dlopen`s the library in argv[1], calls its hot function for about a
+/// millisecond, `dlclose`s it, and again, for argv[2] seconds; prints its
+/// number of rounds at the end. A reservation of a different size before
+/// each `dlopen` puts the library at a new address every round, so every
+/// round's samples meet a mapping the walker has not been told about.
+const DLOPEN_LOOP_C: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+int main(int argc, char **argv) {
+    double start = now(), end = start + atof(argv[2]);
+    long rounds = 0;
+    unsigned long sink = 0;
+    printf("started\n");
+    fflush(stdout);
+    while (now() < end) {
+        size_t pad = (size_t)(rounds % 61 + 1) << 12;
+        void *hole = mmap(0, pad, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void *lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+        if (!lib) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+        unsigned long (*hot)(unsigned long) = (unsigned long (*)(unsigned long))dlsym(lib, "hot_in_library");
+        sink += hot(1000000);
+        dlclose(lib);
+        if (hole != MAP_FAILED) munmap(hole, pad);
+        rounds++;
+    }
+    printf("%ld %.3f %lu\n", rounds, now() - start, sink & 1);
+    return 0;
+}
+"#;
+
+/// A process mapping a library at a new address hundreds of times a second
+/// (`dlopen`/`dlclose`), as `nobody`: each of its samples in the library
+/// asks for its mappings to be read again, and `smolder record` (root)
+/// reads them at most 8 times per half second (plus the ordinary reload
+/// every half second), not every 10 ms, while still following the library
+/// (reloads happen, and its function is named). The cap itself is
+/// unit-tested (`pace_tests`); this is the outcome, end to end. Measured
+/// with the cap lifted, `record` read the mappings 17-20 times a second
+/// here (a reload waits for the next read of the ring), so today the cap
+/// and that cadence both hold the rate down.
+#[test]
+fn a_dlopen_loop_cannot_make_smolder_reread_its_mappings_at_will() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = nobody_dir();
+    let lib = compile_c(
+        dir.path(),
+        "libhot.so",
+        HOT_LIBRARY_C,
+        &["-O1", "-shared", "-fPIC"],
+    );
+    let prog = compile_c(dir.path(), "dlopen_loop", DLOPEN_LOOP_C, &["-O1"]);
+    let smolder = smolder_e2e::smolder_bin();
+    let mut child = as_nobody(&prog, &[lib.to_str().unwrap(), "6"]);
+    assert_eq!(read_line(&mut child.0), "started");
+    let pid = child.0.id();
+    let folded = dir.path().join("out.folded");
+    let started = Instant::now();
+    let out = Command::new(smolder)
+        .env("SMOLDER_LOG", "smolder=debug")
+        .args(["record", "-p", &pid.to_string(), "-d", "4", "-F", "999"])
+        .args(["--format", "folded", "-o", folded.to_str().unwrap()])
+        .output()
+        .expect("run smolder record");
+    let seconds = started.elapsed().as_secs_f64();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "smolder record failed: {log}");
+    let rounds_line = read_line(&mut child.0);
+    let fields: Vec<f64> = rounds_line
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let rate = fields[0] / fields[1];
+    // Unpaced, a reload could follow every 10 ms: the loop must map the
+    // library at a new address more often than that for the test to mean
+    // anything.
+    assert!(
+        rate >= 100.0,
+        "the loop ran {rate:.0} rounds a second ({rounds_line})"
+    );
+    let loads = log
+        .lines()
+        .filter(|l| l.contains(&format!("process {pid}: ")) && l.contains("mappings loaded"))
+        .count();
+    // At most 9 reads per half second (8 quick ones and the ordinary one),
+    // and the first; about `seconds` of recording, start and end included.
+    let bound = (18.0 * seconds).ceil() as usize + 1;
+    eprintln!(
+        "{rate:.0} rounds/s; {loads} reads of the mappings in {seconds:.1} s (at most {bound})"
+    );
+    assert!(
+        loads <= bound,
+        "{loads} reads of the mappings in {seconds:.1} s (at most {bound}):\n{log}"
+    );
+    assert!(
+        loads >= 4,
+        "{loads} reads of the mappings in {seconds:.1} s: the new library addresses were not followed:\n{log}"
+    );
+    let text = std::fs::read_to_string(&folded).unwrap();
+    let (share, total) = leaf_share(&text, "hot_in_library");
+    assert!(
+        total > 0 && share > 0.0,
+        "hot_in_library named in {:.1} % of {total} samples:\n{text}",
+        100.0 * share
+    );
 }
 
 /// Spends ~2.5 s of CPU time in one hot JavaScript function.
