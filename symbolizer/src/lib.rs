@@ -37,6 +37,7 @@
 //! ```
 
 mod cache;
+mod compressed;
 mod debugfile;
 mod demangle;
 mod dwarf;

@@ -11,17 +11,18 @@
 //!
 //! A compressed `.debug_info` (a distribution's separate debug file) is not
 //! inflated whole: each unit is inflated alone, streaming the section up to
-//! it and keeping only its bytes.
+//! it and keeping only its bytes; so are its abbreviation table and line
+//! program where `.debug_abbrev` and `.debug_line` are compressed too
+//! ([`crate::compressed`]).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use gimli::{Reader as _, Section as _};
 use lru::LruCache;
 
+use crate::compressed::{self, Compressed, Piece};
 use crate::demangle::NameCache;
 use crate::dwarf::{self, DwarfInfo, Reader, SectionBytes};
 use crate::elf::{Backing, ElfObject, Env};
@@ -74,254 +75,42 @@ enum Info {
     /// `.debug_info` as loaded: mapped, or not compressed.
     Loaded,
     /// `.debug_info` compressed in the file: inflated a unit at a time.
-    Compressed(CompressedInfo),
+    Compressed(Compressed),
 }
 
-struct CompressedInfo {
-    backing: Arc<Backing>,
-    /// The compressed stream, in `backing`.
-    start: usize,
-    end: usize,
-    format: object::CompressionFormat,
-    /// Inflated size, as declared (and checked against the caps).
-    size: u64,
-    endian: gimli::RunTimeEndian,
-    /// Units inflated alone so far.
-    streamed: AtomicUsize,
-    /// The whole section, inflated once past [`STREAMED_UNITS`].
-    whole: OnceLock<Option<Reader>>,
-    /// The stream where the last unit inflated alone ended: a unit further
-    /// on is inflated from there, not from the start (lookups go through
-    /// addresses in order, and units mostly lie in address order).
-    resume: Mutex<Option<Resume>>,
-}
-
-/// An inflating stream of `.debug_info` and its position in the section.
-struct Resume {
-    at: usize,
-    stream: Box<dyn Read + Send>,
-}
-
-/// The compressed bytes of a section, read from the file they are in.
-struct CompressedBytes {
-    backing: Arc<Backing>,
-    at: usize,
-    end: usize,
-}
-
-impl Read for CompressedBytes {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let rest = self.backing.get(self.at..self.end).unwrap_or(&[]);
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-/// Units of a compressed `.debug_info` inflated one at a time (each costs
-/// inflating the section up to it) before it is inflated whole and kept:
-/// an object that many addresses fall in pays its size once instead.
-const STREAMED_UNITS: usize = 8;
-
-impl CompressedInfo {
-    /// `.debug_info` of `obj` when it is compressed.
-    fn of(obj: &ElfObject) -> Result<Option<CompressedInfo>, Error> {
-        use object::{Object, ObjectSection};
-        let backing = obj.data();
-        let file = object::File::parse(&***backing).map_err(|e| Error::object(&obj.path, e))?;
-        let Some(section) = file.section_by_name(".debug_info") else {
-            return Ok(None);
-        };
-        let Ok(c) = section.compressed_data() else {
-            return Ok(None);
-        };
-        if !matches!(
-            c.format,
-            object::CompressionFormat::Zlib | object::CompressionFormat::Zstandard
-        ) {
-            return Ok(None);
-        }
-        let cap = dwarf::MAX_DECOMPRESSED_BYTES.min((c.data.len() as u64).saturating_mul(1100));
-        if c.uncompressed_size > cap {
-            return Err(Error::Decompression {
-                path: obj.path.clone(),
-                section: ".debug_info".to_owned(),
-                size: c.uncompressed_size,
-                cap,
-            });
-        }
-        let start = (c.data.as_ptr() as usize).wrapping_sub(backing.as_ptr() as usize);
-        let Some(end) = start
-            .checked_add(c.data.len())
-            .filter(|&e| e <= backing.len())
-        else {
-            return Ok(None);
-        };
-        let endian = if obj.little_endian() {
-            gimli::RunTimeEndian::Little
-        } else {
-            gimli::RunTimeEndian::Big
-        };
-        Ok(Some(CompressedInfo {
-            backing: Arc::clone(backing),
-            start,
-            end,
-            format: c.format,
-            size: c.uncompressed_size,
-            endian,
-            streamed: AtomicUsize::new(0),
-            whole: OnceLock::new(),
-            resume: Mutex::new(None),
-        }))
-    }
-
-    /// The inflated section as a stream, at most its declared size.
-    fn stream(&self) -> std::io::Result<impl Read + '_> {
-        let data = self.backing.get(self.start..self.end).unwrap_or(&[]);
-        let reader: Box<dyn Read + '_> = match self.format {
-            object::CompressionFormat::Zstandard => Box::new(
-                ruzstd::decoding::StreamingDecoder::new(data)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?,
-            ),
-            _ => Box::new(flate2::read::ZlibDecoder::new(data)),
-        };
-        Ok(reader.take(self.size))
-    }
-
-    /// Reads the unit at the stream's position: its length and, if `keep`,
-    /// its bytes (header included); `None` at the end of the section.
-    fn next_unit(
-        &self,
-        r: &mut impl Read,
-        keep: bool,
-    ) -> std::io::Result<Option<(usize, Vec<u8>)>> {
-        let mut unit = vec![0u8; 4];
-        match r.read_exact(&mut unit) {
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            other => other?,
-        }
-        let word = |b: &[u8]| match self.endian {
-            gimli::RunTimeEndian::Little => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            gimli::RunTimeEndian::Big => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-        };
-        let len = match word(&unit) {
-            0xffff_ffff => {
-                unit.resize(12, 0);
-                r.read_exact(&mut unit[4..])?;
-                let (a, b) = (u64::from(word(&unit[4..8])), u64::from(word(&unit[8..12])));
-                match self.endian {
-                    gimli::RunTimeEndian::Little => a | b << 32,
-                    gimli::RunTimeEndian::Big => b | a << 32,
-                }
-            }
-            len => u64::from(len),
-        };
-        let head = unit.len() as u64;
-        let mut body = r.take(len);
-        if keep {
-            // Grows with what the stream gives, never with what the header claims.
-            body.read_to_end(&mut unit)?;
-        } else {
-            std::io::copy(&mut body, &mut std::io::sink())?;
-        }
-        if body.limit() != 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let total = head
-            .checked_add(len)
-            .and_then(|t| usize::try_from(t).ok())
-            .ok_or(std::io::ErrorKind::InvalidData)?;
-        Ok(Some((total, unit)))
-    }
-
-    /// The unit at `offset`, inflated alone or sliced from the whole
-    /// section (see [`STREAMED_UNITS`]).
-    fn unit(&self, offset: usize) -> Result<Reader, String> {
-        if self.streamed.fetch_add(1, Ordering::Relaxed) < STREAMED_UNITS {
-            return match self.unit_at(offset) {
-                Ok(bytes) => Ok(self.reader(bytes)),
-                Err(e) => Err(e.to_string()),
-            };
-        }
-        let whole = self.whole.get_or_init(|| {
-            let mut bytes = Vec::new();
-            let mut r = self.stream().ok()?;
-            r.read_to_end(&mut bytes).ok()?;
-            Some(self.reader(bytes))
-        });
-        let Some(whole) = whole else {
-            return Err("the section does not inflate".to_owned());
-        };
-        let header = gimli::DebugInfo::from(whole.clone())
-            .header_from_offset(gimli::DebugInfoOffset(offset))
-            .map_err(|e| e.to_string())?;
-        let mut bytes = whole.clone();
-        bytes
-            .skip(offset)
-            .and_then(|()| bytes.truncate(header.length_including_self()))
-            .map_err(|e| e.to_string())?;
-        Ok(bytes)
-    }
-
-    /// Bytes of the whole section when it was inflated and kept.
-    fn whole_bytes(&self) -> usize {
-        self.whole
-            .get()
-            .and_then(Option::as_ref)
-            .map_or(0, gimli::Reader::len)
-    }
-
-    /// The inflated section as a stream that owns what it reads.
-    fn owned_stream(&self) -> std::io::Result<Box<dyn Read + Send>> {
-        let data = CompressedBytes {
-            backing: Arc::clone(&self.backing),
-            at: self.start,
-            end: self.end,
-        };
-        Ok(match self.format {
-            object::CompressionFormat::Zstandard => Box::new(
-                ruzstd::decoding::StreamingDecoder::new(data)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?
-                    .take(self.size),
-            ),
-            _ => Box::new(flate2::read::ZlibDecoder::new(data).take(self.size)),
-        })
-    }
-
-    /// The bytes of the unit at `offset`, inflated alone: from where the
-    /// last one ended when it lies further on, else from the start.
-    fn unit_at(&self, offset: usize) -> std::io::Result<Vec<u8>> {
-        let mut resume = self.resume.lock().unwrap_or_else(|p| p.into_inner());
-        let mut r = match resume.take() {
-            Some(r) if r.at <= offset => r,
-            _ => Resume {
-                at: 0,
-                stream: self.owned_stream()?,
-            },
-        };
-        let skip = (offset - r.at) as u64;
-        let skipped = std::io::copy(&mut (&mut r.stream).take(skip), &mut std::io::sink())?;
-        if skipped != skip {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let (len, bytes) = self
-            .next_unit(&mut r.stream, true)?
-            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
-        r.at = offset + len;
-        *resume = Some(r);
-        Ok(bytes)
-    }
-
-    fn reader(&self, bytes: Vec<u8>) -> Reader {
-        Reader::new(SectionBytes::Owned(dwarf::owned_bytes(bytes)), self.endian)
-    }
+/// The unit at `offset` of a compressed `.debug_info`, inflated alone or
+/// sliced from the whole section (see [`compressed`]).
+fn compressed_unit(c: &Compressed, offset: usize) -> Result<Reader, String> {
+    let piece = c.piece(offset, |r| {
+        compressed::next_unit(r, c.endian, true)?
+            .map(|(_, bytes)| bytes)
+            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+    });
+    let whole = match piece.map_err(|e| e.to_string())? {
+        Piece::Alone(bytes) => return Ok(c.reader(bytes)),
+        Piece::Whole(whole) => whole,
+    };
+    let header = gimli::DebugInfo::from(whole.clone())
+        .header_from_offset(gimli::DebugInfoOffset(offset))
+        .map_err(|e| e.to_string())?;
+    let mut bytes = whole;
+    bytes
+        .skip(offset)
+        .and_then(|()| bytes.truncate(header.length_including_self()))
+        .map_err(|e| e.to_string())?;
+    Ok(bytes)
 }
 
 /// The per-unit DWARF of one object (its own sections, or its debug file's).
 pub(crate) struct UnitDwarf {
     dwarf: gimli::Dwarf<Reader>,
     info: Info,
+    /// `.debug_abbrev` and `.debug_line` where they are compressed beside a
+    /// compressed `.debug_info` (a distribution's debug file): read a
+    /// table or a line program at a time for the unit that needs it, not
+    /// inflated whole (libc's are 2.2 MiB together).
+    abbrev: Option<Compressed>,
+    line: Option<Compressed>,
     /// Ranges of the units `.debug_aranges` lists.
     ranges: Box<[UnitRange]>,
     listed: HashSet<usize>,
@@ -367,13 +156,25 @@ impl UnitDwarf {
     /// errors (a garbled `.debug_aranges` or unit header) are counted and
     /// end the index there: the units read so far still answer.
     pub(crate) fn load(obj: &ElfObject, env: &Env<'_>) -> Result<UnitDwarf, Error> {
-        let info = match CompressedInfo::of(obj)? {
+        let info = match Compressed::of(obj, ".debug_info")? {
             Some(c) => Info::Compressed(c),
             None => Info::Loaded,
         };
         let compressed = matches!(info, Info::Compressed(_));
+        let (abbrev, line) = if compressed {
+            (
+                Compressed::of(obj, ".debug_abbrev")?,
+                Compressed::of(obj, ".debug_line")?,
+            )
+        } else {
+            (None, None)
+        };
         let (dwarf, owned) = dwarf::load_sections_where(obj, |id| {
-            needed(id) && !(compressed && id == gimli::SectionId::DebugInfo)
+            use gimli::SectionId::{DebugAbbrev, DebugInfo, DebugLine};
+            needed(id)
+                && !(compressed && id == DebugInfo)
+                && !(abbrev.is_some() && id == DebugAbbrev)
+                && !(line.is_some() && id == DebugLine)
         })?;
         let (ranges, listed) = listed_index(&dwarf, |source| {
             env.counters.error(&Error::Dwarf {
@@ -391,6 +192,8 @@ impl UnitDwarf {
         Ok(UnitDwarf {
             dwarf,
             info,
+            abbrev,
+            line,
             ranges,
             listed,
             starts: starts.into_boxed_slice(),
@@ -406,13 +209,17 @@ impl UnitDwarf {
         })
     }
 
-    /// Bytes of `.debug_info` of the units kept parsed now, and of a
-    /// compressed `.debug_info` inflated whole.
+    /// Bytes of `.debug_info` of the units kept parsed now, and of
+    /// compressed sections inflated whole.
     pub(crate) fn kept_unit_bytes(&self) -> usize {
         let whole = match &self.info {
             Info::Compressed(c) => c.whole_bytes(),
             Info::Loaded => 0,
-        };
+        } + [&self.abbrev, &self.line]
+            .into_iter()
+            .flatten()
+            .map(Compressed::whole_bytes)
+            .sum::<usize>();
         self.lock().bytes + whole
     }
 
@@ -431,6 +238,7 @@ impl UnitDwarf {
                 unlisted_index(
                     &self.dwarf,
                     &self.info,
+                    self.abbrev.as_ref(),
                     self.mapped.as_ref(),
                     &self.listed,
                     |source| {
@@ -510,7 +318,7 @@ impl UnitDwarf {
                 }
                 bytes
             }
-            Info::Compressed(c) => match c.unit(offset) {
+            Info::Compressed(c) => match compressed_unit(c, offset) {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     env.counters.error(&Error::object(
@@ -528,13 +336,52 @@ impl UnitDwarf {
             Ok(header) => header,
             Err(e) => return broken(e),
         };
-        if refers_outside(&self.dwarf, &header) {
+        let mut dwarf = one_unit(&self.dwarf, bytes);
+        let mut weight = len;
+        let inflating = |what: &str, at: usize, e: std::io::Error| {
+            env.counters.error(&Error::object(
+                &self.path,
+                format!("inflating the {what} at {at:#x}: {e}"),
+            ));
+            (Parsed::Broken, 0)
+        };
+        if let Some(c) = &self.abbrev {
+            let at = header.debug_abbrev_offset().0;
+            match piece_of(c, at, compressed::abbreviation_table) {
+                Ok((abbrev, w)) => {
+                    dwarf.debug_abbrev = abbrev.into();
+                    weight += w;
+                }
+                Err(e) => return inflating("abbreviations of .debug_abbrev", at, e),
+            }
+        }
+        if refers_outside(&dwarf, &header) {
             return self.parse_linked(offset, env);
         }
-        match DwarfInfo::from_dwarf(one_unit(&self.dwarf, bytes), &self.path, 0) {
+        if let Some(c) = &self.line {
+            let at = match stmt_list(&dwarf, &header) {
+                Ok(at) => at,
+                Err(e) => return broken(e),
+            };
+            if let Some(at) = at {
+                let program = |r: &mut dyn std::io::Read| {
+                    compressed::next_unit(r, c.endian, true)?
+                        .map(|(_, bytes)| bytes)
+                        .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+                };
+                match piece_of(c, at, program) {
+                    Ok((line, w)) => {
+                        dwarf.debug_line = line.into();
+                        weight += w;
+                    }
+                    Err(e) => return inflating("line program of .debug_line", at, e),
+                }
+            }
+        }
+        match DwarfInfo::from_dwarf(dwarf, &self.path, 0) {
             Ok(info) => {
                 Counters::bump(&env.counters.dwarf_units_parsed);
-                (Parsed::Unit(Arc::new(info)), len)
+                (Parsed::Unit(Arc::new(info)), weight)
             }
             Err(Error::Dwarf { source, .. }) => broken(source),
             Err(e) => {
@@ -543,6 +390,40 @@ impl UnitDwarf {
             }
         }
     }
+}
+
+/// The piece of compressed section `c` at `at` that `read` reads, as a
+/// section reader with the piece at its own offset, and the bytes it
+/// holds (none when the section was inflated whole and kept: that is
+/// counted once, in [`UnitDwarf::kept_unit_bytes`]).
+fn piece_of(
+    c: &Compressed,
+    at: usize,
+    read: impl FnOnce(&mut dyn std::io::Read) -> std::io::Result<Vec<u8>>,
+) -> std::io::Result<(Reader, usize)> {
+    match c.piece(at, read)? {
+        Piece::Alone(bytes) => compressed::sparse(at, &bytes, c.endian)
+            .map(|r| (r, bytes.len()))
+            .ok_or_else(|| std::io::Error::other("no memory for the piece")),
+        Piece::Whole(whole) => Ok((whole, 0)),
+    }
+}
+
+/// Where the unit's line program starts in `.debug_line` (its root
+/// entry's `DW_AT_stmt_list`), read with `dwarf`'s abbreviations.
+fn stmt_list(
+    dwarf: &gimli::Dwarf<Reader>,
+    header: &gimli::UnitHeader<Reader>,
+) -> gimli::Result<Option<usize>> {
+    let abbreviations = dwarf.abbreviations(header)?;
+    let mut cursor = header.entries(&abbreviations);
+    cursor.next_dfs()?;
+    let root = cursor.current().ok_or(gimli::Error::MissingUnitDie)?;
+    Ok(match root.attr_value(gimli::constants::DW_AT_stmt_list) {
+        Some(gimli::AttributeValue::DebugLineRef(at)) => Some(at.0),
+        Some(gimli::AttributeValue::SecOffset(at)) => Some(at),
+        _ => None,
+    })
 }
 
 /// Units one context may take in besides its own, for the names its
@@ -909,13 +790,14 @@ fn listed_index(
 fn unlisted_index(
     dwarf: &gimli::Dwarf<Reader>,
     info: &Info,
+    abbrev: Option<&Compressed>,
     mapped: Option<&MappedInfo>,
     listed: &HashSet<usize>,
     mut error: impl FnMut(gimli::Error),
 ) -> Box<[UnitRange]> {
     let mut ranges = Vec::new();
     if let Info::Compressed(c) = info {
-        unlisted_compressed(dwarf, c, listed, |range, unit| {
+        unlisted_compressed(dwarf, c, abbrev, listed, |range, unit| {
             push(&mut ranges, range, unit)
         });
         return sorted(ranges);
@@ -1131,24 +1013,38 @@ fn root_unit(
 }
 
 /// The ranges of the units of a compressed `.debug_info` that
-/// `.debug_aranges` does not list, in one streaming pass.
+/// `.debug_aranges` does not list, in one streaming pass (with the whole
+/// of a compressed `.debug_abbrev`: every unit's root entry is read).
 fn unlisted_compressed(
     dwarf: &gimli::Dwarf<Reader>,
-    c: &CompressedInfo,
+    c: &Compressed,
+    abbrev: Option<&Compressed>,
     listed: &HashSet<usize>,
     mut push: impl FnMut(gimli::Range, usize),
 ) {
+    let abbrev = match abbrev.map(Compressed::whole) {
+        None => None,
+        Some(Some(whole)) => Some(whole.clone()),
+        // Counted when a lookup in one of those units fails the same way.
+        Some(None) => return,
+    };
     let Ok(mut r) = c.stream() else { return };
+    let mut abbreviations = HashMap::new();
     let mut offset = 0usize;
     // A stream that ends early or is corrupt ends the index there; the
     // lookups of those units count the error.
-    while let Ok(Some((len, bytes))) = c.next_unit(&mut r, !listed.contains(&offset)) {
+    while let Ok(Some((len, bytes))) =
+        compressed::next_unit(&mut *r, c.endian, !listed.contains(&offset))
+    {
         let unit_offset = offset;
         offset += len;
         if listed.contains(&unit_offset) {
             continue;
         }
-        let one = one_unit(dwarf, c.reader(bytes));
+        let mut one = one_unit(dwarf, c.reader(bytes));
+        if let Some(abbrev) = &abbrev {
+            one.debug_abbrev = abbrev.clone().into();
+        }
         let Ok(Some(header)) = one.units().next() else {
             continue;
         };
@@ -1158,7 +1054,7 @@ fn unlisted_compressed(
         ) {
             continue;
         }
-        let Ok(unit) = one.unit(header) else {
+        let Ok(unit) = root_unit(&one, header, &mut abbreviations) else {
             continue;
         };
         let Ok(mut iter) = one.unit_ranges(&unit) else {
