@@ -48,7 +48,14 @@ struct CompressedBytes {
     backing: Arc<Backing>,
     at: usize,
     end: usize,
+    /// Where the pages read were last given back.
+    given: usize,
 }
+
+/// Compressed bytes read between two give-backs of their pages: the
+/// decoder has copied them, and a stream started again reads them again
+/// from the page cache (libc's compressed `.debug_info` is 2.3 MB).
+const GIVE_BACK_EVERY: usize = 256 << 10;
 
 impl Read for CompressedBytes {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -56,6 +63,10 @@ impl Read for CompressedBytes {
         let n = rest.len().min(buf.len());
         buf[..n].copy_from_slice(&rest[..n]);
         self.at += n;
+        if self.at - self.given >= GIVE_BACK_EVERY || self.at == self.end {
+            self.backing.give_back(self.given..self.at);
+            self.given = self.at;
+        }
         Ok(n)
     }
 }
@@ -142,6 +153,7 @@ impl Compressed {
             backing: Arc::clone(&self.backing),
             at: self.start,
             end: self.end,
+            given: self.start,
         };
         Ok(match self.format {
             object::CompressionFormat::Zstandard => Box::new(

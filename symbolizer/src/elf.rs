@@ -17,9 +17,14 @@ use object::{Object, ObjectSection, ObjectSegment};
 use crate::demangle::NameCache;
 use crate::dwarf::DwarfInfo;
 use crate::stats::Counters;
-use crate::symtab::{SymbolTable, Which};
+use crate::symtab::{SymbolHit, SymbolTable, Which};
 use crate::units::{UnitDwarf, UnitFrames};
 use crate::{debugfile, Error, Frame};
+
+/// Lookups in one symbol table of one object answered by a pass over its
+/// symbols before the table is built: building it is one such pass plus a
+/// sort, and most objects with DWARF are asked about a few addresses.
+const SCANNED_LOOKUPS: usize = 4;
 
 /// The bytes of an object: a read-only file mapping, or a copy (vDSO, tests).
 pub(crate) enum Backing {
@@ -27,6 +32,41 @@ pub(crate) enum Backing {
     Owned(Vec<u8>),
     /// What lookups read of a profiled process's file.
     Copied(crate::process::ElfCopy),
+}
+
+impl Backing {
+    /// Gives back the resident pages that lie wholly within `range` of a
+    /// mapped file (a pass over a symbol table faults in megabytes of it
+    /// that later lookups do not read again); nothing for other backings.
+    pub(crate) fn give_back(&self, range: std::ops::Range<usize>) {
+        if let Backing::Mapped(m) = self {
+            drop_resident(m.as_ptr(), m.len(), range.start, range.end);
+        }
+    }
+}
+
+/// Gives back the resident pages that lie wholly within bytes `from..to`
+/// of the `len` bytes at `start`, in a read-only file mapping.
+/// They are read again from the file if touched again: the mapping is
+/// never written, so no content is lost.
+pub(crate) fn drop_resident(start: *const u8, len: usize, from: usize, to: usize) {
+    // SAFETY: sysconf has no memory effects.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let (from, to) = (from.min(len), to.min(len));
+    let first = (start as usize + from).next_multiple_of(page);
+    let last = (start as usize + to) / page * page;
+    if last > first {
+        // SAFETY: `first..last` lies in a read-only file mapping that the
+        // caller keeps alive; MADV_DONTNEED on such pages only drops them
+        // from memory (the next read faults them in from the file).
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
 }
 
 impl Deref for Backing {
@@ -102,6 +142,10 @@ pub(crate) struct Env<'a> {
     pub(crate) inlined: bool,
     /// Bytes of found frames one object keeps ([`FoundCache`]).
     pub(crate) found_bytes: usize,
+    /// Give back the pages of a mapped file's DWARF as lookups go (see
+    /// `units`): not while several threads look up in one file at once,
+    /// where each would fault in again what another just gave back.
+    pub(crate) give_back_pages: bool,
 }
 
 /// One parsed ELF object, shared through the cache.
@@ -127,6 +171,9 @@ pub(crate) struct ElfObject {
     weight: AtomicUsize,
     symtab: OnceLock<SymbolTable>,
     dynsym: OnceLock<SymbolTable>,
+    /// Lookups in `.symtab` and `.dynsym` answered by a pass over the
+    /// symbols, before the table is built ([`SCANNED_LOOKUPS`]).
+    scans: [AtomicUsize; 2],
     debug_file: OnceLock<Option<Arc<ElfObject>>>,
     dwarf: OnceLock<Option<DwarfInfo>>,
     /// DWARF parsed one compilation unit at a time ([`crate::units`]).
@@ -281,6 +328,7 @@ impl ElfObject {
             weight: AtomicUsize::new(weight),
             symtab: OnceLock::new(),
             dynsym: OnceLock::new(),
+            scans: [AtomicUsize::new(0), AtomicUsize::new(0)],
             debug_file: OnceLock::new(),
             dwarf: OnceLock::new(),
             units: OnceLock::new(),
@@ -371,6 +419,33 @@ impl ElfObject {
             .and_then(|s| s.offset.checked_add(vaddr - s.vaddr))
     }
 
+    /// The symbol of table `which` that contains `vaddr`: from a pass over
+    /// the symbols for the first [`SCANNED_LOOKUPS`] lookups, from the
+    /// table after (an object whose DWARF names nearly every address never
+    /// builds it).
+    fn symbol_in(&self, which: Which, vaddr: u64, env: &Env<'_>) -> Option<SymbolHit<'_>> {
+        let (cell, scans) = match which {
+            Which::Symtab => (&self.symtab, &self.scans[0]),
+            Which::Dynsym => (&self.dynsym, &self.scans[1]),
+        };
+        if cell.get().is_none() && scans.fetch_add(1, Ordering::Relaxed) < SCANNED_LOOKUPS {
+            return match object::File::parse(&**self.data) {
+                Ok(file) => {
+                    let hit = SymbolTable::scan(&file, &self.data, which, vaddr);
+                    for range in crate::symtab::file_ranges(&file, which) {
+                        self.data.give_back(range);
+                    }
+                    hit
+                }
+                Err(e) => {
+                    env.counters.error(&Error::object(&self.path, e));
+                    None
+                }
+            };
+        }
+        self.symbols(which, env).lookup(vaddr, &self.data)
+    }
+
     fn symbols(&self, which: Which, env: &Env<'_>) -> &SymbolTable {
         let cell = match which {
             Which::Symtab => &self.symtab,
@@ -378,7 +453,14 @@ impl ElfObject {
         };
         cell.get_or_init(|| {
             let table = match object::File::parse(&**self.data) {
-                Ok(file) => SymbolTable::read(&file, &self.data, which),
+                Ok(file) => {
+                    let table = SymbolTable::read(&file, &self.data, which);
+                    // Lookups read a name or two of it from here on.
+                    for range in crate::symtab::file_ranges(&file, which) {
+                        self.data.give_back(range);
+                    }
+                    table
+                }
                 Err(e) => {
                     env.counters.error(&Error::object(&self.path, e));
                     SymbolTable::default()
@@ -480,17 +562,15 @@ impl ElfObject {
             let file = hit.file.map(|f| String::from_utf8_lossy(f).into_owned());
             (self.names.name(hit.name, env.demangle), file)
         };
-        if let Some(hit) = self.symbols(Which::Symtab, env).lookup(vaddr, &self.data) {
+        if let Some(hit) = self.symbol_in(Which::Symtab, vaddr, env) {
             return Some(found(hit));
         }
         if let Some(debug) = self.debug_file(env) {
-            let table = debug.symbols(Which::Symtab, env);
-            if let Some(hit) = table.lookup(vaddr, &debug.data) {
+            if let Some(hit) = debug.symbol_in(Which::Symtab, vaddr, env) {
                 return Some(found(hit));
             }
         }
-        let dynsym = self.symbols(Which::Dynsym, env);
-        dynsym.lookup(vaddr, &self.data).map(found)
+        self.symbol_in(Which::Dynsym, vaddr, env).map(found)
     }
 
     /// The frames for virtual address `vaddr`, innermost first: found

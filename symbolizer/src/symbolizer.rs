@@ -289,13 +289,14 @@ impl Symbolizer {
         *lock(&self.kernel) = None;
     }
 
-    fn env(&self) -> Env<'_> {
+    fn env(&self, give_back_pages: bool) -> Env<'_> {
         Env {
             debug_root: &self.debug_root,
             counters: &self.counters,
             demangle: self.demangle,
             inlined: self.inlined,
             found_bytes: self.found_bytes,
+            give_back_pages,
         }
     }
 
@@ -350,7 +351,7 @@ impl Symbolizer {
         let build_id = obj.build_id_hex();
         addrs
             .iter()
-            .map(|&addr| self.in_object(obj, path, build_id.as_deref(), addr, kind))
+            .map(|&addr| self.in_object(obj, path, build_id.as_deref(), addr, kind, true))
             .collect()
     }
 
@@ -386,7 +387,11 @@ impl Symbolizer {
                     scope.spawn(move || {
                         indices
                             .iter()
-                            .map(|&i| (i, self.in_object(obj, path, build_id, addrs[i], kind)))
+                            .map(|&i| {
+                                let found =
+                                    self.in_object(obj, path, build_id, addrs[i], kind, false);
+                                (i, found)
+                            })
                             .collect()
                     })
                 })
@@ -423,13 +428,14 @@ impl Symbolizer {
         build_id: Option<&str>,
         addr: u64,
         kind: AddressKind,
+        give_back_pages: bool,
     ) -> Symbolized {
         let (vaddr, offset) = match kind {
             AddressKind::FileOffset => (obj.file_offset_to_vaddr(addr), Some(addr)),
             AddressKind::VirtualAddress => (Some(addr), obj.vaddr_to_file_offset(addr)),
         };
         let frames = match vaddr {
-            Some(vaddr) => self.lookup(obj, vaddr),
+            Some(vaddr) => self.lookup(obj, vaddr, give_back_pages),
             None => {
                 Counters::bump(&self.counters.unresolved);
                 Vec::new()
@@ -446,8 +452,8 @@ impl Symbolizer {
         }
     }
 
-    fn lookup(&self, obj: &ElfObject, vaddr: u64) -> Vec<Frame> {
-        let (frames, resolution) = obj.lookup(vaddr, &self.env());
+    fn lookup(&self, obj: &ElfObject, vaddr: u64, give_back_pages: bool) -> Vec<Frame> {
+        let (frames, resolution) = obj.lookup(vaddr, &self.env(give_back_pages));
         let counter = match resolution {
             Resolution::Dwarf => &self.counters.resolved_dwarf,
             Resolution::Symtab => &self.counters.resolved_symtab,
@@ -516,6 +522,7 @@ impl Symbolizer {
                             build_id.as_deref(),
                             offset,
                             AddressKind::FileOffset,
+                            true,
                         )
                         .with_addr(addr)
                     }

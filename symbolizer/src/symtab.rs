@@ -46,68 +46,135 @@ pub(crate) enum Which {
     Dynsym,
 }
 
+/// Nearby symbols [`SymbolTable::lookup`] looks at, back from the nearest
+/// one before the address.
+const LOOKBACK: usize = 8;
+
 impl SymbolTable {
     /// Reads the function symbols of `file`, whose bytes start at `base`.
     pub(crate) fn read(file: &object::File<'_>, base: &[u8], which: Which) -> SymbolTable {
-        let base_ptr = base.as_ptr() as usize;
         let mut entries = Vec::new();
-        let symbols = match which {
-            Which::Symtab => file.symbols(),
-            Which::Dynsym => file.dynamic_symbols(),
-        };
-        let range_of = |bytes: &[u8]| -> Option<(usize, u32)> {
-            let start = (bytes.as_ptr() as usize).wrapping_sub(base_ptr);
-            let len = u32::try_from(bytes.len()).ok()?;
-            (start.checked_add(bytes.len())? <= base.len()).then_some((start, len))
-        };
-        let mut file = None;
-        let mut state = FileState::NothingSeen;
-        for sym in symbols {
-            let kind = sym.kind();
-            if kind == SymbolKind::File {
-                file = sym.name_bytes().ok().and_then(range_of);
-                if state == FileState::SymbolSeen {
-                    state = FileState::FileAfterSymbol;
-                }
-                continue;
-            }
-            let file_of_symbol =
-                file.filter(|_| sym.is_local() || state != FileState::FileAfterSymbol);
-            if state == FileState::NothingSeen {
-                state = FileState::SymbolSeen;
-            }
-            if !matches!(kind, SymbolKind::Text | SymbolKind::Unknown) {
-                continue;
-            }
-            if !matches!(sym.section(), SymbolSection::Section(_)) || sym.address() == 0 {
-                continue;
-            }
-            let Ok(name) = sym.name_bytes() else { continue };
-            // Mapping symbols (`$x`, `$d`) and local labels carry no function name.
-            if name.is_empty() || name.starts_with(b"$") || name.starts_with(b".L") {
-                continue;
-            }
-            let Some((name_start, name_len)) = range_of(name) else {
-                continue;
-            };
-            // Prefer typed, sized, global symbols among aliases at one address.
-            let rank = u8::from(kind == SymbolKind::Text) * 4
-                + u8::from(sym.size() > 0) * 2
-                + u8::from(sym.is_global());
-            entries.push(Entry {
-                addr: sym.address(),
-                size: sym.size(),
-                name_start,
-                name_len,
-                rank,
-                file: file_of_symbol,
-            });
-        }
+        each_function(file, base, which, |e| entries.push(e));
         entries.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.rank.cmp(&a.rank)));
         entries.dedup_by_key(|e| e.addr);
         SymbolTable { entries }
     }
 
+    /// [`SymbolTable::lookup`] in the table [`SymbolTable::read`] would
+    /// build, in one pass over the symbols that keeps only the entries the
+    /// lookup looks at: for an object asked about a few addresses (a
+    /// binary whose DWARF names all but `_start`), the whole table (48
+    /// bytes a symbol: 2.4 MiB for a 74 MB Rust binary) is never built.
+    pub(crate) fn scan<'d>(
+        file: &object::File<'_>,
+        base: &'d [u8],
+        which: Which,
+        addr: u64,
+    ) -> Option<SymbolHit<'d>> {
+        // The entries at the greatest addresses up to `addr`, one per
+        // address (the best ranked; the first of equals, as the stable
+        // sort and dedup of `read` keep), in address order.
+        let mut near: Vec<Entry> = Vec::with_capacity(LOOKBACK + 2);
+        each_function(file, base, which, |e| {
+            if e.addr > addr {
+                return;
+            }
+            match near.binary_search_by_key(&e.addr, |n| n.addr) {
+                Ok(i) => {
+                    if e.rank > near[i].rank {
+                        near[i] = e;
+                    }
+                }
+                Err(i) => {
+                    if near.len() <= LOOKBACK {
+                        near.insert(i, e);
+                    } else if i > 0 {
+                        near.insert(i, e);
+                        near.remove(0);
+                    }
+                }
+            }
+        });
+        SymbolTable { entries: near }.lookup(addr, base)
+    }
+}
+
+/// Where table `which` and its string table lie in `file`'s bytes.
+pub(crate) fn file_ranges(file: &object::File<'_>, which: Which) -> Vec<std::ops::Range<usize>> {
+    use object::ObjectSection;
+    let names: [&str; 2] = match which {
+        Which::Symtab => [".symtab", ".strtab"],
+        Which::Dynsym => [".dynsym", ".dynstr"],
+    };
+    names
+        .iter()
+        .filter_map(|name| file.section_by_name(name)?.file_range())
+        .filter_map(|(at, size)| {
+            let at = usize::try_from(at).ok()?;
+            Some(at..at.checked_add(usize::try_from(size).ok()?)?)
+        })
+        .collect()
+}
+
+/// Calls `each` with the function symbols of `file` (whose bytes start at
+/// `base`), in the table's order, each with its rank among aliases and
+/// the `STT_FILE` symbol that names its file.
+fn each_function(file: &object::File<'_>, base: &[u8], which: Which, mut each: impl FnMut(Entry)) {
+    let base_ptr = base.as_ptr() as usize;
+    let symbols = match which {
+        Which::Symtab => file.symbols(),
+        Which::Dynsym => file.dynamic_symbols(),
+    };
+    let range_of = |bytes: &[u8]| -> Option<(usize, u32)> {
+        let start = (bytes.as_ptr() as usize).wrapping_sub(base_ptr);
+        let len = u32::try_from(bytes.len()).ok()?;
+        (start.checked_add(bytes.len())? <= base.len()).then_some((start, len))
+    };
+    let mut file = None;
+    let mut state = FileState::NothingSeen;
+    for sym in symbols {
+        let kind = sym.kind();
+        if kind == SymbolKind::File {
+            file = sym.name_bytes().ok().and_then(range_of);
+            if state == FileState::SymbolSeen {
+                state = FileState::FileAfterSymbol;
+            }
+            continue;
+        }
+        let file_of_symbol = file.filter(|_| sym.is_local() || state != FileState::FileAfterSymbol);
+        if state == FileState::NothingSeen {
+            state = FileState::SymbolSeen;
+        }
+        if !matches!(kind, SymbolKind::Text | SymbolKind::Unknown) {
+            continue;
+        }
+        if !matches!(sym.section(), SymbolSection::Section(_)) || sym.address() == 0 {
+            continue;
+        }
+        let Ok(name) = sym.name_bytes() else { continue };
+        // Mapping symbols (`$x`, `$d`) and local labels carry no function name.
+        if name.is_empty() || name.starts_with(b"$") || name.starts_with(b".L") {
+            continue;
+        }
+        let Some((name_start, name_len)) = range_of(name) else {
+            continue;
+        };
+        // Prefer typed, sized, global symbols among aliases at one address.
+        let rank = u8::from(kind == SymbolKind::Text) * 4
+            + u8::from(sym.size() > 0) * 2
+            + u8::from(sym.is_global());
+        each(Entry {
+            addr: sym.address(),
+            size: sym.size(),
+            name_start,
+            name_len,
+            rank,
+            file: file_of_symbol,
+        });
+    }
+}
+
+impl SymbolTable {
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -121,7 +188,7 @@ impl SymbolTable {
         let nearest = idx.checked_sub(1)?;
         // Sized symbols can nest (a function and an alias covering part of it);
         // look a few entries back for one that contains the address.
-        for i in (nearest.saturating_sub(8)..=nearest).rev() {
+        for i in (nearest.saturating_sub(LOOKBACK)..=nearest).rev() {
             let e = self.entries[i];
             let contains = if e.size == 0 {
                 i == nearest
@@ -147,5 +214,57 @@ impl SymbolTable {
     /// Estimated heap bytes held.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<Entry>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lookup by one pass over the symbols finds what the built table
+    /// finds: at symbol starts, inside, just past the end, and between
+    /// symbols; in this test binary's `.symtab` (Rust, many aliases) and
+    /// libc's `.dynsym` (versioned aliases, unsized symbols).
+    #[test]
+    fn a_scan_finds_what_the_table_finds() {
+        let exe = std::env::current_exe().unwrap();
+        let libc = std::path::Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        for (path, which) in [(exe.as_path(), Which::Symtab), (libc, Which::Dynsym)] {
+            let bytes = std::fs::read(path).unwrap();
+            let file = object::File::parse(&*bytes).unwrap();
+            let table = SymbolTable::read(&file, &bytes, which);
+            assert!(
+                table.len() > 500,
+                "{}: {} symbols",
+                path.display(),
+                table.len()
+            );
+            let step = table.len() / 150;
+            let probes: Vec<u64> = table
+                .entries
+                .iter()
+                .step_by(step)
+                .flat_map(|e| {
+                    [
+                        e.addr - 1,
+                        e.addr,
+                        e.addr + 1,
+                        e.addr + e.size / 2,
+                        e.addr + e.size,
+                    ]
+                })
+                .collect();
+            let name = |hit: Option<SymbolHit<'_>>| {
+                hit.map(|h| (h.name.to_vec(), h.file.map(<[u8]>::to_vec)))
+            };
+            for addr in probes {
+                assert_eq!(
+                    name(SymbolTable::scan(&file, &bytes, which, addr)),
+                    name(table.lookup(addr, &bytes)),
+                    "{} at {addr:#x}",
+                    path.display()
+                );
+            }
+        }
     }
 }
