@@ -3,7 +3,8 @@
 //! root-only file, 1 GiB sparse file), a process that truncates a file it
 //! maps while smolder reads it, a Python process corrupting its own code
 //! objects, frames and `_Py_DebugOffsets`, a process mapping a library
-//! at a new address hundreds of times a second, and JIT frames named from `node
+//! at a new address hundreds of times a second, a binary with an 18 MB
+//! `.eh_frame` beside the agent, and JIT frames named from `node
 //! --perf-basic-prof`'s perf map against `perf record -g`. These need root
 //! (CI runs as root): they fail, not skip, when `CI` is set.
 
@@ -333,6 +334,117 @@ fn a_dlopen_loop_cannot_make_smolder_reread_its_mappings_at_will() {
         "hot_in_library named in {:.1} % of {total} samples:\n{text}",
         100.0 * share
     );
+}
+
+/// A program whose own binary carries an 18 MB `.eh_frame`: one function
+/// (never called) of 6 M unwind rows, written by the assembler from
+/// `.cfi_adjust_cfa_offset` between `nop`s; `main` spins in C.
+const HUGE_EH_FRAME_C: &str = r#"
+#include <stdio.h>
+__asm__(
+    ".text\n"
+    ".globl huge_cfi\n"
+    ".type huge_cfi, @function\n"
+    "huge_cfi:\n"
+    ".cfi_startproc\n"
+    ".rept 3000000\n"
+    "nop\n"
+    ".cfi_adjust_cfa_offset 8\n"
+    "nop\n"
+    ".cfi_adjust_cfa_offset -8\n"
+    ".endr\n"
+    "ret\n"
+    ".cfi_endproc\n"
+    ".size huge_cfi, .-huge_cfi\n");
+void huge_cfi(void);
+static volatile unsigned long sink;
+__attribute__((noinline)) static void spin_in_huge_binary(void) {
+    for (unsigned long i = 0; i < 100000000UL; i++) sink += i;
+}
+int main(int argc, char **argv) {
+    printf("started\n");
+    fflush(stdout);
+    for (;;) {
+        spin_in_huge_binary();
+        if (argc > 5) huge_cfi();
+    }
+}
+"#;
+
+/// The agent (root, default memory limit of 64 MiB) beside a `nobody`
+/// process whose binary holds 6 M unwind rows: the table is refused
+/// before it is built (the process is walked by frame pointers), the
+/// agent's peak resident memory stays within the limit and the margin
+/// `agent_memory` allows, and its intervals go on, with that process's
+/// function in them.
+#[test]
+fn a_binary_with_a_huge_eh_frame_cannot_blow_the_agents_memory() {
+    if !require_ebpf() {
+        return;
+    }
+    let _turn = exclusive();
+    let dir = nobody_dir();
+    let prog = compile_c(dir.path(), "huge_eh_frame", HUGE_EH_FRAME_C, &["-O1"]);
+    let eh_frame = run_ok(Command::new("readelf").args(["-SW"]).arg(&prog));
+    let size = String::from_utf8_lossy(&eh_frame.stdout)
+        .lines()
+        .find(|l| l.contains(" .eh_frame "))
+        .and_then(|l| l.split_whitespace().nth(5).map(str::to_owned))
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .expect("an .eh_frame section");
+    assert!(size > 16 << 20, ".eh_frame is {size} bytes");
+    let smolder = smolder_e2e::smolder_bin();
+    let mut child = as_nobody(&prog, &[]);
+    assert_eq!(read_line(&mut child.0), "started");
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let mut agent = Command::new(smolder)
+        .args(["agent", "-i", "2s", "--output-dir"])
+        .arg(&out)
+        .env("SMOLDER_LOG", "smolder=info")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT")
+        .env_remove("SMOLDER_MEMORY_LIMIT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start smolder agent");
+    let lines = smolder_e2e::Lines::default();
+    lines.follow(agent.stderr.take().unwrap());
+    let agent = KillOnDrop(agent);
+    let intervals = |text: &str| text.lines().filter(|l| l.contains(" interval ")).count();
+    let deadline = Instant::now() + Duration::from_secs_f64(60.0 * smolder_e2e::timeout_scale());
+    while intervals(&lines.text()) < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.0.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let mut agent = agent;
+    let exit = agent.0.wait().expect("wait for the agent");
+    std::thread::sleep(Duration::from_millis(200));
+    let log = lines.text();
+    assert!(exit.success(), "the agent failed ({exit}): {log}");
+    assert!(intervals(&log) >= 3, "intervals: {log}");
+    let refused = format!("no unwind table: frame pointers for {}", prog.display());
+    assert!(log.contains(&refused), "the table was not refused: {log}");
+    eprintln!("the agent's peak resident memory: {} MiB", peak_kib >> 10);
+    assert!(
+        peak_kib < (64 + 16) << 10,
+        "peak RSS {} MiB over 64 MiB + 16 MiB:\n{log}",
+        peak_kib >> 10
+    );
+    let named = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "svg"))
+        .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("spin_in_huge_binary")));
+    assert!(named, "no interval shows spin_in_huge_binary:\n{log}");
 }
 
 /// Spends ~2.5 s of CPU time in one hot JavaScript function.
