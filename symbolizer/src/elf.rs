@@ -34,6 +34,21 @@ pub(crate) enum Backing {
     Copied(crate::process::ElfCopy),
 }
 
+/// Where the sections `names` lie in `file`'s bytes (those it has).
+pub(crate) fn section_ranges(
+    file: &object::File<'_>,
+    names: &[&str],
+) -> Vec<std::ops::Range<usize>> {
+    names
+        .iter()
+        .filter_map(|name| file.section_by_name(name)?.file_range())
+        .filter_map(|(at, size)| {
+            let at = usize::try_from(at).ok()?;
+            Some(at..at.checked_add(usize::try_from(size).ok()?)?)
+        })
+        .collect()
+}
+
 impl Backing {
     /// Gives back the resident pages that lie wholly within `range` of a
     /// mapped file (a pass over a symbol table faults in megabytes of it

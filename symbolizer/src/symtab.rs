@@ -101,19 +101,11 @@ impl SymbolTable {
 
 /// Where table `which` and its string table lie in `file`'s bytes.
 pub(crate) fn file_ranges(file: &object::File<'_>, which: Which) -> Vec<std::ops::Range<usize>> {
-    use object::ObjectSection;
     let names: [&str; 2] = match which {
         Which::Symtab => [".symtab", ".strtab"],
         Which::Dynsym => [".dynsym", ".dynstr"],
     };
-    names
-        .iter()
-        .filter_map(|name| file.section_by_name(name)?.file_range())
-        .filter_map(|(at, size)| {
-            let at = usize::try_from(at).ok()?;
-            Some(at..at.checked_add(usize::try_from(size).ok()?)?)
-        })
-        .collect()
+    crate::elf::section_ranges(file, &names)
 }
 
 /// Calls `each` with the function symbols of `file` (whose bytes start at

@@ -977,18 +977,10 @@ fn section_ranges(obj: &ElfObject) -> Vec<std::ops::Range<usize>> {
 
 /// Where the sections `names` lie in `obj`'s bytes (those it has).
 fn section_ranges_named(obj: &ElfObject, names: &[&str]) -> Vec<std::ops::Range<usize>> {
-    use object::{Object, ObjectSection};
-    let Ok(file) = object::File::parse(&***obj.data()) else {
-        return Vec::new();
-    };
-    names
-        .iter()
-        .filter_map(|name| file.section_by_name(name)?.file_range())
-        .filter_map(|(at, size)| {
-            let at = usize::try_from(at).ok()?;
-            Some(at..at.checked_add(usize::try_from(size).ok()?)?)
-        })
-        .collect()
+    match object::File::parse(&***obj.data()) {
+        Ok(file) => crate::elf::section_ranges(&file, names),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// `header`'s unit with the root entry's bases and address read, but not

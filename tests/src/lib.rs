@@ -798,3 +798,34 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `smolder agent` with `args`, its OTLP endpoint and memory limit left to
+/// the arguments (not to this environment's variables), stdout discarded
+/// and stderr piped, started.
+pub fn start_agent<I, S>(args: I) -> std::process::Child
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(smolder_bin())
+        .arg("agent")
+        .args(args)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT")
+        .env_remove("SMOLDER_MEMORY_LIMIT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start smolder agent")
+}
+
+/// `VmHWM` (peak resident memory) of `pid`, in bytes, as the kernel reports it.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in status");
+    kib << 10
+}

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use smolder_e2e::{
-    compile_c, python_check, require_ebpf, require_tool, smolder_bin, workspace_root, KillOnDrop,
-    Lines,
+    compile_c, peak_rss, python_check, require_ebpf, require_tool, start_agent, workspace_root,
+    KillOnDrop, Lines,
 };
 
 /// The default limit (`memory_limit`), and what the test allows above it:
@@ -151,17 +151,6 @@ fn wait_for(lines: &Lines, timeout: Duration, what: &str, pred: impl Fn(&str) ->
         .unwrap_or_else(|| panic!("waiting for {what}: {:?}", lines.all()))
 }
 
-/// `VmHWM` (peak resident memory) of `pid`, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in status");
-    kib << 10
-}
-
 #[test]
 fn under_churn_the_agent_stays_within_its_default_memory_limit() {
     if !require_ebpf() {
@@ -194,21 +183,12 @@ fn under_churn_the_agent_stays_within_its_default_memory_limit() {
         .unwrap();
 
     let churn = Churn::start(dir.path());
-    let mut agent = Command::new(smolder_bin())
-        .args([
-            "agent",
-            "-i",
-            INTERVAL,
-            "--endpoint",
-            &format!("http://127.0.0.1:{port}"),
-        ])
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT")
-        .env_remove("SMOLDER_MEMORY_LIMIT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start smolder agent");
+    let mut agent = start_agent([
+        "-i",
+        INTERVAL,
+        "--endpoint",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
     let agent_lines = Lines::default();
     agent_lines.follow(agent.stderr.take().unwrap());
     let agent = KillOnDrop(agent);

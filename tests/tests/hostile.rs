@@ -393,22 +393,17 @@ fn a_binary_with_a_huge_eh_frame_cannot_blow_the_agents_memory() {
         .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
         .expect("an .eh_frame section");
     assert!(size > 16 << 20, ".eh_frame is {size} bytes");
-    let smolder = smolder_e2e::smolder_bin();
+    smolder_e2e::smolder_bin();
     let mut child = as_nobody(&prog, &[]);
     assert_eq!(read_line(&mut child.0), "started");
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let mut agent = Command::new(smolder)
-        .args(["agent", "-i", "2s", "--output-dir"])
-        .arg(&out)
-        .env("SMOLDER_LOG", "smolder=info")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT")
-        .env_remove("SMOLDER_MEMORY_LIMIT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start smolder agent");
+    let mut agent = smolder_e2e::start_agent([
+        "-i".as_ref(),
+        "2s".as_ref(),
+        "--output-dir".as_ref(),
+        out.as_os_str(),
+    ]);
     let lines = smolder_e2e::Lines::default();
     lines.follow(agent.stderr.take().unwrap());
     let agent = KillOnDrop(agent);
@@ -417,12 +412,7 @@ fn a_binary_with_a_huge_eh_frame_cannot_blow_the_agents_memory() {
     while intervals(&lines.text()) < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.0.id())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
+    let peak_kib = smolder_e2e::peak_rss(agent.0.id()) >> 10;
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
     let mut agent = agent;
