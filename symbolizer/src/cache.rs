@@ -287,6 +287,13 @@ impl ObjectCache {
             .store(total as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Gives back the pages of the cached objects' mapped DWARF sections.
+    pub(crate) fn give_back_pages(&self) {
+        for (_, obj) in self.lock().objects.iter() {
+            obj.give_back_pages();
+        }
+    }
+
     pub(crate) fn clear(&self) {
         let mut inner = self.lock();
         inner.objects.clear();

@@ -489,6 +489,17 @@ impl ElfObject {
         })
     }
 
+    /// Gives back the pages of its mapped DWARF sections (and its debug
+    /// file's) that lookups faulted in.
+    pub(crate) fn give_back_pages(&self) {
+        if let Some(Some(units)) = self.units.get() {
+            units.give_back_all();
+        }
+        if let Some(Some(debug)) = self.debug_file.get() {
+            debug.give_back_pages();
+        }
+    }
+
     /// The separate debug file, searched for once.
     fn debug_file(&self, env: &Env<'_>) -> Option<&Arc<ElfObject>> {
         if self.is_debug_file {

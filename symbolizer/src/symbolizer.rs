@@ -282,6 +282,15 @@ impl Symbolizer {
         self.cache.len()
     }
 
+    /// Gives back to the kernel the pages of mapped debug information that
+    /// lookups faulted in (lookups to come read what they need again, from
+    /// the page cache): a caller that symbolizes in batches calls it after
+    /// each, so that its resident memory holds what it parsed, not every
+    /// page of debug sections it read.
+    pub fn give_back_pages(&self) {
+        self.cache.give_back_pages();
+    }
+
     /// Forgets every cached object, perf map and kallsyms.
     pub fn clear_cache(&self) {
         self.cache.clear();

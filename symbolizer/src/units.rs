@@ -310,6 +310,15 @@ impl UnitDwarf {
         parsed
     }
 
+    /// Gives back the pages of the DWARF sections that lookups faulted in.
+    pub(crate) fn give_back_all(&self) {
+        self.parsed_since
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        for range in &self.sections {
+            self.backing.give_back(range.clone());
+        }
+    }
+
     /// Past [`GIVE_BACK_EVERY`] bytes of units parsed, gives back the
     /// pages of the DWARF sections that lookups faulted in: the lookups
     /// still to come read a few of them again, from the page cache.
@@ -321,10 +330,7 @@ impl UnitDwarf {
         if self.parsed_since.load(Ordering::Relaxed) < GIVE_BACK_EVERY {
             return;
         }
-        self.parsed_since.store(0, Ordering::Relaxed);
-        for range in &self.sections {
-            self.backing.give_back(range.clone());
-        }
+        self.give_back_all();
     }
 
     /// A context over the one unit at `offset` of `.debug_info`, and the

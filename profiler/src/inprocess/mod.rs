@@ -580,21 +580,26 @@ fn thread_name(tid: u32) -> String {
 /// addresses it has not seen.
 const KEPT_SYMBOLS: usize = 16_384;
 
-/// In long-running mode, how much the process may grow past its lowest
-/// size after an interval before the symbolizer's parsed objects are
-/// dropped (and the freed heap handed back).
+/// In long-running mode, how much the process's anonymous memory may grow
+/// past its lowest size after an interval before the symbolizer's parsed
+/// objects are dropped (and the freed heap handed back).
 #[cfg(feature = "exporter")]
 const PARSED_BYTES: u64 = 16 << 20;
 
-/// This process's resident memory (`/proc/self/statm`), bytes.
+/// This process's resident anonymous memory (`RssAnon` of
+/// `/proc/self/status`), bytes: the heap that parsed debug info takes.
+/// Pages of mapped files are left out: the symbolizer gives back those of
+/// debug sections after each interval, and the kernel may drop them.
 #[cfg(feature = "exporter")]
 fn resident_bytes() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    std::fs::read_to_string("/proc/self/statm")
+    std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * page)
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib << 10)
 }
 
 /// The background thread: follows threads, reads rings, unwinds.

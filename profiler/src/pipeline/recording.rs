@@ -241,6 +241,7 @@ impl Recording {
             &self.symbolizer,
             ProfileConfig::cpu(self.frequency_hz, start, duration_nano),
         );
+        self.symbolizer.give_back_pages();
         self.aggregator
             .forget_facts_unless(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
         self.interval_start_unix_nano = end_unix_nano;
