@@ -94,13 +94,16 @@ pub(crate) enum Piece {
 }
 
 impl Compressed {
-    /// Section `name` of `obj` when it is compressed with zlib or zstd.
-    /// A declared size over the caps is refused before anything is
-    /// allocated for it.
-    pub(crate) fn of(obj: &ElfObject, name: &str) -> Result<Option<Compressed>, Error> {
+    /// Section `name` of `obj` (parsed as `file`) when it is compressed
+    /// with zlib or zstd. A declared size over the caps is refused before
+    /// anything is allocated for it.
+    pub(crate) fn of(
+        obj: &ElfObject,
+        file: &object::File<'_>,
+        name: &str,
+    ) -> Result<Option<Compressed>, Error> {
         use object::{Object, ObjectSection};
         let backing = obj.data();
-        let file = object::File::parse(&***backing).map_err(|e| Error::object(&obj.path, e))?;
         let Some(section) = file.section_by_name(name) else {
             return Ok(None);
         };
@@ -113,7 +116,8 @@ impl Compressed {
         ) {
             return Ok(None);
         }
-        let cap = dwarf::MAX_DECOMPRESSED_BYTES.min((c.data.len() as u64).saturating_mul(1100));
+        let cap = dwarf::MAX_DECOMPRESSED_BYTES
+            .min((c.data.len() as u64).saturating_mul(dwarf::MAX_RATIO));
         if c.uncompressed_size > cap {
             return Err(Error::Decompression {
                 path: obj.path.clone(),
@@ -281,6 +285,17 @@ pub(crate) fn next_unit(
         .and_then(|t| usize::try_from(t).ok())
         .ok_or(std::io::ErrorKind::InvalidData)?;
     Ok(Some((total, unit)))
+}
+
+/// Reads one piece that starts with a DWARF initial length and returns its
+/// bytes ([`next_unit`]); the stream's end before it is an error.
+pub(crate) fn initial_length_piece(
+    r: &mut dyn Read,
+    endian: gimli::RunTimeEndian,
+) -> std::io::Result<Vec<u8>> {
+    next_unit(r, endian, true)?
+        .map(|(_, bytes)| bytes)
+        .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
 }
 
 /// Reads one abbreviation table (declarations up to the null code) and

@@ -256,7 +256,7 @@ fn mark_inlined(mut frames: Vec<Frame>) -> Vec<Frame> {
 pub(crate) const MAX_DECOMPRESSED_BYTES: u64 = 512 << 20;
 /// ... and at most this many times its compressed size (deflate cannot do
 /// better than 1032:1).
-const MAX_RATIO: u64 = 1100;
+pub(crate) const MAX_RATIO: u64 = 1100;
 
 /// Loads the DWARF sections of `obj`, decompressing `.zdebug_*` and
 /// `SHF_COMPRESSED` sections and borrowing the rest from the mapping.

@@ -64,7 +64,7 @@ impl Backing {
 /// of the `len` bytes at `start`, in a read-only file mapping.
 /// They are read again from the file if touched again: the mapping is
 /// never written, so no content is lost.
-pub(crate) fn drop_resident(start: *const u8, len: usize, from: usize, to: usize) {
+fn drop_resident(start: *const u8, len: usize, from: usize, to: usize) {
     // SAFETY: sysconf has no memory effects.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let (from, to) = (from.min(len), to.min(len));
@@ -444,21 +444,38 @@ impl ElfObject {
             Which::Dynsym => (&self.dynsym, &self.scans[1]),
         };
         if cell.get().is_none() && scans.fetch_add(1, Ordering::Relaxed) < SCANNED_LOOKUPS {
-            return match object::File::parse(&**self.data) {
-                Ok(file) => {
-                    let hit = SymbolTable::scan(&file, &self.data, which, vaddr);
-                    for range in crate::symtab::file_ranges(&file, which) {
-                        self.data.give_back(range);
-                    }
-                    hit
-                }
-                Err(e) => {
-                    env.counters.error(&Error::object(&self.path, e));
-                    None
-                }
-            };
+            return self
+                .read_symbols(which, env, |file| {
+                    SymbolTable::scan(file, &self.data, which, vaddr)
+                })
+                .flatten();
         }
         self.symbols(which, env).lookup(vaddr, &self.data)
+    }
+
+    /// What `read` reads of table `which` in the parsed object, after
+    /// which the pages of the table and its names are given back (a pass
+    /// over them faults in megabytes that lookups do not read again);
+    /// `None` when the object does not parse (counted).
+    fn read_symbols<T>(
+        &self,
+        which: Which,
+        env: &Env<'_>,
+        read: impl FnOnce(&object::File<'_>) -> T,
+    ) -> Option<T> {
+        match object::File::parse(&**self.data) {
+            Ok(file) => {
+                let found = read(&file);
+                for range in crate::symtab::file_ranges(&file, which) {
+                    self.data.give_back(range);
+                }
+                Some(found)
+            }
+            Err(e) => {
+                env.counters.error(&Error::object(&self.path, e));
+                None
+            }
+        }
     }
 
     fn symbols(&self, which: Which, env: &Env<'_>) -> &SymbolTable {
@@ -467,20 +484,11 @@ impl ElfObject {
             Which::Dynsym => &self.dynsym,
         };
         cell.get_or_init(|| {
-            let table = match object::File::parse(&**self.data) {
-                Ok(file) => {
-                    let table = SymbolTable::read(&file, &self.data, which);
-                    // Lookups read a name or two of it from here on.
-                    for range in crate::symtab::file_ranges(&file, which) {
-                        self.data.give_back(range);
-                    }
-                    table
-                }
-                Err(e) => {
-                    env.counters.error(&Error::object(&self.path, e));
-                    SymbolTable::default()
-                }
-            };
+            let table = self
+                .read_symbols(which, env, |file| {
+                    SymbolTable::read(file, &self.data, which)
+                })
+                .unwrap_or_default();
             if which == Which::Symtab {
                 Counters::bump(&env.counters.symtabs_parsed);
             }

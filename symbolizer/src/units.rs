@@ -25,7 +25,7 @@ use lru::LruCache;
 use crate::compressed::{self, Compressed, Piece};
 use crate::demangle::NameCache;
 use crate::dwarf::{self, DwarfInfo, Reader, SectionBytes};
-use crate::elf::{drop_resident, Backing, ElfObject, Env};
+use crate::elf::{section_ranges, Backing, ElfObject, Env};
 use crate::stats::Counters;
 use crate::{Error, Frame};
 
@@ -81,11 +81,7 @@ enum Info {
 /// The unit at `offset` of a compressed `.debug_info`, inflated alone or
 /// sliced from the whole section (see [`compressed`]).
 fn compressed_unit(c: &Compressed, offset: usize) -> Result<Reader, String> {
-    let piece = c.piece(offset, |r| {
-        compressed::next_unit(r, c.endian, true)?
-            .map(|(_, bytes)| bytes)
-            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
-    });
+    let piece = c.piece(offset, |r| compressed::initial_length_piece(r, c.endian));
     let whole = match piece.map_err(|e| e.to_string())? {
         Piece::Alone(bytes) => return Ok(c.reader(bytes)),
         Piece::Whole(whole) => whole,
@@ -164,15 +160,16 @@ impl UnitDwarf {
     /// errors (a garbled `.debug_aranges` or unit header) are counted and
     /// end the index there: the units read so far still answer.
     pub(crate) fn load(obj: &ElfObject, env: &Env<'_>) -> Result<UnitDwarf, Error> {
-        let info = match Compressed::of(obj, ".debug_info")? {
+        let file = object::File::parse(&***obj.data()).map_err(|e| Error::object(&obj.path, e))?;
+        let info = match Compressed::of(obj, &file, ".debug_info")? {
             Some(c) => Info::Compressed(c),
             None => Info::Loaded,
         };
         let compressed = matches!(info, Info::Compressed(_));
         let (abbrev, line) = if compressed {
             (
-                Compressed::of(obj, ".debug_abbrev")?,
-                Compressed::of(obj, ".debug_line")?,
+                Compressed::of(obj, &file, ".debug_abbrev")?,
+                Compressed::of(obj, &file, ".debug_line")?,
             )
         } else {
             (None, None)
@@ -191,11 +188,11 @@ impl UnitDwarf {
             })
         });
         // The index holds what lookups need of `.debug_aranges`.
-        let sections = section_ranges(obj);
-        if let Some(aranges) = section_ranges_named(obj, &[".debug_aranges"]).pop() {
+        for aranges in section_ranges(&file, &[".debug_aranges"]) {
             obj.data().give_back(aranges);
         }
-        let mapped = MappedInfo::of(&dwarf, obj);
+        let sections = section_ranges(&file, &DWARF_SECTIONS);
+        let mapped = MappedInfo::of(&dwarf, obj, &file);
         let mut starts: Vec<usize> = listed.iter().copied().collect();
         starts.sort_unstable();
         let heap_bytes = owned
@@ -406,11 +403,8 @@ impl UnitDwarf {
                 Err(e) => return broken(e),
             };
             if let Some(at) = at {
-                let program = |r: &mut dyn std::io::Read| {
-                    compressed::next_unit(r, c.endian, true)?
-                        .map(|(_, bytes)| bytes)
-                        .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
-                };
+                let program =
+                    |r: &mut dyn std::io::Read| compressed::initial_length_piece(r, c.endian);
                 match piece_of(c, at, program) {
                     Ok((line, w)) => {
                         dwarf.debug_line = line.into();
@@ -885,7 +879,7 @@ fn unlisted_index(
         }
     }
     if let Some(mapped) = mapped {
-        mapped.drop_pages(dropped, mapped.len);
+        mapped.drop_pages(dropped, mapped.len());
     }
     sorted(ranges)
 }
@@ -895,61 +889,51 @@ fn unlisted_index(
 const WALK_RESIDENT_BYTES: usize = 2 << 20;
 
 /// `.debug_info`, and the range lists its root entries point into, as
-/// ranges of a read-only mapping of the file.
+/// ranges of a read-only mapping of the file (`backing`).
 struct MappedInfo {
-    /// Keeps the mapping alive while the walk drops its pages.
-    _backing: Arc<Backing>,
-    start: *const u8,
-    len: usize,
-    /// `.debug_ranges` and `.debug_rnglists`, where mapped.
-    range_lists: Vec<(*const u8, usize)>,
+    backing: Arc<Backing>,
+    info: std::ops::Range<usize>,
+    /// `.debug_ranges` and `.debug_rnglists`.
+    range_lists: Vec<std::ops::Range<usize>>,
 }
 
-// SAFETY: the pointers point into the mapping `_backing` keeps alive, which
-// is never written; they are only passed to `madvise`.
-unsafe impl Send for MappedInfo {}
-// SAFETY: as above.
-unsafe impl Sync for MappedInfo {}
-
 impl MappedInfo {
-    /// `dwarf`'s `.debug_info` when it lies in `obj`'s bytes and those are
-    /// a mapping.
-    fn of(dwarf: &gimli::Dwarf<Reader>, obj: &ElfObject) -> Option<MappedInfo> {
-        use object::{Object, ObjectSection};
+    /// `dwarf`'s `.debug_info` when it lies in `obj`'s bytes (parsed as
+    /// `file`) and those are a mapping.
+    fn of(
+        dwarf: &gimli::Dwarf<Reader>,
+        obj: &ElfObject,
+        file: &object::File<'_>,
+    ) -> Option<MappedInfo> {
         let backing = obj.data();
         if !matches!(**backing, Backing::Mapped(_)) {
             return None;
         }
-        let base = backing.as_ptr() as usize;
-        let within = |b: &[u8]| {
-            let start = b.as_ptr() as usize;
-            !b.is_empty() && start >= base && start + b.len() <= base + backing.len()
-        };
         let section = dwarf.debug_info.reader().bytes();
-        if !within(section) {
+        let start = (section.as_ptr() as usize).checked_sub(backing.as_ptr() as usize)?;
+        let end = start.checked_add(section.len())?;
+        if section.is_empty() || end > backing.len() {
             return None;
         }
-        let file = object::File::parse(&***backing).ok()?;
-        let range_lists = [".debug_ranges", ".debug_rnglists"]
-            .iter()
-            .filter_map(|name| file.section_by_name(name)?.data().ok())
-            .filter(|b| within(b))
-            .map(|b| (b.as_ptr(), b.len()))
-            .collect();
         Some(MappedInfo {
-            _backing: Arc::clone(backing),
-            start: section.as_ptr(),
-            len: section.len(),
-            range_lists,
+            backing: Arc::clone(backing),
+            info: start..end,
+            range_lists: section_ranges(file, &[".debug_ranges", ".debug_rnglists"]),
         })
+    }
+
+    /// Bytes of `.debug_info`.
+    fn len(&self) -> usize {
+        self.info.len()
     }
 
     /// Gives back the resident pages that lie wholly within bytes
     /// `from..to` of `.debug_info`, and those of the range lists.
     fn drop_pages(&self, from: usize, to: usize) {
-        drop_resident(self.start, self.len, from, to);
-        for &(start, len) in &self.range_lists {
-            drop_resident(start, len, 0, len);
+        let at = |offset: usize| self.info.start + offset.min(self.len());
+        self.backing.give_back(at(from)..at(to));
+        for range in &self.range_lists {
+            self.backing.give_back(range.clone());
         }
     }
 }
@@ -963,31 +947,19 @@ impl MappedInfo {
 /// they stayed.
 const GIVE_BACK_EVERY: usize = 256 << 10;
 
-/// Where the DWARF sections a lookup reads lie in `obj`'s bytes.
-fn section_ranges(obj: &ElfObject) -> Vec<std::ops::Range<usize>> {
-    section_ranges_named(
-        obj,
-        &[
-            ".debug_info",
-            ".debug_abbrev",
-            ".debug_line",
-            ".debug_line_str",
-            ".debug_str",
-            ".debug_str_offsets",
-            ".debug_addr",
-            ".debug_ranges",
-            ".debug_rnglists",
-        ],
-    )
-}
-
-/// Where the sections `names` lie in `obj`'s bytes (those it has).
-fn section_ranges_named(obj: &ElfObject, names: &[&str]) -> Vec<std::ops::Range<usize>> {
-    match object::File::parse(&***obj.data()) {
-        Ok(file) => crate::elf::section_ranges(&file, names),
-        Err(_) => Vec::new(),
-    }
-}
+/// The DWARF sections a lookup reads, whose pages
+/// [`UnitDwarf::give_back_all`] gives back.
+const DWARF_SECTIONS: [&str; 9] = [
+    ".debug_info",
+    ".debug_abbrev",
+    ".debug_line",
+    ".debug_line_str",
+    ".debug_str",
+    ".debug_str_offsets",
+    ".debug_addr",
+    ".debug_ranges",
+    ".debug_rnglists",
+];
 
 /// `header`'s unit with the root entry's bases and address read, but not
 /// its line program (which [`gimli::Dwarf::unit`] parses, reading
