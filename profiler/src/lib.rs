@@ -34,7 +34,6 @@ pub use smolder_flamegraph as flamegraph;
 pub use smolder_profiles_proto as profiles;
 pub use smolder_symbolizer as symbolizer;
 
-#[cfg(feature = "exporter")]
 mod heap;
 pub mod inprocess;
 pub mod output;

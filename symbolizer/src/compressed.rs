@@ -2,9 +2,10 @@
 //! debug files) read a piece at a time: a compilation unit, its
 //! abbreviation table, its line program. Each piece costs inflating the
 //! section up to it (from where the last piece ended when it lies further
-//! on), and only its own bytes are kept. Past [`STREAMED_PIECES`] pieces
-//! the section is inflated whole once and kept: an object that many
-//! lookups fall in pays its size once instead.
+//! on), and only its own bytes are kept. A piece that lies before where
+//! the last one ended starts the stream again; past [`STREAM_RESTARTS`]
+//! such restarts the section is inflated whole once and kept: an object
+//! that lookups keep coming back to pays its size once instead.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,8 +15,17 @@ use crate::dwarf::{self, Reader, SectionBytes};
 use crate::elf::{Backing, ElfObject};
 use crate::Error;
 
-/// Pieces of one section inflated alone before it is inflated whole.
-const STREAMED_PIECES: usize = 8;
+/// Times the stream of one section starts again from its beginning (for a
+/// piece before where the last ended) before the section is inflated
+/// whole. Pieces further on only cost the inflating between them: lookups
+/// come in address order, and units mostly lie in address order, so a
+/// restart is a later batch of lookups (the next interval, the in-process
+/// reader's next pass) going back; libc's debug file inflates to 6 MB of
+/// `.debug_info`, kept only for an object asked about again and again.
+const STREAM_RESTARTS: usize = 3;
+
+/// The buffer between an inflating stream and its readers.
+const STREAM_BUFFER: usize = 32 << 10;
 
 /// One compressed section of an object's file.
 pub(crate) struct Compressed {
@@ -27,9 +37,9 @@ pub(crate) struct Compressed {
     /// Inflated size, as declared (and checked against the caps).
     size: u64,
     pub(crate) endian: gimli::RunTimeEndian,
-    /// Pieces inflated alone so far.
-    streamed: AtomicUsize,
-    /// The whole section, inflated once past [`STREAMED_PIECES`].
+    /// Times the stream started again from the beginning.
+    restarts: AtomicUsize,
+    /// The whole section, inflated once past [`STREAM_RESTARTS`].
     whole: OnceLock<Option<Reader>>,
     /// The stream where the last piece read alone ended: a piece further
     /// on is inflated from there, not from the start (lookups go through
@@ -145,13 +155,14 @@ impl Compressed {
             format: c.format,
             size: c.uncompressed_size,
             endian,
-            streamed: AtomicUsize::new(0),
+            restarts: AtomicUsize::new(0),
             whole: OnceLock::new(),
             resume: Mutex::new(None),
         }))
     }
 
-    /// The inflated section as a stream, at most its declared size.
+    /// The inflated section as a stream, at most its declared size,
+    /// buffered: abbreviation tables are read from it a byte at a time.
     pub(crate) fn stream(&self) -> std::io::Result<Box<dyn Read + Send>> {
         let data = CompressedBytes {
             backing: Arc::clone(&self.backing),
@@ -159,25 +170,35 @@ impl Compressed {
             end: self.end,
             given: self.start,
         };
-        Ok(match self.format {
+        let inflated: Box<dyn Read + Send> = match self.format {
             object::CompressionFormat::Zstandard => Box::new(
                 ruzstd::decoding::StreamingDecoder::new(data)
                     .map_err(|e| std::io::Error::other(e.to_string()))?
                     .take(self.size),
             ),
             _ => Box::new(flate2::read::ZlibDecoder::new(data).take(self.size)),
-        })
+        };
+        Ok(Box::new(std::io::BufReader::with_capacity(
+            STREAM_BUFFER,
+            inflated,
+        )))
     }
 
     /// The piece at `offset` that `read` reads from the inflated stream:
-    /// alone, or within the whole section (see [`STREAMED_PIECES`]).
+    /// alone, or within the whole section (see [`STREAM_RESTARTS`]).
     pub(crate) fn piece(
         &self,
         offset: usize,
         read: impl FnOnce(&mut dyn Read) -> std::io::Result<Vec<u8>>,
     ) -> std::io::Result<Piece> {
-        if self.streamed.fetch_add(1, Ordering::Relaxed) < STREAMED_PIECES {
-            return self.alone(offset, read).map(Piece::Alone);
+        if self.whole.get().is_none() {
+            let mut resume = self.resume.lock().unwrap_or_else(|p| p.into_inner());
+            let restart = resume.as_ref().is_some_and(|r| r.at > offset);
+            if !restart || self.restarts.fetch_add(1, Ordering::Relaxed) < STREAM_RESTARTS {
+                return alone(&mut resume, offset, read, || self.stream()).map(Piece::Alone);
+            }
+            // The stream is not needed any more: the whole section replaces it.
+            *resume = None;
         }
         match self.whole() {
             Some(whole) => Ok(Piece::Whole(whole.clone())),
@@ -189,7 +210,8 @@ impl Compressed {
     pub(crate) fn whole(&self) -> Option<&Reader> {
         self.whole
             .get_or_init(|| {
-                let mut bytes = Vec::new();
+                // The declared size is within the caps (`Compressed::of`).
+                let mut bytes = Vec::with_capacity(usize::try_from(self.size).unwrap_or(0));
                 self.stream().ok()?.read_to_end(&mut bytes).ok()?;
                 Some(self.reader(bytes))
             })
@@ -204,40 +226,41 @@ impl Compressed {
             .map_or(0, gimli::Reader::len)
     }
 
-    /// What `read` reads at `offset`, inflated alone: from where the last
-    /// piece ended when it lies further on, else from the start.
-    fn alone(
-        &self,
-        offset: usize,
-        read: impl FnOnce(&mut dyn Read) -> std::io::Result<Vec<u8>>,
-    ) -> std::io::Result<Vec<u8>> {
-        let mut resume = self.resume.lock().unwrap_or_else(|p| p.into_inner());
-        let mut r = match resume.take() {
-            Some(r) if r.at <= offset => r,
-            _ => Resume {
-                at: 0,
-                stream: self.stream()?,
-            },
-        };
-        let skip = (offset - r.at) as u64;
-        let skipped = std::io::copy(&mut (&mut r.stream).take(skip), &mut std::io::sink())?;
-        if skipped != skip {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let mut counted = Counted {
-            inner: &mut *r.stream,
-            n: 0,
-        };
-        let bytes = read(&mut counted)?;
-        r.at = offset + counted.n;
-        *resume = Some(r);
-        Ok(bytes)
-    }
-
     /// `bytes` as a section reader.
     pub(crate) fn reader(&self, bytes: Vec<u8>) -> Reader {
         Reader::new(SectionBytes::Owned(dwarf::owned_bytes(bytes)), self.endian)
     }
+}
+
+/// What `read` reads at `offset` of a section inflated alone: from where
+/// the last piece ended (`resume`) when it lies further on, else from the
+/// start of a new `stream`.
+fn alone(
+    resume: &mut Option<Resume>,
+    offset: usize,
+    read: impl FnOnce(&mut dyn Read) -> std::io::Result<Vec<u8>>,
+    stream: impl FnOnce() -> std::io::Result<Box<dyn Read + Send>>,
+) -> std::io::Result<Vec<u8>> {
+    let mut r = match resume.take() {
+        Some(r) if r.at <= offset => r,
+        _ => Resume {
+            at: 0,
+            stream: stream()?,
+        },
+    };
+    let skip = (offset - r.at) as u64;
+    let skipped = std::io::copy(&mut (&mut r.stream).take(skip), &mut std::io::sink())?;
+    if skipped != skip {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let mut counted = Counted {
+        inner: &mut *r.stream,
+        n: 0,
+    };
+    let bytes = read(&mut counted)?;
+    r.at = offset + counted.n;
+    *resume = Some(r);
+    Ok(bytes)
 }
 
 /// Reads one piece that starts with a DWARF initial length (a unit of
@@ -379,6 +402,79 @@ mod tests {
         // Cut short: an error, not a partial table.
         let mut short: &[u8] = &table[..table.len() - 1];
         assert!(abbreviation_table(&mut short).is_err());
+    }
+
+    /// A section of 64 KiB compressed with zlib, in owned bytes.
+    fn zlib_section() -> (Compressed, Vec<u8>) {
+        use std::io::Write;
+        let plain: Vec<u8> = (0..64u32 << 10).map(|i| (i % 251) as u8).collect();
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&plain).unwrap();
+        let bytes = enc.finish().unwrap();
+        let end = bytes.len();
+        let section = Compressed {
+            backing: Arc::new(Backing::Owned(bytes)),
+            start: 0,
+            end,
+            format: object::CompressionFormat::Zlib,
+            size: plain.len() as u64,
+            endian: gimli::RunTimeEndian::Little,
+            restarts: AtomicUsize::new(0),
+            whole: OnceLock::new(),
+            resume: Mutex::new(None),
+        };
+        (section, plain)
+    }
+
+    /// Reads 16 bytes at `offset`: whether from the piece alone or from
+    /// the whole section, and the bytes.
+    fn sixteen_at(section: &Compressed, offset: usize) -> (bool, Vec<u8>) {
+        let read = |r: &mut dyn Read| {
+            let mut b = vec![0u8; 16];
+            r.read_exact(&mut b)?;
+            Ok(b)
+        };
+        match section.piece(offset, read).unwrap() {
+            Piece::Alone(b) => (true, b),
+            Piece::Whole(whole) => {
+                use gimli::Reader as _;
+                let mut at = whole.clone();
+                at.skip(offset).unwrap();
+                (false, at.split(16).unwrap().to_slice().unwrap().to_vec())
+            }
+        }
+    }
+
+    #[test]
+    fn pieces_further_on_stream_and_going_back_inflates_whole_at_last() {
+        let (section, plain) = zlib_section();
+        // Forward, however many: the stream goes on, nothing is kept.
+        for offset in (0..60_000).step_by(1_000) {
+            assert_eq!(
+                sixteen_at(&section, offset),
+                (true, plain[offset..offset + 16].to_vec())
+            );
+        }
+        assert_eq!(section.whole_bytes(), 0);
+        // Going back starts the stream again, STREAM_RESTARTS times.
+        for round in 0..STREAM_RESTARTS {
+            let offset = 100 + round;
+            assert_eq!(
+                sixteen_at(&section, offset),
+                (true, plain[offset..offset + 16].to_vec())
+            );
+            assert_eq!(
+                sixteen_at(&section, 50_000),
+                (true, plain[50_000..50_016].to_vec())
+            );
+        }
+        // Once more: the section is inflated whole and kept.
+        assert_eq!(sixteen_at(&section, 7), (false, plain[7..23].to_vec()));
+        assert_eq!(section.whole_bytes(), plain.len());
+        assert_eq!(
+            sixteen_at(&section, 60_000),
+            (false, plain[60_000..60_016].to_vec())
+        );
     }
 
     #[test]

@@ -945,7 +945,7 @@ impl MappedInfo {
 /// large binary: without this, the in-process benchmark's `stop()`
 /// peaked at 16 MiB of file pages (4 of them the program's own), and
 /// they stayed.
-const GIVE_BACK_EVERY: usize = 256 << 10;
+const GIVE_BACK_EVERY: usize = 64 << 10;
 
 /// The DWARF sections a lookup reads, whose pages
 /// [`UnitDwarf::give_back_all`] gives back.

@@ -46,7 +46,7 @@ use smolder_profiles_proto::{
 };
 use smolder_symbolizer::{ProcessFacts, Symbolizer};
 
-use crate::pipeline::{resource_attributes, Recording, Sample};
+use crate::pipeline::{resource_attributes, AheadDone, AheadJob, Recording, Sample};
 use perf::ThreadEvent;
 
 /// Why profiling could not start, or its result could not be written.
@@ -88,7 +88,7 @@ pub struct ProfileStats {
     pub threads: usize,
     /// Samples whose stack could not be unwound past the first frame.
     pub unwind_failures: u64,
-    /// CPU time of the profiler's own thread, in ns.
+    /// CPU time of the profiler's own threads (reader and symbolizer), in ns.
     pub profiler_cpu_ns: u64,
     /// Times a thread changed its labels so often between two reads that
     /// older changes were dropped (their samples may carry wrong labels).
@@ -586,6 +586,19 @@ const KEPT_SYMBOLS: usize = 16_384;
 #[cfg(feature = "exporter")]
 const PARSED_BYTES: u64 = 16 << 20;
 
+/// Samples taken from each ring before they are unwound and the rings
+/// read again.
+const READ_CHUNK: usize = 64;
+
+/// How often the reader hands the addresses first seen since the last
+/// pass to its helper thread ([`Ahead`]) to symbolize: a stop looks up
+/// little more than this long's worth of new addresses.
+const SYMBOLIZE_AHEAD_EVERY: Duration = Duration::from_millis(250);
+
+/// Free heap bytes worth giving back after a pass of the symbolizing
+/// thread.
+const FREE_HEAP_WORTH_TRIMMING: usize = 2 << 20;
+
 /// This process's resident anonymous memory (`RssAnon` of
 /// `/proc/self/status`), bytes: the heap that parsed debug info takes.
 /// Pages of mapped files are left out: the symbolizer gives back those of
@@ -600,6 +613,107 @@ fn resident_bytes() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kib| kib << 10)
+}
+
+/// The reader's helper thread, which symbolizes the addresses of the
+/// samples gathered so far while the reader goes on reading the rings (a
+/// compilation unit's parse never holds up a ring), and at an interval's
+/// end the addresses first seen since its last pass, so that all parsed
+/// debug info is allocated on one thread. It is not sampled.
+struct Ahead {
+    tid: u32,
+    jobs: std::sync::mpsc::Sender<Vec<AheadJob>>,
+    done: std::sync::mpsc::Receiver<Vec<AheadDone>>,
+    /// Its CPU time, in ns, when it ends.
+    thread: JoinHandle<u64>,
+    /// A pass was handed over and its results are not back yet.
+    pending: bool,
+    begun_at: Instant,
+}
+
+impl Ahead {
+    /// Starts the thread; `None` if it cannot be (the reader then looks
+    /// everything up itself at an interval's end).
+    fn start(symbolizer: Arc<Symbolizer>) -> Option<Ahead> {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<Vec<AheadJob>>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("smolder-symbolize".into())
+            .spawn(move || {
+                let _ = tid_tx.send(gettid());
+                for pass in job_rx {
+                    let found: Vec<AheadDone> =
+                        pass.into_iter().map(|job| job.run(&symbolizer)).collect();
+                    symbolizer.give_back_pages();
+                    // A pass's transients were allocated in this thread's
+                    // own heap arena, which the reader's never reuses.
+                    crate::heap::release_free_heap_over(FREE_HEAP_WORTH_TRIMMING);
+                    if done_tx.send(found).is_err() {
+                        break;
+                    }
+                }
+                thread_cpu_ns()
+            })
+            .map_err(|e| tracing::warn!("cannot start the symbolizing thread: {e}"))
+            .ok()?;
+        let tid = tid_rx.recv().ok()?;
+        Some(Ahead {
+            tid,
+            jobs,
+            done,
+            thread,
+            pending: false,
+            begun_at: Instant::now(),
+        })
+    }
+
+    /// Keeps what the last pass found, once it is back, and hands the
+    /// next pass over when it is due.
+    fn poll(&mut self, recording: &mut Recording) {
+        if let Ok(found) = self.done.try_recv() {
+            found.into_iter().for_each(|d| recording.remember_ahead(d));
+            self.pending = false;
+        }
+        if !self.pending && self.begun_at.elapsed() >= SYMBOLIZE_AHEAD_EVERY {
+            self.begun_at = Instant::now();
+            self.hand_over(recording);
+        }
+    }
+
+    fn hand_over(&mut self, recording: &mut Recording) {
+        let pass = recording.ahead_jobs();
+        if !pass.is_empty() {
+            self.pending = self.jobs.send(pass).is_ok();
+        }
+    }
+
+    /// Waits for the pass under way, then has what came since looked up
+    /// too and waits for it: the interval can end with nothing left to
+    /// parse.
+    fn complete(&mut self, recording: &mut Recording) {
+        self.wait(recording);
+        self.hand_over(recording);
+        self.wait(recording);
+    }
+
+    /// Waits for the pass under way, if any, and keeps what it found.
+    fn wait(&mut self, recording: &mut Recording) {
+        if self.pending {
+            if let Ok(found) = self.done.recv() {
+                found.into_iter().for_each(|d| recording.remember_ahead(d));
+            }
+            self.pending = false;
+        }
+    }
+
+    /// Completes the last pass and ends the thread; returns its CPU time
+    /// in ns.
+    fn finish(mut self, recording: &mut Recording) -> u64 {
+        self.complete(recording);
+        drop(self.jobs);
+        self.thread.join().unwrap_or(0)
+    }
 }
 
 /// The background thread: follows threads, reads rings, unwinds.
@@ -640,6 +754,8 @@ fn reader(
     #[cfg(feature = "exporter")]
     let mut parsed_since: Option<u64> = None;
     let mut found_at: HashMap<u32, Instant> = HashMap::new();
+    let mut ahead = Ahead::start(Arc::clone(recording.symbolizer()));
+    let ahead_tid = ahead.as_ref().map(|a| a.tid);
     loop {
         let stopping = shared.stop.load(Ordering::Acquire);
         if !stopping {
@@ -655,7 +771,11 @@ fn reader(
                 if refresh_names || found.elapsed() < Duration::from_millis(200) {
                     names.insert(tid, thread_name(tid));
                 }
-                if tid == me || events.contains_key(&tid) || refused.contains(&tid) {
+                if tid == me
+                    || Some(tid) == ahead_tid
+                    || events.contains_key(&tid)
+                    || refused.contains(&tid)
+                {
                     continue;
                 }
                 match ThreadEvent::open(
@@ -685,7 +805,7 @@ fn reader(
                 .collect();
             for tid in gone {
                 if let Some(mut e) = events.remove(&tid) {
-                    let counts = e.read(&mut batch);
+                    let counts = e.read(&mut batch, usize::MAX);
                     stats.lost += counts.lost;
                 }
             }
@@ -696,35 +816,42 @@ fn reader(
             }
         }
         let read_at = labels::monotonic_ns();
-        for e in events.values_mut() {
-            let counts = e.read(&mut batch);
-            stats.lost += counts.lost;
-        }
-        // After the rings: every change earlier than a sample read is logged.
-        timeline.collect();
-        for s in batch.drain(..) {
-            seen.insert(s.tid);
-            stats.samples += 1;
-            stats.sampled_cpu_ns += s.period;
-            let Some(regs) = s.regs else { continue };
-            let user = unwinder.unwind(regs, &s.stack);
-            if user.len() <= 1 {
-                stats.unwind_failures += 1;
+        loop {
+            let mut more = false;
+            for e in events.values_mut() {
+                let counts = e.read(&mut batch, READ_CHUNK);
+                stats.lost += counts.lost;
+                more |= counts.more;
             }
-            let context = timeline.at(s.tid, s.time);
-            let name = names.get(&s.tid).map_or("", String::as_str);
-            recording.add(&Sample {
-                pid: s.pid,
-                tid: s.tid,
-                cpu: s.cpu,
-                time_unix_nano: (i128::from(s.time) + started.monotonic_to_unix).max(0) as u64,
-                thread_name: name.to_owned(),
-                kernel: Vec::new(),
-                user,
-                labels: context.map(|c| c.labels.clone()).unwrap_or_default(),
-                link: context.and_then(|c| c.link),
-                off_cpu_ns: None,
-            });
+            // After the rings: every change earlier than a sample read is logged.
+            timeline.collect();
+            for s in batch.drain(..) {
+                seen.insert(s.tid);
+                stats.samples += 1;
+                stats.sampled_cpu_ns += s.period;
+                let Some(regs) = s.regs else { continue };
+                let user = unwinder.unwind(regs, &s.stack);
+                if user.len() <= 1 {
+                    stats.unwind_failures += 1;
+                }
+                let context = timeline.at(s.tid, s.time);
+                let name = names.get(&s.tid).map_or("", String::as_str);
+                recording.add(&Sample {
+                    pid: s.pid,
+                    tid: s.tid,
+                    cpu: s.cpu,
+                    time_unix_nano: (i128::from(s.time) + started.monotonic_to_unix).max(0) as u64,
+                    thread_name: name.to_owned(),
+                    kernel: Vec::new(),
+                    user,
+                    labels: context.map(|c| c.labels.clone()).unwrap_or_default(),
+                    link: context.and_then(|c| c.link),
+                    off_cpu_ns: None,
+                });
+            }
+            if !more {
+                break;
+            }
         }
         // A sample still to come was taken after the rings were read (a
         // margin for one being written meanwhile).
@@ -732,11 +859,19 @@ fn reader(
         if stopping {
             break;
         }
+        // Addresses are symbolized as they come, not all at the stop: what
+        // `stop()` or an export looks up is what was first seen since.
+        if let Some(ahead) = &mut ahead {
+            ahead.poll(&mut recording);
+        }
         #[cfg(feature = "exporter")]
         if let Some((every, thread)) = &export {
             if Instant::now()
                 >= started.at + Duration::from_nanos(interval_start - started.unix_nano) + *every
             {
+                if let Some(ahead) = &mut ahead {
+                    ahead.complete(&mut recording);
+                }
                 let interval = recording.finish_interval();
                 // Debug info parsed for one interval is kept for the next
                 // while the process grew by less than `PARSED_BYTES` since
@@ -766,7 +901,7 @@ fn reader(
     }
     stats.threads = seen.len();
     stats.label_log_overflows = timeline.overflows;
-    stats.profiler_cpu_ns = thread_cpu_ns();
+    stats.profiler_cpu_ns = thread_cpu_ns() + ahead.map_or(0, |a| a.finish(&mut recording));
     Collected {
         recording,
         stats,

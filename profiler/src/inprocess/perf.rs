@@ -55,6 +55,8 @@ pub struct RingCounts {
     pub lost: u64,
     /// Records that could not be parsed.
     pub malformed: u64,
+    /// Whether records were left in the ring past the limit of the read.
+    pub more: bool,
 }
 
 /// A per-thread cpu-clock sampling event and its ring.
@@ -150,8 +152,11 @@ impl ThreadEvent {
         self.ring.as_ptr().cast()
     }
 
-    /// Reads every record the kernel has written since the last call.
-    pub fn read(&mut self, samples: &mut Vec<PerfRecord>) -> RingCounts {
+    /// Reads the records the kernel has written since the last call, at
+    /// most `max` samples of them (a reader that was held up finds its
+    /// rings full: it takes them a few at a time, not megabytes of copied
+    /// stacks at once).
+    pub fn read(&mut self, samples: &mut Vec<PerfRecord>, max: usize) -> RingCounts {
         let mut counts = RingCounts::default();
         let page = page_size();
         let size = (page * self.data_pages) as u64;
@@ -164,7 +169,12 @@ impl ThreadEvent {
         let data =
             unsafe { std::slice::from_raw_parts(self.ring.as_ptr().add(page), size as usize) };
         let mut record = Vec::new();
+        let mut taken = 0usize;
         while tail < head {
+            if taken == max {
+                counts.more = true;
+                break;
+            }
             let at = |offset: u64| ((tail + offset) % size) as usize;
             let mut header_bytes = [0u8; 8];
             for (i, b) in header_bytes.iter_mut().enumerate() {
@@ -194,7 +204,10 @@ impl ThreadEvent {
             }
             match kind {
                 sys::bindings::PERF_RECORD_SAMPLE => match parse_record(&record[8..]) {
-                    Some(s) => samples.push(s),
+                    Some(s) => {
+                        samples.push(s);
+                        taken += 1;
+                    }
                     None => counts.malformed += 1,
                 },
                 sys::bindings::PERF_RECORD_LOST => {
@@ -366,8 +379,18 @@ mod tests {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
         let used = cpu() - cpu_before;
+        // A few at a time: the rest stays in the ring for the next read.
         let mut samples = Vec::new();
-        let counts = event.read(&mut samples);
+        let first = event.read(&mut samples, 3);
+        assert_eq!(
+            first,
+            RingCounts {
+                more: true,
+                ..RingCounts::default()
+            }
+        );
+        assert_eq!(samples.len(), 3);
+        let counts = event.read(&mut samples, usize::MAX);
         assert_eq!(counts, RingCounts::default());
         let periods: u64 = samples.iter().map(|s| s.period).sum();
         assert!(

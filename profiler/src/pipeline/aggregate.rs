@@ -276,6 +276,8 @@ pub struct Aggregator {
     /// Estimated bytes of `stacks`, and their bound, if any.
     stack_bytes: usize,
     stack_budget: Option<usize>,
+    /// How many stacks there were at the last [`Aggregator::ahead_jobs`].
+    stacks_ahead: usize,
     /// What addresses of objects were symbolized as, kept across intervals
     /// when the driver asked for it ([`Aggregator::keep_symbols`]).
     memo: Option<SymbolMemo>,
@@ -290,6 +292,40 @@ pub struct Aggregator {
 
 /// Symbolized file offsets per object, and each object's build-id, at
 /// most `max_entries` of them: when full, it is emptied and refilled.
+/// Addresses of one object that [`Aggregator::ahead_jobs`] found no
+/// symbols kept for: looked up by [`AheadJob::run`] on any thread, and
+/// what it found kept by [`Aggregator::remember_ahead`].
+pub struct AheadJob {
+    object: u32,
+    path: String,
+    file: Option<File>,
+    vdso_len: Option<u64>,
+    offsets: Vec<u64>,
+}
+
+/// What an [`AheadJob`] found.
+pub struct AheadDone {
+    object: u32,
+    path: String,
+    symbols: Vec<Symbolized>,
+}
+
+impl AheadJob {
+    /// Looks the addresses up.
+    pub fn run(self, symbolizer: &Symbolizer) -> AheadDone {
+        let symbols = match (&self.file, self.vdso_len) {
+            (Some(file), _) => symbolizer.symbolize_process_file(file, &self.path, &self.offsets),
+            (None, Some(len)) => symbolizer.symbolize_vdso(len, &self.offsets),
+            (None, None) => Vec::new(),
+        };
+        AheadDone {
+            object: self.object,
+            path: self.path,
+            symbols,
+        }
+    }
+}
+
 struct SymbolMemo {
     max_entries: usize,
     symbols: HashMap<(u32, u64), Symbolized>,
@@ -319,6 +355,7 @@ impl Aggregator {
             user_frames: Vec::new(),
             stack_bytes: 0,
             stack_budget: None,
+            stacks_ahead: 0,
             memo: None,
             snapshots: None,
             python_unsupported_seen: Default::default(),
@@ -739,59 +776,111 @@ impl Aggregator {
         self.stack_budget = Some(bytes);
     }
 
-    /// Symbolizes everything gathered so far and returns it as one profile
-    /// (one resource per process; on-CPU samples in a profile of `config`,
-    /// off-CPU samples in an `off_cpu`/`nanoseconds` one over the same time
-    /// range, both sharing the one dictionary); the gathered stacks are
-    /// cleared, what is known of processes and objects is kept for the next
-    /// interval except for processes that exited.
-    pub fn finish(&mut self, symbolizer: &Symbolizer, config: ProfileConfig) -> ProfilesData {
-        // The next interval likely has as many stacks: no regrowing.
-        let room = FastMap::with_capacity_and_hasher(self.stacks.len(), Default::default());
-        let stacks = std::mem::replace(&mut self.stacks, room);
-        self.stack_bytes = 0;
+    /// The addresses of objects in the stacks gathered since the last call
+    /// that no interval or earlier job symbolized, one job per object: a
+    /// driver that keeps symbols ([`Aggregator::keep_symbols`]) has them
+    /// looked up while it samples ([`AheadJob::run`], on another thread)
+    /// and gives back what they found ([`Aggregator::remember_ahead`]), so
+    /// that [`Aggregator::finish`] has only the addresses first seen since
+    /// to look up. None without kept symbols.
+    pub fn ahead_jobs(&mut self) -> Vec<AheadJob> {
+        if self.memo.is_none() || self.stacks.len() == self.stacks_ahead {
+            return Vec::new();
+        }
+        self.stacks_ahead = self.stacks.len();
+        self.object_offsets(self.stacks.keys(), None)
+            .into_iter()
+            .filter_map(|(object, offsets)| {
+                let obj = &self.objects[object as usize];
+                // A file the open rule refused is never looked up by its path;
+                // a handle that cannot be duplicated waits for the interval's end.
+                let file = match &obj.file {
+                    Some(file) => Some(file.try_clone().ok()?),
+                    None => None,
+                };
+                (file.is_some() || obj.vdso_len.is_some()).then(|| AheadJob {
+                    object,
+                    path: obj.path.clone(),
+                    file,
+                    vdso_len: obj.vdso_len,
+                    offsets,
+                })
+            })
+            .collect()
+    }
 
-        // Every distinct address once: user frames per object, kernel frames together.
-        // Return addresses point after their call; the call is one byte before.
+    /// Keeps what an [`AheadJob`] of this aggregator found.
+    pub fn remember_ahead(&mut self, done: AheadDone) {
+        let ours = self
+            .objects
+            .get(done.object as usize)
+            .is_some_and(|obj| obj.path == done.path);
+        let Some(memo) = self.memo.as_mut().filter(|_| ours) else {
+            return;
+        };
+        for sym in done.symbols {
+            if let Some(id) = sym.module.as_ref().and_then(|m| m.build_id.clone()) {
+                memo.build_ids.insert(done.object, id);
+            }
+            if memo.symbols.len() >= memo.max_entries {
+                memo.symbols.clear();
+            }
+            memo.symbols.insert((done.object, sym.addr), sym);
+        }
+    }
+
+    /// The distinct file offsets of the mapped user frames of `stacks`, per
+    /// object, sorted; without those the kept symbols hold, which are
+    /// copied into `known` when given.
+    fn object_offsets<'a>(
+        &self,
+        stacks: impl Iterator<Item = &'a StackKey>,
+        mut known: Option<&mut HashMap<(u32, u64), Symbolized>>,
+    ) -> HashMap<u32, Vec<u64>> {
         let mut per_object: HashMap<u32, Vec<u64>> = HashMap::new();
-        let mut kernel_pcs: Vec<u64> = Vec::new();
-        for key in stacks.keys() {
+        for key in stacks {
             for (i, frame) in key.user.iter().enumerate() {
                 if let UserFrame::Mapped { mapping, pc } = frame {
                     let m = &self.mappings[mapping.0 as usize];
-                    per_object
-                        .entry(m.object)
-                        .or_default()
-                        .push(lookup_offset(m, *pc, i));
+                    let offset = lookup_offset(m, *pc, i);
+                    let kept = self
+                        .memo
+                        .as_ref()
+                        .and_then(|memo| memo.symbols.get(&(m.object, offset)));
+                    if let Some(sym) = kept {
+                        if let Some(known) = known.as_deref_mut() {
+                            known
+                                .entry((m.object, offset))
+                                .or_insert_with(|| sym.clone());
+                        }
+                        continue;
+                    }
+                    per_object.entry(m.object).or_default().push(offset);
                 }
             }
-            kernel_pcs.extend(
-                key.kernel
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &pc)| lookup_pc(pc, i)),
-            );
         }
-        let mut symbols: HashMap<(u32, u64), Symbolized> = HashMap::new();
-        let mut build_ids: HashMap<u32, String> = HashMap::new();
-        for (object, mut offsets) in per_object {
+        for offsets in per_object.values_mut() {
             offsets.sort_unstable();
             offsets.dedup();
-            if let Some(memo) = &self.memo {
-                offsets.retain(|&offset| match memo.symbols.get(&(object, offset)) {
-                    Some(sym) => {
-                        symbols.insert((object, offset), sym.clone());
-                        false
-                    }
-                    None => true,
-                });
-                if let Some(id) = memo.build_ids.get(&object) {
-                    build_ids.insert(object, id.clone());
-                }
-                if offsets.is_empty() {
-                    continue;
-                }
-            }
+        }
+        per_object
+    }
+
+    /// Looks up the offsets of each object into `symbols` (and the kept
+    /// symbols, if any); returns the build-ids of the objects, those the
+    /// kept symbols know included.
+    fn symbolize_objects(
+        &mut self,
+        symbolizer: &Symbolizer,
+        per_object: HashMap<u32, Vec<u64>>,
+        symbols: &mut HashMap<(u32, u64), Symbolized>,
+    ) -> HashMap<u32, String> {
+        let mut build_ids: HashMap<u32, String> = self
+            .memo
+            .as_ref()
+            .map(|memo| memo.build_ids.clone())
+            .unwrap_or_default();
+        for (object, offsets) in per_object {
             let obj = &self.objects[object as usize];
             let symbolized = match (&obj.file, obj.vdso_len) {
                 (Some(file), _) => symbolizer.symbolize_process_file(file, &obj.path, &offsets),
@@ -815,6 +904,36 @@ impl Aggregator {
                 memo.build_ids.insert(object, id.clone());
             }
         }
+        build_ids
+    }
+
+    /// Symbolizes everything gathered so far and returns it as one profile
+    /// (one resource per process; on-CPU samples in a profile of `config`,
+    /// off-CPU samples in an `off_cpu`/`nanoseconds` one over the same time
+    /// range, both sharing the one dictionary); the gathered stacks are
+    /// cleared, what is known of processes and objects is kept for the next
+    /// interval except for processes that exited.
+    pub fn finish(&mut self, symbolizer: &Symbolizer, config: ProfileConfig) -> ProfilesData {
+        // The next interval likely has as many stacks: no regrowing.
+        let room = FastMap::with_capacity_and_hasher(self.stacks.len(), Default::default());
+        let stacks = std::mem::replace(&mut self.stacks, room);
+        self.stack_bytes = 0;
+        self.stacks_ahead = 0;
+
+        // Every distinct address once: user frames per object, kernel frames together.
+        let mut symbols: HashMap<(u32, u64), Symbolized> = HashMap::new();
+        let per_object = self.object_offsets(stacks.keys(), Some(&mut symbols));
+        let mut kernel_pcs: Vec<u64> = Vec::new();
+        for key in stacks.keys() {
+            // Return addresses point after their call; the call is one byte before.
+            kernel_pcs.extend(
+                key.kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &pc)| lookup_pc(pc, i)),
+            );
+        }
+        let build_ids = self.symbolize_objects(symbolizer, per_object, &mut symbols);
         // JIT frames, per process, from its perf map, read once more (also
         // for a process that exited: the reader kept its root, and a JVM
         // writes its map as it exits).
@@ -1105,6 +1224,58 @@ mod tests {
             .iter()
             .any(|kv| kv.key == "process.executable.path"));
         assert_eq!(agg.stats().samples, 3);
+    }
+
+    /// Symbolizing ahead, as the in-process reader does while it samples,
+    /// looks each address up once: the interval's end looks up only what
+    /// came after, and its profile is the same.
+    #[test]
+    fn symbolizing_ahead_leaves_the_end_only_the_new_addresses() {
+        let pc = leaf_marker();
+        let caller = symbolizing_ahead_leaves_the_end_only_the_new_addresses as *const () as usize
+            as u64
+            + 1;
+        let sample = |user: Vec<u64>, t: u64| Sample {
+            pid: std::process::id(),
+            tid: 7,
+            cpu: 1,
+            time_unix_nano: 1_000 + t,
+            thread_name: "tester".into(),
+            user,
+            ..Sample::default()
+        };
+        let mut agg = Aggregator::new();
+        agg.keep_symbols(1024);
+        let symbolizer = Symbolizer::new();
+        let ahead = |agg: &mut Aggregator| {
+            let jobs = agg.ahead_jobs();
+            let n = jobs.len();
+            for job in jobs {
+                let done = job.run(&symbolizer);
+                agg.remember_ahead(done);
+            }
+            n
+        };
+        agg.add(&sample(vec![pc, caller], 0));
+        assert_eq!(ahead(&mut agg), 1);
+        assert_eq!(symbolizer.stats().addresses, 2);
+        // Nothing new: nothing to look up.
+        agg.add(&sample(vec![pc, caller], 1));
+        assert_eq!(ahead(&mut agg), 0);
+        // One new address (the leaf as a caller) for the end to look up.
+        agg.add(&sample(vec![caller, pc + 1], 2));
+        let data = agg.finish(&symbolizer, ProfileConfig::cpu(99, 1_000, 10));
+        assert_eq!(symbolizer.stats().addresses, 3);
+        validate(&data).unwrap();
+        let folded = write_folded(&data, &FoldOptions::default());
+        assert!(
+            folded.contains("addresses;smolder::pipeline::aggregate::tests::leaf_marker 2"),
+            "{folded}"
+        );
+        assert!(
+            folded.contains("leaf_marker;smolder::pipeline::aggregate::tests::symbolizing_ahead"),
+            "{folded}"
+        );
     }
 
     /// A process that exited before its samples were read: with what the

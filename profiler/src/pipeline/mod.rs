@@ -11,7 +11,7 @@ pub mod process;
 pub mod recording;
 pub mod snapshots;
 
-pub use aggregate::{Aggregator, AggregatorStats, Sample};
+pub use aggregate::{Aggregator, AggregatorStats, AheadDone, AheadJob, Sample};
 pub use process::resource_attributes;
 pub use recording::{Interval, ProcessFilter, Recording, RecordingStats};
 pub use smolder_symbolizer::process::{Mapping, ProcessMaps};

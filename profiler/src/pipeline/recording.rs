@@ -32,7 +32,7 @@ use smolder_profiles_proto::otlp::profiles::v1development::ProfilesData;
 use smolder_profiles_proto::ProfileConfig;
 use smolder_symbolizer::{ProcessFacts, Symbolizer};
 
-use super::aggregate::{Aggregator, AggregatorStats, Sample};
+use super::aggregate::{Aggregator, AggregatorStats, AheadDone, AheadJob, Sample};
 use super::snapshots::ProcessSnapshots;
 use super::unix_nano_now;
 
@@ -231,6 +231,19 @@ impl Recording {
     /// (a resource per process); the next interval starts here.
     pub fn finish_interval(&mut self) -> Interval {
         self.finish_interval_at(unix_nano_now())
+    }
+
+    /// The addresses gathered in the interval so far that are still to be
+    /// symbolized, as jobs for another thread ([`Aggregator::ahead_jobs`];
+    /// none unless the recording keeps symbols,
+    /// [`Recording::keeping_symbols`]).
+    pub fn ahead_jobs(&mut self) -> Vec<AheadJob> {
+        self.aggregator.ahead_jobs()
+    }
+
+    /// Keeps what a job of [`Recording::ahead_jobs`] found.
+    pub fn remember_ahead(&mut self, done: AheadDone) {
+        self.aggregator.remember_ahead(done);
     }
 
     /// Ends the interval at `end_unix_nano`.
