@@ -108,7 +108,6 @@ impl Backing {
         // SAFETY: the mapping is read-only and private, of a trusted file
         // (see above) that nobody truncates in place.
         let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(path, e))?;
-        let _ = map.advise(memmap2::Advice::Random);
         Ok(Backing::Mapped(map))
     }
 
