@@ -260,23 +260,6 @@ static void cpu_budget(double secs) {
     struct itimerval t = {{0, 0}, {(long)secs, (long)((secs - (long)secs) * 1e6)}};
     signal(SIGPROF, on_cpu_budget); setitimer(ITIMER_PROF, &t, 0);
 }
-#include <time.h>
-/* Iterations of `work` per ms of this thread's CPU time, measured (best of
-   five): the same loop runs at different speeds at different addresses on
-   some CPUs (an AMD EPYC ran hot_alpha's loop twice as fast as hot_beta's,
-   the same instructions), so a split of iterations is not a split of time. */
-__attribute__((unused)) static long per_ms(void (*work)(long)) {
-    double best = 1e9;
-    for (int r = 0; r < 5; r++) {
-        struct timespec a, b;
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
-        work(200000);
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
-        double ms = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) * 1e-6;
-        if (ms > 0 && ms < best) best = ms;
-    }
-    return (long)(200000 / best) + 1;
-}
 "#;
 
 /// How many times its usual CPU time a workload runs where a test scales
@@ -323,22 +306,19 @@ pub fn with_cpu_budget(source: &str) -> String {
 
 /// A C program whose CPU time splits about 60/30/10 over three leaf
 /// functions under a small call chain, for `argv[1]` seconds of CPU time;
-/// compile it [`with_cpu_budget`]. Each function's iterations per ms are
-/// measured first (`per_ms`): one `dispatch` is 6, 3 and 1 × 1.5 ms of CPU
-/// time, whatever the speed of each loop on this CPU.
+/// compile it [`with_cpu_budget`]. The three loops start on a 64-byte
+/// boundary each: the same instructions at different alignments ran at
+/// different speeds (an AMD EPYC ran `hot_alpha`'s loop twice as fast as
+/// `hot_beta`'s, so 6:3:1 iterations came out 44/42/13 of perf's samples).
 pub const HOT_C: &str = r#"
 #include <stdlib.h>
 volatile unsigned long sink;
-__attribute__((noinline)) void hot_alpha(long n) { for (long i = 0; i < n; i++) sink += i * i; }
-__attribute__((noinline)) void hot_beta(long n) { for (long i = 0; i < n; i++) sink += i * i; }
-__attribute__((noinline)) void hot_gamma(long n) { for (long i = 0; i < n; i++) sink += i * i; }
-static long rate_alpha, rate_beta, rate_gamma;
-__attribute__((noinline)) void dispatch(long us) { hot_alpha(6 * us * rate_alpha / 1000); hot_beta(3 * us * rate_beta / 1000); hot_gamma(us * rate_gamma / 1000); }
-__attribute__((noinline)) void run(void) { while (!cpu_budget_spent) dispatch(1500); }
-int main(int argc, char **argv) {
-    rate_alpha = per_ms(hot_alpha); rate_beta = per_ms(hot_beta); rate_gamma = per_ms(hot_gamma);
-    cpu_budget(argc > 1 ? atof(argv[1]) : 1.0); run(); return 0;
-}
+__attribute__((noinline, aligned(64))) void hot_alpha(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+__attribute__((noinline, aligned(64))) void hot_beta(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+__attribute__((noinline, aligned(64))) void hot_gamma(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+__attribute__((noinline)) void dispatch(long n) { hot_alpha(6 * n); hot_beta(3 * n); hot_gamma(n); }
+__attribute__((noinline)) void run(void) { while (!cpu_budget_spent) dispatch(100000); }
+int main(int argc, char **argv) { cpu_budget(argc > 1 ? atof(argv[1]) : 1.0); run(); return 0; }
 "#;
 
 /// A profile that exercises every part of the model: two processes, named

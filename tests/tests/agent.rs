@@ -24,8 +24,8 @@ use smolder_profiles_proto::read_profile;
 /// Loops forever in two known functions, 3:1.
 const WORKLOAD_C: &str = r#"
 volatile unsigned long sink;
-__attribute__((noinline)) void hot_alpha(long n) { for (long i = 0; i < n; i++) sink += i * i; }
-__attribute__((noinline)) void hot_beta(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+__attribute__((noinline, aligned(64))) void hot_alpha(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+__attribute__((noinline, aligned(64))) void hot_beta(long n) { for (long i = 0; i < n; i++) sink += i * i; }
 __attribute__((noinline)) void dispatch(void) { hot_alpha(3000000); hot_beta(1000000); }
 int main(void) { for (;;) dispatch(); }
 "#;

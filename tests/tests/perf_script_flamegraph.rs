@@ -194,8 +194,8 @@ static double now(void) {
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + t.tv_nsec / 1e9;
 }
-__attribute__((noinline)) void hot_alpha(void) { for (int i = 0; i < 200000; i++) sink += i * i; }
-__attribute__((noinline)) void hot_beta(void) { for (int i = 0; i < 100000; i++) sink += i * i; }
+__attribute__((noinline, aligned(64))) void hot_alpha(void) { for (int i = 0; i < 200000; i++) sink += i * i; }
+__attribute__((noinline, aligned(64))) void hot_beta(void) { for (int i = 0; i < 100000; i++) sink += i * i; }
 __attribute__((noinline)) void work(double seconds) {
     double end = now() + seconds;
     while (now() < end) { hot_alpha(); hot_beta(); }

@@ -34,22 +34,18 @@ const FP_FLAGS: &[&str] = &[
 /// 60/30/10 over three leaf functions, under a 25-deep recursive chain,
 /// for `argv[1]` seconds of CPU time (a time, not a number of rounds, so the
 /// sample count does not depend on how fast the CPU is or how busy it is).
-/// One `dispatch` is 15 ms of CPU (each loop's iterations per ms measured
-/// first, `per_ms`): at 1.5 ms it was near the 999 Hz timer's period and
-/// the two aliased, `perf`'s own beta share ranging from 23.5 % to 31.4 %
-/// over ten runs (29.7-30.3 % over eight at 15 ms).
+/// One `dispatch` is some 15 ms of CPU: at 1.5 ms (n = 100,000) it was near
+/// the 999 Hz timer's period and the two aliased, `perf`'s own beta share
+/// ranging from 23.5 % to 31.4 % over ten runs (29.7-30.3 % over eight now).
+/// Each loop starts on a 64-byte boundary, as in `HOT_C`.
 const DEEP_C: &str = r#"
 #include <stdlib.h>
 volatile unsigned long sink;
-#define WORK(name) __attribute__((noinline)) void name(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+#define WORK(name) __attribute__((noinline, aligned(64))) void name(long n) { for (long i = 0; i < n; i++) sink += i * i; }
 WORK(hot_alpha) WORK(hot_beta) WORK(hot_gamma)
-static long rate_alpha, rate_beta, rate_gamma;
-__attribute__((noinline)) void dispatch(long us) { hot_alpha(6 * us * rate_alpha / 1000); hot_beta(3 * us * rate_beta / 1000); hot_gamma(us * rate_gamma / 1000); sink++; }
-__attribute__((noinline)) void descend(int depth, long us) { if (depth == 0) dispatch(us); else descend(depth - 1, us); sink++; }
-int main(int argc, char **argv) {
-    rate_alpha = per_ms(hot_alpha); rate_beta = per_ms(hot_beta); rate_gamma = per_ms(hot_gamma);
-    cpu_budget(argc > 1 ? atof(argv[1]) : 1.5); while (!cpu_budget_spent) descend(24, 1500); return 0;
-}
+__attribute__((noinline)) void dispatch(long n) { hot_alpha(6 * n); hot_beta(3 * n); hot_gamma(n); sink++; }
+__attribute__((noinline)) void descend(int depth, long n) { if (depth == 0) dispatch(n); else descend(depth - 1, n); sink++; }
+int main(int argc, char **argv) { cpu_budget(argc > 1 ? atof(argv[1]) : 1.5); while (!cpu_budget_spent) descend(24, 1000000); return 0; }
 "#;
 
 /// Share of each of `names` among the samples whose stack contains one of
