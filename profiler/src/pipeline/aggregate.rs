@@ -1298,9 +1298,13 @@ mod tests {
                 .cloned()
         };
         let deadline = Instant::now() + Duration::from_secs(10);
+        // The kernel maps the new program's segments before it sets its
+        // arguments' place: until then `cmdline` reads empty.
+        let cmdline_set =
+            || std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"));
         let text = loop {
             let maps = ProcessMaps::read(pid).unwrap();
-            if let Some(text) = sleep_text(&maps) {
+            if let Some(text) = sleep_text(&maps).filter(|_| cmdline_set()) {
                 break text;
             }
             assert!(
