@@ -156,6 +156,31 @@ struct ObjectFile {
     vdso_len: Option<u64>,
 }
 
+impl ObjectFile {
+    /// Symbolizes file offsets of the object; `None` for a file the open
+    /// rule refused, which is never looked up by its path.
+    fn symbolize(&self, symbolizer: &Symbolizer, offsets: &[u64]) -> Option<Vec<Symbolized>> {
+        match (&self.file, self.vdso_len) {
+            (Some(file), _) => Some(symbolizer.symbolize_process_file(file, &self.path, offsets)),
+            (None, Some(len)) => Some(symbolizer.symbolize_vdso(len, offsets)),
+            (None, None) => None,
+        }
+    }
+
+    /// The same object with its own handle on the file, for another
+    /// thread; `None` if the handle cannot be duplicated.
+    fn try_clone(&self) -> Option<ObjectFile> {
+        Some(ObjectFile {
+            path: self.path.clone(),
+            file: match &self.file {
+                Some(file) => Some(file.try_clone().ok()?),
+                None => None,
+            },
+            vdso_len: self.vdso_len,
+        })
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 struct MappingId(u32);
 
@@ -290,16 +315,12 @@ pub struct Aggregator {
     python_unsupported_seen: std::collections::HashSet<(u32, String)>,
 }
 
-/// Symbolized file offsets per object, and each object's build-id, at
-/// most `max_entries` of them: when full, it is emptied and refilled.
 /// Addresses of one object that [`Aggregator::ahead_jobs`] found no
 /// symbols kept for: looked up by [`AheadJob::run`] on any thread, and
 /// what it found kept by [`Aggregator::remember_ahead`].
 pub struct AheadJob {
     object: u32,
-    path: String,
-    file: Option<File>,
-    vdso_len: Option<u64>,
+    file: ObjectFile,
     offsets: Vec<u64>,
 }
 
@@ -313,23 +334,37 @@ pub struct AheadDone {
 impl AheadJob {
     /// Looks the addresses up.
     pub fn run(self, symbolizer: &Symbolizer) -> AheadDone {
-        let symbols = match (&self.file, self.vdso_len) {
-            (Some(file), _) => symbolizer.symbolize_process_file(file, &self.path, &self.offsets),
-            (None, Some(len)) => symbolizer.symbolize_vdso(len, &self.offsets),
-            (None, None) => Vec::new(),
-        };
         AheadDone {
+            symbols: self
+                .file
+                .symbolize(symbolizer, &self.offsets)
+                .unwrap_or_default(),
             object: self.object,
-            path: self.path,
-            symbols,
+            path: self.file.path,
         }
     }
 }
 
+/// Symbolized file offsets per object, and each object's build-id, at
+/// most `max_entries` of them: when full, it is emptied and refilled.
 struct SymbolMemo {
     max_entries: usize,
     symbols: HashMap<(u32, u64), Symbolized>,
     build_ids: HashMap<u32, String>,
+}
+
+impl SymbolMemo {
+    /// Keeps what an address of `object` was symbolized as, and the
+    /// object's build-id if it names one.
+    fn keep(&mut self, object: u32, sym: Symbolized) {
+        if let Some(id) = sym.module.as_ref().and_then(|m| m.build_id.clone()) {
+            self.build_ids.insert(object, id);
+        }
+        if self.symbols.len() >= self.max_entries {
+            self.symbols.clear();
+        }
+        self.symbols.insert((object, sym.addr), sym);
+    }
 }
 
 impl Default for Aggregator {
@@ -794,15 +829,12 @@ impl Aggregator {
                 let obj = &self.objects[object as usize];
                 // A file the open rule refused is never looked up by its path;
                 // a handle that cannot be duplicated waits for the interval's end.
-                let file = match &obj.file {
-                    Some(file) => Some(file.try_clone().ok()?),
-                    None => None,
-                };
-                (file.is_some() || obj.vdso_len.is_some()).then(|| AheadJob {
+                if obj.file.is_none() && obj.vdso_len.is_none() {
+                    return None;
+                }
+                Some(AheadJob {
                     object,
-                    path: obj.path.clone(),
-                    file,
-                    vdso_len: obj.vdso_len,
+                    file: obj.try_clone()?,
                     offsets,
                 })
             })
@@ -819,13 +851,7 @@ impl Aggregator {
             return;
         };
         for sym in done.symbols {
-            if let Some(id) = sym.module.as_ref().and_then(|m| m.build_id.clone()) {
-                memo.build_ids.insert(done.object, id);
-            }
-            if memo.symbols.len() >= memo.max_entries {
-                memo.symbols.clear();
-            }
-            memo.symbols.insert((done.object, sym.addr), sym);
+            memo.keep(done.object, sym);
         }
     }
 
@@ -881,27 +907,18 @@ impl Aggregator {
             .map(|memo| memo.build_ids.clone())
             .unwrap_or_default();
         for (object, offsets) in per_object {
-            let obj = &self.objects[object as usize];
-            let symbolized = match (&obj.file, obj.vdso_len) {
-                (Some(file), _) => symbolizer.symbolize_process_file(file, &obj.path, &offsets),
-                (None, Some(len)) => symbolizer.symbolize_vdso(len, &offsets),
-                // A file the open rule refused is never looked up by its path.
-                (None, None) => continue,
+            let Some(symbolized) = self.objects[object as usize].symbolize(symbolizer, &offsets)
+            else {
+                continue;
             };
             for sym in symbolized {
                 if let Some(id) = sym.module.as_ref().and_then(|m| m.build_id.clone()) {
                     build_ids.insert(object, id);
                 }
                 if let Some(memo) = &mut self.memo {
-                    if memo.symbols.len() >= memo.max_entries {
-                        memo.symbols.clear();
-                    }
-                    memo.symbols.insert((object, sym.addr), sym.clone());
+                    memo.keep(object, sym.clone());
                 }
                 symbols.insert((object, sym.addr), sym);
-            }
-            if let (Some(memo), Some(id)) = (&mut self.memo, build_ids.get(&object)) {
-                memo.build_ids.insert(object, id.clone());
             }
         }
         build_ids
