@@ -493,17 +493,21 @@ impl Worker {
         };
         maps.entries()
             .iter()
-            .filter(|e| e.is_file())
-            .filter(|e| {
-                let identity = (e.dev, e.inode);
-                !self.failed.contains_key(&identity)
-                    && !self
-                        .by_file
-                        .get(&identity)
-                        .is_some_and(|k| self.resident.contains_key(k))
-            })
+            .filter(|e| self.needs_build(e))
             .map(|e| e.end - e.start)
             .sum()
+    }
+
+    /// Whether the file behind `entry` has neither a resident table nor a
+    /// failed attempt: its table must be built before the walker can use it.
+    fn needs_build(&self, entry: &Mapping) -> bool {
+        let identity = (entry.dev, entry.inode);
+        entry.is_file()
+            && !self.failed.contains_key(&identity)
+            && !self
+                .by_file
+                .get(&identity)
+                .is_some_and(|k| self.resident.contains_key(k))
     }
 
     fn publish_stats(&self) {
@@ -525,43 +529,52 @@ impl Worker {
             .failures += 1;
     }
 
+    /// Reads the mappings of `pid` and gives the walker each one with its
+    /// table. The mappings whose files already have a table (or none to
+    /// have) are published first; then the new tables are built, smallest
+    /// file first, and the list is published again after each: a library
+    /// just loaded (`import ctypes` maps libffi beside libc and a dozen
+    /// modules) is walked as soon as its own table is in, not after every
+    /// other new table of the process (libc's alone took 44 ms in a debug
+    /// build, and every stack through libffi stopped there meanwhile).
+    /// Until then a mapping is left out, not given without a table: the
+    /// walker flags its samples partial and asks for the process again.
     fn load_process(&mut self, pid: u32) -> Result<(), LoadError> {
         let started = Instant::now();
         let maps = ProcessMaps::read(pid)
             .map_err(|e| LoadError(format!("reading /proc/{pid}/maps: {e}")))?;
-        let mut value = ProcMappings {
-            count: 0,
-            _pad: 0,
-            mappings: [MappingEntry::default(); raw::MAX_MAPPINGS],
-        };
         let mut pinned: Vec<TableKey> = Vec::new();
-        let entries = maps.entries();
-        if entries.len() > raw::MAX_MAPPINGS {
+        let all = maps.entries();
+        if all.len() > raw::MAX_MAPPINGS {
             tracing::debug!(
                 "process {pid} has {} executable mappings; the walker knows the first {}",
-                entries.len(),
+                all.len(),
                 raw::MAX_MAPPINGS
             );
         }
-        for (slot, entry) in value.mappings.iter_mut().zip(entries) {
-            *slot = MappingEntry {
-                start: entry.start,
-                end: entry.end,
-                ..MappingEntry::default()
-            };
-            if !entry.is_file() {
-                continue;
+        let entries = &all[..all.len().min(raw::MAX_MAPPINGS)];
+        // Each mapping's walker entry, `None` while its table is to be built.
+        let mut ready: Vec<Option<MappingEntry>> = Vec::with_capacity(entries.len());
+        let mut to_build: Vec<usize> = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            if self.needs_build(entry) {
+                to_build.push(i);
+                ready.push(None);
+            } else {
+                ready.push(Some(self.walker_entry(pid, entry, &mut pinned)));
             }
-            if let Some((key, r)) = self.table_for(pid, entry, &pinned) {
-                if let Some(bias) = r.layout.load_bias(entry.start, entry.offset) {
-                    slot.bias = bias;
-                    slot.table_id = r.id;
-                    slot.generation = r.generation;
-                    pinned.push(key);
+        }
+        if !to_build.is_empty() {
+            self.publish(pid, &ready)?;
+            to_build.sort_by_key(|&i| entries[i].end - entries[i].start);
+            for (n, &i) in to_build.iter().enumerate() {
+                ready[i] = Some(self.walker_entry(pid, &entries[i], &mut pinned));
+                // The last one is published below, with the Python frames.
+                if n + 1 < to_build.len() {
+                    self.publish(pid, &ready)?;
                 }
             }
         }
-        value.count = entries.len().min(raw::MAX_MAPPINGS) as u32;
         // The interpreter's frames once the tables are in: before them, the
         // native frames between two runs of Python frames (a C function
         // called from Python calling back) would be walked by frame pointer,
@@ -569,13 +582,12 @@ impl Worker {
         if let Some(python) = &mut self.python {
             python.load(pid, &maps);
         }
-        self.procs
-            .insert(pid, value, 0)
-            .map_err(|e| LoadError(format!("writing PROC_MAPPINGS for process {pid}: {e}")))?;
+        self.publish(pid, &ready)?;
         tracing::debug!(
-            "process {pid}: {} executable mappings loaded ({} with a table) in {:?}",
-            value.count,
+            "process {pid}: {} executable mappings loaded ({} with a table, {} new) in {:?}",
+            entries.len(),
             pinned.len(),
+            to_build.len(),
             started.elapsed()
         );
         self.stats
@@ -583,6 +595,50 @@ impl Worker {
             .unwrap_or_else(|p| p.into_inner())
             .processes_loaded += 1;
         Ok(())
+    }
+
+    /// The walker's entry for `entry`: its bounds, and for a file its
+    /// table (built if needed; none walks it by frame pointers).
+    fn walker_entry(
+        &mut self,
+        pid: u32,
+        entry: &Mapping,
+        pinned: &mut Vec<TableKey>,
+    ) -> MappingEntry {
+        let mut slot = MappingEntry {
+            start: entry.start,
+            end: entry.end,
+            ..MappingEntry::default()
+        };
+        if !entry.is_file() {
+            return slot;
+        }
+        if let Some((key, r)) = self.table_for(pid, entry, pinned) {
+            if let Some(bias) = r.layout.load_bias(entry.start, entry.offset) {
+                slot.bias = bias;
+                slot.table_id = r.id;
+                slot.generation = r.generation;
+                pinned.push(key);
+            }
+        }
+        slot
+    }
+
+    /// Writes the process's mappings for the walker: those in `ready`
+    /// that are, in address order.
+    fn publish(&mut self, pid: u32, ready: &[Option<MappingEntry>]) -> Result<(), LoadError> {
+        let mut value = ProcMappings {
+            count: 0,
+            _pad: 0,
+            mappings: [MappingEntry::default(); raw::MAX_MAPPINGS],
+        };
+        for (slot, entry) in value.mappings.iter_mut().zip(ready.iter().flatten()) {
+            *slot = *entry;
+            value.count += 1;
+        }
+        self.procs
+            .insert(pid, value, 0)
+            .map_err(|e| LoadError(format!("writing PROC_MAPPINGS for process {pid}: {e}")))
     }
 
     /// The resident table of the file behind `entry`, built and uploaded
