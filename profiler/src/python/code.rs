@@ -122,20 +122,30 @@ impl CodeReader {
     /// a code object (freed, or a layout that does not match).
     /// A failed read is tried again on later calls, [`CODE_READ_ATTEMPTS`]
     /// times in all.
+    ///
+    /// A code object read before and no longer there (no code object at
+    /// its address now, or the process gone) keeps the name it was read
+    /// with: the sample was taken while it lived, and samples reach the
+    /// reader later. A program's last samples, read after it exited, and
+    /// the frames of `<module>`, whose code object CPython frees when the
+    /// module's code returns, were left unnamed before. Another code
+    /// object at its address is read anew.
     pub fn code(&mut self, addr: u64) -> Option<Arc<CodeInfo>> {
-        let failed = match self.cache.get(&addr) {
+        let (failed, known) = match self.cache.get(&addr) {
             Some(Cached::Read(info, stamp)) => {
                 if self.stamp(addr).ok().as_ref() == Some(stamp) {
                     return Some(Arc::clone(info));
                 }
-                0
+                (0, Some(Arc::clone(info)))
             }
             Some(Cached::Failed(n)) if *n >= CODE_READ_ATTEMPTS => return None,
-            Some(Cached::Failed(n)) => *n,
-            None => 0,
+            Some(Cached::Failed(n)) => (*n, None),
+            None => (0, None),
         };
         let entry = match self.read(addr) {
             Ok((info, stamp)) => Cached::Read(Arc::new(info), stamp),
+            // Kept as read: its stamp is checked again on the next use.
+            Err(_) if known.is_some() => return known,
             Err(e) => {
                 tracing::debug!(
                     "pid {}: code object at {addr:#x} not read (attempt {}): {e}",
@@ -375,6 +385,98 @@ fn location_line(table: &[u8], first: i64, instr: u64) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::python::Layout;
+
+    /// A Python object in this process's memory: 8-byte aligned bytes.
+    struct Object(Vec<u64>);
+
+    impl Object {
+        fn new(bytes: usize) -> Object {
+            Object(vec![0; bytes.div_ceil(8)])
+        }
+        fn addr(&self) -> u64 {
+            self.0.as_ptr() as u64
+        }
+        fn put_u64(&mut self, at: u16, value: u64) {
+            self.0[usize::from(at) / 8] = value;
+        }
+        fn put_bytes(&mut self, at: u16, bytes: &[u8]) {
+            // SAFETY: the bytes stay within the vector (asserted), which
+            // this object owns; u8 has no alignment.
+            let all = unsafe {
+                std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), self.0.len() * 8)
+            };
+            all[usize::from(at)..usize::from(at) + bytes.len()].copy_from_slice(bytes);
+        }
+    }
+
+    const CODE_TYPE: u64 = 0xc0de;
+    const STR_TYPE: u64 = 0x5757;
+    const BYTES_TYPE: u64 = 0xb7e5;
+
+    fn interpreter() -> Interpreter {
+        Interpreter {
+            minor: 11,
+            path: "python3.11".into(),
+            runtime: 0,
+            eval: 0..0,
+            code_type: CODE_TYPE,
+            str_type: STR_TYPE,
+            bytes_type: BYTES_TYPE,
+            layout: Layout::for_version(11).unwrap(),
+        }
+    }
+
+    /// A compact ASCII `str`.
+    fn ascii(layout: &Layout, text: &str) -> Object {
+        let mut o = Object::new(usize::from(layout.unicode_ascii_data) + text.len() + 1);
+        o.put_u64(8, STR_TYPE);
+        o.put_u64(16, text.len() as u64);
+        o.put_u64(32, (1 << 2) | (1 << 5) | (1 << 6));
+        o.put_bytes(layout.unicode_ascii_data, text.as_bytes());
+        o
+    }
+
+    /// A code object named `name` in file `file`, with an empty line table.
+    fn code_object(layout: &Layout, name: &Object, file: &Object, table: &Object) -> Object {
+        let mut o = Object::new(512);
+        o.put_u64(8, CODE_TYPE);
+        o.put_u64(layout.code_qualname, name.addr());
+        o.put_u64(layout.code_filename, file.addr());
+        o.put_u64(layout.code_linetable, table.addr());
+        o.put_bytes(layout.code_firstlineno, &7u32.to_ne_bytes());
+        o
+    }
+
+    #[test]
+    fn a_code_object_gone_after_its_sample_keeps_its_name_and_a_new_one_is_read() {
+        let interpreter = interpreter();
+        let layout = interpreter.layout;
+        let (module, other, file) = (
+            ascii(&layout, "<module>"),
+            ascii(&layout, "other"),
+            ascii(&layout, "main.py"),
+        );
+        let mut table = Object::new(40);
+        table.put_u64(8, BYTES_TYPE);
+        let mut code = code_object(&layout, &module, &file, &table);
+        let mut reader = CodeReader::new(std::process::id(), interpreter);
+        let name = |reader: &mut CodeReader, code: &Object| {
+            reader.code(code.addr()).map(|info| info.name.clone())
+        };
+        assert_eq!(name(&mut reader, &code).as_deref(), Some("<module>"));
+        // Freed after the sample was taken, before the reader came.
+        code.put_u64(8, 0);
+        assert_eq!(name(&mut reader, &code).as_deref(), Some("<module>"));
+        // Another code object at its address is read anew.
+        code.put_u64(8, CODE_TYPE);
+        code.put_u64(layout.code_qualname, other.addr());
+        assert_eq!(name(&mut reader, &code).as_deref(), Some("other"));
+        // Never read: no name to keep.
+        reader.clear_cache();
+        code.put_u64(8, 0);
+        assert_eq!(name(&mut reader, &code), None);
+    }
 
     #[test]
     fn lnotab_lines() {
