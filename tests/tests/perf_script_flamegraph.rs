@@ -115,7 +115,7 @@ fn perf_script_of_a_real_program_renders_its_hot_functions() {
     // `FlamegraphOptions::min_width`), inferno 0.12 those under 0.01%: the
     // oracle draws by smolder's rule, or a frame of one sample in a
     // thousand (`dispatch`, sampled between two calls) is in one graph only.
-    let mut child = Command::new(flamegraph)
+    let mut child = Command::new(&flamegraph)
         .args(["--minwidth", "0.1"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -139,6 +139,49 @@ fn perf_script_of_a_real_program_renders_its_hot_functions() {
             "samples of {f}: smolder vs inferno"
         );
     }
+
+    // At inferno's default cutoff (`--min-width 0.01`, `--minwidth` as
+    // inferno spells it), every frame inferno draws by default, and a bad
+    // percentage is refused in one line.
+    let fine_path = dir.path().join("fine.svg");
+    smolder_ok([
+        "flamegraph".as_ref(),
+        script.as_os_str(),
+        "--minwidth".as_ref(),
+        "0.01".as_ref(),
+        "-o".as_ref(),
+        fine_path.as_os_str(),
+    ]);
+    let fine = frame_samples(&std::fs::read_to_string(&fine_path).unwrap());
+    let mut child = Command::new(flamegraph)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &folded).unwrap();
+    let default = child.wait_with_output().unwrap();
+    assert!(default.status.success());
+    let mut default = frame_samples(&String::from_utf8_lossy(&default.stdout));
+    // inferno's collapser roots each stack at the command's name; smolder
+    // draws that frame only with --per-process.
+    assert!(
+        default.remove("hot").is_some(),
+        "inferno's root: {default:?}"
+    );
+    assert_eq!(
+        fine, default,
+        "smolder --min-width 0.01 vs inferno's default"
+    );
+    let refused = Command::new(smolder_e2e::smolder_bin())
+        .args(["flamegraph", "--min-width", "150", "-o", "-"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("not a percentage from 0 to 100"),
+        "--min-width 150: {stderr}"
+    );
 }
 
 #[test]

@@ -53,6 +53,11 @@ pub struct FlamegraphArgs {
     /// `off_cpu` for where threads waited, drawn in blues); default: the first
     #[arg(long, value_name = "TYPE")]
     pub sample_type: Option<String>,
+    /// Leave out frames narrower than this percentage of the graph's width
+    /// (inferno's `--minwidth`, whose default is 0.01)
+    #[arg(long, visible_alias = "minwidth", value_name = "PERCENT", default_value_t = 0.1,
+          value_parser = parse_min_width)]
+    pub min_width: f64,
     #[command(flatten)]
     pub input_args: InputArgs,
 }
@@ -69,8 +74,17 @@ impl FlamegraphArgs {
             sample_type: self.sample_type.clone(),
             color_by_frame_type: !self.no_type_colors,
             normalize: self.normalize,
+            min_width: self.min_width,
             ..FlamegraphOptions::default()
         }
+    }
+}
+
+/// A percentage from 0 to 100.
+fn parse_min_width(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a percentage from 0 to 100")),
     }
 }
 
