@@ -39,6 +39,20 @@ fn frame_samples(svg: &str) -> BTreeMap<String, u64> {
     frames
 }
 
+/// The frames of the graph `inferno-flamegraph ARGS` draws of `folded`.
+fn inferno_frames(flamegraph: &Path, folded: &[u8], args: &[&str]) -> BTreeMap<String, u64> {
+    let mut child = Command::new(flamegraph)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), folded).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "inferno-flamegraph {args:?} failed");
+    frame_samples(&String::from_utf8_lossy(&out.stdout))
+}
+
 /// Records the hot program with `perf record -g` and returns the path of
 /// `perf script` text made with `script_args`.
 fn perf_script_of_hot_program(dir: &Path, script_args: &[&str]) -> std::path::PathBuf {
@@ -115,16 +129,7 @@ fn perf_script_of_a_real_program_renders_its_hot_functions() {
     // `FlamegraphOptions::min_width`), inferno 0.12 those under 0.01%: the
     // oracle draws by smolder's rule, or a frame of one sample in a
     // thousand (`dispatch`, sampled between two calls) is in one graph only.
-    let mut child = Command::new(&flamegraph)
-        .args(["--minwidth", "0.1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &folded).unwrap();
-    let reference = child.wait_with_output().unwrap();
-    assert!(reference.status.success());
-    let reference = frame_samples(&String::from_utf8_lossy(&reference.stdout));
+    let reference = inferno_frames(&flamegraph, &folded, &["--minwidth", "0.1"]);
     for f in [
         "hot_alpha",
         "hot_beta",
@@ -153,15 +158,7 @@ fn perf_script_of_a_real_program_renders_its_hot_functions() {
         fine_path.as_os_str(),
     ]);
     let fine = frame_samples(&std::fs::read_to_string(&fine_path).unwrap());
-    let mut child = Command::new(flamegraph)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &folded).unwrap();
-    let default = child.wait_with_output().unwrap();
-    assert!(default.status.success());
-    let mut default = frame_samples(&String::from_utf8_lossy(&default.stdout));
+    let mut default = inferno_frames(&flamegraph, &folded, &[]);
     // inferno's collapser roots each stack at the command's name; smolder
     // draws that frame only with --per-process.
     assert!(

@@ -282,37 +282,56 @@ fn python_shares_and_lines_agree_with_py_spy() {
         .expect("a `work` frame in the SVG");
     assert_eq!(work.attribute("class"), Some("runtime"));
 
-    let raw = dir.path().join("py-spy.txt");
-    run_ok(
-        Command::new(&py_spy)
-            .args(["record", "--format", "raw", "-r", "1000", "-o"])
-            .arg(&raw)
-            .arg("--")
-            .arg(&python)
-            .arg(&script)
-            .arg("6"),
-    );
-    let theirs = py_spy_stacks(&raw);
-    let mut per: BTreeMap<&str, u64> = BTreeMap::new();
+    // py-spy's wall-clock shares are noisy now and then: three runs on an
+    // idle machine gave sixty 0.595-0.609, and a fourth, in an idle CI
+    // run, 0.673 where smolder's CPU-time share was 0.595. So py-spy runs
+    // up to three times, and smolder's one recording must agree with one
+    // of them; a smolder off the split disagrees with all three.
+    let mut misses: Vec<String> = Vec::new();
     let mut their_lines: BTreeSet<(String, i64)> = BTreeSet::new();
-    for (frames, n) in &theirs {
-        if let Some(name) = ["sixty", "thirty", "ten"]
-            .into_iter()
-            .find(|name| frames.iter().any(|(f, _)| f == name))
-        {
-            *per.entry(name).or_default() += n;
-        }
-        their_lines.extend(frames.iter().cloned());
-    }
-    let total: u64 = per.values().sum();
-    for name in ["sixty", "thirty", "ten"] {
-        let theirs = per.get(name).copied().unwrap_or(0) as f64 / total.max(1) as f64;
-        let ours = our_shares.get(name).copied().unwrap_or(0.0);
-        assert!(
-            (ours - theirs).abs() <= 0.03,
-            "{name}: smolder {ours:.3}, py-spy {theirs:.3}"
+    for attempt in 1..=3 {
+        let raw = dir.path().join(format!("py-spy-{attempt}.txt"));
+        run_ok(
+            Command::new(&py_spy)
+                .args(["record", "--format", "raw", "-r", "1000", "-o"])
+                .arg(&raw)
+                .arg("--")
+                .arg(&python)
+                .arg(&script)
+                .arg("6"),
         );
+        let theirs = py_spy_stacks(&raw);
+        let mut per: BTreeMap<&str, u64> = BTreeMap::new();
+        their_lines.clear();
+        for (frames, n) in &theirs {
+            if let Some(name) = ["sixty", "thirty", "ten"]
+                .into_iter()
+                .find(|name| frames.iter().any(|(f, _)| f == name))
+            {
+                *per.entry(name).or_default() += n;
+            }
+            their_lines.extend(frames.iter().cloned());
+        }
+        let total: u64 = per.values().sum();
+        let apart: Vec<String> = ["sixty", "thirty", "ten"]
+            .into_iter()
+            .filter_map(|name| {
+                let theirs = per.get(name).copied().unwrap_or(0) as f64 / total.max(1) as f64;
+                let ours = our_shares.get(name).copied().unwrap_or(0.0);
+                ((ours - theirs).abs() > 0.03)
+                    .then(|| format!("{name}: smolder {ours:.3}, py-spy {theirs:.3}"))
+            })
+            .collect();
+        if apart.is_empty() {
+            break;
+        }
+        misses.push(format!("py-spy run {attempt}: {}", apart.join("; ")));
+        eprintln!("{}", misses.last().unwrap());
     }
+    assert!(
+        misses.len() < 3,
+        "smolder's shares agree with none of three py-spy runs: {misses:?}"
+    );
     // Every line smolder names in these functions, py-spy names too, for
     // the lines that carry at least 2% of the samples.
     let total_ours: i64 = ours.iter().map(|(_, n)| n).sum();
