@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use smolder_e2e::{compile_c, require_tool, run_ok, smolder_ok, HOT_C};
+use smolder_e2e::{compile_c, require_tool, run_ok, smolder, smolder_ok, HOT_C};
 
 /// `<title>` texts of an SVG flamegraph: frame name -> samples, summed over
 /// the frames of that name.
@@ -169,11 +169,14 @@ fn perf_script_of_a_real_program_renders_its_hot_functions() {
         fine, default,
         "smolder --min-width 0.01 vs inferno's default"
     );
-    let refused = Command::new(smolder_e2e::smolder_bin())
-        .args(["flamegraph", "--min-width", "150", "-o", "-"])
-        .arg(&script)
-        .output()
-        .unwrap();
+    let refused = smolder([
+        "flamegraph".as_ref(),
+        "--min-width".as_ref(),
+        "150".as_ref(),
+        "-o".as_ref(),
+        "-".as_ref(),
+        script.as_os_str(),
+    ]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success() && stderr.contains("not a percentage from 0 to 100"),

@@ -131,21 +131,21 @@ impl CodeReader {
     /// module's code returns, were left unnamed before. Another code
     /// object at its address is read anew.
     pub fn code(&mut self, addr: u64) -> Option<Arc<CodeInfo>> {
-        let (failed, known) = match self.cache.get(&addr) {
-            Some(Cached::Read(info, stamp)) => {
-                if self.stamp(addr).ok().as_ref() == Some(stamp) {
-                    return Some(Arc::clone(info));
-                }
-                (0, Some(Arc::clone(info)))
-            }
+        let failed = match self.cache.get(&addr) {
+            Some(Cached::Read(info, stamp)) => match self.stamp(addr) {
+                Ok(now) if now == *stamp => return Some(Arc::clone(info)),
+                // No code object there now: kept as read, and its header
+                // checked again on the next use.
+                Err(_) => return Some(Arc::clone(info)),
+                // Another code object: read anew.
+                Ok(_) => 0,
+            },
             Some(Cached::Failed(n)) if *n >= CODE_READ_ATTEMPTS => return None,
-            Some(Cached::Failed(n)) => (*n, None),
-            None => (0, None),
+            Some(Cached::Failed(n)) => *n,
+            None => 0,
         };
         let entry = match self.read(addr) {
             Ok((info, stamp)) => Cached::Read(Arc::new(info), stamp),
-            // Kept as read: its stamp is checked again on the next use.
-            Err(_) if known.is_some() => return known,
             Err(e) => {
                 tracing::debug!(
                     "pid {}: code object at {addr:#x} not read (attempt {}): {e}",
