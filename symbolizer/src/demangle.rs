@@ -27,17 +27,23 @@ impl NameCache {
             return String::from_utf8_lossy(raw).into_owned();
         }
         let key = (raw.as_ptr() as usize, raw.len());
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(name) = names.get(&key) {
+        let lock = || self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(name) = lock().get(&key) {
             return name.to_string();
         }
+        // Demangled without the lock: the threads of a bulk lookup would
+        // wait on each other's demangling. Two threads that meet the same
+        // name both demangle it; the second insert replaces the first
+        // (counted once).
         let name = demangle_bytes(raw);
+        let mut names = lock();
         if names.len() >= NAME_CACHE_ENTRIES {
             names.clear();
             self.bytes.store(0, Ordering::Relaxed);
         }
-        self.bytes.fetch_add(name.len() + 48, Ordering::Relaxed);
-        names.insert(key, name.clone().into_boxed_str());
+        if names.insert(key, name.clone().into_boxed_str()).is_none() {
+            self.bytes.fetch_add(name.len() + 48, Ordering::Relaxed);
+        }
         name
     }
 

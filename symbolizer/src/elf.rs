@@ -157,10 +157,11 @@ pub(crate) struct Env<'a> {
     pub(crate) inlined: bool,
     /// Bytes of found frames one object keeps ([`FoundCache`]).
     pub(crate) found_bytes: usize,
-    /// Give back the pages of a mapped file's DWARF as lookups go (see
-    /// `units`): not while several threads look up in one file at once,
-    /// where each would fault in again what another just gave back.
-    pub(crate) give_back_pages: bool,
+    /// A long list of lookups in one file, on several threads at once
+    /// (see `units`): more parsed units are kept, and the pages of a mapped
+    /// file's DWARF are given back at longer intervals, where each thread
+    /// would otherwise fault in again what another just gave back.
+    pub(crate) bulk: bool,
 }
 
 /// One parsed ELF object, shared through the cache.
@@ -571,6 +572,20 @@ impl ElfObject {
                 Some(units)
             })
             .as_ref()
+    }
+
+    /// Ahead of a long list of lookups (one thread each, at once): the
+    /// unit index, and the symbol table that addresses DWARF does not
+    /// name fall back to, built without the first passes over the symbols
+    /// that a few lookups get (a long list would make them all, and wait
+    /// for one thread's build of the table on the others).
+    pub(crate) fn prepare_units(&self, env: &Env<'_>) {
+        self.units(env);
+    }
+
+    /// See [`Self::prepare_units`].
+    pub(crate) fn prepare_symbols(&self, env: &Env<'_>) {
+        self.symbols(Which::Symtab, env);
     }
 
     /// The DWARF frames for `vaddr`: from the units that cover it, parsed

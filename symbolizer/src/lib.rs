@@ -158,7 +158,7 @@ pub mod fuzzing {
             demangle: true,
             inlined: true,
             found_bytes: 1 << 20,
-            give_back_pages: true,
+            bulk: false,
         };
         let mut probes = obj.probe_addresses(&env);
         probes.truncate(128);

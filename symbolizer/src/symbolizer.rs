@@ -298,14 +298,14 @@ impl Symbolizer {
         *lock(&self.kernel) = None;
     }
 
-    fn env(&self, give_back_pages: bool) -> Env<'_> {
+    fn env(&self, bulk: bool) -> Env<'_> {
         Env {
             debug_root: &self.debug_root,
             counters: &self.counters,
             demangle: self.demangle,
             inlined: self.inlined,
             found_bytes: self.found_bytes,
-            give_back_pages,
+            bulk,
         }
     }
 
@@ -360,7 +360,7 @@ impl Symbolizer {
         let build_id = obj.build_id_hex();
         addrs
             .iter()
-            .map(|&addr| self.in_object(obj, path, build_id.as_deref(), addr, kind, true))
+            .map(|&addr| self.in_object(obj, path, build_id.as_deref(), addr, kind, false))
             .collect()
     }
 
@@ -368,7 +368,9 @@ impl Symbolizer {
     /// of a file the caller named (`Source::Elf`, `Source::BuildId`): the
     /// addresses are sorted and cut into one run per thread, so that each
     /// thread parses the compilation units its run falls in (two threads
-    /// meet only at the edges of their runs).
+    /// meet only at the edges of their runs). The lookups are bulk ones
+    /// ([`Env::bulk`]: more units kept, pages given back less often), and
+    /// the unit index and symbol table are loaded side by side first.
     fn in_object_parallel(
         &self,
         obj: &ElfObject,
@@ -391,14 +393,21 @@ impl Symbolizer {
         let parts: Vec<Vec<(usize, Symbolized)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = order
                 .chunks(run)
-                .map(|indices| {
+                .enumerate()
+                .map(|(part, indices)| {
                     let build_id = build_id.as_deref();
                     scope.spawn(move || {
+                        // The two one-time loads, side by side.
+                        match part {
+                            0 => obj.prepare_units(&self.env(true)),
+                            1 => obj.prepare_symbols(&self.env(true)),
+                            _ => {}
+                        }
                         indices
                             .iter()
                             .map(|&i| {
                                 let found =
-                                    self.in_object(obj, path, build_id, addrs[i], kind, false);
+                                    self.in_object(obj, path, build_id, addrs[i], kind, true);
                                 (i, found)
                             })
                             .collect()
@@ -437,14 +446,14 @@ impl Symbolizer {
         build_id: Option<&str>,
         addr: u64,
         kind: AddressKind,
-        give_back_pages: bool,
+        bulk: bool,
     ) -> Symbolized {
         let (vaddr, offset) = match kind {
             AddressKind::FileOffset => (obj.file_offset_to_vaddr(addr), Some(addr)),
             AddressKind::VirtualAddress => (Some(addr), obj.vaddr_to_file_offset(addr)),
         };
         let frames = match vaddr {
-            Some(vaddr) => self.lookup(obj, vaddr, give_back_pages),
+            Some(vaddr) => self.lookup(obj, vaddr, bulk),
             None => {
                 Counters::bump(&self.counters.unresolved);
                 Vec::new()
@@ -461,8 +470,8 @@ impl Symbolizer {
         }
     }
 
-    fn lookup(&self, obj: &ElfObject, vaddr: u64, give_back_pages: bool) -> Vec<Frame> {
-        let (frames, resolution) = obj.lookup(vaddr, &self.env(give_back_pages));
+    fn lookup(&self, obj: &ElfObject, vaddr: u64, bulk: bool) -> Vec<Frame> {
+        let (frames, resolution) = obj.lookup(vaddr, &self.env(bulk));
         let counter = match resolution {
             Resolution::Dwarf => &self.counters.resolved_dwarf,
             Resolution::Symtab => &self.counters.resolved_symtab,

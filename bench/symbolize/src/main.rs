@@ -181,6 +181,22 @@ fn build_fixture(dir: &Path) -> PathBuf {
 }
 
 /// `count` addresses spread evenly over the bytes of the sized functions.
+/// This process's peak and resident memory, anonymous and file-backed
+/// (`BENCH_STATS`: what the peak is made of).
+fn resident() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .filter(|l| {
+            ["VmHWM", "RssAnon", "RssFile"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn spread_addresses(bin: &Path, count: usize) -> Vec<u64> {
     let out = Command::new("nm")
         .args(["-S", "--defined-only"])
@@ -272,6 +288,9 @@ fn child(name: &str, bin: &Path, addr_file: &Path) {
                 times.push(t.elapsed());
                 cpu.push(process_cpu() - c);
                 frames = out.iter().map(|r| r.frames.len().max(1)).sum();
+                if std::env::var_os("BENCH_STATS").is_some() {
+                    eprintln!("after a pass: {}", resident());
+                }
             }
             if std::env::var_os("BENCH_STATS").is_some() {
                 eprintln!("{:?}", s.stats());
