@@ -10,7 +10,7 @@ use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use object::{Object, ObjectSection, ObjectSegment};
 
@@ -205,16 +205,24 @@ pub(crate) struct ElfObject {
 /// pass over a list) is answered without a lookup. Lookups that counted
 /// an error are not kept (a later one counts it again). Past its byte
 /// budget the cache starts over.
+/// The frames found for one address, and how.
+type Found = (Arc<[Frame]>, Resolution);
+
 #[derive(Default)]
 struct FoundCache {
-    found: Mutex<HashMap<u64, (Vec<Frame>, Resolution)>>,
+    /// Read by every thread of a bulk lookup at once: the frames are
+    /// shared, and copied out after the lock is released.
+    found: RwLock<HashMap<u64, Found>>,
     bytes: AtomicUsize,
 }
 
 impl FoundCache {
     fn get(&self, vaddr: u64) -> Option<(Vec<Frame>, Resolution)> {
-        let found = self.found.lock().unwrap_or_else(|p| p.into_inner());
-        found.get(&vaddr).cloned()
+        let hit = {
+            let found = self.found.read().unwrap_or_else(|p| p.into_inner());
+            found.get(&vaddr).cloned()
+        };
+        hit.map(|(frames, resolution)| (frames.to_vec(), resolution))
     }
 
     fn put(&self, vaddr: u64, frames: &[Frame], resolution: Resolution, budget: usize) {
@@ -227,12 +235,13 @@ impl FoundCache {
                         + f.file.as_ref().map_or(0, String::len)
                 })
                 .sum::<usize>();
-        let mut found = self.found.lock().unwrap_or_else(|p| p.into_inner());
+        let frames: Arc<[Frame]> = frames.into();
+        let mut found = self.found.write().unwrap_or_else(|p| p.into_inner());
         if self.bytes.load(Ordering::Relaxed) + bytes > budget {
             *found = HashMap::new();
             self.bytes.store(0, Ordering::Relaxed);
         }
-        if found.insert(vaddr, (frames.to_vec(), resolution)).is_none() {
+        if found.insert(vaddr, (frames, resolution)).is_none() {
             self.bytes.fetch_add(bytes, Ordering::Relaxed);
         }
     }

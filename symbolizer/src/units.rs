@@ -38,10 +38,11 @@ const KEPT_UNIT_BYTES: usize = 4 << 20;
 /// list meets each unit once, and a unit given up costs the freeing of
 /// its rows and functions while the other threads allocate theirs.
 /// Measured on a 114 MiB debug build of `smolder` (10,000 addresses over
-/// 600 units, `smolder-bench-symbolize`, medians of 10, pages given back
-/// as below): 4 MiB took 264 ms at a peak of 140 MiB, 16 MiB 239 ms at
-/// 137 MiB, 32 MiB 226 ms at 169 MiB (blazesym: 310 ms, 178 MiB).
-const BULK_KEPT_UNIT_BYTES: usize = 16 << 20;
+/// 600 units, `smolder-bench-symbolize`, medians of 10 in one run, pages
+/// given back every 4 MiB): 16 MiB took 261 ms at a peak of 137 MiB,
+/// 32 MiB 248 ms at 149 MiB (blazesym: 322 ms, 178 MiB); with 4 MiB and
+/// no give-back, 264 ms at 140 MiB in an earlier run.
+const BULK_KEPT_UNIT_BYTES: usize = 32 << 20;
 
 /// An address range of one unit, as in `addr2line`'s own index: sorted by
 /// end, with the smallest start of this and every later entry.
@@ -976,8 +977,11 @@ const GIVE_BACK_EVERY: usize = 64 << 10;
 
 /// [`GIVE_BACK_EVERY`] in a bulk lookup ([`Env::bulk`]), where several
 /// threads read one file at once and each would fault in again what
-/// another just gave back. Never giving them back held 82 MiB of file
-/// pages at the peak of the lookup above; every 4 MiB, 32 MiB.
+/// another just gave back. In the lookup measured at
+/// [`BULK_KEPT_UNIT_BYTES`], never giving them back held 54 MiB of file
+/// pages at the peak (with 32 MiB of units kept; 82 MiB with 4); every 8
+/// MiB also 54 MiB, every 4 MiB 34 MiB, every 2 MiB 34 MiB (the pages
+/// every unit reads: names, abbreviations).
 const BULK_GIVE_BACK_EVERY: usize = 4 << 20;
 
 /// The DWARF sections a lookup reads, whose pages
