@@ -388,7 +388,7 @@ fn open<'a>(input: Box<dyn Read + 'a>, options: &ReadOptions) -> Result<Opened<'
             Head::Binary(format) => (format, Body::Whole(Box::new(stream))),
             Head::Text => {
                 let mut text: Box<dyn BufRead + 'a> =
-                    Box::new(BufReader::with_capacity(1 << 20, stream));
+                    Box::new(BufReader::with_capacity(128 << 10, stream));
                 let start = find_text_start(&mut *text, options.max_input_size, true)?;
                 (start.format, Body::Text(start, text))
             }
