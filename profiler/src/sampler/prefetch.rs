@@ -9,7 +9,7 @@
 //!
 //! Owns nothing the aggregator reads directly: it only fills the snapshots.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -29,12 +29,16 @@ const REREADS_AFTER_EXEC: [Duration; 4] = [
     Duration::from_millis(150),
 ];
 
-/// The longest the thread sleeps before it looks at `stop`.
-const MAX_WAIT: Duration = Duration::from_millis(100);
+/// The longest the thread sleeps with nothing to re-read: it wakes for a
+/// record in the ring, a re-read that is due, or [`Prefetcher`]'s drop
+/// (the stop eventfd). A quiet host wakes it about once a minute.
+const MAX_WAIT: Duration = Duration::from_secs(60);
 
 pub(super) struct Prefetcher {
     snapshots: Arc<ProcessSnapshots>,
     stop: Arc<AtomicBool>,
+    /// Written on drop, so that the thread's wait ends at once.
+    wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -42,15 +46,24 @@ impl Prefetcher {
     pub(super) fn start(ring: RingBuf<MapData>) -> std::io::Result<Prefetcher> {
         let snapshots = ProcessSnapshots::new();
         let stop = Arc::new(AtomicBool::new(false));
+        // SAFETY: eventfd only creates a descriptor.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
         let thread = {
-            let (snapshots, stop) = (Arc::clone(&snapshots), Arc::clone(&stop));
+            let (snapshots, stop, wake) =
+                (Arc::clone(&snapshots), Arc::clone(&stop), Arc::clone(&wake));
             std::thread::Builder::new()
                 .name("smolder-prefetch".into())
-                .spawn(move || run(ring, &snapshots, &stop))?
+                .spawn(move || run(ring, &snapshots, &stop, wake.as_raw_fd()))?
         };
         Ok(Prefetcher {
             snapshots,
             stop,
+            wake,
             thread: Some(thread),
         })
     }
@@ -63,6 +76,15 @@ impl Prefetcher {
 impl Drop for Prefetcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from `one` to our own eventfd.
+        unsafe {
+            libc::write(
+                self.wake.as_raw_fd(),
+                std::ptr::addr_of!(one).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -77,7 +99,7 @@ struct Due {
     step: usize,
 }
 
-fn run(mut ring: RingBuf<MapData>, snapshots: &ProcessSnapshots, stop: &AtomicBool) {
+fn run(mut ring: RingBuf<MapData>, snapshots: &ProcessSnapshots, stop: &AtomicBool, wake: RawFd) {
     let fd = ring.as_raw_fd();
     let mut due: Vec<Due> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -88,7 +110,10 @@ fn run(mut ring: RingBuf<MapData>, snapshots: &ProcessSnapshots, stop: &AtomicBo
             .min()
             .unwrap_or(MAX_WAIT)
             .min(MAX_WAIT);
-        wait_readable(fd, wait);
+        wait_readable(fd, wake, wait);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
 
         let clock = BootClock::measure();
         let unix = |boot_ns: u64| clock.as_ref().map_or(0, |c| c.to_unix_ns(boot_ns));
@@ -140,14 +165,14 @@ fn run(mut ring: RingBuf<MapData>, snapshots: &ProcessSnapshots, stop: &AtomicBo
     }
 }
 
-/// Waits until the ring has records or `wait` has passed.
-fn wait_readable(fd: std::os::fd::RawFd, wait: Duration) {
-    let mut pollfd = libc::pollfd {
+/// Waits until the ring has records, `wake` is written or `wait` has passed.
+fn wait_readable(fd: RawFd, wake: RawFd, wait: Duration) {
+    let mut fds = [fd, wake].map(|fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
-    };
+    });
     let ms = libc::c_int::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
-    // SAFETY: one valid pollfd, for the duration of the call.
-    unsafe { libc::poll(&mut pollfd, 1, ms) };
+    // SAFETY: two valid pollfds, for the duration of the call.
+    unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
 }
