@@ -33,10 +33,11 @@ fn new_map<K, V>() -> Map<K, V> {
 /// Blocks handed to the collapsing threads are about this large (tiny in
 /// tests, so that small inputs are cut too). 256 KiB blocks, filled again
 /// as they come back, and a 128 KiB reader buffer took the peak RSS of
-/// `smolder flamegraph` on a 732 MiB `perf script` recording from 15.5 to
-/// 13.0 MiB at the same speed (1 MiB blocks, each a new allocation, and a
-/// 1 MiB buffer before); 256 KiB of stack texts per thread ([`BODY_BYTES`])
-/// would take 1.3 MiB more off but cost a third more time.
+/// `smolder flamegraph` on a 698 MiB `perf script` recording from 15.5 to
+/// 11.4 MiB at the same speed (1 MiB blocks, each a new allocation, and a
+/// 1 MiB buffer before; bench/README.md §1); 256 KiB of stack texts per
+/// thread ([`BODY_BYTES`]) would take 1.3 MiB more off but cost a third
+/// more time.
 const BLOCK_SIZE: usize = if cfg!(test) { 4096 } else { 256 << 10 };
 
 /// The folded stacks of a profile, with the type of its values.

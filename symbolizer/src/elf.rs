@@ -205,9 +205,6 @@ pub(crate) struct ElfObject {
 /// pass over a list) is answered without a lookup. Lookups that counted
 /// an error are not kept (a later one counts it again). Past its byte
 /// budget the cache starts over.
-/// The frames found for one address, and how.
-type Found = (Arc<[Frame]>, Resolution);
-
 #[derive(Default)]
 struct FoundCache {
     /// Read by every thread of a bulk lookup at once: the frames are
@@ -215,6 +212,9 @@ struct FoundCache {
     found: RwLock<HashMap<u64, Found>>,
     bytes: AtomicUsize,
 }
+
+/// The frames found for one address, and how.
+type Found = (Arc<[Frame]>, Resolution);
 
 impl FoundCache {
     fn get(&self, vaddr: u64) -> Option<(Vec<Frame>, Resolution)> {

@@ -180,7 +180,6 @@ fn build_fixture(dir: &Path) -> PathBuf {
     out
 }
 
-/// `count` addresses spread evenly over the bytes of the sized functions.
 /// This process's peak and resident memory, anonymous and file-backed
 /// (`BENCH_STATS`: what the peak is made of).
 fn resident() -> String {
@@ -197,6 +196,7 @@ fn resident() -> String {
         .join(", ")
 }
 
+/// `count` addresses spread evenly over the bytes of the sized functions.
 fn spread_addresses(bin: &Path, count: usize) -> Vec<u64> {
     let out = Command::new("nm")
         .args(["-S", "--defined-only"])
