@@ -20,7 +20,10 @@
 #                         interval:s:10 { print(@); clear(@); }' >/dev/null
 #  perf      perf record -a -g -F 19 -o FILE
 # Each runs under GNU time (CPU = user + system over wall, start-up and the
-# final flush included); its VmRSS is read from /proc every second (steady
+# final flush included); "CPU after" is the same from SETTLE (default 30)
+# seconds after the start to just before the stop, from /proc/PID/stat
+# (start-up, the final flush and exit left out; the whole run when SECONDS
+# is under twice SETTLE); its VmRSS is read from /proc every second (steady
 # RSS: the median of the second half) and VmHWM just before it is stopped
 # (peak RSS); BPF map kernel memory is the sum of `memlock` over the map
 # fds in /proc/PID/fdinfo (what `bpftool map show` reports per map),
@@ -31,6 +34,7 @@ smolder=$(readlink -f "$1")
 scenarios=${2:-both}
 secs=${3:-60}
 shift $(( $# < 3 ? $# : 3 ))
+settle_secs=${SETTLE:-30} # start-up, left out of "CPU after"
 [ "${1:-}" = "--" ] && shift
 agent_args=("$@")
 [ "$(id -u)" = 0 ] || { echo "run as root (eBPF, perf -a)" >&2; exit 1; }
@@ -131,6 +135,9 @@ watch_rss() { # pid out: VmRSS (KiB) every second
         sleep 1
     done
 }
+cpu_ticks() { # pid: utime + stime, in clock ticks
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
 bpf_memlock() { # pid: bytes of memlock over its BPF map fds, each map once
     local pid=$1
     for f in /proc/"$pid"/fdinfo/*; do
@@ -160,7 +167,16 @@ run_scenario() {
         pids[i]=$(child_of "${tpids[i]}")
         watch_rss "${pids[i]}" "$out/${names[i]}.rss" &
     done
-    sleep "$secs"
+    # CPU after start-up: utime + stime ticks from SETTLE s after the start
+    # to just before the stop (start-up, the final flush and exit left out).
+    local settle=$(( secs > 2 * settle_secs ? settle_secs : 0 ))
+    local t0=() t1=() w0 w1
+    sleep "$settle"
+    w0=$(date +%s.%N)
+    for i in 0 1 2; do t0[i]=$(cpu_ticks "${pids[i]}"); done
+    sleep "$(( secs - settle ))"
+    w1=$(date +%s.%N)
+    for i in 0 1 2; do t1[i]=$(cpu_ticks "${pids[i]}"); done
     local hwm=() mem=()
     for i in 0 1 2; do
         hwm[i]=$(awk '/^VmHWM:/ { print $2 }' "/proc/${pids[i]}/status" 2>/dev/null || echo 0)
@@ -188,7 +204,7 @@ run_scenario() {
     local intervals
     intervals=$(find "$out/store" -name '*.otlp' | wc -l)
     echo "== $scenario: $secs s, load average $(cut -d' ' -f1-3 /proc/loadavg), agent wrote $intervals interval file(s)"
-    printf '%-9s %18s %10s %12s %14s\n' "" "CPU (% of a core)" "peak RSS" "steady RSS" "BPF map memory"
+    printf '%-9s %18s %22s %10s %12s %14s\n' "" "CPU (% of a core)" "CPU after ${settle} s" "peak RSS" "steady RSS" "BPF map memory"
     for i in 0 1 2; do
         local user sys wall
         read -r user sys wall _ < <(tail -n 1 "$out/${names[i]}.time")
@@ -198,7 +214,8 @@ run_scenario() {
         steady=$(tail -n "$(( n / 2 ))" "$out/${names[i]}.rss" | sort -n |
                  awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : 0) }')
         awk -v n="${names[i]}" -v u="$user" -v s="$sys" -v w="$wall" -v h="${hwm[i]}" -v st="$steady" -v m="${mem[i]}" \
-            'BEGIN { printf "%-9s %17.2f%% %6.1f MiB %8.1f MiB %10.1f MiB\n", n, 100 * (u + s) / w, h / 1024, st / 1024, m / 1048576 }'
+            -v dt="$(( t1[i] - t0[i] ))" -v hz="$(getconf CLK_TCK)" -v w0="$w0" -v w1="$w1" \
+            'BEGIN { printf "%-9s %17.2f%% %21.2f%% %6.1f MiB %8.1f MiB %10.1f MiB\n", n, 100 * (u + s) / w, 100 * dt / hz / (w1 - w0), h / 1024, st / 1024, m / 1048576 }'
     done
     sed 's/^/  /' "$out/agent.smaps"
     [ -f "$out/notes" ] && cat "$out/notes"
