@@ -27,8 +27,10 @@
 # RSS: the median of the second half) and VmHWM just before it is stopped
 # (peak RSS); BPF map kernel memory is the sum of `memlock` over the map
 # fds in /proc/PID/fdinfo (what `bpftool map show` reports per map),
-# read at the end. Also printed for the agent: its smaps_rollup (how RSS
-# splits into anonymous, file and shared pages) at the end.
+# read at the end. Also printed: each sampler's CPU in each minute after
+# SETTLE (the last window shorter when SECONDS - SETTLE is not a whole
+# number of minutes), and the agent's smaps_rollup
+# (how RSS splits into anonymous, file and shared pages) at the end.
 set -euo pipefail
 smolder=$(readlink -f "$1")
 scenarios=${2:-both}
@@ -130,9 +132,18 @@ child_of() { # pid of the command GNU time ($1) runs
     echo "$c"
 }
 watch_rss() { # pid out: VmRSS (KiB) every second
+    # Bash builtins only: a watcher that started `awk` and `sleep` every
+    # second put 4 execs a second on the host, and the agent (which reads
+    # every new process's mappings and facts) paid for them: 0.70 % of a
+    # core after start-up on the quiet scenario, 0.18 % without them
+    # (bench/README.md §13).
+    local key value _ sleeper
+    exec {sleeper}<> <(:)
     while [ -d "/proc/$1" ]; do
-        awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null >>"$2" || true
-        sleep 1
+        while read -r key value _; do
+            [ "$key" = VmRSS: ] && { echo "$value" >>"$2"; break; }
+        done <"/proc/$1/status" 2>/dev/null || true
+        read -r -t 1 -u "$sleeper" _ || true
     done
 }
 cpu_ticks() { # pid: utime + stime, in clock ticks
@@ -174,9 +185,17 @@ run_scenario() {
     sleep "$settle"
     w0=$(date +%s.%N)
     for i in 0 1 2; do t0[i]=$(cpu_ticks "${pids[i]}"); done
-    sleep "$(( secs - settle ))"
+    # Each sampler's CPU per 60 s window after SETTLE, so that a cost
+    # which comes later in the run (or in bursts) shows where it lies.
+    local left=$(( secs - settle )) step
+    while [ "$left" -gt 0 ]; do
+        step=$(( left < 60 ? left : 60 ))
+        sleep "$step"
+        left=$(( left - step ))
+        for i in 0 1 2; do echo "$(cpu_ticks "${pids[i]}") $step" >>"$out/${names[i]}.ticks"; done
+    done
     w1=$(date +%s.%N)
-    for i in 0 1 2; do t1[i]=$(cpu_ticks "${pids[i]}"); done
+    for i in 0 1 2; do t1[i]=$(tail -n 1 "$out/${names[i]}.ticks" | cut -d' ' -f1); done
     local hwm=() mem=()
     for i in 0 1 2; do
         hwm[i]=$(awk '/^VmHWM:/ { print $2 }' "/proc/${pids[i]}/status" 2>/dev/null || echo 0)
@@ -216,6 +235,11 @@ run_scenario() {
         awk -v n="${names[i]}" -v u="$user" -v s="$sys" -v w="$wall" -v h="${hwm[i]}" -v st="$steady" -v m="${mem[i]}" \
             -v dt="$(( t1[i] - t0[i] ))" -v hz="$(getconf CLK_TCK)" -v w0="$w0" -v w1="$w1" \
             'BEGIN { printf "%-9s %17.2f%% %21.2f%% %6.1f MiB %8.1f MiB %10.1f MiB\n", n, 100 * (u + s) / w, 100 * dt / hz / (w1 - w0), h / 1024, st / 1024, m / 1048576 }'
+    done
+    for i in 0 1 2; do
+        awk -v n="${names[i]}" -v t0="${t0[i]}" -v hz="$(getconf CLK_TCK)" \
+            'BEGIN { printf "  %s, CPU per minute after %s s (%% of a core):", n, '"$settle"' }
+             { printf " %.2f", 100 * ($1 - t0) / hz / $2; t0 = $1 } END { print "" }' "$out/${names[i]}.ticks"
     done
     sed 's/^/  /' "$out/agent.smaps"
     [ -f "$out/notes" ] && cat "$out/notes"
