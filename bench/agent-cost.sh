@@ -135,7 +135,7 @@ watch_rss() { # pid out: VmRSS (KiB) every second
     # Bash builtins only: a watcher that started `awk` and `sleep` every
     # second put 4 execs a second on the host, and the agent (which reads
     # every new process's mappings and facts) paid for them: 0.70 % of a
-    # core after start-up on the quiet scenario, 0.18 % without them
+    # core after start-up on the quiet scenario, 0.21 % without them
     # (bench/README.md §13).
     local key value _ sleeper
     exec {sleeper}<> <(:)
