@@ -307,10 +307,42 @@ fn normalised(folded: &str) -> BTreeMap<String, u64> {
     stacks
 }
 
+/// `smolder ARGS` on one CPU (the first this test may run on), where the
+/// text is collapsed in the read buffer rather than in blocks.
+fn smolder_on_one_cpu(args: &[&std::ffi::OsStr]) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by the call.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `allowed` is a cpu_set_t of `size` bytes.
+    assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut allowed) }, 0);
+    let cpu = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE.
+        .find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &allowed) })
+        .expect("an allowed CPU");
+    // SAFETY: as above.
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut one) };
+    let mut cmd = Command::new(smolder_e2e::smolder_bin());
+    cmd.args(args);
+    // SAFETY: sched_setaffinity is a system call, safe between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, size, &one) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    run_ok(&mut cmd);
+}
+
 /// `smolder flamegraph` of `perf script` text (collapsed straight from the
-/// text) draws the same SVG, byte for byte, as of the OTLP profile
-/// `smolder convert` makes of it (folded from the profile), with and
-/// without roots, kernel and inlined frames.
+/// text, on every CPU and on one) draws the same SVG, byte for byte, as of
+/// the OTLP profile `smolder convert` makes of it (folded from the
+/// profile), with and without roots, kernel and inlined frames.
 fn assert_flamegraph_of_text_is_flamegraph_of_otlp(input: &Path) {
     let dir = tempfile::tempdir().unwrap();
     let otlp = dir.path().join("input.pb");
@@ -329,17 +361,28 @@ fn assert_flamegraph_of_text_is_flamegraph_of_otlp(input: &Path) {
         &["--per-thread", "--icicle"],
     ];
     for args in options {
-        let draw = |from: &Path, name: &str| {
+        let draw = |from: &Path, name: &str, one_cpu: bool| {
             let svg = dir.path().join(name);
             let mut all: Vec<&std::ffi::OsStr> = vec!["flamegraph".as_ref(), from.as_os_str()];
             all.extend(["-o".as_ref(), svg.as_os_str()]);
             all.extend(args.iter().map(std::ffi::OsStr::new));
-            smolder_ok(all);
+            if one_cpu {
+                smolder_on_one_cpu(&all);
+            } else {
+                smolder_ok(all);
+            }
             std::fs::read(svg).unwrap()
         };
-        let (text, profile) = (draw(input, "text.svg"), draw(&otlp, "otlp.svg"));
+        let (text, profile) = (
+            draw(input, "text.svg", false),
+            draw(&otlp, "otlp.svg", false),
+        );
         assert!(!frame_samples(&String::from_utf8_lossy(&text)).is_empty());
         assert!(text == profile, "{args:?}: the SVGs differ");
+        assert!(
+            draw(input, "alone.svg", true) == profile,
+            "{args:?}: the SVG drawn on one CPU differs"
+        );
     }
 }
 
