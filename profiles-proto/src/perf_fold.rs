@@ -806,12 +806,7 @@ fn collapse(
         });
     }
     if let Some((block, line, e)) = reader.error {
-        return Err(
-            match crate::format::read_error(e, line_number(block, line)) {
-                Error::Read(message) => Error::PerfScript(message),
-                other => other,
-            },
-        );
+        return Err(read_failed(e, line_number(block, line)));
     }
     parts.push(reader.collapser);
     Ok(Collapsed::merge(parts))
@@ -856,30 +851,16 @@ fn collapse_alone(
         let bytes = match rest.fill_buf() {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(match crate::format::read_error(e, done + 1) {
-                    Error::Read(message) => Error::PerfScript(message),
-                    other => other,
-                });
-            }
+            Err(e) => return Err(read_failed(e, done + 1)),
         };
         if bytes.is_empty() {
             break;
         }
         let available = bytes.len();
         let mut from = 0;
-        if !open.is_empty() {
-            let Some(newline) = memchr::memchr(b'\n', bytes) else {
-                open.extend_from_slice(bytes);
-                rest.consume(available);
-                if open.len() as u64 > limit {
-                    return Err(Error::LineTooLong {
-                        line: done + 1,
-                        limit,
-                    });
-                }
-                continue;
-            };
+        // The cut line ends in this buffer: collapse it whole. (When it
+        // does not, no line is complete and all of the buffer joins it.)
+        if let (false, Some(newline)) = (open.is_empty(), memchr::memchr(b'\n', bytes)) {
             open.extend_from_slice(&bytes[..=newline]);
             collapse_lines(&mut collapser, &mut done, &open)?;
             open.clear();
@@ -889,19 +870,29 @@ fn collapse_alone(
         }
         let complete = memchr::memrchr(b'\n', &bytes[from..]).map_or(from, |i| from + i + 1);
         collapse_lines(&mut collapser, &mut done, &bytes[from..complete])?;
-        if (available - complete) as u64 > limit {
+        open.extend_from_slice(&bytes[complete..]);
+        rest.consume(available);
+        // The line still open must not pass the limit.
+        if open.len() as u64 > limit {
             return Err(Error::LineTooLong {
                 line: done + 1,
                 limit,
             });
         }
-        open.extend_from_slice(&bytes[complete..]);
-        rest.consume(available);
     }
     // The last line, without its `\n`.
     collapse_lines(&mut collapser, &mut done, &open)?;
     collapser.end_event();
     Ok(Collapsed::merge(vec![collapser]))
+}
+
+/// The error of a read that failed at `line`: a `perf script` error
+/// unless the line was too long.
+fn read_failed(e: std::io::Error, line: usize) -> Error {
+    match crate::format::read_error(e, line) {
+        Error::Read(message) => Error::PerfScript(message),
+        other => other,
+    }
 }
 
 /// What the reading thread ends with.
